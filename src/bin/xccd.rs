@@ -1,0 +1,2 @@
+//! xccd: the XCC daemon. Wiring only.
+fn main() {}

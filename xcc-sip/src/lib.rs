@@ -1,0 +1,1 @@
+//! XCC signalling: SIP transport, RFC 3261 transactions and dialogs, back-to-back user agent.
