@@ -109,30 +109,30 @@ impl SrtpContext {
         let suite = key.suite;
         let prf = Prf::new(key.key());
         let (key_len, salt) = (key.key().len(), key.salt());
-        let (sessions, rtp_tag_len, rtcp_tag_len) = match suite {
-            SrtpSuite::AeadAes128Gcm | SrtpSuite::AeadAes256Gcm => (
-                Sessions::Gcm {
-                    rtp: GcmSession::new(&prf, key_len, salt, false),
-                    rtcp: GcmSession::new(&prf, key_len, salt, true),
-                },
-                GCM_TAG_LEN,
-                GCM_TAG_LEN,
-            ),
+        let sessions = match suite {
+            SrtpSuite::AeadAes128Gcm | SrtpSuite::AeadAes256Gcm => Sessions::Gcm {
+                rtp: GcmSession::new(&prf, key_len, salt, false),
+                rtcp: GcmSession::new(&prf, key_len, salt, true),
+            },
             SrtpSuite::AesCm128HmacSha1_80
             | SrtpSuite::AesCm128HmacSha1_32
             | SrtpSuite::AesCm256HmacSha1_80
-            | SrtpSuite::AesCm256HmacSha1_32 => (
-                Sessions::Cm {
-                    rtp: CmSession::new(&prf, key_len, salt, false),
-                    rtcp: CmSession::new(&prf, key_len, salt, true),
-                },
-                if policy.authenticate_rtp {
-                    suite.rtp_overhead()
-                } else {
-                    0
-                },
-                SRTCP_HMAC_TAG_LEN,
-            ),
+            | SrtpSuite::AesCm256HmacSha1_32 => Sessions::Cm {
+                rtp: CmSession::new(&prf, key_len, salt, false),
+                rtcp: CmSession::new(&prf, key_len, salt, true),
+            },
+        };
+        Self::with_sessions(suite, policy, sessions)
+    }
+
+    /// A context around already derived session keys.
+    fn with_sessions(suite: SrtpSuite, policy: SrtpPolicy, sessions: Sessions) -> Self {
+        let (rtp_tag_len, rtcp_tag_len) = match sessions {
+            Sessions::Gcm { .. } => (GCM_TAG_LEN, GCM_TAG_LEN),
+            Sessions::Cm { .. } if policy.authenticate_rtp => {
+                (suite.rtp_overhead(), SRTCP_HMAC_TAG_LEN)
+            }
+            Sessions::Cm { .. } => (0, SRTCP_HMAC_TAG_LEN),
         };
         Self {
             suite,
@@ -145,6 +145,22 @@ impl SrtpContext {
             send_rtcp: SsrcTable::new(),
             recv_rtcp: SsrcTable::new(),
         }
+    }
+
+    /// A GCM context keyed with session keys directly, for the RFC 7714 vectors (which give
+    /// session keys, not master keys). Same keys for SRTP and SRTCP, as the vectors use.
+    #[cfg(test)]
+    pub(super) fn with_gcm_session_keys(
+        suite: SrtpSuite,
+        policy: SrtpPolicy,
+        key: &[u8],
+        salt: [u8; 12],
+    ) -> Self {
+        let sessions = Sessions::Gcm {
+            rtp: GcmSession::from_session_keys(key, salt),
+            rtcp: GcmSession::from_session_keys(key, salt),
+        };
+        Self::with_sessions(suite, policy, sessions)
     }
 
     /// The suite the context was keyed for.

@@ -9,6 +9,8 @@ mod kdf;
 mod packet;
 mod session;
 mod stream;
+#[cfg(test)]
+mod tests;
 
 pub use context::{SrtpContext, SrtpPolicy};
 pub use error::SrtpError;
