@@ -72,6 +72,22 @@ enum Sessions {
 ///
 /// A context is meant for one direction: protect on the sending side, unprotect on the receiving
 /// side. Both sides keep separate state, so using one context both ways (as tests do) also works.
+///
+/// ```
+/// use xcc_core::srtp::{KeyingMaterial, SrtpContext, SrtpPolicy, SrtpSuite};
+///
+/// let key = KeyingMaterial::generate(SrtpSuite::AesCm128HmacSha1_80);
+/// let (mut tx, mut rx) = (SrtpContext::new(&key, SrtpPolicy::default()), SrtpContext::new(&key, SrtpPolicy::default()));
+/// // A receive buffer: the packet, then room for the tag.
+/// let mut buf = [0u8; 1500];
+/// let rtp = [0x80, 0, 0, 1, 0, 0, 0, 160, 0xca, 0xfe, 0xba, 0xbe, 1, 2, 3, 4];
+/// buf[..rtp.len()].copy_from_slice(&rtp);
+/// let len = tx.protect_rtp(&mut buf, rtp.len())?;
+/// assert_eq!(len, rtp.len() + 10);
+/// let len = rx.unprotect_rtp(&mut buf, len)?;
+/// assert_eq!(buf[..len], rtp);
+/// # Ok::<(), xcc_core::srtp::SrtpError>(())
+/// ```
 pub struct SrtpContext {
     /// Negotiated suite.
     suite: SrtpSuite,
@@ -432,5 +448,23 @@ impl SrtpContext {
             }
         }
         Ok(out_len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Workers own contexts and may be handed them from the control plane.
+    #[test]
+    fn context_is_send_and_fixed_size() {
+        fn assert_send<T: Send>() {}
+        assert_send::<SrtpContext>();
+        // Everything lives inline (no heap): keep an eye on the footprint per direction.
+        assert!(
+            std::mem::size_of::<SrtpContext>() < 8 * 1024,
+            "{}",
+            std::mem::size_of::<SrtpContext>()
+        );
     }
 }
