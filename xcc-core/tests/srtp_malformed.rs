@@ -133,3 +133,54 @@ fn lengths_beyond_the_buffer_are_refused() {
     );
     assert_eq!(buf[..rtcp.len()], rtcp[..]);
 }
+
+/// Random structural mutations of valid SRTP/SRTCP packets (byte changes, header bit flips in
+/// CC/X/P, truncation, extension): never a panic, and never accepted.
+#[test]
+fn mutated_packets_are_never_accepted() {
+    for (k, suite) in SrtpSuite::ALL.into_iter().enumerate() {
+        let mut rng = rng(300 + k as u64);
+        let km = keying(&mut rng, suite);
+        let mut tx = SrtpContext::new(&km, SrtpPolicy::default());
+        for n in 0..1500u16 {
+            let rtcp = n % 2 == 1;
+            let plain = if rtcp {
+                rtcp_packet(&mut rng, 3)
+            } else {
+                rtp_packet(&mut rng, 3, n)
+            };
+            let mut wire = with_room(&plain, ROOM);
+            let len = if rtcp {
+                tx.protect_rtcp(&mut wire, plain.len()).unwrap()
+            } else {
+                tx.protect_rtp(&mut wire, plain.len()).unwrap()
+            };
+            wire.truncate(len);
+            let original = wire.clone();
+            match rng.random_range(0..4) {
+                0 => {
+                    let at = rng.random_range(0..wire.len());
+                    wire[at] ^= rng.random_range(1..=255u8);
+                }
+                1 => wire[0] ^= [0x01, 0x0f, 0x10, 0x20][rng.random_range(0..4)],
+                2 => wire.truncate(rng.random_range(0..wire.len())),
+                _ => wire.extend((0..rng.random_range(1..32)).map(|_| rng.random::<u8>())),
+            }
+            if wire == original {
+                continue;
+            }
+            let mut rx = SrtpContext::new(&km, SrtpPolicy::default());
+            let len = wire.len();
+            wire.resize(len + ROOM, 0);
+            let got = if rtcp {
+                rx.unprotect_rtcp(&mut wire, len)
+            } else {
+                rx.unprotect_rtp(&mut wire, len)
+            };
+            assert!(
+                got.is_err(),
+                "{suite:?} packet {n}: mutated packet accepted"
+            );
+        }
+    }
+}
