@@ -37,6 +37,7 @@ pub(super) enum Prf {
 impl Prf {
     /// Keys the PRF; `master_key` is 16 or 32 bytes (checked by `KeyingMaterial`).
     pub fn new(master_key: &[u8]) -> Self {
+        // Invariant: 16 or 32 bytes, checked by `KeyingMaterial::new`, so `from_slice` cannot panic.
         if master_key.len() == 32 {
             Prf::Aes256(Aes256::new(GenericArray::from_slice(master_key)))
         } else {

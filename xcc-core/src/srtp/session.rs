@@ -73,6 +73,8 @@ impl CmSession {
     /// Keys the session directly with session keys (16 or 32 byte `key`); RFC test vectors are
     /// given at this level.
     pub fn from_session_keys(key: &[u8], auth_key: &[u8], salt: [u8; 14]) -> Self {
+        // Invariant: `key` is 16 or 32 bytes — session keys take the master key's length, which
+        // `KeyingMaterial::new` checked against the suite — so `from_slice` cannot panic.
         let cipher = if key.len() == 32 {
             CtrKey::Aes256(Aes256::new(GenericArray::from_slice(key)))
         } else {
@@ -161,6 +163,7 @@ impl GcmSession {
 
     /// Keys the session directly with a 16 or 32 byte session key (RFC 7714 §16-17 vectors).
     pub fn from_session_keys(key: &[u8], salt: [u8; 12]) -> Self {
+        // Invariant: `key` is 16 or 32 bytes (see `CmSession::from_session_keys`).
         let aead = if key.len() == 32 {
             GcmKey::Aes256(Aes256Gcm::new(GenericArray::from_slice(key)))
         } else {
