@@ -189,6 +189,17 @@ impl SrtpContext {
         self.policy
     }
 
+    /// Bytes `protect_rtp` appends under this policy: the suite's tag, or 0 for an HMAC suite with
+    /// `UNAUTHENTICATED_SRTP`. Never more than `suite().rtp_overhead()`.
+    pub fn rtp_overhead(&self) -> usize {
+        self.rtp_tag_len
+    }
+
+    /// Bytes `protect_rtcp` appends: SRTCP index word and tag (`suite().rtcp_overhead()`).
+    pub fn rtcp_overhead(&self) -> usize {
+        SRTCP_TRAILER_LEN + self.rtcp_tag_len
+    }
+
     /// Turns the RTP packet in `buf[..len]` into SRTP in place; returns the new length.
     ///
     /// Needs `buf.len() >= len + suite.rtp_overhead()`. Refuses ([`SrtpError::Replay`]) to protect
@@ -466,5 +477,28 @@ mod tests {
             "{}",
             std::mem::size_of::<SrtpContext>()
         );
+    }
+
+    #[test]
+    fn overheads_follow_suite_and_policy() {
+        let unauth = SrtpPolicy {
+            authenticate_rtp: false,
+            ..SrtpPolicy::default()
+        };
+        for suite in SrtpSuite::ALL {
+            let km = KeyingMaterial::generate(suite);
+            let ctx = SrtpContext::new(&km, SrtpPolicy::default());
+            assert_eq!(ctx.rtp_overhead(), suite.rtp_overhead(), "{suite:?}");
+            assert_eq!(ctx.rtcp_overhead(), suite.rtcp_overhead(), "{suite:?}");
+            // UNAUTHENTICATED_SRTP drops the HMAC tag; AEAD always has one.
+            let ctx = SrtpContext::new(&km, unauth);
+            let expected = if suite.rtp_overhead() == GCM_TAG_LEN {
+                GCM_TAG_LEN
+            } else {
+                0
+            };
+            assert_eq!(ctx.rtp_overhead(), expected, "{suite:?}");
+            assert_eq!(ctx.rtcp_overhead(), suite.rtcp_overhead(), "{suite:?}");
+        }
     }
 }
