@@ -19,7 +19,8 @@ const SRTCP_HMAC_TAG_LEN: usize = 10;
 /// `UNENCRYPTED_SRTP`, `UNENCRYPTED_SRTCP` and `UNAUTHENTICATED_SRTP` (each one clears a flag).
 ///
 /// SRTCP is always authenticated (RFC 3711 §3.4). The AEAD suites always authenticate RTP too;
-/// without encryption they authenticate the whole packet as associated data (RFC 7714 §13).
+/// without encryption they authenticate the whole packet as associated data, as RFC 7714 does for
+/// tag-only SRTCP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SrtpPolicy {
     /// Encrypt RTP payloads (cleared by `UNENCRYPTED_SRTP`).
@@ -371,13 +372,13 @@ impl SrtpContext {
             Sessions::Gcm { rtcp, .. } => {
                 let nonce = rtcp.nonce(ssrc, index.into());
                 let tag = if encrypt {
-                    // RFC 7714 §9.2: AAD = first 8 octets || E flag and index.
+                    // RFC 7714 §9: AAD = first 8 octets || E flag and index.
                     let mut aad = [0u8; RTCP_CLEAR_HEADER + SRTCP_TRAILER_LEN];
                     aad[..RTCP_CLEAR_HEADER].copy_from_slice(&buf[..RTCP_CLEAR_HEADER]);
                     aad[RTCP_CLEAR_HEADER..].copy_from_slice(&trailer);
                     rtcp.seal(&nonce, &aad, &mut buf[RTCP_CLEAR_HEADER..len])?
                 } else {
-                    // RFC 7714 §9.2: AAD = the whole packet || E flag and index, no plaintext.
+                    // RFC 7714 §9, tag-only: AAD = the whole packet || E flag and index, no plaintext.
                     // The trailer is put right after the packet to make the AAD contiguous,
                     // then moved behind the tag.
                     buf[len..len + SRTCP_TRAILER_LEN].copy_from_slice(&trailer);

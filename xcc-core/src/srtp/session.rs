@@ -19,7 +19,7 @@ use super::kdf::{Label, Prf};
 pub(super) const HMAC_SHA1_LEN: usize = 20;
 /// Session authentication key length for HMAC-SHA1 (RFC 3711 §4.2.1: n_a = 160).
 const AUTH_KEY_LEN: usize = 20;
-/// GCM authentication tag length (RFC 7714 §14.2: 16 octets for both suites).
+/// GCM authentication tag length (RFC 7714: 16 octets for both SDES suites).
 pub(super) const GCM_TAG_LEN: usize = 16;
 
 /// The expanded AES key of an AES-CM session.

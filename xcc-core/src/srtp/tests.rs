@@ -55,7 +55,7 @@ const GCM_SALT: &str = "517569642070726f2071756f";
 const RTP: &str = "8040f17b 8041f8d3 5501a0b2 47616c6c 69612065 7374206f 6d6e6973 20646976
                    69736120 696e2070 61727465 73207472 6573";
 
-/// RFC 7714 §17.1-17.4 (the packet the subsections operate on): SR from SSRC "Mars".
+/// RFC 7714 §17 (the packet the vectors operate on): SR from SSRC "Mars".
 const RTCP: &str = "81c8000d 4d617273 4e545031 4e545032 52545020 0000042a 0000e930 4c756e61
                     deadbeef deadbeef deadbeef deadbeef deadbeef";
 
@@ -86,9 +86,9 @@ fn check_srtp_vector(suite: SrtpSuite, key: &str, expected: &str) {
     );
 }
 
-/// RFC 7714 §16.1.1 / §16.1.2.
+/// RFC 7714 §16: SRTP with AEAD_AES_128_GCM, protect and unprotect.
 #[test]
-fn rfc7714_16_1_srtp_aead_aes_128_gcm() {
+fn rfc7714_16_srtp_aead_aes_128_gcm() {
     check_srtp_vector(
         SrtpSuite::AeadAes128Gcm,
         GCM_KEY_128,
@@ -97,9 +97,9 @@ fn rfc7714_16_1_srtp_aead_aes_128_gcm() {
     );
 }
 
-/// RFC 7714 §16.2.1 / §16.2.2.
+/// RFC 7714 §16: SRTP with AEAD_AES_256_GCM.
 #[test]
-fn rfc7714_16_2_srtp_aead_aes_256_gcm() {
+fn rfc7714_16_srtp_aead_aes_256_gcm() {
     check_srtp_vector(
         SrtpSuite::AeadAes256Gcm,
         GCM_KEY_256,
@@ -135,9 +135,9 @@ fn check_srtcp_vector(suite: SrtpSuite, key: &str, policy: SrtpPolicy, expected:
     );
 }
 
-/// RFC 7714 §17.1 (and its decryption, §17.2 of the 128-bit case).
+/// RFC 7714 §17: SRTCP with AEAD_AES_128_GCM, protect and unprotect.
 #[test]
-fn rfc7714_17_1_srtcp_aead_aes_128_gcm() {
+fn rfc7714_17_srtcp_aead_aes_128_gcm() {
     check_srtcp_vector(
         SrtpSuite::AeadAes128Gcm,
         GCM_KEY_128,
@@ -147,9 +147,9 @@ fn rfc7714_17_1_srtcp_aead_aes_128_gcm() {
     );
 }
 
-/// RFC 7714 §17.2, AEAD_AES_256_GCM.
+/// RFC 7714 §17: SRTCP with AEAD_AES_256_GCM.
 #[test]
-fn rfc7714_17_2_srtcp_aead_aes_256_gcm() {
+fn rfc7714_17_srtcp_aead_aes_256_gcm() {
     check_srtcp_vector(
         SrtpSuite::AeadAes256Gcm,
         GCM_KEY_256,
@@ -159,9 +159,9 @@ fn rfc7714_17_2_srtcp_aead_aes_256_gcm() {
     );
 }
 
-/// RFC 7714 §17.3: `UNENCRYPTED_SRTCP` — E flag clear, the whole packet authenticated as AAD.
+/// RFC 7714 §17, tag-only SRTCP (`UNENCRYPTED_SRTCP`): E flag clear, the whole packet is AAD.
 #[test]
-fn rfc7714_17_3_srtcp_tag_only() {
+fn rfc7714_17_srtcp_tag_only() {
     check_srtcp_vector(
         SrtpSuite::AeadAes128Gcm,
         GCM_KEY_128,
