@@ -12,7 +12,7 @@ use super::{KeyingMaterial, SrtpError, SrtpSuite};
 const SRTCP_TRAILER_LEN: usize = 4;
 /// The E flag in the SRTCP trailer word: set when the payload is encrypted.
 const E_FLAG: u32 = 1 << 31;
-/// SRTCP tag length with the HMAC suites: 80 bits even for the _32 suites (RFC 4568 §6.2.1).
+/// SRTCP tag length with the HMAC suites: 80 bits even for the _32 suites (RFC 4568 §6.2).
 const SRTCP_HMAC_TAG_LEN: usize = 10;
 
 /// Which parts of the transform a session uses, from the RFC 4568 session parameters
