@@ -20,7 +20,7 @@ use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 
 use crate::error::{Error, Result};
-use crate::srtp::{KeyingMaterial, SrtpSuite};
+use crate::srtp::{KeyingMaterial, SrtpPolicy, SrtpSuite};
 
 /// Standard base64 that writes padding but reads keys whether or not the sender padded them
 /// (phones differ on the 46- and 44-byte keys of the 256-bit and GCM suites).
@@ -142,6 +142,18 @@ impl CryptoAttribute {
     }
 }
 
+impl CryptoAttribute {
+    /// The transform settings the session parameters ask for; both directions of the stream use
+    /// them (the answer echoes the parameters).
+    pub fn srtp_policy(&self) -> SrtpPolicy {
+        SrtpPolicy {
+            encrypt_rtp: !self.params.unencrypted_srtp,
+            encrypt_rtcp: !self.params.unencrypted_srtcp,
+            authenticate_rtp: !self.params.unauthenticated_srtp,
+        }
+    }
+}
+
 impl fmt::Display for CryptoAttribute {
     /// The attribute value as it goes after `a=crypto:`. Lifetimes that are powers of two are
     /// written as `2^n`, the form phones use; keys are written with base64 padding.
@@ -188,17 +200,15 @@ impl fmt::Display for CryptoAttribute {
 }
 
 /// Answerer side (RFC 4568 §7.1.2): picks the best offered suite XCC supports, in
-/// [`SrtpSuite::ALL`] order (within a suite, an attribute without MKI first), and returns
-/// (the chosen offered attribute, XCC's answer: same tag, suite and session parameters, fresh key).
+/// [`SrtpSuite::ALL`] order, and returns (the chosen offered attribute, XCC's answer: same tag,
+/// suite and session parameters, fresh key).
+///
+/// Attributes with an MKI are not acceptable: the peer would prefix every tag with MKI bytes and
+/// XCC's SRTP transform does not parse them.
 pub fn answer(offered: &[CryptoAttribute]) -> Result<(CryptoAttribute, CryptoAttribute)> {
     let chosen = SrtpSuite::ALL
         .into_iter()
-        .find_map(|suite| {
-            offered
-                .iter()
-                .filter(|a| a.suite == suite)
-                .min_by_key(|a| a.mki.is_some())
-        })
+        .find_map(|suite| offered.iter().find(|a| a.suite == suite && a.mki.is_none()))
         .ok_or(Error::NoCommonSuite {
             offered: offered.len(),
         })?;
@@ -485,6 +495,27 @@ mod tests {
     }
 
     #[test]
+    fn srtp_policy_follows_session_params() {
+        let base = format!("1 AES_CM_128_HMAC_SHA1_80 inline:{KEY_128}");
+        let plain = CryptoAttribute::parse(&base).unwrap();
+        assert_eq!(plain.srtp_policy(), SrtpPolicy::default());
+        let all = CryptoAttribute::parse(&format!(
+            "{base} UNENCRYPTED_SRTCP UNAUTHENTICATED_SRTP UNENCRYPTED_SRTP"
+        ))
+        .unwrap();
+        let policy = all.srtp_policy();
+        assert!(!policy.encrypt_rtp && !policy.encrypt_rtcp && !policy.authenticate_rtp);
+        let rtcp = CryptoAttribute::parse(&format!("{base} UNENCRYPTED_SRTCP")).unwrap();
+        assert_eq!(
+            rtcp.srtp_policy(),
+            SrtpPolicy {
+                encrypt_rtcp: false,
+                ..SrtpPolicy::default()
+            }
+        );
+    }
+
+    #[test]
     fn wrong_key_length_for_suite_is_refused() {
         // A 30-byte AES_CM_128 key offered for a 256-bit suite.
         let err = CryptoAttribute::parse(&format!("1 AES_256_CM_HMAC_SHA1_80 inline:{KEY_128}"))
@@ -625,7 +656,7 @@ mod tests {
     }
 
     #[test]
-    fn answer_prefers_attribute_without_mki_within_a_suite() {
+    fn answer_skips_attributes_with_mki() {
         let with_mki = CryptoAttribute::parse(&format!(
             "1 AES_CM_128_HMAC_SHA1_80 inline:{KEY_128}|2^20|1:4"
         ))
@@ -634,8 +665,10 @@ mod tests {
             CryptoAttribute::parse(&format!("2 AES_CM_128_HMAC_SHA1_80 inline:{KEY_128}")).unwrap();
         let (chosen, _) = answer(&[with_mki.clone(), without]).unwrap();
         assert_eq!(chosen.tag, 2);
-        let (chosen, _) = answer(&[with_mki]).unwrap();
-        assert_eq!(chosen.tag, 1);
+        assert!(matches!(
+            answer(&[with_mki]),
+            Err(Error::NoCommonSuite { offered: 1 })
+        ));
     }
 
     #[test]
