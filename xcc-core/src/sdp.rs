@@ -26,8 +26,8 @@ pub struct AudioMedia {
     pub connection: Option<IpAddr>,
     /// RTP port; 0 means the stream is rejected.
     pub port: u16,
-    /// From `a=rtcp` (RFC 3605), its address defaulting to `connection`; `None` when absent
-    /// (RTCP is then on `port + 1`, or on `port` with rtcp-mux).
+    /// From `a=rtcp` (RFC 3605), its address defaulting to `connection`; `None` when absent,
+    /// malformed or on hold (RTCP is then on `port + 1`, or on `port` with rtcp-mux).
     pub rtcp: Option<SocketAddr>,
     /// `a=rtcp-mux` (RFC 5761) present.
     pub rtcp_mux: bool,
@@ -111,7 +111,8 @@ pub struct AudioRewrite {
     pub rtcp_mux: bool,
     /// Replaces every `a=crypto` line of the section; empty removes them.
     pub crypto: Vec<CryptoAttribute>,
-    /// `None` keeps the section's direction attribute.
+    /// `None` keeps the section's direction attribute (an old-style hold, `c=0.0.0.0`, is written
+    /// as the direction [`AudioMedia::direction`] reports, since XCC's address replaces it).
     pub direction: Option<Direction>,
 }
 
@@ -226,7 +227,8 @@ impl SessionDescription {
         let section = &self.lines[start..end];
         let line_number = |offset: usize| self.line_number(start + offset);
         // Validated by `parse`: the section starts with a well-formed m= line.
-        let media = parse_media(&section[0][2..]).ok_or(parse_error(line_number(0), "m="))?;
+        let media = parse_media(&section[0][2..])
+            .ok_or(parse_error(line_number(0), "malformed m= line"))?;
 
         let connection_line = section
             .iter()
@@ -268,11 +270,13 @@ impl SessionDescription {
                 continue;
             };
             match name {
-                "rtcp" => {
-                    let value = value.unwrap_or_default();
-                    rtcp = parse_rtcp(value, address)
-                        .ok_or(parse_error(line_number(offset), "malformed a=rtcp"))?;
-                }
+                "rtcp" => match parse_rtcp(value.unwrap_or_default(), address) {
+                    Some(parsed) => rtcp = parsed,
+                    // RTCP then goes to RTP port + 1, as if the optional attribute were absent.
+                    None => {
+                        tracing::debug!(line = line_number(offset), "skipping malformed a=rtcp")
+                    }
+                },
                 "rtcp-mux" => rtcp_mux = true,
                 "crypto" => match CryptoAttribute::parse(value.unwrap_or_default()) {
                     Ok(crypto) => cryptos.push(crypto),
@@ -337,6 +341,14 @@ impl SessionDescription {
             .iter()
             .any(|l| l.starts_with("c="));
         let connection = format!("c=IN {} {}", address_type(rw.address), rw.address);
+        // XCC's real address replaces an old-style hold's 0.0.0.0, so the hold must be stated as
+        // a direction or it would read as sendrecv.
+        let new_direction = rw.direction.or_else(|| {
+            self.audio()
+                .ok()
+                .filter(|a| a.connection.is_none() && a.port != 0)
+                .map(|a| a.direction)
+        });
 
         let mut out = Vec::with_capacity(self.lines.len() + rw.crypto.len() + 3);
         let mut crypto_done = false;
@@ -416,7 +428,7 @@ impl SessionDescription {
                     address_type(rw.address),
                     rw.address
                 )),
-                _ => match (parse_direction(name), rw.direction) {
+                _ => match (parse_direction(name), new_direction) {
                     (Some(_), Some(direction)) => {
                         if !direction_done {
                             out.push(direction_line(direction));
@@ -439,7 +451,7 @@ impl SessionDescription {
         if rw.rtcp_mux && !mux_seen {
             tail.push("a=rtcp-mux".to_owned());
         }
-        if let (Some(direction), false) = (rw.direction, direction_done) {
+        if let (Some(direction), false) = (new_direction, direction_done) {
             tail.push(direction_line(direction));
         }
         out.splice(audio_out_end..audio_out_end, tail);
@@ -599,8 +611,8 @@ fn parse_origin(value: &str) -> Option<[&str; 6]> {
     Some(out)
 }
 
-/// `a=rtcp:<port> [IN IP4|IP6 <address>]` (RFC 3605); `Ok(None)`-like `Some(None)` when the
-/// address defaults to a held (unspecified) connection.
+/// `a=rtcp:<port> [IN IP4|IP6 <address>]` (RFC 3605): `None` when malformed, `Some(None)` when
+/// the address is unspecified (hold) or defaults to a held connection.
 fn parse_rtcp(value: &str, connection: Option<IpAddr>) -> Option<Option<SocketAddr>> {
     let (port, rest) = next_token(value)?;
     let port: u16 = port.parse().ok()?;
@@ -609,7 +621,7 @@ fn parse_rtcp(value: &str, connection: Option<IpAddr>) -> Option<Option<SocketAd
     }
     let (_, address) = parse_connection(rest)?;
     let ip: IpAddr = address.parse().ok()?;
-    Some(Some(SocketAddr::new(ip, port)))
+    Some((!ip.is_unspecified()).then(|| SocketAddr::new(ip, port)))
 }
 
 /// Splits an `a=` line into (name, value after the first colon).

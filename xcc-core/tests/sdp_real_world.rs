@@ -234,3 +234,20 @@ fn debug_redacts_keys() {
     assert!(debug.contains("a=crypto:<redacted>"), "{debug}");
     assert!(debug.contains("a=rtpmap:106 opus/48000/2"), "{debug}");
 }
+
+#[test]
+fn malformed_or_held_rtcp_attribute_is_ignored() {
+    for rtcp in [
+        "a=rtcp:notaport",
+        "a=rtcp:7079 IN IP4",
+        "a=rtcp:7079 IN IP4 0.0.0.0",
+    ] {
+        let text = LINPHONE_IPV6_OFFER.replacen("a=rtcp:7079", rtcp, 1);
+        let audio = SessionDescription::parse(&text).unwrap().audio().unwrap();
+        assert_eq!(audio.rtcp, None, "{rtcp}");
+        assert_eq!(audio.port, 7078);
+    }
+    let text = CISCO_OLD_STYLE_HOLD.replace("a=ptime:20", "a=rtcp:16385");
+    let audio = SessionDescription::parse(&text).unwrap().audio().unwrap();
+    assert_eq!(audio.rtcp, None);
+}

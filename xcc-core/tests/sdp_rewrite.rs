@@ -170,6 +170,27 @@ fn media_level_connection_rewritten_and_other_sections_keep_theirs() {
 }
 
 #[test]
+fn old_style_hold_keeps_its_meaning_as_sendonly() {
+    let out = rewrite(CISCO_OLD_STYLE_HOLD, &pbx_leg());
+    let expected = "v=0\r\n\
+        o=CiscoSystemsSIP-GW-UserAgent 4321 1235 IN IP4 10.0.0.1\r\n\
+        s=SIP Call\r\n\
+        c=IN IP4 10.0.0.1\r\n\
+        t=0 0\r\n\
+        m=audio 30002 RTP/AVP 0 101 19\r\n\
+        c=IN IP4 10.0.0.1\r\n\
+        a=rtpmap:0 PCMU/8000\r\n\
+        a=rtpmap:101 telephone-event/8000\r\n\
+        a=fmtp:101 0-16\r\n\
+        a=rtpmap:19 CN/8000\r\n\
+        a=ptime:20\r\n\
+        a=sendonly\r\n";
+    assert_eq!(out, expected);
+    let audio = SessionDescription::parse(&out).unwrap().audio().unwrap();
+    assert_eq!(audio.direction, Direction::SendOnly);
+}
+
+#[test]
 fn direction_replaced_in_place_and_old_style_hold_gets_xcc_address() {
     let rw = AudioRewrite {
         direction: Some(Direction::SendOnly),
