@@ -624,12 +624,13 @@ fn parse_rtcp(value: &str, connection: Option<IpAddr>) -> Option<Option<SocketAd
     Some((!ip.is_unspecified()).then(|| SocketAddr::new(ip, port)))
 }
 
-/// Splits an `a=` line into (name, value after the first colon).
+/// Splits an `a=` line into (name, value after the first colon). Trailing blanks after a flag
+/// attribute (`a=sendonly `, seen from some gateways) do not change its name.
 fn attribute(line: &str) -> Option<(&str, Option<&str>)> {
     let body = line.strip_prefix("a=")?;
     Some(match body.split_once(':') {
         Some((name, value)) => (name, Some(value)),
-        None => (body, None),
+        None => (body.trim_end_matches([' ', '\t']), None),
     })
 }
 

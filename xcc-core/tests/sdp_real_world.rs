@@ -233,6 +233,12 @@ fn debug_redacts_keys() {
     assert!(!debug.contains("qa0x01D1"), "{debug}");
     assert!(debug.contains("a=crypto:<redacted>"), "{debug}");
     assert!(debug.contains("a=rtpmap:106 opus/48000/2"), "{debug}");
+    let audio = format!("{:?}", sdp.audio().unwrap());
+    assert!(audio.contains("AesCm128HmacSha1_80"), "{audio}");
+    assert!(
+        !audio.contains("qa0x01D1") && !audio.contains("169, 173"),
+        "{audio}"
+    );
 }
 
 #[test]
@@ -250,4 +256,19 @@ fn malformed_or_held_rtcp_attribute_is_ignored() {
     let text = CISCO_OLD_STYLE_HOLD.replace("a=ptime:20", "a=rtcp:16385");
     let audio = SessionDescription::parse(&text).unwrap().audio().unwrap();
     assert_eq!(audio.rtcp, None);
+}
+
+#[test]
+fn trailing_blanks_after_flag_attributes_are_tolerated() {
+    let text = ZOIPER_SRTP_OFFER
+        .replace("a=sendrecv\n", "a=recvonly \n")
+        .replace("a=rtcp-mux\n", "a=rtcp-mux\t\n");
+    let sdp = SessionDescription::parse(&text).unwrap();
+    let audio = sdp.audio().unwrap();
+    assert_eq!(audio.direction, Direction::RecvOnly);
+    assert!(audio.rtcp_mux);
+    assert!(
+        sdp.to_string().contains("a=recvonly \r\n"),
+        "kept byte for byte"
+    );
 }
