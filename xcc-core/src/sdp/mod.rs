@@ -14,9 +14,16 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
+use self::grammar::{
+    address_type, attribute, parse_connection, parse_direction, parse_media, parse_origin,
+    parse_rtcp,
+};
 use crate::error::{Error, Result};
 use crate::media::{Direction, LegPorts};
 use crate::sdes::CryptoAttribute;
+
+mod grammar;
+mod rewrite;
 
 /// The audio stream of a session description, as XCC needs it to configure a leg.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,22 +154,6 @@ impl PartialEq for SessionDescription {
 }
 
 impl Eq for SessionDescription {}
-
-/// Attributes of ICE (RFC 8839) and DTLS-SRTP (RFC 8842) that XCC strips: it terminates the
-/// transport on each leg, so the peer's candidates and fingerprints are meaningless to the other.
-const STRIPPED_ATTRIBUTES: [&str; 11] = [
-    "candidate",
-    "remote-candidates",
-    "end-of-candidates",
-    "ice-ufrag",
-    "ice-pwd",
-    "ice-options",
-    "ice-lite",
-    "ice-mismatch",
-    "fingerprint",
-    "setup",
-    "tls-id",
-];
 
 impl SessionDescription {
     /// Parses SDP text with LF or CRLF line endings. Never panics: anything XCC cannot relay
@@ -323,143 +314,6 @@ impl SessionDescription {
         })
     }
 
-    /// Rewrites the first audio section (and c=/o= addresses) so media flows through XCC; sets any
-    /// other m= section's port to 0 (declined); strips ICE (a=candidate, ice-ufrag, ice-pwd,
-    /// ice-options, end-of-candidates, ice-lite) and DTLS (fingerprint, setup) attributes.
-    ///
-    /// Within the audio section: the m= port and proto are replaced (the format list is kept
-    /// verbatim), c= and a=rtcp carry XCC's address and ports, `a=crypto` lines are replaced by
-    /// `rw.crypto` (at the place of the first one, else at the end of the section), the direction
-    /// attribute is replaced when `rw.direction` is set, and a=rtcp-mux follows `rw.rtcp_mux`.
-    pub fn rewrite_audio(&mut self, rw: &AudioRewrite) -> Result<()> {
-        let (audio_start, audio_end) = self.audio_section().ok_or(Error::SdpNoAudio)?;
-        let session_end = self.session_end();
-        let session_has_c = self.lines[..session_end]
-            .iter()
-            .any(|l| l.starts_with("c="));
-        let audio_has_c = self.lines[audio_start..audio_end]
-            .iter()
-            .any(|l| l.starts_with("c="));
-        let connection = format!("c=IN {} {}", address_type(rw.address), rw.address);
-        // XCC's real address replaces an old-style hold's 0.0.0.0, so the hold must be stated as
-        // a direction or it would read as sendrecv.
-        let new_direction = rw.direction.or_else(|| {
-            self.audio()
-                .ok()
-                .filter(|a| a.connection.is_none() && a.port != 0)
-                .map(|a| a.direction)
-        });
-
-        let mut out = Vec::with_capacity(self.lines.len() + rw.crypto.len() + 3);
-        let mut crypto_done = false;
-        let mut direction_done = false;
-        let mut mux_seen = false;
-        let mut connection_done = audio_has_c || session_has_c;
-        let mut audio_out_end = None;
-        for (index, line) in self.lines.iter().enumerate() {
-            if index == audio_end {
-                audio_out_end = Some(out.len());
-            }
-            let in_audio = (audio_start..audio_end).contains(&index);
-            let attr = attribute(line);
-            if let Some((name, _)) = attr
-                && STRIPPED_ATTRIBUTES.contains(&name)
-            {
-                continue;
-            }
-            if !in_audio {
-                if attr.is_some_and(|(name, _)| name == "crypto") {
-                    continue;
-                }
-                if index < session_end {
-                    if line.starts_with("c=") {
-                        out.push(connection.clone());
-                    } else if let Some(origin) = line.strip_prefix("o=") {
-                        out.push(rewrite_origin_address(origin, rw.address));
-                    } else {
-                        out.push(line.clone());
-                    }
-                } else if let Some(value) = line.strip_prefix("m=") {
-                    out.push(decline_media(value));
-                } else {
-                    out.push(line.clone());
-                }
-                continue;
-            }
-            if index == audio_start {
-                let media = parse_media(&line[2..])
-                    .ok_or(parse_error(self.line_number(index), "malformed m= line"))?;
-                let mut m = format!("m={} {} {}", media.media, rw.ports.rtp, rw.transport);
-                if !media.formats.is_empty() {
-                    m.push(' ');
-                    m.push_str(media.formats);
-                }
-                out.push(m);
-                continue;
-            }
-            if !connection_done && !line.starts_with("i=") {
-                out.push(connection.clone());
-                connection_done = true;
-            }
-            if line.starts_with("c=") {
-                out.push(connection.clone());
-                continue;
-            }
-            let Some((name, _)) = attr else {
-                out.push(line.clone());
-                continue;
-            };
-            match name {
-                "crypto" => {
-                    if !crypto_done {
-                        push_cryptos(&mut out, &rw.crypto);
-                        crypto_done = true;
-                    }
-                }
-                "rtcp-mux" => {
-                    if rw.rtcp_mux && !mux_seen {
-                        out.push(line.clone());
-                    }
-                    mux_seen = true;
-                }
-                "rtcp" => out.push(format!(
-                    "a=rtcp:{} IN {} {}",
-                    rw.ports.rtcp,
-                    address_type(rw.address),
-                    rw.address
-                )),
-                _ => match (parse_direction(name), new_direction) {
-                    (Some(_), Some(direction)) => {
-                        if !direction_done {
-                            out.push(direction_line(direction));
-                            direction_done = true;
-                        }
-                    }
-                    _ => out.push(line.clone()),
-                },
-            }
-        }
-        // What the audio section still lacks goes at its end.
-        let audio_out_end = audio_out_end.unwrap_or(out.len());
-        let mut tail = Vec::new();
-        if !connection_done {
-            tail.push(connection.clone());
-        }
-        if !crypto_done {
-            push_cryptos(&mut tail, &rw.crypto);
-        }
-        if rw.rtcp_mux && !mux_seen {
-            tail.push("a=rtcp-mux".to_owned());
-        }
-        if let (Some(direction), false) = (new_direction, direction_done) {
-            tail.push(direction_line(direction));
-        }
-        out.splice(audio_out_end..audio_out_end, tail);
-        self.numbers = (1..=out.len()).collect();
-        self.lines = out;
-        Ok(())
-    }
-
     /// XCC's own origin for the leg it emits on (B2BUA: each side sees XCC as the session owner);
     /// callers bump `version` on every new offer of the same session. The username becomes `-`.
     pub fn set_origin(&mut self, session_id: u64, version: u64, address: IpAddr) {
@@ -557,145 +411,6 @@ impl fmt::Debug for SessionDescription {
             }
         }
         list.finish()
-    }
-}
-
-/// An m= line split into what the rewrite needs.
-struct MediaLine<'a> {
-    media: &'a str,
-    port: u16,
-    proto: &'a str,
-    /// The format list exactly as received (may be empty for a rejected stream).
-    formats: &'a str,
-}
-
-/// `m=<media> <port>[/<number of ports>] <proto> <fmt> ...` (value after `m=`).
-fn parse_media(value: &str) -> Option<MediaLine<'_>> {
-    let (media, rest) = next_token(value)?;
-    let (port, rest) = next_token(rest)?;
-    let (proto, rest) = next_token(rest)?;
-    let port_number = port.split_once('/').map_or(port, |(p, _)| p);
-    if !port_number.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    Some(MediaLine {
-        media,
-        port: port_number.parse().ok()?,
-        proto,
-        formats: rest.trim(),
-    })
-}
-
-/// `c=<nettype> <addrtype> <connection-address>`: returns (addrtype, address without TTL/count).
-fn parse_connection(value: &str) -> Option<(&str, &str)> {
-    let (net, rest) = next_token(value)?;
-    let (kind, rest) = next_token(rest)?;
-    let (address, rest) = next_token(rest)?;
-    if net != "IN" || !matches!(kind, "IP4" | "IP6") || !rest.trim().is_empty() {
-        return None;
-    }
-    let address = address.split('/').next().unwrap_or(address);
-    Some((kind, address))
-}
-
-/// `o=<username> <sess-id> <sess-version> <nettype> <addrtype> <unicast-address>`.
-fn parse_origin(value: &str) -> Option<[&str; 6]> {
-    let mut fields = value.split_ascii_whitespace();
-    let mut out = [""; 6];
-    for slot in &mut out {
-        *slot = fields.next()?;
-    }
-    if fields.next().is_some() {
-        return None;
-    }
-    Some(out)
-}
-
-/// `a=rtcp:<port> [IN IP4|IP6 <address>]` (RFC 3605): `None` when malformed, `Some(None)` when
-/// the address is unspecified (hold) or defaults to a held connection.
-fn parse_rtcp(value: &str, connection: Option<IpAddr>) -> Option<Option<SocketAddr>> {
-    let (port, rest) = next_token(value)?;
-    let port: u16 = port.parse().ok()?;
-    if rest.trim().is_empty() {
-        return Some(connection.map(|ip| SocketAddr::new(ip, port)));
-    }
-    let (_, address) = parse_connection(rest)?;
-    let ip: IpAddr = address.parse().ok()?;
-    Some((!ip.is_unspecified()).then(|| SocketAddr::new(ip, port)))
-}
-
-/// Splits an `a=` line into (name, value after the first colon). Trailing blanks after a flag
-/// attribute (`a=sendonly `, seen from some gateways) do not change its name.
-fn attribute(line: &str) -> Option<(&str, Option<&str>)> {
-    let body = line.strip_prefix("a=")?;
-    Some(match body.split_once(':') {
-        Some((name, value)) => (name, Some(value)),
-        None => (body.trim_end_matches([' ', '\t']), None),
-    })
-}
-
-/// The first whitespace-separated token and the rest after it.
-fn next_token(text: &str) -> Option<(&str, &str)> {
-    let text = text.trim_start_matches([' ', '\t']);
-    if text.is_empty() {
-        return None;
-    }
-    Some(match text.find([' ', '\t']) {
-        Some(end) => (&text[..end], &text[end..]),
-        None => (text, ""),
-    })
-}
-
-fn parse_direction(name: &str) -> Option<Direction> {
-    match name {
-        "sendrecv" => Some(Direction::SendRecv),
-        "sendonly" => Some(Direction::SendOnly),
-        "recvonly" => Some(Direction::RecvOnly),
-        "inactive" => Some(Direction::Inactive),
-        _ => None,
-    }
-}
-
-fn direction_line(direction: Direction) -> String {
-    match direction {
-        Direction::SendRecv => "a=sendrecv",
-        Direction::SendOnly => "a=sendonly",
-        Direction::RecvOnly => "a=recvonly",
-        Direction::Inactive => "a=inactive",
-    }
-    .to_owned()
-}
-
-fn address_type(address: IpAddr) -> &'static str {
-    match address {
-        IpAddr::V4(_) => "IP4",
-        IpAddr::V6(_) => "IP6",
-    }
-}
-
-fn push_cryptos(out: &mut Vec<String>, cryptos: &[CryptoAttribute]) {
-    out.extend(cryptos.iter().map(|c| format!("a=crypto:{c}")));
-}
-
-/// Replaces the address of an o= value, keeping username, ids and version.
-fn rewrite_origin_address(value: &str, address: IpAddr) -> String {
-    match parse_origin(value) {
-        Some([user, id, version, net, _, _]) => format!(
-            "o={user} {id} {version} {net} {} {address}",
-            address_type(address)
-        ),
-        // Unreachable for parsed SDP; keep the line rather than invent one.
-        None => format!("o={value}"),
-    }
-}
-
-/// Sets an m= line's port to 0, keeping the rest verbatim.
-fn decline_media(value: &str) -> String {
-    match parse_media(value) {
-        Some(m) if m.port == 0 => format!("m={value}"),
-        Some(m) if m.formats.is_empty() => format!("m={} 0 {}", m.media, m.proto),
-        Some(m) => format!("m={} 0 {} {}", m.media, m.proto, m.formats),
-        None => format!("m={value}"),
     }
 }
 
