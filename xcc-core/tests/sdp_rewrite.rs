@@ -138,14 +138,13 @@ fn linphone_ipv6_with_video_declined_mux_and_hold() {
         a=sendonly\r\n\
         m=video 0 RTP/SAVP 96\r\n\
         a=rtpmap:96 VP8/90000\r\n\
-        a=rtcp:9079\r\n\
         a=rtcp-fb:* nack pli\r\n";
     assert_eq!(out, expected);
     assert_strictly_valid(&out);
 }
 
 #[test]
-fn media_level_connection_rewritten_and_other_sections_keep_theirs() {
+fn media_level_connections_all_carry_xcc_address() {
     let out = rewrite(BRIA_AUDIO_VIDEO_OFFER, &pbx_leg());
     let expected = "v=0\r\n\
         o=- 1718216700 2 IN IP4 10.0.0.1\r\n\
@@ -158,7 +157,7 @@ fn media_level_connection_rewritten_and_other_sections_keep_theirs() {
         a=fmtp:101 0-15\r\n\
         a=sendrecv\r\n\
         m=video 0 RTP/AVP 97 123\r\n\
-        c=IN IP4 10.1.2.3\r\n\
+        c=IN IP4 10.0.0.1\r\n\
         b=TIAS:2000000\r\n\
         a=rtpmap:97 H264/90000\r\n\
         a=fmtp:97 profile-level-id=42E01F;packetization-mode=1\r\n\
@@ -266,6 +265,16 @@ fn rewrite_is_idempotent_and_keeps_untouched_lines() {
         for stripped in ["a=candidate", "a=ice-", "a=fingerprint", "a=setup"] {
             assert!(!once.contains(stripped), "{stripped} kept:\n{once}");
         }
+        // No address of the sender survives (topology hiding).
+        let sender = SessionDescription::parse(sample)
+            .unwrap()
+            .origin()
+            .unwrap()
+            .address;
+        assert!(
+            !once.contains(&format!(" {sender}\r\n")),
+            "{sender} leaked:\n{once}"
+        );
     }
 }
 

@@ -29,6 +29,9 @@ impl SessionDescription {
     /// other m= section's port to 0 (declined); strips ICE (a=candidate, ice-ufrag, ice-pwd,
     /// ice-options, end-of-candidates, ice-lite) and DTLS (fingerprint, setup) attributes.
     ///
+    /// Declined sections keep their lines except `a=crypto` and `a=rtcp`, and their c= carries
+    /// XCC's address too, so no key or address of one side reaches the other.
+    ///
     /// Within the audio section: the m= port and proto are replaced (the format list is kept
     /// verbatim), c= and a=rtcp carry XCC's address and ports, `a=crypto` lines are replaced by
     /// `rw.crypto` (at the place of the first one, else at the end of the section), the direction
@@ -70,17 +73,16 @@ impl SessionDescription {
                 continue;
             }
             if !in_audio {
-                if attr.is_some_and(|(name, _)| name == "crypto") {
+                // Keys and RTCP ports of declined streams are dropped, and every address is
+                // XCC's: neither side learns the other's keys or addresses (topology hiding).
+                let declined = index >= session_end;
+                if attr.is_some_and(|(name, _)| name == "crypto" || (declined && name == "rtcp")) {
                     continue;
                 }
-                if index < session_end {
-                    if line.starts_with("c=") {
-                        out.push(connection.clone());
-                    } else if let Some(origin) = line.strip_prefix("o=") {
-                        out.push(rewrite_origin_address(origin, rw.address));
-                    } else {
-                        out.push(line.clone());
-                    }
+                if line.starts_with("c=") {
+                    out.push(connection.clone());
+                } else if let Some(origin) = line.strip_prefix("o=") {
+                    out.push(rewrite_origin_address(origin, rw.address));
                 } else if let Some(value) = line.strip_prefix("m=") {
                     out.push(decline_media(value));
                 } else {
