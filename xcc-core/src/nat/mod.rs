@@ -1,0 +1,10 @@
+//! NAT traversal cores: how XCC learns its public address, classifies the NAT in front of it,
+//! answers ICE connectivity checks on client legs and punches holes towards clients.
+//!
+//! Every core here is sans-IO: the driver passes `now` and received bytes in, and takes datagrams
+//! out (`poll_transmit`) and timers (`poll_timeout`); randomness comes from a caller's RNG. The
+//! control plane drives [`discovery::Discovery`] and [`nat_type::NatTypeProbe`] from its own socket;
+//! a media worker owns one [`ice::IceLite`] and one [`punch::Puncher`] per client leg and calls them
+//! for STUN datagrams ([`stun::is_stun`]) that arrive on the leg's RTP port.
+
+pub mod stun;
