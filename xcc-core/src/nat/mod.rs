@@ -7,4 +7,8 @@
 //! a media worker owns one [`ice::IceLite`] and one [`punch::Puncher`] per client leg and calls them
 //! for STUN datagrams ([`stun::is_stun`]) that arrive on the leg's RTP port.
 
+pub mod discovery;
 pub mod stun;
+mod transaction;
+
+pub use transaction::Retransmission;
