@@ -8,6 +8,7 @@
 //! for STUN datagrams ([`stun::is_stun`]) that arrive on the leg's RTP port.
 
 pub mod discovery;
+pub mod ice;
 pub mod stun;
 mod transaction;
 
