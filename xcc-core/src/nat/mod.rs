@@ -9,6 +9,7 @@
 
 pub mod discovery;
 pub mod ice;
+pub mod punch;
 pub mod stun;
 mod transaction;
 
