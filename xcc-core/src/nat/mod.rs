@@ -7,6 +7,7 @@
 //! a media worker owns one [`ice::IceLite`] and one [`punch::Puncher`] per client leg and calls them
 //! for STUN datagrams ([`stun::is_stun`]) that arrive on the leg's RTP port.
 
+pub mod candidate;
 pub mod discovery;
 pub mod ice;
 pub mod punch;
