@@ -280,7 +280,7 @@ impl RemoteIce {
             .iter()
             .filter(|c| c.component == COMPONENT_RTP)
             .collect();
-        c.sort_by(|a, b| b.priority.cmp(&a.priority));
+        c.sort_by_key(|c| std::cmp::Reverse(c.priority));
         c.iter().map(|c| c.address).collect()
     }
 }
