@@ -10,6 +10,7 @@
 pub mod candidate;
 pub mod discovery;
 pub mod ice;
+pub mod nat_type;
 pub mod punch;
 pub mod stun;
 mod transaction;
