@@ -121,8 +121,12 @@ impl Bucket {
     fn take(&mut self, now: Instant, burst: u32, rate: u32) -> bool {
         let elapsed = now.saturating_duration_since(self.last);
         self.last = self.last.max(now);
+        // Capped at u32::MAX ms so the product stays below 2^64.
         let refill = elapsed.as_millis().min(u128::from(u32::MAX)) as u64 * u64::from(rate);
-        self.milli = (self.milli + refill).min(u64::from(burst) * 1000);
+        self.milli = self
+            .milli
+            .saturating_add(refill)
+            .min(u64::from(burst) * 1000);
         if self.milli >= 1000 {
             self.milli -= 1000;
             true
@@ -169,17 +173,8 @@ impl CheckLimiter {
             .slots
             .iter()
             .position(Option::is_none)
-            .unwrap_or_else(|| {
-                let mut oldest = 0;
-                for (i, slot) in self.slots.iter().enumerate() {
-                    if let (Some((_, b)), Some((_, o))) = (slot, &self.slots[oldest])
-                        && b.last < o.last
-                    {
-                        oldest = i;
-                    }
-                }
-                oldest
-            });
+            .or_else(|| (0..LIMITER_SLOTS).min_by_key(|&i| self.slots[i].map(|(_, b)| b.last)))
+            .unwrap_or(0);
         let mut bucket = Bucket::full(now, l.burst_per_source);
         let allowed = bucket.take(now, l.burst_per_source, l.rate_per_source);
         self.slots[victim] = Some((from, bucket));
@@ -466,6 +461,31 @@ mod tests {
         assert!(l.allow(t0, b), "another source has its own bucket");
         assert!(l.allow(t0 + token_interval(10), a));
         assert!(!l.allow(t0 + token_interval(10), a));
+    }
+
+    #[test]
+    fn full_table_forgets_the_least_recently_seen_source() {
+        let limits = CheckLimits {
+            burst_per_source: 1,
+            rate_per_source: 1,
+            burst_per_leg: 1000,
+            rate_per_leg: 1000,
+        };
+        let mut l = CheckLimiter::new(limits);
+        let t0 = Instant::now();
+        let source = |i: u16| SocketAddr::from(([198, 51, 100, 4], 3000 + i));
+        // Each source spends its single token, the first one earliest.
+        for i in 0..LIMITER_SLOTS as u16 {
+            assert!(l.allow(t0 + Duration::from_micros(u64::from(i)), source(i)));
+        }
+        let t1 = t0 + Duration::from_millis(1);
+        assert!(!l.allow(t1, source(1)), "still tracked, bucket empty");
+        assert!(
+            l.allow(t1, source(100)),
+            "a new source takes the oldest slot"
+        );
+        assert!(!l.allow(t1, source(2)), "others are still tracked");
+        assert!(l.allow(t1, source(0)), "the evicted source starts afresh");
     }
 
     #[test]
