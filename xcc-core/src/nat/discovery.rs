@@ -535,6 +535,22 @@ mod tests {
     }
 
     #[test]
+    fn check_now_asks_before_the_refresh_is_due() {
+        let t0 = Instant::now();
+        let mut rng = ChaCha8Rng::seed_from_u64(10);
+        let mut d = Discovery::new(config(&[A]), t0).unwrap();
+        let sent = run(&mut d, &mut rng, t0, t0);
+        let mapped: SocketAddr = "203.0.113.12:4000".parse().unwrap();
+        d.handle_response(t0, sent[0].1, &answer(&sent[0].2, mapped, true));
+        let t1 = t0 + Duration::from_secs(5);
+        assert!(d.poll_timeout() > Some(t1));
+        d.check_now(t1);
+        assert_eq!(d.poll_timeout(), Some(t1));
+        let sent = run(&mut d, &mut rng, t1, t1);
+        assert_eq!(sent.len(), 1);
+    }
+
+    #[test]
     fn static_address_short_circuits_stun() {
         let t0 = Instant::now();
         let mut rng = ChaCha8Rng::seed_from_u64(8);

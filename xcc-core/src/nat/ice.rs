@@ -357,8 +357,9 @@ impl IceLite {
         let id = msg.transaction_id();
         let key = self.local.pwd.as_bytes();
         if msg.ice_controlled().is_some() {
-            // RFC 8445 §7.3.1.1: both sides claim "controlled"; a lite agent stays controlled, so
-            // it always asks the full agent to switch.
+            // RFC 8445 §7.3.1.1: both sides claim "controlled". A lite agent cannot become
+            // controlling, so it acts as if its tie-breaker were the smallest possible: it keeps
+            // its role and answers 487, and the full agent switches to controlling.
             let written = Writer::new(out, BINDING_ERROR, id).and_then(|mut w| {
                 w.error_code(487, "Role Conflict")?;
                 w.integrity(key)?;
@@ -429,6 +430,19 @@ mod tests {
             !format!("{a:?}").contains(&a.pwd),
             "Debug hides the password"
         );
+    }
+
+    #[test]
+    fn unknown_remote_ufrag_accepts_any_non_empty_remote_part() {
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        let local = IceCredentials::generate(&mut rng);
+        let ice = IceLite::new(local.clone(), None, CheckLimits::default());
+        let ok = format!("{}:peer", local.ufrag);
+        let empty = format!("{}:", local.ufrag);
+        assert!(ice.username_matches(Some(ok.as_bytes())));
+        assert!(!ice.username_matches(Some(empty.as_bytes())));
+        assert!(!ice.username_matches(Some(local.ufrag.as_bytes())));
+        assert!(!ice.username_matches(None));
     }
 
     #[test]
