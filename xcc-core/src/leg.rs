@@ -40,6 +40,8 @@ pub enum DropReason {
     NoRoute,
     /// Not media at all (STUN, keepalive "PING", too short, DTLS ...).
     Stray,
+    /// The kernel refused the send.
+    SendError,
 }
 
 impl DropReason {
@@ -52,6 +54,7 @@ impl DropReason {
             DropReason::Malformed => &mut drops.malformed,
             DropReason::NoRoute => &mut drops.no_route,
             DropReason::Stray => &mut drops.stray,
+            DropReason::SendError => &mut drops.send_error,
         };
         *c += 1;
     }

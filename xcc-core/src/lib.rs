@@ -14,6 +14,7 @@ pub mod ids;
 pub mod leg;
 pub mod media;
 pub mod ports;
+pub mod relay;
 pub mod rtp;
 pub mod sdes;
 pub mod sdp;
