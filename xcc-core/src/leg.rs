@@ -13,8 +13,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::ids::LegSide;
-use crate::media::{Direction, DropCounters, LegConfig, LegCounters};
+use crate::media::{Direction, DropCounters, LegConfig, LegCounters, SrtpKeys};
 use crate::rtp::{self, PacketClass};
+use crate::srtp::{SrtpContext, SrtpError, SrtpPolicy};
 
 /// Which of the leg's two local sockets a packet came in on or goes out of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +46,18 @@ pub enum DropReason {
 }
 
 impl DropReason {
+    /// The drop reason for a packet from the expected source that failed to unprotect.
+    fn from_srtp(e: SrtpError) -> Self {
+        match e {
+            SrtpError::AuthFailed => DropReason::AuthFailure,
+            SrtpError::Replay => DropReason::Replay,
+            SrtpError::TooShort
+            | SrtpError::BufferTooSmall
+            | SrtpError::Malformed
+            | SrtpError::KeyExhausted => DropReason::Malformed,
+        }
+    }
+
     /// Adds one to the matching counter.
     pub fn count(self, drops: &mut DropCounters) {
         let c = match self {
@@ -127,6 +140,27 @@ impl Latch {
     }
 }
 
+/// SRTP state of a leg: the keys it was built from and one context per direction.
+struct LegCrypto {
+    /// What the contexts were derived from; an identical re-configuration keeps them (and so
+    /// keeps the ROC and replay window instead of reopening old packets to replay).
+    keys: SrtpKeys,
+    /// Session parameters the contexts were built with.
+    policy: SrtpPolicy,
+    /// Unprotects what the peer sends.
+    inbound: SrtpContext,
+    /// Protects what XCC sends to the peer.
+    outbound: SrtpContext,
+}
+
+impl std::fmt::Debug for LegCrypto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LegCrypto")
+            .field("suite", &self.keys.inbound.suite)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Learning window of plain-RTP legs and the clock it runs on.
 #[derive(Debug, Clone, Copy)]
 pub struct LatchPolicy {
@@ -149,6 +183,8 @@ pub struct Leg {
     learning_until: Instant,
     /// Whether the leg has been configured at all (an unconfigured leg accepts nothing).
     configured: bool,
+    /// `Some` on an SRTP leg.
+    crypto: Option<LegCrypto>,
     /// Traffic and drops.
     counters: LegCounters,
 }
@@ -163,6 +199,7 @@ impl Leg {
             rtcp_latch: Latch::default(),
             learning_until: now,
             configured: false,
+            crypto: None,
             counters: LegCounters::default(),
         }
     }
@@ -170,6 +207,16 @@ impl Leg {
     /// Applies signalling and reopens the learning window. Existing latches stay (a re-INVITE with
     /// the same peer must not interrupt media); a new signalled address wins inside the window.
     pub fn configure(&mut self, config: LegConfig, policy: LatchPolicy, now: Instant) {
+        self.crypto = match (config.srtp.as_ref(), self.crypto.take()) {
+            (None, _) => None,
+            (Some(k), Some(c)) if c.keys == *k && c.policy == config.srtp_policy => Some(c),
+            (Some(k), _) => Some(LegCrypto {
+                keys: k.clone(),
+                policy: config.srtp_policy,
+                inbound: SrtpContext::new(&k.inbound, config.srtp_policy),
+                outbound: SrtpContext::new(&k.outbound, config.srtp_policy),
+            }),
+        };
         self.config = config;
         self.learning_until = now + policy.learning_window;
         self.rtp_latch.signalled_seen = false;
@@ -277,13 +324,34 @@ impl Leg {
         } else {
             (&mut self.rtp_latch, self.config.remote_rtp)
         };
-        match latch.plain(from, signalled, learning) {
-            None => Inbound::Drop(DropReason::Stranger),
-            Some(moved) => Inbound::Media {
-                len,
-                rtcp,
-                latched: moved.then_some(from),
-            },
+        let Some(crypto) = self.crypto.as_mut() else {
+            return match latch.plain(from, signalled, learning) {
+                None => Inbound::Drop(DropReason::Stranger),
+                Some(moved) => Inbound::Media {
+                    len,
+                    rtcp,
+                    latched: moved.then_some(from),
+                },
+            };
+        };
+        // SRTP: only a packet that authenticates (and is no replay) may latch or move the latch.
+        let known = latch.addr == Some(from);
+        let unprotected = if rtcp {
+            crypto.inbound.unprotect_rtcp(buf, len)
+        } else {
+            crypto.inbound.unprotect_rtp(buf, len)
+        };
+        match unprotected {
+            Ok(plain_len) => {
+                latch.addr = Some(from);
+                Inbound::Media {
+                    len: plain_len,
+                    rtcp,
+                    latched: (!known).then_some(from),
+                }
+            }
+            Err(_) if latch.addr.is_some() && !known => Inbound::Drop(DropReason::Stranger),
+            Err(e) => Inbound::Drop(DropReason::from_srtp(e)),
         }
     }
 
@@ -319,6 +387,17 @@ impl Leg {
         if buf.len() < len {
             return Err(DropReason::Malformed);
         }
+        let len = match self.crypto.as_mut() {
+            None => len,
+            Some(c) if rtcp => c
+                .outbound
+                .protect_rtcp(buf, len)
+                .map_err(|_| DropReason::Malformed)?,
+            Some(c) => c
+                .outbound
+                .protect_rtp(buf, len)
+                .map_err(|_| DropReason::Malformed)?,
+        };
         Ok(Outbound { len, from, to })
     }
 
@@ -644,6 +723,167 @@ mod tests {
                 "{dir:?}"
             );
             assert!(leg.prepare_send(&mut p, 28, true).is_ok(), "{dir:?}");
+        }
+    }
+
+    mod srtp {
+        use super::*;
+        use crate::media::SrtpKeys;
+        use crate::srtp::{KeyingMaterial, SrtpSuite};
+
+        struct Peer {
+            tx: SrtpContext,
+            seq: u16,
+        }
+
+        impl Peer {
+            fn packet(&mut self) -> ([u8; 256], usize) {
+                let mut p = [0u8; 256];
+                p[..172].copy_from_slice(&rtp_pkt());
+                p[2..4].copy_from_slice(&self.seq.to_be_bytes());
+                self.seq += 1;
+                let n = self.tx.protect_rtp(&mut p, 172).unwrap();
+                (p, n)
+            }
+        }
+
+        fn srtp_leg(now: Instant) -> (Leg, Peer) {
+            let keys = SrtpKeys {
+                inbound: KeyingMaterial::generate(SrtpSuite::AesCm128HmacSha1_80),
+                outbound: KeyingMaterial::generate(SrtpSuite::AesCm128HmacSha1_80),
+            };
+            let peer = Peer {
+                tx: SrtpContext::new(&keys.inbound, SrtpPolicy::default()),
+                seq: 1,
+            };
+            let mut leg = Leg::new(LegSide::Client, now);
+            let cfg = LegConfig {
+                remote_rtp: Some(addr("192.0.2.10:5000")),
+                srtp: Some(keys),
+                ..LegConfig::default()
+            };
+            leg.configure(cfg, POLICY, now);
+            (leg, peer)
+        }
+
+        fn forged() -> ([u8; 256], usize) {
+            let mut p = [0u8; 256];
+            p[..172].copy_from_slice(&rtp_pkt());
+            p[2..4].copy_from_slice(&999u16.to_be_bytes()); // fresh index: only the tag is wrong
+            (p, 182)
+        }
+
+        #[test]
+        fn latches_only_on_an_authenticated_packet() {
+            let t0 = Instant::now();
+            let (mut leg, mut peer) = srtp_leg(t0);
+            // Even the signalled address cannot latch without authenticating.
+            let (mut f, n) = forged();
+            let got = leg.handle_receive(t0, LocalPort::Rtp, addr("192.0.2.10:5000"), &mut f, n);
+            assert_eq!(got, Inbound::Drop(DropReason::AuthFailure));
+            assert_eq!(leg.latched_rtp(), None);
+            // A good packet from anywhere (NAT) latches, and comes out as plain RTP.
+            let (mut p, n) = peer.packet();
+            let got = leg.handle_receive(t0, LocalPort::Rtp, addr("198.51.100.7:40000"), &mut p, n);
+            assert_eq!(
+                got,
+                Inbound::Media {
+                    len: 172,
+                    rtcp: false,
+                    latched: Some(addr("198.51.100.7:40000"))
+                }
+            );
+            assert_eq!(p[12..172], rtp_pkt()[12..172]);
+        }
+
+        #[test]
+        fn stranger_cannot_steal_latched_leg_but_a_proven_move_relatches() {
+            let t0 = Instant::now();
+            let (mut leg, mut peer) = srtp_leg(t0);
+            let (mut p, n) = peer.packet();
+            leg.handle_receive(t0, LocalPort::Rtp, addr("198.51.100.7:40000"), &mut p, n);
+            let (mut f, n) = forged();
+            let got = leg.handle_receive(t0, LocalPort::Rtp, addr("203.0.113.66:1"), &mut f, n);
+            assert_eq!(got, Inbound::Drop(DropReason::Stranger));
+            // Replaying a captured genuine packet from elsewhere: authenticates, but is a replay.
+            let (mut p2, n2) = peer.packet();
+            let captured = p2;
+            leg.handle_receive(t0, LocalPort::Rtp, addr("198.51.100.7:40000"), &mut p2, n2);
+            let mut replay = captured;
+            let got =
+                leg.handle_receive(t0, LocalPort::Rtp, addr("203.0.113.66:1"), &mut replay, n2);
+            assert_eq!(got, Inbound::Drop(DropReason::Stranger));
+            assert_eq!(leg.latched_rtp(), Some(addr("198.51.100.7:40000")));
+            // The mobile changes network: its next genuine packet moves the latch, long after any window.
+            let (mut p3, n3) = peer.packet();
+            let late = t0 + Duration::from_secs(600);
+            let got =
+                leg.handle_receive(late, LocalPort::Rtp, addr("203.0.113.5:2222"), &mut p3, n3);
+            assert!(matches!(
+                got,
+                Inbound::Media {
+                    latched: Some(_),
+                    ..
+                }
+            ));
+            assert_eq!(leg.latched_rtp(), Some(addr("203.0.113.5:2222")));
+            let d = leg.counters().drops;
+            assert_eq!((d.stranger, d.auth_failure, d.replay), (2, 0, 0));
+        }
+
+        #[test]
+        fn failures_from_the_latched_source_count_by_reason() {
+            let t0 = Instant::now();
+            let (mut leg, mut peer) = srtp_leg(t0);
+            let from = addr("198.51.100.7:40000");
+            let (mut p, n) = peer.packet();
+            let captured = p;
+            leg.handle_receive(t0, LocalPort::Rtp, from, &mut p, n);
+            let mut again = captured;
+            assert_eq!(
+                leg.handle_receive(t0, LocalPort::Rtp, from, &mut again, n),
+                Inbound::Drop(DropReason::Replay)
+            );
+            let (mut f, n) = forged();
+            assert_eq!(
+                leg.handle_receive(t0, LocalPort::Rtp, from, &mut f, n),
+                Inbound::Drop(DropReason::AuthFailure)
+            );
+            let d = leg.counters().drops;
+            assert_eq!((d.replay, d.auth_failure, d.stranger), (1, 1, 0));
+        }
+
+        #[test]
+        fn identical_reconfiguration_keeps_the_replay_window() {
+            let t0 = Instant::now();
+            let (mut leg, mut peer) = srtp_leg(t0);
+            let from = addr("198.51.100.7:40000");
+            let (mut p, n) = peer.packet();
+            let captured = p;
+            leg.handle_receive(t0, LocalPort::Rtp, from, &mut p, n);
+            let same = leg.config().clone();
+            leg.configure(same, POLICY, t0);
+            let mut again = captured;
+            assert_eq!(
+                leg.handle_receive(t0, LocalPort::Rtp, from, &mut again, n),
+                Inbound::Drop(DropReason::Replay)
+            );
+        }
+
+        #[test]
+        fn outbound_is_protected_with_the_legs_own_key() {
+            let t0 = Instant::now();
+            let (mut leg, _) = srtp_leg(t0);
+            let mut rx = SrtpContext::new(
+                &leg.config().srtp.as_ref().unwrap().outbound,
+                SrtpPolicy::default(),
+            );
+            let mut p = [0u8; 256];
+            p[..172].copy_from_slice(&rtp_pkt());
+            let out = leg.prepare_send(&mut p, 172, false).unwrap();
+            assert_eq!(out.len, 182);
+            assert_eq!(rx.unprotect_rtp(&mut p, out.len), Ok(172));
+            assert_eq!(p[..172], rtp_pkt()[..172]);
         }
     }
 }

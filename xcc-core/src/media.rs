@@ -22,7 +22,7 @@ use crate::relay::published::{CallState, Published};
 use crate::relay::worker::{self, WAKER, WorkerSetup};
 use crate::relay::{Command, Freed, NewCall};
 use crate::socket::{SocketOptions, bind_media_socket};
-use crate::srtp::{KeyingMaterial, SrtpSuite};
+use crate::srtp::{KeyingMaterial, SrtpPolicy, SrtpSuite};
 
 /// Media-plane settings; every field has a default that runs on a fresh machine.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -167,6 +167,8 @@ pub struct LegConfig {
     pub srtp: Option<SrtpKeys>,
     /// Negotiated direction.
     pub direction: Direction,
+    /// SDES session parameters (`UNENCRYPTED_SRTP`, ...) for both directions; ignored for plain RTP.
+    pub srtp_policy: SrtpPolicy,
 }
 
 /// Why a call's media ended.
@@ -629,11 +631,6 @@ impl MediaControl {
         side: LegSide,
         config: LegConfig,
     ) -> crate::Result<()> {
-        if config.srtp.is_some() {
-            return Err(crate::Error::Crypto(
-                "SRTP legs are not wired yet".to_owned(),
-            ));
-        }
         let mut reg = self.shared.lock();
         let rec = reg
             .calls
