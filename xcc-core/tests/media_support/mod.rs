@@ -118,3 +118,68 @@ pub fn await_ended(
         }
     }
 }
+
+/// An SRTP phone's two contexts and the keys XCC's leg must be configured with.
+pub struct SrtpPhone {
+    /// Protects what the phone sends (XCC's inbound key for the leg).
+    pub tx: xcc_core::srtp::SrtpContext,
+    /// Unprotects what XCC sends (XCC's outbound key for the leg).
+    pub rx: xcc_core::srtp::SrtpContext,
+    /// The keys for `LegConfig::srtp`.
+    pub keys: xcc_core::media::SrtpKeys,
+}
+
+impl SrtpPhone {
+    pub fn new(suite: xcc_core::srtp::SrtpSuite) -> Self {
+        use xcc_core::srtp::{KeyingMaterial, SrtpContext, SrtpPolicy};
+        let keys = xcc_core::media::SrtpKeys {
+            inbound: KeyingMaterial::generate(suite),
+            outbound: KeyingMaterial::generate(suite),
+        };
+        Self {
+            tx: SrtpContext::new(&keys.inbound, SrtpPolicy::default()),
+            rx: SrtpContext::new(&keys.outbound, SrtpPolicy::default()),
+            keys,
+        }
+    }
+
+    /// `plain` protected as SRTP (or SRTCP).
+    pub fn protect(&mut self, plain: &[u8], rtcp: bool) -> Vec<u8> {
+        let mut buf = plain.to_vec();
+        buf.resize(plain.len() + 64, 0);
+        let n = if rtcp {
+            self.tx.protect_rtcp(&mut buf, plain.len()).unwrap()
+        } else {
+            self.tx.protect_rtp(&mut buf, plain.len()).unwrap()
+        };
+        buf.truncate(n);
+        buf
+    }
+
+    /// `wire` unprotected with XCC's key.
+    pub fn unprotect(&mut self, wire: &[u8], rtcp: bool) -> Vec<u8> {
+        let mut buf = wire.to_vec();
+        let n = if rtcp {
+            self.rx.unprotect_rtcp(&mut buf, wire.len()).unwrap()
+        } else {
+            self.rx.unprotect_rtp(&mut buf, wire.len()).unwrap()
+        };
+        buf.truncate(n);
+        buf
+    }
+}
+
+/// 127.0.0.1:`port`.
+pub fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Leg configuration pointing at a phone's two sockets.
+pub fn leg_to(p: &Phone, srtp: Option<xcc_core::media::SrtpKeys>) -> xcc_core::media::LegConfig {
+    xcc_core::media::LegConfig {
+        remote_rtp: Some(p.rtp_addr()),
+        remote_rtcp: Some(p.rtcp_addr()),
+        srtp,
+        ..Default::default()
+    }
+}
