@@ -159,12 +159,20 @@ impl CheckLimiter {
     /// Whether a check from `from` may be processed now.
     fn allow(&mut self, now: Instant, from: SocketAddr) -> bool {
         let l = self.limits;
+        // The source's bucket first, so one flooding source cannot drain the leg's bucket and
+        // starve the real peer; the leg's bucket then bounds sources that rotate.
+        if !self.take_source(now, from) {
+            return false;
+        }
         let leg = self
             .leg
             .get_or_insert_with(|| Bucket::full(now, l.burst_per_leg));
-        if !leg.take(now, l.burst_per_leg, l.rate_per_leg) {
-            return false;
-        }
+        leg.take(now, l.burst_per_leg, l.rate_per_leg)
+    }
+
+    /// Takes a token from `from`'s bucket, tracking it if new.
+    fn take_source(&mut self, now: Instant, from: SocketAddr) -> bool {
+        let l = self.limits;
         if let Some((_, bucket)) = self.slots.iter_mut().flatten().find(|(a, _)| *a == from) {
             return bucket.take(now, l.burst_per_source, l.rate_per_source);
         }
@@ -500,6 +508,23 @@ mod tests {
         );
         assert!(!l.allow(t1, source(2)), "others are still tracked");
         assert!(l.allow(t1, source(0)), "the evicted source starts afresh");
+    }
+
+    #[test]
+    fn one_flooding_source_does_not_starve_the_leg() {
+        let limits = CheckLimits {
+            burst_per_source: 2,
+            rate_per_source: 1,
+            burst_per_leg: 5,
+            rate_per_leg: 1,
+        };
+        let mut l = CheckLimiter::new(limits);
+        let t0 = Instant::now();
+        let flood: SocketAddr = "198.51.100.5:1000".parse().unwrap();
+        let peer: SocketAddr = "198.51.100.6:1000".parse().unwrap();
+        let allowed = (0..100).filter(|_| l.allow(t0, flood)).count();
+        assert_eq!(allowed, 2);
+        assert!(l.allow(t0, peer));
     }
 
     #[test]
