@@ -596,3 +596,131 @@ fn punching_opens_xcc_nat_for_the_peer_checks() {
     assert!(checks >= 1);
     assert_eq!(mapped, Some(peer_addr));
 }
+
+/// The client sits behind a symmetric NAT (`masquerade random`) and XCC on the public side. The
+/// client learns its server-reflexive address from coturn with the discovery core on its media
+/// socket and signals it; XCC punches towards it. The client's checks reach XCC from whatever
+/// port the NAT picked for XCC's address; the ICE-lite responder answers that source, the client
+/// verifies the answer through the NAT, and XCC latches to the authenticated source, not to the
+/// signalled one.
+#[test]
+fn symmetric_nat_client_latches_on_authenticated_check() {
+    let Some(topo) = topology(Nat::Symmetric, true) else {
+        return;
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let xcc_creds = IceCredentials::generate(&mut rng);
+    let client_creds = IceCredentials::generate(&mut rng);
+    let xcc_addr = SocketAddr::new(PEER.parse().unwrap(), 30_000);
+    let (signal_tx, signal_rx) = std::sync::mpsc::channel::<SocketAddr>();
+
+    let (xc, cc) = (xcc_creds.clone(), client_creds.clone());
+    let client_ns = format!("/run/netns/{}", topo.ns("c"));
+    let client = std::thread::spawn(move || {
+        enter(&client_ns);
+        let sock = UdpSocket::bind((PRIVATE, 40_000)).expect("bind client media socket");
+        // STUN from the media socket, as a softphone gathers its srflx candidate.
+        let start = Instant::now();
+        let config = DiscoveryConfig {
+            servers: vec![STUN_PRIMARY.parse().unwrap()],
+            retransmission: FAST,
+            ..DiscoveryConfig::default()
+        };
+        let mut d = Discovery::new(config, start).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(6);
+        let mut buf = [0u8; 1500];
+        let srflx = loop {
+            assert!(start.elapsed() < DEADLINE, "client discovery timed out");
+            d.handle_timeout(Instant::now(), &mut rng);
+            while let Some((to, bytes)) = d.poll_transmit() {
+                sock.send_to(bytes, to).expect("send inside namespace");
+            }
+            if let Some(xcc_core::nat::discovery::AddressSource::Stun { mapped, .. }) = d.source() {
+                break mapped;
+            }
+            let until = d.poll_timeout().unwrap_or_else(Instant::now);
+            if let Some((n, from)) = recv_until(&sock, &mut buf, until) {
+                d.handle_response(Instant::now(), from, &buf[..n]);
+            }
+        };
+        signal_tx.send(srflx).expect("XCC waits for the offer");
+        // Nominating checks to XCC until an answer verifies.
+        let mut req = [0u8; 256];
+        let mut id = 0u8;
+        while start.elapsed() < DEADLINE {
+            id = id.wrapping_add(1);
+            let len = peer_check(&xc, &cc, id, &mut req);
+            sock.send_to(&req[..len], xcc_addr).expect("client send");
+            let until = Instant::now() + Duration::from_millis(20);
+            while Instant::now() < until {
+                let Some((n, from)) = recv_until(&sock, &mut buf, until) else {
+                    continue;
+                };
+                if let Ok(msg) = stun::Message::parse(&buf[..n])
+                    && msg.msg_type() == stun::BINDING_SUCCESS
+                    && from == xcc_addr
+                    && msg.verify_integrity(xc.pwd.as_bytes())
+                    && msg.verify_fingerprint()
+                {
+                    return Some((srflx, msg.xor_mapped_address()));
+                }
+            }
+        }
+        None
+    });
+
+    let (xc, cc) = (xcc_creds, client_creds);
+    let latched = topo.inside("p", move || {
+        let sock = UdpSocket::bind(xcc_addr).expect("bind XCC media port");
+        let signalled = signal_rx.recv().expect("client signalled its candidate");
+        let mut ice = IceLite::new(xc.clone(), Some(&cc), CheckLimits::default());
+        let start = Instant::now();
+        let kind = ProbeKind::Ice {
+            local: xc,
+            remote: cc,
+            tie_breaker: 9,
+            priority: 1_845_501_695,
+        };
+        let mut puncher = Puncher::new(start, &[signalled], kind, PunchSchedule::default());
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let mut buf = [0u8; 1500];
+        let mut out = [0u8; 128];
+        while start.elapsed() < DEADLINE {
+            puncher.handle_timeout(Instant::now(), &mut rng);
+            let mut probe = [0u8; 256];
+            while let Some((to, len)) = puncher.poll_transmit(&mut probe) {
+                sock.send_to(&probe[..len], to).expect("punch");
+            }
+            let until = puncher
+                .poll_timeout()
+                .unwrap_or_else(|| Instant::now() + Duration::from_millis(50));
+            let Some((n, from)) = recv_until(&sock, &mut buf, until) else {
+                continue;
+            };
+            if let CheckOutcome::Success { len, nominated } =
+                ice.handle_request(Instant::now(), from, &buf[..n], &mut out)
+            {
+                sock.send_to(&out[..len], from).expect("answer");
+                if nominated {
+                    puncher.stop();
+                    return Some((signalled, from));
+                }
+            }
+        }
+        None
+    });
+    let (signalled, latched) = latched.expect("an authenticated check arrived through the NAT");
+    assert_eq!(latched.ip(), NAT_PUBLIC.parse::<IpAddr>().unwrap());
+    let (_, mapped) = client
+        .join()
+        .expect("client thread")
+        .expect("client verified XCC's answer through the symmetric NAT");
+    assert_eq!(
+        mapped,
+        Some(latched),
+        "XCC answered the source it latched to"
+    );
+    if latched != signalled {
+        eprintln!("symmetric NAT: signalled {signalled}, latched {latched}");
+    }
+}
