@@ -14,5 +14,6 @@ pub mod nat_type;
 pub mod punch;
 pub mod stun;
 mod transaction;
+pub mod turn;
 
 pub use transaction::Retransmission;

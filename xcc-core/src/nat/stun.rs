@@ -43,6 +43,20 @@ pub mod attr {
     pub const MESSAGE_INTEGRITY: u16 = 0x0008;
     /// Error class and number.
     pub const ERROR_CODE: u16 = 0x0009;
+    /// TURN: allocation or permission lifetime in seconds.
+    pub const LIFETIME: u16 = 0x000D;
+    /// TURN: the peer a Send/Data indication or permission is about.
+    pub const XOR_PEER_ADDRESS: u16 = 0x0012;
+    /// TURN: application data in Send/Data indications.
+    pub const DATA: u16 = 0x0013;
+    /// Long-term credentials: the server's realm.
+    pub const REALM: u16 = 0x0014;
+    /// Long-term credentials: the server's nonce.
+    pub const NONCE: u16 = 0x0015;
+    /// TURN: the relayed transport address of an allocation.
+    pub const XOR_RELAYED_ADDRESS: u16 = 0x0016;
+    /// TURN: protocol of the allocation (17 = UDP).
+    pub const REQUESTED_TRANSPORT: u16 = 0x0019;
     /// Where the server saw the request come from, XORed so NATs do not rewrite it.
     pub const XOR_MAPPED_ADDRESS: u16 = 0x0020;
     /// ICE candidate priority of the sender's peer-reflexive candidate.
@@ -157,6 +171,18 @@ pub struct Message<'a> {
     response_origin: Option<&'a [u8]>,
     /// ERROR-CODE value.
     error_code: Option<&'a [u8]>,
+    /// REALM value.
+    realm: Option<&'a [u8]>,
+    /// NONCE value.
+    nonce: Option<&'a [u8]>,
+    /// XOR-RELAYED-ADDRESS value.
+    xor_relayed: Option<&'a [u8]>,
+    /// XOR-PEER-ADDRESS value.
+    xor_peer: Option<&'a [u8]>,
+    /// DATA value.
+    data: Option<&'a [u8]>,
+    /// LIFETIME in seconds.
+    lifetime: Option<u32>,
     /// PRIORITY value.
     priority: Option<u32>,
     /// USE-CANDIDATE present.
@@ -195,6 +221,12 @@ impl<'a> Message<'a> {
             other_address: None,
             response_origin: None,
             error_code: None,
+            realm: None,
+            nonce: None,
+            xor_relayed: None,
+            xor_peer: None,
+            data: None,
+            lifetime: None,
             priority: None,
             use_candidate: false,
             ice_controlling: None,
@@ -261,6 +293,26 @@ impl<'a> Message<'a> {
             attr::PRIORITY => {
                 if let Ok(v) = <[u8; 4]>::try_from(value) {
                     self.priority.get_or_insert(u32::from_be_bytes(v));
+                }
+            }
+            attr::REALM => {
+                self.realm.get_or_insert(value);
+            }
+            attr::NONCE => {
+                self.nonce.get_or_insert(value);
+            }
+            attr::XOR_RELAYED_ADDRESS => {
+                self.xor_relayed.get_or_insert(value);
+            }
+            attr::XOR_PEER_ADDRESS => {
+                self.xor_peer.get_or_insert(value);
+            }
+            attr::DATA => {
+                self.data.get_or_insert(value);
+            }
+            attr::LIFETIME => {
+                if let Ok(v) = <[u8; 4]>::try_from(value) {
+                    self.lifetime.get_or_insert(u32::from_be_bytes(v));
                 }
             }
             attr::USE_CANDIDATE => self.use_candidate = true,
@@ -344,6 +396,38 @@ impl<'a> Message<'a> {
             return None;
         }
         Some(u16::from(v[2] & 0x07) * 100 + u16::from(v[3]))
+    }
+
+    /// REALM (long-term credentials).
+    pub fn realm(&self) -> Option<&'a [u8]> {
+        self.realm
+    }
+
+    /// NONCE (long-term credentials).
+    pub fn nonce(&self) -> Option<&'a [u8]> {
+        self.nonce
+    }
+
+    /// XOR-RELAYED-ADDRESS (TURN), decoded.
+    pub fn xor_relayed_address(&self) -> Option<SocketAddr> {
+        self.xor_relayed
+            .and_then(|v| decode_address(v, Some(&self.bytes[8..20])))
+    }
+
+    /// XOR-PEER-ADDRESS (TURN), decoded.
+    pub fn xor_peer_address(&self) -> Option<SocketAddr> {
+        self.xor_peer
+            .and_then(|v| decode_address(v, Some(&self.bytes[8..20])))
+    }
+
+    /// DATA (TURN), borrowed from the datagram.
+    pub fn data(&self) -> Option<&'a [u8]> {
+        self.data
+    }
+
+    /// LIFETIME (TURN) in seconds.
+    pub fn lifetime(&self) -> Option<u32> {
+        self.lifetime
     }
 
     /// PRIORITY.
@@ -512,13 +596,18 @@ impl<'b> Writer<'b> {
 
     /// Appends XOR-MAPPED-ADDRESS for `addr`.
     pub fn xor_mapped_address(&mut self, addr: SocketAddr) -> Result<(), StunError> {
+        self.xor_address(attr::XOR_MAPPED_ADDRESS, addr)
+    }
+
+    /// Appends an XOR-encoded address attribute (XOR-MAPPED, XOR-PEER, XOR-RELAYED-ADDRESS).
+    pub fn xor_address(&mut self, attr_type: u16, addr: SocketAddr) -> Result<(), StunError> {
         let mut id = [0u8; 12];
         id.copy_from_slice(&self.buf[8..20]);
         let cookie = MAGIC_COOKIE.to_be_bytes();
         let port = addr.port() ^ (MAGIC_COOKIE >> 16) as u16;
         match addr.ip() {
             IpAddr::V4(ip) => {
-                let v = self.reserve(attr::XOR_MAPPED_ADDRESS, 8)?;
+                let v = self.reserve(attr_type, 8)?;
                 v[0] = 0;
                 v[1] = 0x01;
                 v[2..4].copy_from_slice(&port.to_be_bytes());
@@ -527,7 +616,7 @@ impl<'b> Writer<'b> {
                 }
             }
             IpAddr::V6(ip) => {
-                let v = self.reserve(attr::XOR_MAPPED_ADDRESS, 20)?;
+                let v = self.reserve(attr_type, 20)?;
                 v[0] = 0;
                 v[1] = 0x02;
                 v[2..4].copy_from_slice(&port.to_be_bytes());
