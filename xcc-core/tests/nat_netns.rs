@@ -31,6 +31,7 @@ use xcc_core::nat::nat_type::{
 };
 use xcc_core::nat::punch::{ProbeKind, PunchSchedule, Puncher};
 use xcc_core::nat::stun;
+use xcc_core::nat::turn::{TurnClient, TurnConfig, TurnEvent, TurnInput};
 
 const PRIVATE: &str = "198.51.100.2";
 const NAT_PUBLIC: &str = "203.0.113.1";
@@ -72,7 +73,7 @@ impl Topology {
     }
 
     /// Builds the topology, or says why it cannot (then the test skips).
-    fn build(nat: Nat, peer: bool) -> Result<Topology, String> {
+    fn build(nat: Nat, peer: bool, turn: bool) -> Result<Topology, String> {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         if Command::new("turnserver")
             .arg("--version")
@@ -165,32 +166,42 @@ impl Topology {
             return Err(format!("nft -f failed: {status}"));
         }
         let pidfile = format!("/tmp/{}.coturn.pid", topo.prefix);
+        let mode: &[&str] = if turn {
+            &[
+                "--lt-cred-mech",
+                "--user",
+                "xcc:secret",
+                "--realm",
+                "xcc.test",
+            ]
+        } else {
+            &["--stun-only"]
+        };
+        let args = [
+            "netns",
+            "exec",
+            &p,
+            "turnserver",
+            "-n",
+            "--no-cli",
+            "--no-tls",
+            "--no-dtls",
+        ];
+        let listen = [
+            "-L",
+            "203.0.113.10",
+            "-L",
+            "203.0.113.11",
+            "--listening-port",
+            "3478",
+        ];
+        let ports = ["--min-port", "49152", "--max-port", "49300"];
         let coturn = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &p,
-                "turnserver",
-                "-n",
-                "--no-cli",
-                "--no-tls",
-            ])
-            .args([
-                "--no-dtls",
-                "--stun-only",
-                "-L",
-                "203.0.113.10",
-                "-L",
-                "203.0.113.11",
-            ])
-            .args([
-                "--listening-port",
-                "3478",
-                "--pidfile",
-                &pidfile,
-                "--log-file",
-                "stdout",
-            ])
+            .args(args)
+            .args(listen)
+            .args(mode)
+            .args(ports)
+            .args(["--pidfile", &pidfile, "--log-file", "stdout"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -279,7 +290,12 @@ fn run(cmd: &str, args: &[&str]) -> Result<(), String> {
 
 /// Builds the topology or prints why the test is skipped.
 fn topology(nat: Nat, peer: bool) -> Option<Topology> {
-    match Topology::build(nat, peer) {
+    topology_with(nat, peer, false)
+}
+
+/// [`topology`], with coturn as a TURN server (long-term credentials `xcc`/`secret`) when `turn`.
+fn topology_with(nat: Nat, peer: bool, turn: bool) -> Option<Topology> {
+    match Topology::build(nat, peer, turn) {
         Ok(t) => Some(t),
         Err(why) => {
             eprintln!("SKIPPED: network namespaces unavailable: {why}");
@@ -723,4 +739,117 @@ fn symmetric_nat_client_latches_on_authenticated_check() {
     if latched != signalled {
         eprintln!("symmetric NAT: signalled {signalled}, latched {latched}");
     }
+}
+
+/// XCC behind a NAT allocates a relayed address on coturn (long-term credentials), permits a
+/// peer, and media flows both ways through the relay: the peer's datagram arrives as a Data
+/// indication, XCC's answer leaves as a Send indication and reaches the peer from the relayed
+/// address.
+#[test]
+fn turn_allocation_on_coturn_relays_both_ways() {
+    let Some(topo) = topology_with(Nat::PortRestrictedCone, true, true) else {
+        return;
+    };
+    let peer_addr = SocketAddr::new(PEER.parse().unwrap(), 40_000);
+    let (relayed_tx, relayed_rx) = std::sync::mpsc::channel::<SocketAddr>();
+    let peer_ns = format!("/run/netns/{}", topo.ns("p"));
+    let peer = std::thread::spawn(move || {
+        enter(&peer_ns);
+        let sock = UdpSocket::bind(peer_addr).expect("bind peer");
+        let Ok(relayed) = relayed_rx.recv() else {
+            return false;
+        };
+        let start = Instant::now();
+        let mut buf = [0u8; 1500];
+        while start.elapsed() < DEADLINE {
+            sock.send_to(b"media from peer", relayed)
+                .expect("peer send");
+            let until = Instant::now() + Duration::from_millis(20);
+            while Instant::now() < until {
+                if let Some((n, from)) = recv_until(&sock, &mut buf, until)
+                    && from == relayed
+                    && &buf[..n] == b"media from xcc"
+                {
+                    return true;
+                }
+            }
+        }
+        false
+    });
+
+    let result = topo.inside("c", move || {
+        let sock = UdpSocket::bind((PRIVATE, 30_000)).expect("bind XCC socket");
+        let start = Instant::now();
+        let mut turn = TurnClient::new(
+            TurnConfig {
+                server: STUN_PRIMARY.parse().unwrap(),
+                username: "xcc".into(),
+                password: "secret".into(),
+                lifetime: Duration::from_secs(600),
+                retransmission: FAST,
+            },
+            start,
+        );
+        let mut rng = ChaCha8Rng::seed_from_u64(8);
+        let mut buf = [0u8; 1500];
+        let mut out = [0u8; 1500];
+        let mut relayed = None;
+        let mut mapped = None;
+        while start.elapsed() < DEADLINE {
+            turn.handle_timeout(Instant::now(), &mut rng);
+            while let Some((to, bytes)) = turn.poll_transmit() {
+                sock.send_to(bytes, to).expect("send to TURN server");
+            }
+            while let Some(event) = turn.poll_event() {
+                match event {
+                    TurnEvent::Allocated {
+                        relayed: r,
+                        mapped: m,
+                        ..
+                    } => {
+                        relayed = Some(r);
+                        mapped = m;
+                        assert!(turn.create_permission(Instant::now(), peer_addr.ip()));
+                    }
+                    TurnEvent::PermissionGranted { .. } => {
+                        relayed_tx
+                            .send(relayed.expect("allocated before permission"))
+                            .expect("peer waits");
+                    }
+                    TurnEvent::Failed { operation, code } => {
+                        eprintln!("TURN {operation:?} failed: {code:?}");
+                        return None;
+                    }
+                }
+            }
+            let until = turn
+                .poll_timeout()
+                .unwrap_or_else(|| Instant::now() + Duration::from_millis(50))
+                .min(Instant::now() + Duration::from_millis(50));
+            let Some((n, from)) = recv_until(&sock, &mut buf, until) else {
+                continue;
+            };
+            if let TurnInput::Data { peer, payload } =
+                turn.handle_datagram(Instant::now(), from, &buf[..n], &mut rng)
+            {
+                assert_eq!(peer, peer_addr);
+                assert_eq!(payload, b"media from peer");
+                let len = turn
+                    .wrap_send(peer, b"media from xcc", &mut out)
+                    .expect("fits");
+                sock.send_to(&out[..len], turn.server())
+                    .expect("send via relay");
+                return Some((relayed, mapped));
+            }
+        }
+        None
+    });
+    let (relayed, mapped) = result.expect("a Data indication arrived before the deadline");
+    let relayed = relayed.expect("allocated");
+    assert!(["203.0.113.10", "203.0.113.11"].contains(&relayed.ip().to_string().as_str()));
+    assert_eq!(mapped.map(|m| m.ip()), Some(NAT_PUBLIC.parse().unwrap()));
+    assert!(
+        peer.join().expect("peer thread"),
+        "the peer got XCC's media from the relay"
+    );
 }
