@@ -112,6 +112,19 @@ impl Candidate {
         }
     }
 
+    /// XCC's relayed candidate: an address allocated on a TURN server ([`super::turn`]), related
+    /// to XCC's own public mapping as the TURN server saw it.
+    pub fn relayed(relayed: SocketAddr, mapped: SocketAddr, component: u16) -> Self {
+        Candidate {
+            foundation: "3".to_owned(),
+            component,
+            priority: Candidate::priority_for(CandidateType::Relayed, component),
+            address: relayed,
+            kind: CandidateType::Relayed,
+            related: Some(mapped),
+        }
+    }
+
     /// Parses an `a=candidate` value (after `candidate:`). `None` for non-UDP candidates, FQDN
     /// (mDNS) addresses and anything malformed: such candidates are skipped, not fatal.
     pub fn parse(value: &str) -> Option<Self> {
@@ -374,6 +387,20 @@ mod tests {
         let lines = vec![line; 1000];
         let remote = RemoteIce::from_attributes(lines);
         assert_eq!(remote.candidates.len(), MAX_REMOTE_CANDIDATES);
+    }
+
+    #[test]
+    fn relayed_candidate_has_the_lowest_type_preference() {
+        let c = Candidate::relayed(
+            "203.0.113.10:49200".parse().unwrap(),
+            "203.0.113.1:30000".parse().unwrap(),
+            1,
+        );
+        assert_eq!(
+            c.to_string(),
+            "a=candidate:3 1 UDP 16777215 203.0.113.10 49200 typ relay raddr 203.0.113.1 rport 30000"
+        );
+        assert!(c.priority < Candidate::priority_for(CandidateType::ServerReflexive, 1));
     }
 
     #[test]

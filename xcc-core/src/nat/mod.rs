@@ -5,7 +5,9 @@
 //! out (`poll_transmit`) and timers (`poll_timeout`); randomness comes from a caller's RNG. The
 //! control plane drives [`discovery::Discovery`] and [`nat_type::NatTypeProbe`] from its own socket;
 //! a media worker owns one [`ice::IceLite`] and one [`punch::Puncher`] per client leg and calls them
-//! for STUN datagrams ([`stun::is_stun`]) that arrive on the leg's RTP port.
+//! for STUN datagrams ([`stun::is_stun`]) that arrive on the leg's RTP port. Where XCC itself sits
+//! behind a firewall that lets no media in, [`turn::TurnClient`] allocates a relayed address on a
+//! TURN server and wraps media in Send/Data indications.
 
 pub mod candidate;
 pub mod discovery;
