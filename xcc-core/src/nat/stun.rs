@@ -565,7 +565,7 @@ impl<'b> Writer<'b> {
 
     /// Writes the header's length field for what has been written so far.
     fn set_length(&mut self) {
-        // Callers bound every message far below 64 KiB (buffers are MTU-sized).
+        // `reserve` refuses any attribute that would take the body past u16::MAX.
         let body = (self.len - HEADER_LEN) as u16;
         self.buf[2..4].copy_from_slice(&body.to_be_bytes());
     }
