@@ -31,7 +31,7 @@ use xcc_core::nat::nat_type::{
 };
 use xcc_core::nat::punch::{ProbeKind, PunchSchedule, Puncher};
 use xcc_core::nat::stun;
-use xcc_core::nat::turn::{TurnClient, TurnConfig, TurnEvent, TurnInput};
+use xcc_core::nat::turn::{TurnClient, TurnConfig, TurnEvent, TurnInput, is_data_indication};
 
 const PRIVATE: &str = "198.51.100.2";
 const NAT_PUBLIC: &str = "203.0.113.1";
@@ -742,9 +742,9 @@ fn symmetric_nat_client_latches_on_authenticated_check() {
 }
 
 /// XCC behind a NAT allocates a relayed address on coturn (long-term credentials), permits a
-/// peer, and media flows both ways through the relay: the peer's datagram arrives as a Data
-/// indication, XCC's answer leaves as a Send indication and reaches the peer from the relayed
-/// address.
+/// peer, and media flows both ways through the relay: first as Send/Data indications, then, once
+/// a channel is bound, as 4-byte-framed ChannelData. The peer sees XCC's media come from the
+/// relayed address.
 #[test]
 fn turn_allocation_on_coturn_relays_both_ways() {
     let Some(topo) = topology_with(Nat::PortRestrictedCone, true, true) else {
@@ -757,24 +757,25 @@ fn turn_allocation_on_coturn_relays_both_ways() {
         enter(&peer_ns);
         let sock = UdpSocket::bind(peer_addr).expect("bind peer");
         let Ok(relayed) = relayed_rx.recv() else {
-            return false;
+            return (false, false);
         };
         let start = Instant::now();
         let mut buf = [0u8; 1500];
-        while start.elapsed() < DEADLINE {
+        let (mut via_indication, mut via_channel) = (false, false);
+        while start.elapsed() < DEADLINE && !(via_indication && via_channel) {
             sock.send_to(b"media from peer", relayed)
                 .expect("peer send");
             let until = Instant::now() + Duration::from_millis(20);
             while Instant::now() < until {
                 if let Some((n, from)) = recv_until(&sock, &mut buf, until)
                     && from == relayed
-                    && &buf[..n] == b"media from xcc"
                 {
-                    return true;
+                    via_indication |= &buf[..n] == b"xcc via indication";
+                    via_channel |= &buf[..n] == b"xcc via channel";
                 }
             }
         }
-        false
+        (via_indication, via_channel)
     });
 
     let result = topo.inside("c", move || {
@@ -795,6 +796,8 @@ fn turn_allocation_on_coturn_relays_both_ways() {
         let mut out = [0u8; 1500];
         let mut relayed = None;
         let mut mapped = None;
+        let mut channel_bound = false;
+        let mut sent_indication = false;
         while start.elapsed() < DEADLINE {
             turn.handle_timeout(Instant::now(), &mut rng);
             while let Some((to, bytes)) = turn.poll_transmit() {
@@ -816,6 +819,7 @@ fn turn_allocation_on_coturn_relays_both_ways() {
                             .send(relayed.expect("allocated before permission"))
                             .expect("peer waits");
                     }
+                    TurnEvent::ChannelBound { .. } => channel_bound = true,
                     TurnEvent::Failed { operation, code } => {
                         eprintln!("TURN {operation:?} failed: {code:?}");
                         return None;
@@ -829,27 +833,39 @@ fn turn_allocation_on_coturn_relays_both_ways() {
             let Some((n, from)) = recv_until(&sock, &mut buf, until) else {
                 continue;
             };
-            if let TurnInput::Data { peer, payload } =
+            let as_channel_data = (0x40..=0x4F).contains(&buf[0]);
+            let as_indication = is_data_indication(&buf[..n]);
+            let TurnInput::Data { peer, payload } =
                 turn.handle_datagram(Instant::now(), from, &buf[..n], &mut rng)
-            {
-                assert_eq!(peer, peer_addr);
-                assert_eq!(payload, b"media from peer");
+            else {
+                continue;
+            };
+            assert_eq!(peer, peer_addr);
+            assert_eq!(payload, b"media from peer");
+            if !sent_indication && as_indication {
                 let len = turn
-                    .wrap_send(peer, b"media from xcc", &mut out)
+                    .wrap_send(peer, b"xcc via indication", &mut out)
                     .expect("fits");
-                sock.send_to(&out[..len], turn.server())
-                    .expect("send via relay");
+                assert!(stun::is_stun(&out[..len]));
+                sock.send_to(&out[..len], turn.server()).expect("send");
+                sent_indication = true;
+                turn.bind_channel(Instant::now(), peer);
+            } else if channel_bound && as_channel_data {
+                let len = turn
+                    .wrap_send(peer, b"xcc via channel", &mut out)
+                    .expect("fits");
+                assert_eq!(len, 4 + b"xcc via channel".len(), "ChannelData framing");
+                sock.send_to(&out[..len], turn.server()).expect("send");
                 return Some((relayed, mapped));
             }
         }
         None
     });
-    let (relayed, mapped) = result.expect("a Data indication arrived before the deadline");
+    let (relayed, mapped) = result.expect("media arrived both ways before the deadline");
     let relayed = relayed.expect("allocated");
     assert!(["203.0.113.10", "203.0.113.11"].contains(&relayed.ip().to_string().as_str()));
     assert_eq!(mapped.map(|m| m.ip()), Some(NAT_PUBLIC.parse().unwrap()));
-    assert!(
-        peer.join().expect("peer thread"),
-        "the peer got XCC's media from the relay"
-    );
+    let (via_indication, via_channel) = peer.join().expect("peer thread");
+    assert!(via_indication, "the peer got XCC's Send indication payload");
+    assert!(via_channel, "the peer got XCC's ChannelData payload");
 }
