@@ -12,7 +12,7 @@ use xcc_core::nat::ice::IceCredentials;
 use xcc_core::nat::nat_type::{NatTypeConfig, NatTypeProbe};
 use xcc_core::nat::punch::{ProbeKind, PunchSchedule, Puncher};
 use xcc_core::nat::stun::{self, Message, Writer};
-use xcc_core::nat::turn::{TurnClient, TurnConfig, TurnInput};
+use xcc_core::nat::turn::{TcpFramer, TurnClient, TurnConfig, TurnInput, TurnTransport};
 
 const SERVER: &str = "203.0.113.10:3478";
 
@@ -124,6 +124,7 @@ fn turn_client_survives_garbage() {
             server: SERVER.parse().unwrap(),
             username: "xcc".into(),
             password: "secret".into(),
+            transport: TurnTransport::Udp,
             lifetime: Duration::from_secs(600),
             retransmission: Retransmission::FAILOVER,
         },
@@ -168,5 +169,22 @@ fn puncher_answers_survive_garbage() {
     for input in inputs(&valid, 8) {
         // Everything but the exact answer is refused: integrity and fingerprint cover it all.
         assert_eq!(p.handle_response(peer, &input), input == valid);
+    }
+}
+
+#[test]
+fn tcp_framer_survives_garbage() {
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    for len in 0..=600usize {
+        let mut g = vec![0u8; len];
+        rng.fill(&mut g[..]);
+        let mut f = TcpFramer::new();
+        f.push(&g).unwrap();
+        let mut consumed = 0;
+        // Frames never claim more bytes than arrived; garbage ends in an error or a wait.
+        while let Ok(Some(frame)) = f.next_frame() {
+            consumed += frame.len();
+            assert!(consumed <= len);
+        }
     }
 }

@@ -31,7 +31,9 @@ use xcc_core::nat::nat_type::{
 };
 use xcc_core::nat::punch::{ProbeKind, PunchSchedule, Puncher};
 use xcc_core::nat::stun;
-use xcc_core::nat::turn::{TurnClient, TurnConfig, TurnEvent, TurnInput, is_data_indication};
+use xcc_core::nat::turn::{
+    TcpFramer, TurnClient, TurnConfig, TurnEvent, TurnInput, TurnTransport, is_data_indication,
+};
 
 const PRIVATE: &str = "198.51.100.2";
 const NAT_PUBLIC: &str = "203.0.113.1";
@@ -741,12 +743,75 @@ fn symmetric_nat_client_latches_on_authenticated_check() {
     }
 }
 
-/// XCC behind a NAT allocates a relayed address on coturn (long-term credentials), permits a
-/// peer, and media flows both ways through the relay: first as Send/Data indications, then, once
-/// a channel is bound, as 4-byte-framed ChannelData. The peer sees XCC's media come from the
-/// relayed address.
-#[test]
-fn turn_allocation_on_coturn_relays_both_ways() {
+/// XCC's end of the link to the TURN server: a UDP socket, or a TCP connection and its framer.
+enum Link {
+    Udp(UdpSocket),
+    Tcp(std::net::TcpStream, Box<TcpFramer>),
+}
+
+impl Link {
+    fn open(transport: TurnTransport) -> Link {
+        let server: SocketAddr = STUN_PRIMARY.parse().unwrap();
+        match transport {
+            TurnTransport::Udp => Link::Udp(UdpSocket::bind((PRIVATE, 30_000)).expect("bind")),
+            TurnTransport::Tcp => {
+                let sock = socket2::Socket::new(
+                    socket2::Domain::IPV4,
+                    socket2::Type::STREAM,
+                    Some(socket2::Protocol::TCP),
+                )
+                .expect("tcp socket");
+                let local: SocketAddr = SocketAddr::new(PRIVATE.parse().unwrap(), 30_000);
+                sock.bind(&local.into()).expect("bind");
+                sock.connect_timeout(&server.into(), DEADLINE)
+                    .expect("connect to coturn");
+                Link::Tcp(sock.into(), Box::new(TcpFramer::new()))
+            }
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8], to: SocketAddr) {
+        match self {
+            Link::Udp(sock) => {
+                sock.send_to(bytes, to).expect("udp send");
+            }
+            Link::Tcp(stream, _) => stream.write_all(bytes).expect("tcp send"),
+        }
+    }
+
+    /// The next datagram or frame, with its source, before `until`.
+    fn recv(&mut self, until: Instant) -> Option<(Vec<u8>, SocketAddr)> {
+        match self {
+            Link::Udp(sock) => {
+                let mut buf = [0u8; 1500];
+                recv_until(sock, &mut buf, until).map(|(n, from)| (buf[..n].to_vec(), from))
+            }
+            Link::Tcp(stream, framer) => loop {
+                if let Some(frame) = framer.next_frame().expect("stream in sync") {
+                    return Some((frame.to_vec(), STUN_PRIMARY.parse().unwrap()));
+                }
+                let wait = until
+                    .saturating_duration_since(Instant::now())
+                    .clamp(Duration::from_millis(1), Duration::from_millis(200));
+                stream.set_read_timeout(Some(wait)).expect("timeout");
+                match std::io::Read::read(stream, framer.space()) {
+                    Ok(0) => panic!("coturn closed the TCP connection"),
+                    Ok(n) => framer.filled(n),
+                    Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                        return None;
+                    }
+                    Err(e) => panic!("tcp read: {e}"),
+                }
+            },
+        }
+    }
+}
+
+/// XCC behind a NAT allocates a relayed address on coturn (long-term credentials) over
+/// `transport`, permits a peer, and media flows both ways through the relay: first as Send/Data
+/// indications, then, once a channel is bound, as ChannelData. The peer sees XCC's media come from
+/// the relayed address.
+fn turn_relays_both_ways(transport: TurnTransport) {
     let Some(topo) = topology_with(Nat::PortRestrictedCone, true, true) else {
         return;
     };
@@ -779,11 +844,12 @@ fn turn_allocation_on_coturn_relays_both_ways() {
     });
 
     let result = topo.inside("c", move || {
-        let sock = UdpSocket::bind((PRIVATE, 30_000)).expect("bind XCC socket");
+        let mut link = Link::open(transport);
         let start = Instant::now();
         let mut turn = TurnClient::new(
             TurnConfig {
                 server: STUN_PRIMARY.parse().unwrap(),
+                transport,
                 username: "xcc".into(),
                 password: "secret".into(),
                 lifetime: Duration::from_secs(600),
@@ -792,7 +858,6 @@ fn turn_allocation_on_coturn_relays_both_ways() {
             start,
         );
         let mut rng = ChaCha8Rng::seed_from_u64(8);
-        let mut buf = [0u8; 1500];
         let mut out = [0u8; 1500];
         let mut relayed = None;
         let mut mapped = None;
@@ -801,7 +866,8 @@ fn turn_allocation_on_coturn_relays_both_ways() {
         while start.elapsed() < DEADLINE {
             turn.handle_timeout(Instant::now(), &mut rng);
             while let Some((to, bytes)) = turn.poll_transmit() {
-                sock.send_to(bytes, to).expect("send to TURN server");
+                let bytes = bytes.to_vec();
+                link.send(&bytes, to);
             }
             while let Some(event) = turn.poll_event() {
                 match event {
@@ -830,13 +896,13 @@ fn turn_allocation_on_coturn_relays_both_ways() {
                 .poll_timeout()
                 .unwrap_or_else(|| Instant::now() + Duration::from_millis(50))
                 .min(Instant::now() + Duration::from_millis(50));
-            let Some((n, from)) = recv_until(&sock, &mut buf, until) else {
+            let Some((bytes, from)) = link.recv(until) else {
                 continue;
             };
-            let as_channel_data = (0x40..=0x4F).contains(&buf[0]);
-            let as_indication = is_data_indication(&buf[..n]);
+            let as_channel_data = (0x40..=0x4F).contains(&bytes[0]);
+            let as_indication = is_data_indication(&bytes);
             let TurnInput::Data { peer, payload } =
-                turn.handle_datagram(Instant::now(), from, &buf[..n], &mut rng)
+                turn.handle_datagram(Instant::now(), from, &bytes, &mut rng)
             else {
                 continue;
             };
@@ -847,15 +913,15 @@ fn turn_allocation_on_coturn_relays_both_ways() {
                     .wrap_send(peer, b"xcc via indication", &mut out)
                     .expect("fits");
                 assert!(stun::is_stun(&out[..len]));
-                sock.send_to(&out[..len], turn.server()).expect("send");
+                link.send(&out[..len], turn.server());
                 sent_indication = true;
                 turn.bind_channel(Instant::now(), peer);
             } else if channel_bound && as_channel_data {
                 let len = turn
                     .wrap_send(peer, b"xcc via channel", &mut out)
                     .expect("fits");
-                assert_eq!(len, 4 + b"xcc via channel".len(), "ChannelData framing");
-                sock.send_to(&out[..len], turn.server()).expect("send");
+                assert!((0x40..=0x4F).contains(&out[0]), "ChannelData framing");
+                link.send(&out[..len], turn.server());
                 return Some((relayed, mapped));
             }
         }
@@ -868,4 +934,14 @@ fn turn_allocation_on_coturn_relays_both_ways() {
     let (via_indication, via_channel) = peer.join().expect("peer thread");
     assert!(via_indication, "the peer got XCC's Send indication payload");
     assert!(via_channel, "the peer got XCC's ChannelData payload");
+}
+
+#[test]
+fn turn_over_udp_on_coturn_relays_both_ways() {
+    turn_relays_both_ways(TurnTransport::Udp);
+}
+
+#[test]
+fn turn_over_tcp_on_coturn_relays_both_ways() {
+    turn_relays_both_ways(TurnTransport::Tcp);
 }

@@ -10,7 +10,10 @@
 //! [`TurnClient::wrap_send`].
 //!
 //! Peers bound to a channel ([`TurnClient::bind_channel`]) exchange media as ChannelData (a 4-byte
-//! header instead of a 36-byte indication). Not done: TCP/TLS transport to the server.
+//! header instead of a 36-byte indication). Over TCP ([`TurnTransport::Tcp`], for firewalls that
+//! let only TCP out) requests are sent once and the driver feeds the byte stream through
+//! [`TcpFramer`], which cuts it into the messages [`TurnClient::handle_datagram`] takes. Not done:
+//! TLS.
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
@@ -57,16 +60,30 @@ pub const SEND_OVERHEAD: usize = 20 + 24 + 4 + 3;
 /// Where and how to allocate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TurnConfig {
-    /// The TURN server (UDP).
+    /// The TURN server.
     pub server: SocketAddr,
+    /// How XCC reaches it.
+    pub transport: TurnTransport,
     /// Long-term credential username.
     pub username: String,
     /// Long-term credential password.
     pub password: String,
     /// Requested allocation lifetime (the server may shorten it).
     pub lifetime: Duration,
-    /// Retransmissions of each request.
+    /// Retransmissions of each request over UDP; over TCP a request is sent once and fails after
+    /// this schedule's total time.
     pub retransmission: Retransmission,
+}
+
+/// Transport between XCC and the TURN server (the relay towards peers is always UDP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TurnTransport {
+    /// Datagrams; requests are retransmitted.
+    #[default]
+    Udp,
+    /// One TCP connection (RFC 8656 §3.1); the driver connects it and frames the stream with
+    /// [`TcpFramer`]. No retransmissions; ChannelData is padded to 4 bytes.
+    Tcp,
 }
 
 /// A control operation of the client.
@@ -323,6 +340,20 @@ impl TurnClient {
         }
     }
 
+    /// The retransmission schedule for the configured transport.
+    fn schedule(&self) -> Retransmission {
+        match self.config.transport {
+            TurnTransport::Udp => self.config.retransmission,
+            // Reliable transport: one send, then wait the whole UDP schedule's time (RFC 8489
+            // §6.2.2 uses the same Ti).
+            TurnTransport::Tcp => Retransmission {
+                rto: self.config.retransmission.timeout(),
+                max_transmits: 1,
+                last_wait_factor: 1,
+            },
+        }
+    }
+
     /// Encodes and sends `op`.
     fn start(
         &mut self,
@@ -343,7 +374,7 @@ impl TurnClient {
         }
         self.in_flight = Some(InFlight {
             op,
-            tx: Transaction::start(now, id, self.config.server, self.config.retransmission),
+            tx: Transaction::start(now, id, self.config.server, self.schedule()),
             authenticated,
             retries,
         });
@@ -571,20 +602,24 @@ impl TurnClient {
         out: &mut [u8],
     ) -> Result<usize, StunError> {
         if let Some(&(_, number, ..)) = self.channels.iter().find(|c| c.0 == peer && c.2) {
-            // ChannelData: number, length, data (no padding needed over UDP, RFC 8656 §12.5).
+            // ChannelData: number, length, data; padded to 4 bytes over TCP only (RFC 8656 §12.5).
             let too_small = StunError::BufferTooSmall {
                 capacity: out.len(),
             };
             let Ok(len) = u16::try_from(payload.len()) else {
                 return Err(too_small);
             };
-            let end = 4 + payload.len();
+            let end = match self.config.transport {
+                TurnTransport::Udp => 4 + payload.len(),
+                TurnTransport::Tcp => 4 + payload.len().div_ceil(4) * 4,
+            };
             let Some(frame) = out.get_mut(..end) else {
                 return Err(too_small);
             };
             frame[..2].copy_from_slice(&number.to_be_bytes());
             frame[2..4].copy_from_slice(&len.to_be_bytes());
-            frame[4..].copy_from_slice(payload);
+            frame[4..4 + payload.len()].copy_from_slice(payload);
+            frame[4 + payload.len()..].fill(0);
             return Ok(end);
         }
         self.indication_counter = self.indication_counter.wrapping_add(1);
@@ -673,6 +708,99 @@ pub fn is_data_indication(bytes: &[u8]) -> bool {
     stun::is_stun(bytes) && u16::from_be_bytes([bytes[0], bytes[1]]) == DATA_INDICATION
 }
 
+/// Cuts a TCP byte stream from a TURN server into STUN messages and ChannelData frames (RFC 8656
+/// §12.5: both carry their length; ChannelData is padded to 4 bytes on streams). A fixed buffer,
+/// allocated once; a frame that cannot be a STUN message or ChannelData is a desynchronised
+/// stream, after which the driver must close the connection.
+#[derive(Debug)]
+pub struct TcpFramer {
+    /// Received bytes not yet returned as frames.
+    buf: Vec<u8>,
+    /// Start of unconsumed data.
+    start: usize,
+    /// End of received data.
+    end: usize,
+}
+
+/// Why the stream cannot be framed any more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("turn tcp: stream desynchronised at first byte {first_byte:#04x}")]
+pub struct FramingError {
+    /// The byte where a frame should have started.
+    pub first_byte: u8,
+}
+
+impl Default for TcpFramer {
+    fn default() -> Self {
+        TcpFramer::new()
+    }
+}
+
+impl TcpFramer {
+    /// Room for the largest frame (64 KiB body plus header) and the start of the next one.
+    const CAPACITY: usize = 2 * (u16::MAX as usize + 24);
+
+    /// An empty framer.
+    pub fn new() -> Self {
+        TcpFramer {
+            buf: vec![0; Self::CAPACITY],
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// Free space to read the stream into; then report the count with [`TcpFramer::filled`].
+    pub fn space(&mut self) -> &mut [u8] {
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        &mut self.buf[self.end..]
+    }
+
+    /// Records `n` bytes written into [`TcpFramer::space`].
+    pub fn filled(&mut self, n: usize) {
+        self.end = (self.end + n).min(self.buf.len());
+    }
+
+    /// Copies `bytes` in (for callers that already hold the data).
+    pub fn push(&mut self, bytes: &[u8]) -> Result<(), FramingError> {
+        let space = self.space();
+        let Some(dst) = space.get_mut(..bytes.len()) else {
+            return Err(FramingError {
+                first_byte: bytes.first().copied().unwrap_or(0),
+            });
+        };
+        dst.copy_from_slice(bytes);
+        self.filled(bytes.len());
+        Ok(())
+    }
+
+    /// The next complete frame, if one has arrived.
+    pub fn next_frame(&mut self) -> Result<Option<&[u8]>, FramingError> {
+        let data = &self.buf[self.start..self.end];
+        let Some(&first) = data.first() else {
+            return Ok(None);
+        };
+        let (header, body) = match first {
+            0..=3 => (stun::HEADER_LEN, data.get(2..4)),
+            0x40..=0x4F => (4, data.get(2..4)),
+            _ => return Err(FramingError { first_byte: first }),
+        };
+        let Some(len) = body.map(|b| usize::from(u16::from_be_bytes([b[0], b[1]]))) else {
+            return Ok(None);
+        };
+        let total = header + len.div_ceil(4) * 4;
+        if data.len() < total {
+            return Ok(None);
+        }
+        let frame = &self.buf[self.start..self.start + total];
+        self.start += total;
+        Ok(Some(frame))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -689,6 +817,7 @@ mod tests {
             server: SERVER.parse().unwrap(),
             username: "xcc".into(),
             password: password.into(),
+            transport: TurnTransport::Udp,
             lifetime: Duration::from_secs(600),
             retransmission: Retransmission::FAILOVER,
         }
@@ -921,6 +1050,76 @@ mod tests {
         );
         // Refreshed before the 10-minute channel lifetime ends (before the allocation refresh).
         assert_eq!(c.poll_timeout(), Some(t0 + CHANNEL_REFRESH));
+    }
+
+    #[test]
+    fn tcp_sends_once_and_pads_channel_data() {
+        let t0 = Instant::now();
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let mut cfg = config("secret");
+        cfg.transport = TurnTransport::Tcp;
+        let mut c = TurnClient::new(cfg, t0);
+        c.handle_timeout(t0, &mut rng);
+        assert!(c.poll_transmit().is_some());
+        let timeout = Retransmission::FAILOVER.timeout();
+        assert_eq!(
+            c.poll_timeout(),
+            Some(t0 + timeout),
+            "no retransmission over TCP"
+        );
+        c.handle_timeout(t0 + timeout, &mut rng);
+        assert!(c.poll_transmit().is_none());
+        assert!(matches!(
+            c.poll_event(),
+            Some(TurnEvent::Failed { code: None, .. })
+        ));
+
+        let mut c = TurnClient::new(
+            TurnConfig {
+                transport: TurnTransport::Tcp,
+                ..config("secret")
+            },
+            t0,
+        );
+        let mut s = server();
+        pump(&mut c, &mut s, t0, &mut rng);
+        let peer: SocketAddr = PEER.parse().unwrap();
+        c.bind_channel(t0, peer);
+        pump(&mut c, &mut s, t0, &mut rng);
+        let mut out = [0xAAu8; 64];
+        let n = c.wrap_send(peer, b"rtp", &mut out).unwrap();
+        assert_eq!(&out[..n], b"\x40\x00\x00\x03rtp\x00");
+    }
+
+    #[test]
+    fn tcp_framer_cuts_any_split_of_the_stream() {
+        let mut stream = Vec::new();
+        let mut buf = [0u8; 64];
+        let mut w = Writer::new(&mut buf, DATA_INDICATION, TransactionId([1; 12])).unwrap();
+        w.attribute(attr::DATA, b"abc").unwrap();
+        let n = w.finish();
+        stream.extend_from_slice(&buf[..n]);
+        stream.extend_from_slice(b"\x40\x00\x00\x05hello\x00\x00\x00");
+        stream.extend_from_slice(b"\x40\x01\x00\x00");
+        let expected: Vec<Vec<u8>> = vec![
+            buf[..n].to_vec(),
+            b"\x40\x00\x00\x05hello\x00\x00\x00".to_vec(),
+            b"\x40\x01\x00\x00".to_vec(),
+        ];
+        for chunk in 1..=stream.len() {
+            let mut f = TcpFramer::new();
+            let mut got = Vec::new();
+            for piece in stream.chunks(chunk) {
+                f.push(piece).unwrap();
+                while let Some(frame) = f.next_frame().unwrap() {
+                    got.push(frame.to_vec());
+                }
+            }
+            assert_eq!(got, expected, "chunk size {chunk}");
+        }
+        let mut f = TcpFramer::new();
+        f.push(b"\x80\x00\x00\x00").unwrap();
+        assert_eq!(f.next_frame(), Err(FramingError { first_byte: 0x80 }));
     }
 
     #[test]
