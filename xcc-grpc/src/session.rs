@@ -1,0 +1,538 @@
+//! Media sessions driven over gRPC: offer/answer through XCC without SIP.
+//!
+//! XCC is a back-to-back media endpoint: each side sees XCC as its peer. An offer from one side is
+//! rewritten to carry XCC's address and ports for the *other* side and emitted there; the other side's
+//! answer is rewritten back for the offerer. The client leg always speaks SDES-SRTP with XCC's public
+//! address; the PBX leg plain RTP with XCC's PBX-leg address.
+//!
+//! The table is a plain mutex-guarded map: it is control-plane state touched once per request, never
+//! by the packet path. The lock is held across `allocate` so two concurrent retries carrying the same
+//! idempotency key cannot both allocate.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use xcc_core::ids::{CallId, LegSide};
+use xcc_core::media::{LegConfig, LegPorts, SrtpKeys};
+use xcc_core::sdes::{self, CryptoAttribute};
+use xcc_core::sdp::{AudioMedia, AudioRewrite, MediaTransport, SessionDescription};
+use xcc_core::srtp::SrtpSuite;
+
+use crate::error::{Error, Result};
+use crate::media::MediaPlane;
+
+/// Longest idempotency key accepted, in bytes; keys are stored for the session's lifetime.
+pub const MAX_IDEMPOTENCY_KEY: usize = 128;
+
+/// Addresses XCC advertises, one per leg.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Advertised {
+    /// Public address signalled to clients (`[nat] public_address` or its fallback).
+    pub client: IpAddr,
+    /// Address signalled to the PBX.
+    pub pbx: IpAddr,
+}
+
+impl Advertised {
+    /// The address for one leg.
+    pub fn for_side(&self, side: LegSide) -> IpAddr {
+        match side {
+            LegSide::Client => self.client,
+            LegSide::Pbx => self.pbx,
+        }
+    }
+}
+
+/// Where a session is in offer/answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// An offer from `offer_from` went out to the other side; its answer is awaited.
+    AwaitingAnswer,
+    /// Offer/answer done.
+    Active,
+}
+
+/// What XCC must remember between an offer and its answer.
+#[derive(Debug, Clone)]
+enum Pending {
+    /// The client offered; XCC already chose its answering key and remembers the client's transport.
+    FromClient {
+        /// XCC's answering `a=crypto` (same tag and suite as the client's chosen one).
+        ours: CryptoAttribute,
+        /// The client's transport (RTP/SAVP or RTP/SAVPF), echoed in XCC's answer.
+        transport: MediaTransport,
+        /// Whether the client offered rtcp-mux (XCC accepts it).
+        rtcp_mux: bool,
+    },
+    /// The PBX offered; XCC offered these to the client and waits for its pick.
+    FromPbx {
+        /// XCC's offered `a=crypto` lines.
+        offered: Vec<CryptoAttribute>,
+    },
+}
+
+/// The outcome of a request, as the API reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionView {
+    /// The session (= call) id.
+    pub call: CallId,
+    /// The key it was created with.
+    pub idempotency_key: String,
+    /// Offer/answer state.
+    pub state: State,
+    /// Side whose offer is pending or was last answered.
+    pub offer_from: LegSide,
+    /// The SDP XCC emitted for the last request.
+    pub sdp: String,
+    /// The side that SDP is for.
+    pub sdp_for: LegSide,
+    /// Bound ports, per [`LegSide::index`].
+    pub ports: [LegPorts; 2],
+}
+
+/// One session's control-plane state.
+#[derive(Debug)]
+struct Session {
+    /// The create request's side and SDP, to tell a retry from a conflicting reuse of the key.
+    request: (LegSide, String),
+    /// The create response, returned again to retries.
+    created: SessionView,
+    /// Current view.
+    view: SessionView,
+    /// Pending offer state, `Some` while awaiting an answer.
+    pending: Option<Pending>,
+    /// XCC's current answering/offered key on the client leg, kept across re-offers of the same
+    /// suite so media continues while the re-offer is in flight.
+    client_ours: Option<CryptoAttribute>,
+    /// Whether an answer ever completed offer/answer (the first one raises `CallAnswered`).
+    answered: bool,
+    /// o= session id XCC uses on both legs.
+    origin_id: u64,
+    /// o= version per emitted leg, bumped on every SDP XCC sends that way.
+    origin_version: [u64; 2],
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    sessions: HashMap<CallId, Session>,
+    by_key: HashMap<String, CallId>,
+}
+
+/// Every gRPC-created session, keyed by call id and by idempotency key.
+pub struct SessionTable {
+    /// The media plane the sessions drive.
+    media: Arc<dyn MediaPlane>,
+    /// What XCC signals on each leg.
+    advertised: Advertised,
+    /// Suites XCC offers to clients, best first.
+    client_suites: Vec<SrtpSuite>,
+    table: Mutex<Table>,
+}
+
+/// Things the caller should announce after a successful request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A new call was allocated.
+    Started,
+    /// A retry answered from the cache: nothing changed.
+    Replayed,
+    /// The first answer completed offer/answer.
+    Answered,
+    /// Anything else that changed state.
+    Updated,
+}
+
+impl SessionTable {
+    /// An empty table over `media`.
+    pub fn new(
+        media: Arc<dyn MediaPlane>,
+        advertised: Advertised,
+        client_suites: Vec<SrtpSuite>,
+    ) -> Self {
+        Self {
+            media,
+            advertised,
+            client_suites,
+            table: Mutex::new(Table::default()),
+        }
+    }
+
+    /// The media plane (for call queries that are not session-specific).
+    pub fn media(&self) -> &Arc<dyn MediaPlane> {
+        &self.media
+    }
+
+    /// The addresses XCC advertises.
+    pub fn advertised(&self) -> Advertised {
+        self.advertised
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        // A panic while holding the lock is a bug already reported; the table itself stays
+        // consistent (every mutation is a single insert/remove), so keep serving.
+        self.table
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Creates a session from an initial offer by `from`, or returns the cached result of an earlier
+    /// request carrying the same `key`.
+    pub fn create(&self, key: &str, from: LegSide, sdp: &str) -> Result<(SessionView, Outcome)> {
+        check_key(key)?;
+        let mut table = self.lock();
+        if let Some(call) = table.by_key.get(key) {
+            // by_key and sessions are updated together under this lock.
+            let session = table.sessions.get(call).ok_or(Error::NotFound {
+                field: "idempotency_key",
+                call: *call,
+            })?;
+            if session.request.0 != from || session.request.1 != sdp {
+                return Err(Error::InvalidArgument {
+                    field: "idempotency_key",
+                    reason: format!("already used by session {call} for a different offer"),
+                });
+            }
+            return Ok((session.created.clone(), Outcome::Replayed));
+        }
+        let offer = parse(sdp)?;
+        let audio = offer.audio().map_err(|e| Error::in_field("sdp", e))?;
+        // Validate everything that depends only on the request before taking ports.
+        let client_answer = match from {
+            LegSide::Client => Some(choose_client_crypto(&audio, None)?),
+            LegSide::Pbx => None,
+        };
+        let allocated = self.media.allocate()?;
+        let call = allocated.call;
+        let origin_id = call.0.wrapping_add(0x5843_4300_0000_0000);
+        let mut session = Session {
+            request: (from, sdp.to_owned()),
+            created: placeholder_view(call, key, from, allocated.ports),
+            view: placeholder_view(call, key, from, allocated.ports),
+            pending: None,
+            client_ours: None,
+            answered: false,
+            origin_id,
+            origin_version: [0, 0],
+        };
+        let result = self.apply_offer(&mut session, from, offer, &audio, client_answer);
+        match result {
+            Ok(()) => {
+                session.created = session.view.clone();
+                let view = session.view.clone();
+                table.by_key.insert(key.to_owned(), call);
+                table.sessions.insert(call, session);
+                tracing::info!(%call, %from, "session created");
+                Ok((view, Outcome::Started))
+            }
+            Err(e) => {
+                if let Err(release) = self.media.release(call) {
+                    tracing::warn!(%call, error = %release, "releasing a half-created session failed");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// A re-offer from `from` on an existing session.
+    pub fn update(&self, call: CallId, from: LegSide, sdp: &str) -> Result<(SessionView, Outcome)> {
+        let mut table = self.lock();
+        let session = table.sessions.get_mut(&call).ok_or(Error::NotFound {
+            field: "session_id",
+            call,
+        })?;
+        let offer = parse(sdp)?;
+        let audio = offer.audio().map_err(|e| Error::in_field("sdp", e))?;
+        let client_answer = match from {
+            LegSide::Client => Some(choose_client_crypto(&audio, session.client_ours.as_ref())?),
+            LegSide::Pbx => None,
+        };
+        self.apply_offer(session, from, offer, &audio, client_answer)?;
+        Ok((session.view.clone(), Outcome::Updated))
+    }
+
+    /// The answer to the pending offer, from the side it was sent to.
+    pub fn answer(&self, call: CallId, sdp: &str) -> Result<(SessionView, Outcome)> {
+        let mut table = self.lock();
+        let session = table.sessions.get_mut(&call).ok_or(Error::NotFound {
+            field: "session_id",
+            call,
+        })?;
+        let Some(pending) = session.pending.clone() else {
+            return Err(Error::WrongState {
+                call,
+                reason: "no offer is pending (state ACTIVE)",
+            });
+        };
+        let answer = parse(sdp)?;
+        let audio = answer.audio().map_err(|e| Error::in_field("sdp", e))?;
+        let (answerer, leg_config, rewrite) = match &pending {
+            Pending::FromClient {
+                ours,
+                transport,
+                rtcp_mux,
+            } => {
+                // The PBX answered XCC's plain-RTP offer; the client gets XCC's SRTP answer.
+                let leg = plain_leg(&audio);
+                let rw = AudioRewrite {
+                    address: self.advertised.client,
+                    ports: session.view.ports[LegSide::Client.index()],
+                    transport: transport.clone(),
+                    rtcp_mux: *rtcp_mux,
+                    crypto: vec![ours.clone()],
+                    direction: None,
+                };
+                (LegSide::Pbx, leg, rw)
+            }
+            Pending::FromPbx { offered } => {
+                // The client answered XCC's SRTP offer; the PBX gets XCC's plain-RTP answer.
+                let answered = audio
+                    .cryptos
+                    .first()
+                    .ok_or_else(|| Error::InvalidArgument {
+                        field: "sdp",
+                        reason: "the client's answer carries no usable a=crypto".into(),
+                    })?;
+                sdes::accept_answer(offered, answered).map_err(|e| Error::in_field("sdp", e))?;
+                let ours = offered
+                    .iter()
+                    .find(|o| o.tag == answered.tag)
+                    .cloned()
+                    // accept_answer checked the tag is one XCC offered.
+                    .ok_or_else(|| Error::InvalidArgument {
+                        field: "sdp",
+                        reason: "answered tag was not offered".into(),
+                    })?;
+                let mut leg = plain_leg(&audio);
+                leg.srtp = Some(SrtpKeys {
+                    inbound: answered.key.clone(),
+                    outbound: ours.key.clone(),
+                });
+                session.client_ours = Some(ours);
+                let rw = AudioRewrite {
+                    address: self.advertised.pbx,
+                    ports: session.view.ports[LegSide::Pbx.index()],
+                    transport: MediaTransport::RtpAvp,
+                    rtcp_mux: false,
+                    crypto: Vec::new(),
+                    direction: None,
+                };
+                (LegSide::Client, leg, rw)
+            }
+        };
+        let offerer = answerer.other();
+        let text = self.emit(session, answer, &rewrite, offerer)?;
+        self.media.configure_leg(call, answerer, leg_config)?;
+        session.pending = None;
+        session.view.state = State::Active;
+        session.view.sdp = text;
+        session.view.sdp_for = offerer;
+        let outcome = if session.answered {
+            Outcome::Updated
+        } else {
+            Outcome::Answered
+        };
+        session.answered = true;
+        Ok((session.view.clone(), outcome))
+    }
+
+    /// Releases the session's media and forgets it.
+    pub fn delete(&self, call: CallId) -> Result<()> {
+        let mut table = self.lock();
+        let session = table.sessions.remove(&call).ok_or(Error::NotFound {
+            field: "session_id",
+            call,
+        })?;
+        table.by_key.remove(&session.view.idempotency_key);
+        drop(table);
+        self.media.release(call).map_err(|e| match e {
+            xcc_core::Error::UnknownCall(_) => Error::NotFound {
+                field: "session_id",
+                call,
+            },
+            e => e.into(),
+        })
+    }
+
+    /// Forgets a session whose media already ended (timeout, hang-up through Calls).
+    pub fn forget(&self, call: CallId) {
+        let mut table = self.lock();
+        if let Some(session) = table.sessions.remove(&call) {
+            table.by_key.remove(&session.view.idempotency_key);
+        }
+    }
+
+    /// One session.
+    pub fn get(&self, call: CallId) -> Result<SessionView> {
+        self.lock()
+            .sessions
+            .get(&call)
+            .map(|s| s.view.clone())
+            .ok_or(Error::NotFound {
+                field: "session_id",
+                call,
+            })
+    }
+
+    /// Every session, by id.
+    pub fn list(&self) -> Vec<SessionView> {
+        let mut all: Vec<_> = self
+            .lock()
+            .sessions
+            .values()
+            .map(|s| s.view.clone())
+            .collect();
+        all.sort_by_key(|v| v.call);
+        all
+    }
+
+    /// Applies an offer from `from`: configures that leg and emits the offer for the other side.
+    fn apply_offer(
+        &self,
+        session: &mut Session,
+        from: LegSide,
+        offer: SessionDescription,
+        audio: &AudioMedia,
+        client_answer: Option<(CryptoAttribute, CryptoAttribute)>,
+    ) -> Result<()> {
+        let call = session.view.call;
+        let to = from.other();
+        let mut leg = plain_leg(audio);
+        let (pending, rewrite) = match (from, client_answer) {
+            (LegSide::Client, Some((theirs, ours))) => {
+                leg.srtp = Some(SrtpKeys {
+                    inbound: theirs.key.clone(),
+                    outbound: ours.key.clone(),
+                });
+                session.client_ours = Some(ours.clone());
+                let pending = Pending::FromClient {
+                    ours,
+                    transport: audio.transport.clone(),
+                    rtcp_mux: audio.rtcp_mux,
+                };
+                let rw = AudioRewrite {
+                    address: self.advertised.pbx,
+                    ports: session.view.ports[LegSide::Pbx.index()],
+                    transport: MediaTransport::RtpAvp,
+                    rtcp_mux: false,
+                    crypto: Vec::new(),
+                    direction: None,
+                };
+                (pending, rw)
+            }
+            _ => {
+                let offered = sdes::offer(&self.client_suites);
+                let rw = AudioRewrite {
+                    address: self.advertised.client,
+                    ports: session.view.ports[LegSide::Client.index()],
+                    transport: MediaTransport::RtpSavp,
+                    rtcp_mux: false,
+                    crypto: offered.clone(),
+                    direction: None,
+                };
+                (Pending::FromPbx { offered }, rw)
+            }
+        };
+        let text = self.emit(session, offer, &rewrite, to)?;
+        self.media.configure_leg(call, from, leg)?;
+        session.pending = Some(pending);
+        session.view.state = State::AwaitingAnswer;
+        session.view.offer_from = from;
+        session.view.sdp = text;
+        session.view.sdp_for = to;
+        Ok(())
+    }
+
+    /// Rewrites `sdp` for leg `to` with XCC as the session owner and a bumped origin version.
+    fn emit(
+        &self,
+        session: &mut Session,
+        mut sdp: SessionDescription,
+        rw: &AudioRewrite,
+        to: LegSide,
+    ) -> Result<String> {
+        sdp.rewrite_audio(rw)
+            .map_err(|e| Error::in_field("sdp", e))?;
+        let version = &mut session.origin_version[to.index()];
+        *version += 1;
+        sdp.set_origin(session.origin_id, *version, self.advertised.for_side(to));
+        Ok(sdp.to_string())
+    }
+}
+
+fn check_key(key: &str) -> Result<()> {
+    if key.is_empty() {
+        return Err(Error::InvalidArgument {
+            field: "idempotency_key",
+            reason: "required".into(),
+        });
+    }
+    if key.len() > MAX_IDEMPOTENCY_KEY {
+        return Err(Error::InvalidArgument {
+            field: "idempotency_key",
+            reason: format!("{} bytes, at most {MAX_IDEMPOTENCY_KEY} allowed", key.len()),
+        });
+    }
+    Ok(())
+}
+
+fn parse(sdp: &str) -> Result<SessionDescription> {
+    if sdp.trim().is_empty() {
+        return Err(Error::InvalidArgument {
+            field: "sdp",
+            reason: "required".into(),
+        });
+    }
+    SessionDescription::parse(sdp).map_err(|e| Error::in_field("sdp", e))
+}
+
+/// The client's offer must carry a suite XCC supports. When XCC already has a key of the chosen
+/// suite on this leg (a re-offer), it keeps it so media continues uninterrupted.
+fn choose_client_crypto(
+    audio: &AudioMedia,
+    current: Option<&CryptoAttribute>,
+) -> Result<(CryptoAttribute, CryptoAttribute)> {
+    if audio.cryptos.is_empty() {
+        return Err(Error::InvalidArgument {
+            field: "sdp",
+            reason:
+                "the client's offer carries no supported a=crypto (the client leg is SDES-SRTP)"
+                    .into(),
+        });
+    }
+    let (theirs, mut ours) = sdes::answer(&audio.cryptos).map_err(|e| Error::in_field("sdp", e))?;
+    if let Some(current) = current.filter(|c| c.suite == ours.suite) {
+        ours = CryptoAttribute {
+            tag: theirs.tag,
+            ..current.clone()
+        };
+    }
+    Ok((theirs, ours))
+}
+
+/// Leg configuration from the peer's SDP, without keys.
+fn plain_leg(audio: &AudioMedia) -> LegConfig {
+    let remote_rtp = match (audio.connection, audio.port) {
+        (Some(ip), port) if port != 0 => Some(SocketAddr::new(ip, port)),
+        _ => None,
+    };
+    LegConfig {
+        remote_rtp,
+        remote_rtcp: audio.rtcp,
+        rtcp_mux: audio.rtcp_mux,
+        srtp: None,
+        direction: audio.direction,
+    }
+}
+
+fn placeholder_view(call: CallId, key: &str, from: LegSide, ports: [LegPorts; 2]) -> SessionView {
+    SessionView {
+        call,
+        idempotency_key: key.to_owned(),
+        state: State::AwaitingAnswer,
+        offer_from: from,
+        sdp: String::new(),
+        sdp_for: from.other(),
+        ports,
+    }
+}
