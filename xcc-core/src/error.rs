@@ -47,6 +47,9 @@ pub enum Error {
     /// The media engine is shutting down or its workers are gone.
     #[error("media engine stopped")]
     Stopped,
+    /// A packet could not be protected or unprotected.
+    #[error("srtp: {0}")]
+    Srtp(#[from] crate::srtp::SrtpError),
     /// Invalid configuration value.
     #[error("invalid media config `{key}`: {reason}")]
     Config {
