@@ -241,6 +241,12 @@ impl SessionTable {
             field: "session_id",
             call,
         })?;
+        if session.pending.is_some() {
+            return Err(Error::WrongState {
+                call,
+                reason: "an offer is already pending; answer it first",
+            });
+        }
         let offer = parse(sdp)?;
         let audio = offer.audio().map_err(|e| Error::in_field("sdp", e))?;
         let client_answer = match from {
@@ -534,5 +540,341 @@ fn placeholder_view(call: CallId, key: &str, from: LegSide, ports: [LegPorts; 2]
         sdp: String::new(),
         sdp_for: from.other(),
         ports,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use base64::Engine;
+    use xcc_core::media::{AllocatedCall, CallSnapshot, Direction, PoolStatus};
+    use xcc_core::srtp::KeyingMaterial;
+
+    use super::*;
+
+    /// Records what the session layer asks of the media plane.
+    #[derive(Default)]
+    struct Recorder {
+        next: Mutex<u64>,
+        free_calls: Mutex<usize>,
+        configured: Mutex<Vec<(CallId, LegSide, LegConfig)>>,
+        released: Mutex<Vec<CallId>>,
+    }
+
+    impl Recorder {
+        fn with_capacity(calls: usize) -> Arc<Self> {
+            let r = Arc::new(Self::default());
+            *r.free_calls.lock().unwrap() = calls;
+            r
+        }
+        fn leg(&self, call: CallId, side: LegSide) -> LegConfig {
+            let all = self.configured.lock().unwrap();
+            let found = all.iter().rev().find(|(c, s, _)| *c == call && *s == side);
+            found.map(|(_, _, l)| l.clone()).expect("leg configured")
+        }
+        fn allocations(&self) -> u64 {
+            *self.next.lock().unwrap()
+        }
+    }
+
+    impl MediaPlane for Recorder {
+        fn allocate(&self) -> xcc_core::Result<AllocatedCall> {
+            let mut free = self.free_calls.lock().unwrap();
+            if *free == 0 {
+                return Err(xcc_core::Error::PoolExhausted { free: 0, needed: 4 });
+            }
+            *free -= 1;
+            let mut next = self.next.lock().unwrap();
+            *next += 1;
+            let base = 40000 + 4 * (*next as u16);
+            let ports = [
+                LegPorts {
+                    rtp: base,
+                    rtcp: base + 1,
+                },
+                LegPorts {
+                    rtp: base + 2,
+                    rtcp: base + 3,
+                },
+            ];
+            Ok(AllocatedCall {
+                call: CallId(*next),
+                ports,
+            })
+        }
+        fn configure_leg(
+            &self,
+            call: CallId,
+            side: LegSide,
+            config: LegConfig,
+        ) -> xcc_core::Result<()> {
+            self.configured.lock().unwrap().push((call, side, config));
+            Ok(())
+        }
+        fn release(&self, call: CallId) -> xcc_core::Result<()> {
+            self.released.lock().unwrap().push(call);
+            Ok(())
+        }
+        fn snapshot(&self, call: CallId) -> xcc_core::Result<CallSnapshot> {
+            Err(xcc_core::Error::UnknownCall(call))
+        }
+        fn calls(&self) -> Vec<CallSnapshot> {
+            Vec::new()
+        }
+        fn pool_status(&self) -> PoolStatus {
+            PoolStatus::default()
+        }
+        fn workers(&self) -> usize {
+            1
+        }
+    }
+
+    const PUBLIC: IpAddr = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 10));
+    const PBX_SIDE: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 5));
+
+    fn table(media: Arc<Recorder>) -> SessionTable {
+        SessionTable::new(
+            media,
+            Advertised {
+                client: PUBLIC,
+                pbx: PBX_SIDE,
+            },
+            vec![SrtpSuite::AesCm128HmacSha1_80],
+        )
+    }
+
+    fn key_b64(byte: u8) -> String {
+        base64::engine::general_purpose::STANDARD.encode([byte; 30])
+    }
+
+    fn sdp(ip: &str, port: u16, transport: &str, extra: &str) -> String {
+        format!(
+            "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} {transport} 0 8\r\n\
+             a=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n{extra}"
+        )
+    }
+
+    fn client_offer(port: u16, direction: &str) -> String {
+        let crypto = format!(
+            "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{}\r\n",
+            key_b64(7)
+        );
+        sdp(
+            "192.0.2.50",
+            port,
+            "RTP/SAVP",
+            &format!("{crypto}a={direction}\r\n"),
+        )
+    }
+
+    fn pbx_sdp(port: u16) -> String {
+        sdp("198.51.100.9", port, "RTP/AVP", "a=sendrecv\r\n")
+    }
+
+    fn audio_of(text: &str) -> AudioMedia {
+        SessionDescription::parse(text).unwrap().audio().unwrap()
+    }
+
+    fn crypto_in(text: &str) -> CryptoAttribute {
+        audio_of(text)
+            .cryptos
+            .first()
+            .cloned()
+            .expect("a=crypto in XCC's SDP")
+    }
+
+    fn material(byte: u8) -> KeyingMaterial {
+        KeyingMaterial::new(SrtpSuite::AesCm128HmacSha1_80, &[byte; 16], &[byte; 14]).unwrap()
+    }
+
+    #[test]
+    fn client_offer_keys_the_client_leg_and_offers_plain_rtp_to_the_pbx() {
+        let media = Recorder::with_capacity(4);
+        let t = table(media.clone());
+        let (v, outcome) = t
+            .create("k", LegSide::Client, &client_offer(5004, "sendrecv"))
+            .unwrap();
+        assert_eq!(outcome, Outcome::Started);
+        assert_eq!((v.state, v.sdp_for), (State::AwaitingAnswer, LegSide::Pbx));
+        let to_pbx = audio_of(&v.sdp);
+        assert_eq!(to_pbx.transport, MediaTransport::RtpAvp);
+        assert!(to_pbx.cryptos.is_empty());
+        assert_eq!(to_pbx.connection, Some(PBX_SIDE));
+        assert_eq!(to_pbx.port, v.ports[LegSide::Pbx.index()].rtp);
+        let leg = media.leg(v.call, LegSide::Client);
+        assert_eq!(leg.remote_rtp, Some("192.0.2.50:5004".parse().unwrap()));
+        let keys = leg.srtp.expect("client leg is SRTP");
+        assert_eq!(
+            keys.inbound,
+            material(7),
+            "XCC decrypts with the client's key"
+        );
+        assert_ne!(keys.outbound, material(7), "XCC encrypts with its own key");
+    }
+
+    #[test]
+    fn pbx_answer_gives_the_client_xccs_srtp_answer() {
+        let media = Recorder::with_capacity(4);
+        let t = table(media.clone());
+        let (v, _) = t
+            .create("k", LegSide::Client, &client_offer(5004, "sendrecv"))
+            .unwrap();
+        let (a, outcome) = t.answer(v.call, &pbx_sdp(6000)).unwrap();
+        assert_eq!(outcome, Outcome::Answered);
+        assert_eq!((a.state, a.sdp_for), (State::Active, LegSide::Client));
+        let pbx_leg = media.leg(v.call, LegSide::Pbx);
+        assert_eq!(
+            pbx_leg.remote_rtp,
+            Some("198.51.100.9:6000".parse().unwrap())
+        );
+        assert!(pbx_leg.srtp.is_none());
+        let to_client = audio_of(&a.sdp);
+        assert_eq!(to_client.transport, MediaTransport::RtpSavp);
+        assert_eq!(to_client.connection, Some(PUBLIC));
+        assert_eq!(to_client.port, a.ports[LegSide::Client.index()].rtp);
+        let ours = crypto_in(&a.sdp);
+        assert_eq!(ours.tag, 1);
+        let keys = media.leg(v.call, LegSide::Client).srtp.unwrap();
+        assert_eq!(
+            ours.key, keys.outbound,
+            "the answer carries the key XCC encrypts with"
+        );
+        let err = t.answer(v.call, &pbx_sdp(6000)).unwrap_err();
+        assert!(matches!(err, Error::WrongState { .. }), "{err}");
+    }
+
+    #[test]
+    fn pbx_offer_gets_an_srtp_offer_and_the_client_answer_keys_the_leg() {
+        let media = Recorder::with_capacity(4);
+        let t = table(media.clone());
+        let (v, _) = t.create("k", LegSide::Pbx, &pbx_sdp(6000)).unwrap();
+        assert_eq!(v.sdp_for, LegSide::Client);
+        let offered = crypto_in(&v.sdp);
+        let crypto = format!(
+            "a=crypto:{} AES_CM_128_HMAC_SHA1_80 inline:{}\r\na=sendrecv\r\n",
+            offered.tag,
+            key_b64(9)
+        );
+        let (a, _) = t
+            .answer(v.call, &sdp("192.0.2.50", 5004, "RTP/SAVP", &crypto))
+            .unwrap();
+        assert_eq!(a.sdp_for, LegSide::Pbx);
+        let to_pbx = audio_of(&a.sdp);
+        assert_eq!(to_pbx.transport, MediaTransport::RtpAvp);
+        assert!(to_pbx.cryptos.is_empty());
+        let keys = media.leg(v.call, LegSide::Client).srtp.unwrap();
+        assert_eq!(keys.outbound, offered.key);
+        assert_eq!(keys.inbound, material(9));
+    }
+
+    #[test]
+    fn retry_with_the_same_key_returns_the_first_result_without_allocating() {
+        let media = Recorder::with_capacity(4);
+        let t = table(media.clone());
+        let offer = client_offer(5004, "sendrecv");
+        let (first, _) = t.create("k", LegSide::Client, &offer).unwrap();
+        let (again, outcome) = t.create("k", LegSide::Client, &offer).unwrap();
+        assert_eq!(outcome, Outcome::Replayed);
+        assert_eq!(first, again);
+        assert_eq!(media.allocations(), 1);
+        let err = t
+            .create("k", LegSide::Client, &client_offer(5006, "sendrecv"))
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::InvalidArgument {
+                    field: "idempotency_key",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn invalid_offers_never_allocate() {
+        let media = Recorder::with_capacity(4);
+        let t = table(media.clone());
+        for bad in [String::new(), "garbage".into(), pbx_sdp(6000)] {
+            let err = t.create("k", LegSide::Client, &bad).unwrap_err();
+            let names_sdp = matches!(
+                err,
+                Error::InvalidArgument { field: "sdp", .. }
+                    | Error::Media {
+                        field: Some("sdp"),
+                        ..
+                    }
+            );
+            assert!(names_sdp, "{err}");
+        }
+        assert_eq!(media.allocations(), 0);
+    }
+
+    #[test]
+    fn exhausted_pool_is_reported_as_such() {
+        let t = table(Recorder::with_capacity(0));
+        let err = t.create("k", LegSide::Pbx, &pbx_sdp(6000)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Media {
+                    source: xcc_core::Error::PoolExhausted { .. },
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn client_hold_reoffer_keeps_xccs_key_and_passes_the_direction() {
+        let media = Recorder::with_capacity(4);
+        let t = table(media.clone());
+        let (v, _) = t
+            .create("k", LegSide::Client, &client_offer(5004, "sendrecv"))
+            .unwrap();
+        let (a, _) = t.answer(v.call, &pbx_sdp(6000)).unwrap();
+        let before = crypto_in(&a.sdp);
+        let (u, outcome) = t
+            .update(v.call, LegSide::Client, &client_offer(5004, "sendonly"))
+            .unwrap();
+        assert_eq!(outcome, Outcome::Updated);
+        assert_eq!(
+            media.leg(v.call, LegSide::Client).direction,
+            Direction::SendOnly
+        );
+        assert_eq!(
+            audio_of(&u.sdp).direction,
+            Direction::SendOnly,
+            "hold is passed on to the PBX"
+        );
+        let err = t.update(v.call, LegSide::Pbx, &pbx_sdp(6000)).unwrap_err();
+        assert!(matches!(err, Error::WrongState { .. }), "glare: {err}");
+        let (a2, _) = t.answer(v.call, &pbx_sdp(6000)).unwrap();
+        assert_eq!(
+            crypto_in(&a2.sdp).key,
+            before.key,
+            "media continues on the same key"
+        );
+    }
+
+    #[test]
+    fn delete_releases_and_forgets() {
+        let media = Recorder::with_capacity(4);
+        let t = table(media.clone());
+        let (v, _) = t.create("k", LegSide::Pbx, &pbx_sdp(6000)).unwrap();
+        t.delete(v.call).unwrap();
+        assert_eq!(*media.released.lock().unwrap(), vec![v.call]);
+        assert!(matches!(t.get(v.call), Err(Error::NotFound { .. })));
+        assert!(matches!(t.delete(v.call), Err(Error::NotFound { .. })));
+        let (again, outcome) = t.create("k", LegSide::Pbx, &pbx_sdp(6000)).unwrap();
+        assert_eq!(
+            outcome,
+            Outcome::Started,
+            "a deleted session's key is free again"
+        );
+        assert_ne!(again.call, v.call);
     }
 }
