@@ -92,12 +92,9 @@ impl From<Error> for tonic::Status {
             Error::Media { source, field } => match source {
                 Core::PoolExhausted { .. } => Code::ResourceExhausted,
                 Core::UnknownCall(_) => Code::NotFound,
-                Core::Crypto(_) | Core::Sdp(_) | Core::KeyLength { .. } => Code::InvalidArgument,
                 Core::Stopped => Code::Unavailable,
-                Core::Socket { .. } | Core::Config { .. } => Code::Internal,
-                #[allow(unreachable_patterns)]
+                // Anything else the media plane refused because of request content (SDP, a=crypto).
                 _ if field.is_some() => Code::InvalidArgument,
-                #[allow(unreachable_patterns)]
                 _ => Code::Internal,
             },
         };
@@ -122,8 +119,15 @@ mod tests {
 
     #[test]
     fn bad_sdp_is_invalid_argument_naming_the_field() {
-        let s: tonic::Status =
-            Error::in_field("sdp", xcc_core::Error::Sdp("no m=audio".into())).into();
+        let s: tonic::Status = Error::in_field(
+            "sdp",
+            xcc_core::Error::KeyLength {
+                suite: "AES_CM_128_HMAC_SHA1_80",
+                expected: 30,
+                got: 3,
+            },
+        )
+        .into();
         assert_eq!(s.code(), Code::InvalidArgument);
         assert!(s.message().starts_with("sdp: "), "{}", s.message());
     }
