@@ -114,6 +114,7 @@ pub async fn run(
     };
 
     notifier.notify_or_log("STOPPING=1\nSTATUS=stopping");
+    hub.close();
     let _ = stop_server.send(());
     if !server.is_finished() {
         match tokio::time::timeout(Duration::from_secs(5), &mut server).await {

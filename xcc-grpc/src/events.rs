@@ -22,6 +22,8 @@ pub const EVENT_BUFFER: usize = 1024;
 #[derive(Debug, Clone)]
 pub struct EventHub {
     tx: broadcast::Sender<pb::Event>,
+    /// Set at shutdown so long-lived watch streams end and graceful shutdown can finish.
+    closed: tokio::sync::watch::Sender<bool>,
 }
 
 impl Default for EventHub {
@@ -35,7 +37,18 @@ impl EventHub {
     pub fn new() -> Self {
         Self {
             tx: broadcast::channel(EVENT_BUFFER).0,
+            closed: tokio::sync::watch::channel(false).0,
         }
+    }
+
+    /// Ends every watcher's stream (at shutdown).
+    pub fn close(&self) {
+        self.closed.send_replace(true);
+    }
+
+    /// Resolves once [`EventHub::close`] has been called.
+    pub fn closed(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.closed.subscribe()
     }
 
     /// A new watcher, receiving events published from now on.

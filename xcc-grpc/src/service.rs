@@ -305,19 +305,22 @@ impl pb::calls_server::Calls for ControlPlane {
         _req: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
         let rx = self.hub.subscribe();
-        let stream = futures::stream::unfold(rx, |mut rx| async move {
-            match rx.recv().await {
-                Ok(event) => Some((Ok(event), rx)),
-                Err(RecvError::Lagged(missed)) => {
-                    let lagged = pb::Event {
-                        call_id: 0,
-                        unix_ms: unix_ms(std::time::SystemTime::now()),
-                        kind: Some(pb::event::Kind::Lagged(pb::Lagged { missed })),
-                    };
-                    Some((Ok(lagged), rx))
-                }
-                Err(RecvError::Closed) => None,
-            }
+        let closed = self.hub.closed();
+        let stream = futures::stream::unfold((rx, closed), |(mut rx, mut closed)| async move {
+            let next = tokio::select! {
+                next = rx.recv() => next,
+                _ = closed.wait_for(|c| *c) => return None,
+            };
+            let event = match next {
+                Ok(event) => event,
+                Err(RecvError::Lagged(missed)) => pb::Event {
+                    call_id: 0,
+                    unix_ms: unix_ms(std::time::SystemTime::now()),
+                    kind: Some(pb::event::Kind::Lagged(pb::Lagged { missed })),
+                },
+                Err(RecvError::Closed) => return None,
+            };
+            Some((Ok(event), (rx, closed)))
         });
         Ok(Response::new(Box::pin(stream)))
     }

@@ -50,7 +50,7 @@ impl MediaPlane for Idle {
     }
 }
 
-async fn start() -> (Channel, Arc<ControlState>) {
+async fn start_with_hub() -> (Channel, Arc<ControlState>, EventHub) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (reporter, health) = tonic_health::server::health_reporter();
@@ -61,10 +61,11 @@ async fn start() -> (Channel, Arc<ControlState>) {
         pbx: [127, 0, 0, 1].into(),
     };
     let sessions = Arc::new(SessionTable::new(Arc::new(Idle), advertised, Vec::new()));
+    let hub = EventHub::new();
     let plane = ControlPlane {
         sessions,
         state: state.clone(),
-        hub: EventHub::new(),
+        hub: hub.clone(),
     };
     tokio::spawn(async move { serve(plane, health, listener, None, std::future::pending()).await });
     let channel = Channel::from_shared(format!("http://{addr}"))
@@ -72,6 +73,11 @@ async fn start() -> (Channel, Arc<ControlState>) {
         .connect()
         .await
         .unwrap();
+    (channel, state, hub)
+}
+
+async fn start() -> (Channel, Arc<ControlState>) {
+    let (channel, state, _) = start_with_hub().await;
     (channel, state)
 }
 
@@ -189,4 +195,27 @@ async fn reflection_lists_the_xcc_services() {
     ] {
         assert!(names.contains(&want), "{want} missing from {names:?}");
     }
+}
+
+#[tokio::test]
+async fn watchers_get_published_events_and_end_when_the_hub_closes() {
+    let (ch, state, hub) = start_with_hub().await;
+    state.set_ready().await;
+    let mut calls = pb::calls_client::CallsClient::new(ch);
+    let mut events = calls
+        .watch_events(pb::WatchEventsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    // The subscription exists once the response headers arrived; publish, then close.
+    hub.publish(CallId(5), pb::event::Kind::Answered(pb::CallAnswered {}));
+    let e = events.message().await.unwrap().expect("event");
+    assert_eq!(e.call_id, 5);
+    assert!(matches!(e.kind, Some(pb::event::Kind::Answered(_))));
+    hub.close();
+    let end = tokio::time::timeout(std::time::Duration::from_secs(10), events.message()).await;
+    assert!(
+        matches!(end, Ok(Ok(None))),
+        "stream ends at shutdown: {end:?}"
+    );
 }
