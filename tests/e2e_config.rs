@@ -106,5 +106,10 @@ fn non_loopback_control_without_tls_is_refused_with_64() {
 fn packaged_example_config_is_valid() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/xcc.toml.example");
     let out = xccd(&["--config", path, "check-config"]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -735,3 +735,35 @@ async fn sigint_stops_at_once_even_with_calls() {
     let status = d.wait_exit(Duration::from_secs(20));
     assert_eq!(status.code(), Some(0), "log:\n{}", d.log());
 }
+
+#[tokio::test]
+#[ignore = "needs media plane from branch media and sdp from branch sdp"]
+async fn sighup_reloads_the_log_level_and_keeps_serving() {
+    let d = Daemon::start("sighup", 41700, 100);
+    let config = d.dir.join("xcc.toml");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("level = \"debug\"", "level = \"warn\"");
+    std::fs::write(&config, text).unwrap();
+    d.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d.log().contains("log level reloaded") {
+        assert!(Instant::now() < deadline, "no reload logged:\n{}", d.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut c = clients(&d).await;
+    assert_eq!(c.health("").await, ServingStatus::Serving as i32);
+    // A broken file on SIGHUP is refused and the daemon keeps running.
+    std::fs::write(&config, "[media]\nport_min = 5\n").unwrap();
+    d.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d.log().contains("configuration rejected") {
+        assert!(
+            Instant::now() < deadline,
+            "no rejection logged:\n{}",
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(c.health("").await, ServingStatus::Serving as i32);
+}
