@@ -20,10 +20,13 @@ impl LogControl {
             return;
         };
         match level.parse::<EnvFilter>() {
-            Ok(filter) => match handle.reload(filter) {
-                Ok(()) => tracing::info!(level, "log level reloaded"),
-                Err(e) => tracing::warn!(error = %e, "log level reload failed"),
-            },
+            Ok(filter) => {
+                // Logged before the switch: the new filter may hide info lines.
+                tracing::info!(level, "log level reloaded");
+                if let Err(e) = handle.reload(filter) {
+                    tracing::warn!(error = %e, "log level reload failed");
+                }
+            }
             Err(e) => tracing::warn!(level, error = %e, "log.level rejected"),
         }
     }
