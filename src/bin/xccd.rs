@@ -55,9 +55,13 @@ fn main() -> ExitCode {
         }
     };
     if let Some(Cmd::CheckConfig) = cli.command {
-        match &file {
-            Some(p) => println!("{}: configuration valid", p.display()),
-            None => println!("no configuration file: defaults are valid"),
+        match (&file, &cli.config) {
+            (Some(p), _) => println!("{}: configuration valid", p.display()),
+            (None, Some(p)) => println!(
+                "{} does not exist: xccd would run on the defaults, which are valid",
+                p.display()
+            ),
+            (None, None) => println!("no --config given: the defaults are valid"),
         }
         return ExitCode::SUCCESS;
     }
