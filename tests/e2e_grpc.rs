@@ -423,7 +423,7 @@ async fn wait_ports_back(c: &mut Clients) -> pb::StatusResponse {
 }
 
 #[tokio::test]
-#[ignore = "needs media plane from branch media and sdp from branch sdp"]
+#[ignore = "needs media plane from branch media"]
 async fn client_offer_relays_srtp_and_rtp_both_ways_and_hangup_frees_ports() {
     let d = Daemon::start("client-offer", 41000, 100);
     let mut c = clients(&d).await;
@@ -505,7 +505,7 @@ async fn client_offer_relays_srtp_and_rtp_both_ways_and_hangup_frees_ports() {
 }
 
 #[tokio::test]
-#[ignore = "needs media plane from branch media and sdp from branch sdp"]
+#[ignore = "needs media plane from branch media"]
 async fn pbx_offer_gets_srtp_offer_for_client_and_media_flows() {
     let d = Daemon::start("pbx-offer", 41100, 100);
     let mut c = clients(&d).await;
@@ -563,7 +563,7 @@ async fn pbx_offer_gets_srtp_offer_for_client_and_media_flows() {
 }
 
 #[tokio::test]
-#[ignore = "needs media plane from branch media and sdp from branch sdp"]
+#[ignore = "needs media plane from branch media"]
 async fn retried_offer_with_same_idempotency_key_returns_same_session() {
     let d = Daemon::start("idempotent", 41200, 100);
     let mut c = clients(&d).await;
@@ -595,7 +595,7 @@ async fn retried_offer_with_same_idempotency_key_returns_same_session() {
 }
 
 #[tokio::test]
-#[ignore = "needs media plane from branch media and sdp from branch sdp"]
+#[ignore = "needs media plane from branch media"]
 async fn bad_requests_get_the_right_codes_naming_the_field() {
     let d = Daemon::start("bad-requests", 41300, 8);
     let mut c = clients(&d).await;
@@ -676,7 +676,7 @@ async fn bad_requests_get_the_right_codes_naming_the_field() {
 }
 
 #[tokio::test]
-#[ignore = "needs media plane from branch media and sdp from branch sdp"]
+#[ignore = "needs media plane from branch media"]
 async fn drain_flips_health_and_refuses_new_sessions_until_resume() {
     let d = Daemon::start("drain", 41400, 100);
     let mut c = clients(&d).await;
@@ -703,7 +703,7 @@ async fn drain_flips_health_and_refuses_new_sessions_until_resume() {
 }
 
 #[tokio::test]
-#[ignore = "needs media plane from branch media and sdp from branch sdp"]
+#[ignore = "needs media plane from branch media"]
 async fn sigterm_drains_until_the_last_call_ends_then_exits_zero() {
     let mut d = Daemon::start("sigterm", 41500, 100);
     let mut c = clients(&d).await;
@@ -726,7 +726,7 @@ async fn sigterm_drains_until_the_last_call_ends_then_exits_zero() {
 }
 
 #[tokio::test]
-#[ignore = "needs media plane from branch media and sdp from branch sdp"]
+#[ignore = "needs media plane from branch media"]
 async fn sigint_stops_at_once_even_with_calls() {
     let mut d = Daemon::start("sigint", 41600, 100);
     let mut c = clients(&d).await;
@@ -737,7 +737,7 @@ async fn sigint_stops_at_once_even_with_calls() {
 }
 
 #[tokio::test]
-#[ignore = "needs media plane from branch media and sdp from branch sdp"]
+#[ignore = "needs media plane from branch media"]
 async fn sighup_reloads_the_log_level_and_keeps_serving() {
     let d = Daemon::start("sighup", 41700, 100);
     let config = d.dir.join("xcc.toml");
