@@ -240,7 +240,9 @@ pub struct MediaEngine {
 impl MediaEngine {
     /// Validates `config`, spawns the workers and returns the engine with the receiving end of its
     /// event channel (one receiver: the daemon fans events out to its subscribers).
-    pub fn start(config: MediaConfig) -> crate::Result<(MediaEngine, crossbeam_channel::Receiver<MediaEvent>)> {
+    pub fn start(
+        config: MediaConfig,
+    ) -> crate::Result<(MediaEngine, crossbeam_channel::Receiver<MediaEvent>)> {
         let _ = config;
         unimplemented!("media plane: issue 2")
     }
@@ -269,7 +271,12 @@ impl MediaControl {
 
     /// (Re)configures one leg: peer address, keys, rtcp-mux, direction. Re-opens the plain-RTP
     /// learning window; SRTP legs keep latching only on authenticated packets.
-    pub fn configure_leg(&self, call: CallId, side: LegSide, config: LegConfig) -> crate::Result<()> {
+    pub fn configure_leg(
+        &self,
+        call: CallId,
+        side: LegSide,
+        config: LegConfig,
+    ) -> crate::Result<()> {
         let _ = (call, side, config);
         unimplemented!("media plane: issue 2")
     }

@@ -7,8 +7,8 @@
 //! protects what leaves. Every [`SrtpError`] is a counted drop, never fatal.
 //!
 //! Inside: `kdf` derives session keys from the master key, `session` holds them expanded (AES-CM
-//! + HMAC-SHA1 or AES-GCM), `stream` keeps per-SSRC ROC and replay state in fixed tables, `packet`
-//! finds the clear header, and `context` puts them together.
+//! with HMAC-SHA1, or AES-GCM), `stream` keeps per-SSRC ROC and replay state in fixed tables,
+//! `packet` finds the clear header, and `context` puts them together.
 
 mod context;
 mod error;
