@@ -423,7 +423,6 @@ async fn wait_ports_back(c: &mut Clients) -> pb::StatusResponse {
 }
 
 #[tokio::test]
-#[ignore = "needs media plane from branch media"]
 async fn client_offer_relays_srtp_and_rtp_both_ways_and_hangup_frees_ports() {
     let d = Daemon::start("client-offer", 41000, 100);
     let mut c = clients(&d).await;
@@ -445,14 +444,32 @@ async fn client_offer_relays_srtp_and_rtp_both_ways_and_hangup_frees_ports() {
 
     exchange_media(&phones);
 
-    let call = c
-        .calls
-        .get_call(pb::GetCallRequest {
+    // Workers publish snapshots on their timer tick: poll (bounded) until this media shows.
+    let client_addr = phones.client.local_addr().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let call = loop {
+        let req = pb::GetCallRequest {
             call_id: s.session_id,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+        };
+        let call = c.calls.get_call(req).await.unwrap().into_inner();
+        let pkts = |l: &Option<pb::Leg>| {
+            l.as_ref()
+                .and_then(|l| l.counters)
+                .map_or(0, |c| c.packets_in)
+        };
+        let latched = call
+            .client
+            .as_ref()
+            .is_some_and(|l| l.latched == client_addr);
+        if latched && pkts(&call.client) > 0 && pkts(&call.pbx) > 0 {
+            break call;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "snapshot never showed the media: {call:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let client_leg = call.client.unwrap();
     assert_eq!(
         client_leg.latched,
@@ -505,7 +522,6 @@ async fn client_offer_relays_srtp_and_rtp_both_ways_and_hangup_frees_ports() {
 }
 
 #[tokio::test]
-#[ignore = "needs media plane from branch media"]
 async fn pbx_offer_gets_srtp_offer_for_client_and_media_flows() {
     let d = Daemon::start("pbx-offer", 41100, 100);
     let mut c = clients(&d).await;
@@ -563,7 +579,6 @@ async fn pbx_offer_gets_srtp_offer_for_client_and_media_flows() {
 }
 
 #[tokio::test]
-#[ignore = "needs media plane from branch media"]
 async fn retried_offer_with_same_idempotency_key_returns_same_session() {
     let d = Daemon::start("idempotent", 41200, 100);
     let mut c = clients(&d).await;
@@ -595,7 +610,6 @@ async fn retried_offer_with_same_idempotency_key_returns_same_session() {
 }
 
 #[tokio::test]
-#[ignore = "needs media plane from branch media"]
 async fn bad_requests_get_the_right_codes_naming_the_field() {
     let d = Daemon::start("bad-requests", 41300, 8);
     let mut c = clients(&d).await;
@@ -676,7 +690,6 @@ async fn bad_requests_get_the_right_codes_naming_the_field() {
 }
 
 #[tokio::test]
-#[ignore = "needs media plane from branch media"]
 async fn drain_flips_health_and_refuses_new_sessions_until_resume() {
     let d = Daemon::start("drain", 41400, 100);
     let mut c = clients(&d).await;
@@ -703,7 +716,6 @@ async fn drain_flips_health_and_refuses_new_sessions_until_resume() {
 }
 
 #[tokio::test]
-#[ignore = "needs media plane from branch media"]
 async fn sigterm_drains_until_the_last_call_ends_then_exits_zero() {
     let mut d = Daemon::start("sigterm", 41500, 100);
     let mut c = clients(&d).await;
@@ -726,7 +738,6 @@ async fn sigterm_drains_until_the_last_call_ends_then_exits_zero() {
 }
 
 #[tokio::test]
-#[ignore = "needs media plane from branch media"]
 async fn sigint_stops_at_once_even_with_calls() {
     let mut d = Daemon::start("sigint", 41600, 100);
     let mut c = clients(&d).await;
@@ -737,7 +748,6 @@ async fn sigint_stops_at_once_even_with_calls() {
 }
 
 #[tokio::test]
-#[ignore = "needs media plane from branch media"]
 async fn sighup_reloads_the_log_level_and_keeps_serving() {
     let d = Daemon::start("sighup", 41700, 100);
     let config = d.dir.join("xcc.toml");

@@ -17,7 +17,7 @@ use xcc_core::ids::{CallId, LegSide};
 use xcc_core::media::{LegConfig, LegPorts, SrtpKeys};
 use xcc_core::sdes::{self, CryptoAttribute};
 use xcc_core::sdp::{AudioMedia, AudioRewrite, MediaTransport, SessionDescription};
-use xcc_core::srtp::SrtpSuite;
+use xcc_core::srtp::{SrtpPolicy, SrtpSuite};
 
 use crate::error::{Error, Result};
 use crate::media::MediaPlane;
@@ -314,6 +314,8 @@ impl SessionTable {
                     inbound: answered.key.clone(),
                     outbound: ours.key.clone(),
                 });
+                // The answer echoes the session parameters XCC offered (none): the client's say.
+                leg.srtp_policy = answered.srtp_policy();
                 session.client_ours = Some(ours);
                 let rw = AudioRewrite {
                     address: self.advertised.pbx,
@@ -410,6 +412,7 @@ impl SessionTable {
                     inbound: theirs.key.clone(),
                     outbound: ours.key.clone(),
                 });
+                leg.srtp_policy = theirs.srtp_policy();
                 session.client_ours = Some(ours.clone());
                 let pending = Pending::FromClient {
                     ours,
@@ -528,6 +531,7 @@ fn plain_leg(audio: &AudioMedia) -> LegConfig {
         rtcp_mux: audio.rtcp_mux,
         srtp: None,
         direction: audio.direction,
+        srtp_policy: SrtpPolicy::default(),
     }
 }
 
