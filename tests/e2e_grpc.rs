@@ -32,6 +32,11 @@ struct Daemon {
 impl Daemon {
     /// Starts xccd with media ports `pool_min..=pool_min + pool_len - 1` and waits for READY=1.
     fn start(name: &str, pool_min: u16, pool_len: u16) -> Daemon {
+        Self::start_with(name, pool_min, pool_len, "")
+    }
+
+    /// Like [`Daemon::start`] with extra `[media]` keys.
+    fn start_with(name: &str, pool_min: u16, pool_len: u16, media_extra: &str) -> Daemon {
         let dir = std::env::temp_dir().join(format!("xcc-e2e-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -40,7 +45,7 @@ impl Daemon {
             .local_addr()
             .unwrap();
         let config = format!(
-            "[media]\nbind_address = \"127.0.0.1\"\nport_min = {pool_min}\nport_max = {}\nquarantine_secs = 1\n\
+            "[media]\n{media_extra}bind_address = \"127.0.0.1\"\nport_min = {pool_min}\nport_max = {}\nquarantine_secs = 1\n\
              workers = 1\n\n[control]\nlisten = \"{control}\"\ndrain_grace_secs = 30\n\n\
              [nat]\npublic_address = \"127.0.0.1\"\npbx_address = \"127.0.0.1\"\n\n[log]\nlevel = \"debug\"\n",
             pool_min + pool_len - 1
@@ -776,4 +781,43 @@ async fn sighup_reloads_the_log_level_and_keeps_serving() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(c.health("").await, ServingStatus::Serving as i32);
+}
+
+#[tokio::test]
+async fn a_call_without_media_ends_with_media_timeout_on_the_feed() {
+    let d = Daemon::start_with("timeout", 41800, 100, "media_timeout_secs = 1\n");
+    let mut c = clients(&d).await;
+    let mut events = c
+        .calls
+        .watch_events(pb::WatchEventsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let (s, _phones) = client_offered_call(&mut c, "silent-call").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let ended = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let e = tokio::time::timeout(left, events.message())
+            .await
+            .expect("ended in time")
+            .unwrap()
+            .unwrap();
+        if let Some(pb::event::Kind::Ended(ended)) = e.kind {
+            assert_eq!(e.call_id, s.session_id);
+            break ended;
+        }
+    };
+    assert_eq!(ended.reason, pb::call_ended::Reason::MediaTimeout as i32);
+    let err = c
+        .sessions
+        .get_session(pb::GetSessionRequest {
+            session_id: s.session_id,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::NotFound,
+        "a timed-out session is forgotten"
+    );
 }
