@@ -46,6 +46,10 @@ impl MediaPlane for Idle {
 }
 
 async fn serve() -> String {
+    serve_with_hub().await.0
+}
+
+async fn serve_with_hub() -> (String, EventHub) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (reporter, health) = tonic_health::server::health_reporter();
@@ -56,15 +60,16 @@ async fn serve() -> String {
         pbx: [127, 0, 0, 1].into(),
     };
     let sessions = Arc::new(SessionTable::new(Arc::new(Idle), advertised, Vec::new()));
+    let hub = EventHub::new();
     let plane = ControlPlane {
         sessions,
         state,
-        hub: EventHub::new(),
+        hub: hub.clone(),
     };
     tokio::spawn(async move {
         xcc_grpc::server::serve(plane, health, listener, None, std::future::pending()).await
     });
-    format!("http://{addr}")
+    (format!("http://{addr}"), hub)
 }
 
 async fn xccctl(addr: &str, args: &[&str]) -> Output {
@@ -140,4 +145,43 @@ async fn unreachable_daemon_is_an_error_not_a_hang() {
         .port();
     let out = xccctl(&format!("http://127.0.0.1:{port}"), &["status"]).await;
     assert!(!out.status.success());
+}
+
+#[tokio::test]
+async fn watch_prints_one_json_line_per_event() {
+    use tokio::io::AsyncBufReadExt;
+    let (addr, hub) = serve_with_hub().await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_xccctl"))
+        .args(["--addr", &addr, "--json", "watch"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    // xccctl subscribes at some point after start: publish until a line arrives (bounded).
+    let deadline = Instant::now() + std::time::Duration::from_secs(20);
+    let line = loop {
+        hub.publish(
+            CallId(9),
+            xcc_grpc::pb::event::Kind::Answered(xcc_grpc::pb::CallAnswered {}),
+        );
+        let next =
+            tokio::time::timeout(std::time::Duration::from_millis(100), lines.next_line()).await;
+        if let Ok(line) = next {
+            break line.unwrap().expect("a line before EOF");
+        }
+        assert!(Instant::now() < deadline, "xccctl watch printed nothing");
+    };
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["event"], "answered");
+    assert_eq!(v["call_id"], 9);
+    hub.close();
+    let status = tokio::time::timeout(std::time::Duration::from_secs(20), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        status.success(),
+        "watch ends cleanly when the server closes the feed"
+    );
 }
