@@ -229,6 +229,10 @@ impl Clients {
 }
 
 fn sdp(port: u16, transport: &str, extra: &[String]) -> String {
+    sdp_dir(port, transport, extra, "sendrecv")
+}
+
+fn sdp_dir(port: u16, transport: &str, extra: &[String], direction: &str) -> String {
     let mut lines = vec![
         "v=0".to_owned(),
         "o=- 4242 1 IN IP4 127.0.0.1".into(),
@@ -240,7 +244,7 @@ fn sdp(port: u16, transport: &str, extra: &[String]) -> String {
         "a=rtpmap:101 telephone-event/8000".into(),
     ];
     lines.extend(extra.iter().cloned());
-    lines.push("a=sendrecv".into());
+    lines.push(format!("a={direction}"));
     lines.join("\r\n") + "\r\n"
 }
 
@@ -333,14 +337,14 @@ struct Phones {
 }
 
 /// Sends audio both ways until each phone has received the other's payload; asserts equality.
-fn exchange_media(p: &Phones) {
+fn exchange_media(p: &Phones, first_seq: u16) {
     let to_pbx = [0x11u8; 160];
     let to_client = [0x22u8; 160];
     let mut client_tx = srtp_context(&p.client_key);
     let mut client_rx = srtp_context(&p.xcc_key);
     let (mut pbx_got, mut client_got) = (false, false);
     let mut buf = [0u8; 1500];
-    for seq in 1..=250u16 {
+    for seq in first_seq..first_seq + 250 {
         let srtp = client_tx
             .encrypt_rtp(&rtp_packet(seq, 0x1111, &to_pbx))
             .unwrap();
@@ -447,7 +451,7 @@ async fn client_offer_relays_srtp_and_rtp_both_ways_and_hangup_frees_ports() {
     }
     assert_eq!(c.status().await.ports_used, 4);
 
-    exchange_media(&phones);
+    exchange_media(&phones, 1);
 
     // Workers publish snapshots on their timer tick: poll (bounded) until this media shows.
     let client_addr = phones.client.local_addr().unwrap().to_string();
@@ -559,14 +563,17 @@ async fn pbx_offer_gets_srtp_offer_for_client_and_media_flows() {
         a.sdp
     );
     let pbx_target = media_target(&a.sdp);
-    exchange_media(&Phones {
-        client,
-        pbx,
-        client_target,
-        pbx_target,
-        client_key: client_key.to_vec(),
-        xcc_key,
-    });
+    exchange_media(
+        &Phones {
+            client,
+            pbx,
+            client_target,
+            pbx_target,
+            client_key: client_key.to_vec(),
+            xcc_key,
+        },
+        1,
+    );
     c.sessions
         .delete_session(pb::DeleteSessionRequest {
             session_id: s.session_id,
@@ -730,7 +737,7 @@ async fn sigterm_drains_until_the_last_call_ends_then_exits_zero() {
     assert!(note.starts_with("STOPPING=1"), "{note:?}");
     assert_eq!(c.health("").await, ServingStatus::NotServing as i32);
     // The running call continues during the drain.
-    exchange_media(&phones);
+    exchange_media(&phones, 1);
     assert!(d.is_running(), "xccd must wait for the call");
     c.calls
         .hang_up(pb::HangUpRequest {
@@ -820,4 +827,88 @@ async fn a_call_without_media_ends_with_media_timeout_on_the_feed() {
         Code::NotFound,
         "a timed-out session is forgotten"
     );
+}
+
+/// Waits (bounded) until the published snapshot of `call` satisfies `pred`.
+async fn wait_call(
+    c: &mut Clients,
+    call: u64,
+    what: &str,
+    pred: impl Fn(&pb::Call) -> bool,
+) -> pb::Call {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = c
+            .calls
+            .get_call(pb::GetCallRequest { call_id: call })
+            .await
+            .unwrap()
+            .into_inner();
+        if pred(&got) {
+            return got;
+        }
+        assert!(Instant::now() < deadline, "{what} never showed: {got:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn client_hold_and_resume_through_update_session() {
+    let d = Daemon::start("hold", 41900, 100);
+    let mut c = clients(&d).await;
+    let (s, phones) = client_offered_call(&mut c, "hold-call").await;
+    exchange_media(&phones, 1);
+    let key: [u8; 30] = phones.client_key.clone().try_into().unwrap();
+    let client_port = phones.client.local_addr().unwrap().port();
+    let pbx_port = phones.pbx.local_addr().unwrap().port();
+
+    // Hold: the client re-offers sendonly; XCC passes it on to the PBX.
+    let hold = sdp_dir(client_port, "RTP/SAVP", &[crypto_line(1, &key)], "sendonly");
+    let req = pb::UpdateSessionRequest {
+        session_id: s.session_id,
+        offer_from: pb::Side::Client as i32,
+        sdp: hold,
+    };
+    let u = c.sessions.update_session(req).await.unwrap().into_inner();
+    assert_eq!(u.state, pb::session::State::AwaitingAnswer as i32);
+    assert_eq!(u.sdp_for, pb::Side::Pbx as i32);
+    assert!(
+        u.sdp.contains("a=sendonly"),
+        "hold reaches the PBX:\n{}",
+        u.sdp
+    );
+    let a = c
+        .answer(s.session_id, &sdp_dir(pbx_port, "RTP/AVP", &[], "recvonly"))
+        .await
+        .unwrap();
+    assert_eq!(
+        crypto_of(&a.sdp).1,
+        phones.xcc_key,
+        "XCC keeps its key across the re-offer"
+    );
+    wait_call(&mut c, s.session_id, "client leg on hold", |call| {
+        call.client
+            .as_ref()
+            .is_some_and(|l| l.direction == "sendonly")
+    })
+    .await;
+
+    // Resume: sendrecv again, and media flows both ways on the same keys.
+    let resume = sdp_dir(client_port, "RTP/SAVP", &[crypto_line(1, &key)], "sendrecv");
+    let req = pb::UpdateSessionRequest {
+        session_id: s.session_id,
+        offer_from: pb::Side::Client as i32,
+        sdp: resume,
+    };
+    c.sessions.update_session(req).await.unwrap();
+    c.answer(s.session_id, &sdp(pbx_port, "RTP/AVP", &[]))
+        .await
+        .unwrap();
+    wait_call(&mut c, s.session_id, "client leg resumed", |call| {
+        call.client
+            .as_ref()
+            .is_some_and(|l| l.direction == "sendrecv")
+    })
+    .await;
+    exchange_media(&phones, 1000);
 }
