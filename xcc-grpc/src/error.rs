@@ -67,6 +67,20 @@ impl Error {
     }
 }
 
+impl Error {
+    /// A media-plane error about the call the request field `field` named: an unknown call becomes
+    /// NOT_FOUND naming that field, anything else stays a server-side media error.
+    pub fn about_call(field: &'static str, call: CallId, source: xcc_core::Error) -> Self {
+        match source {
+            xcc_core::Error::UnknownCall(_) => Error::NotFound { field, call },
+            source => Error::Media {
+                field: None,
+                source,
+            },
+        }
+    }
+}
+
 impl From<xcc_core::Error> for Error {
     fn from(source: xcc_core::Error) -> Self {
         Error::Media {

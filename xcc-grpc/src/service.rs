@@ -268,13 +268,11 @@ impl pb::calls_server::Calls for ControlPlane {
         req: Request<pb::GetCallRequest>,
     ) -> Result<Response<pb::Call>, Status> {
         let call = call_id(req.into_inner().call_id)?;
-        let snapshot = self.sessions.media().snapshot(call).map_err(|e| match e {
-            xcc_core::Error::UnknownCall(_) => Error::NotFound {
-                field: "call_id",
-                call,
-            },
-            e => e.into(),
-        })?;
+        let snapshot = self
+            .sessions
+            .media()
+            .snapshot(call)
+            .map_err(|e| Error::about_call("call_id", call, e))?;
         Ok(Response::new(call_to_pb(
             &snapshot,
             &self.sessions.advertised(),
@@ -286,13 +284,10 @@ impl pb::calls_server::Calls for ControlPlane {
         req: Request<pb::HangUpRequest>,
     ) -> Result<Response<pb::HangUpResponse>, Status> {
         let call = call_id(req.into_inner().call_id)?;
-        self.sessions.media().release(call).map_err(|e| match e {
-            xcc_core::Error::UnknownCall(_) => Error::NotFound {
-                field: "call_id",
-                call,
-            },
-            e => e.into(),
-        })?;
+        self.sessions
+            .media()
+            .release(call)
+            .map_err(|e| Error::about_call("call_id", call, e))?;
         self.sessions.forget(call);
         tracing::info!(%call, "hung up over gRPC");
         Ok(Response::new(pb::HangUpResponse {}))

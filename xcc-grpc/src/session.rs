@@ -353,13 +353,9 @@ impl SessionTable {
         })?;
         table.by_key.remove(&session.view.idempotency_key);
         drop(table);
-        self.media.release(call).map_err(|e| match e {
-            xcc_core::Error::UnknownCall(_) => Error::NotFound {
-                field: "session_id",
-                call,
-            },
-            e => e.into(),
-        })
+        self.media
+            .release(call)
+            .map_err(|e| Error::about_call("session_id", call, e))
     }
 
     /// Forgets a session whose media already ended (timeout, hang-up through Calls).
