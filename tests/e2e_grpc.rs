@@ -450,6 +450,18 @@ async fn client_offer_relays_srtp_and_rtp_both_ways_and_hangup_frees_ports() {
         );
     }
     assert_eq!(c.status().await.ports_used, 4);
+    let calls = c
+        .calls
+        .list_calls(pb::ListCallsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .calls;
+    assert_eq!(
+        calls.iter().map(|c| c.call_id).collect::<Vec<_>>(),
+        vec![s.session_id],
+        "the session is a call"
+    );
 
     exchange_media(&phones, 1);
 
@@ -608,6 +620,15 @@ async fn retried_offer_with_same_idempotency_key_returns_same_session() {
     assert_eq!(first.sdp, second.sdp);
     let st = c.status().await;
     assert_eq!((st.calls, st.ports_used), (1, 4), "allocated once");
+    let listed = c
+        .sessions
+        .list_sessions(pb::ListSessionsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .sessions;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].idempotency_key, "retry-me");
     let other = sdp(40002, "RTP/SAVP", &[crypto_line(1, &key)]);
     let err = c
         .create("retry-me", pb::Side::Client, &other)
