@@ -32,11 +32,17 @@ struct Daemon {
 impl Daemon {
     /// Starts xccd with media ports `pool_min..=pool_min + pool_len - 1` and waits for READY=1.
     fn start(name: &str, pool_min: u16, pool_len: u16) -> Daemon {
-        Self::start_with(name, pool_min, pool_len, "")
+        Self::start_with(name, pool_min, pool_len, "", 30)
     }
 
-    /// Like [`Daemon::start`] with extra `[media]` keys.
-    fn start_with(name: &str, pool_min: u16, pool_len: u16, media_extra: &str) -> Daemon {
+    /// Like [`Daemon::start`] with extra `[media]` keys and a drain grace period.
+    fn start_with(
+        name: &str,
+        pool_min: u16,
+        pool_len: u16,
+        media_extra: &str,
+        grace_secs: u64,
+    ) -> Daemon {
         let dir = std::env::temp_dir().join(format!("xcc-e2e-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -46,7 +52,7 @@ impl Daemon {
             .unwrap();
         let config = format!(
             "[media]\n{media_extra}bind_address = \"127.0.0.1\"\nport_min = {pool_min}\nport_max = {}\nquarantine_secs = 1\n\
-             workers = 1\n\n[control]\nlisten = \"{control}\"\ndrain_grace_secs = 30\n\n\
+             workers = 1\n\n[control]\nlisten = \"{control}\"\ndrain_grace_secs = {grace_secs}\n\n\
              [nat]\npublic_address = \"127.0.0.1\"\npbx_address = \"127.0.0.1\"\n\n[log]\nlevel = \"debug\"\n",
             pool_min + pool_len - 1
         );
@@ -431,7 +437,7 @@ async fn wait_ports_back(c: &mut Clients) -> pb::StatusResponse {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_offer_relays_srtp_and_rtp_both_ways_and_hangup_frees_ports() {
     let d = Daemon::start("client-offer", 41000, 100);
     let mut c = clients(&d).await;
@@ -542,7 +548,7 @@ async fn client_offer_relays_srtp_and_rtp_both_ways_and_hangup_frees_ports() {
     assert_eq!(ended.reason, pb::call_ended::Reason::Released as i32);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pbx_offer_gets_srtp_offer_for_client_and_media_flows() {
     let d = Daemon::start("pbx-offer", 41100, 100);
     let mut c = clients(&d).await;
@@ -602,7 +608,7 @@ async fn pbx_offer_gets_srtp_offer_for_client_and_media_flows() {
     assert_eq!(err.code(), Code::NotFound);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retried_offer_with_same_idempotency_key_returns_same_session() {
     let d = Daemon::start("idempotent", 41200, 100);
     let mut c = clients(&d).await;
@@ -642,7 +648,7 @@ async fn retried_offer_with_same_idempotency_key_returns_same_session() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_the_right_codes_naming_the_field() {
     let d = Daemon::start("bad-requests", 41300, 8);
     let mut c = clients(&d).await;
@@ -722,7 +728,7 @@ async fn bad_requests_get_the_right_codes_naming_the_field() {
     assert_eq!(err.code(), Code::FailedPrecondition);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_flips_health_and_refuses_new_sessions_until_resume() {
     let d = Daemon::start("drain", 41400, 100);
     let mut c = clients(&d).await;
@@ -748,7 +754,7 @@ async fn drain_flips_health_and_refuses_new_sessions_until_resume() {
         .unwrap();
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_until_the_last_call_ends_then_exits_zero() {
     let mut d = Daemon::start("sigterm", 41500, 100);
     let mut c = clients(&d).await;
@@ -770,7 +776,7 @@ async fn sigterm_drains_until_the_last_call_ends_then_exits_zero() {
     assert_eq!(status.code(), Some(0), "log:\n{}", d.log());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_stops_at_once_even_with_calls() {
     let mut d = Daemon::start("sigint", 41600, 100);
     let mut c = clients(&d).await;
@@ -780,7 +786,7 @@ async fn sigint_stops_at_once_even_with_calls() {
     assert_eq!(status.code(), Some(0), "log:\n{}", d.log());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_log_level_and_keeps_serving() {
     let d = Daemon::start("sighup", 41700, 100);
     let config = d.dir.join("xcc.toml");
@@ -811,9 +817,9 @@ async fn sighup_reloads_the_log_level_and_keeps_serving() {
     assert_eq!(c.health("").await, ServingStatus::Serving as i32);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_without_media_ends_with_media_timeout_on_the_feed() {
-    let d = Daemon::start_with("timeout", 41800, 100, "media_timeout_secs = 1\n");
+    let d = Daemon::start_with("timeout", 41800, 100, "media_timeout_secs = 1\n", 30);
     let mut c = clients(&d).await;
     let mut events = c
         .calls
@@ -873,7 +879,7 @@ async fn wait_call(
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_hold_and_resume_through_update_session() {
     let d = Daemon::start("hold", 41900, 100);
     let mut c = clients(&d).await;
@@ -932,4 +938,36 @@ async fn client_hold_and_resume_through_update_session() {
     })
     .await;
     exchange_media(&phones, 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drain_ends_calls_when_the_grace_period_expires() {
+    let mut d = Daemon::start_with("grace", 42100, 100, "", 1);
+    let mut c = clients(&d).await;
+    let mut events = c
+        .calls
+        .watch_events(pb::WatchEventsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let (s, _phones) = client_offered_call(&mut c, "outlives-grace").await;
+    d.signal(libc::SIGTERM);
+    let note = d.next_notification(Duration::from_secs(10));
+    assert!(note.starts_with("STOPPING=1"), "{note:?}");
+    let status = d.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "log:\n{}", d.log());
+    assert!(d.log().contains("drain grace expired"), "log:\n{}", d.log());
+    assert!(
+        !d.log().contains("did not stop"),
+        "graceful stop is not held by connected clients:\n{}",
+        d.log()
+    );
+    // The call was still up when the grace ran out: its end, if the feed delivered it before the
+    // server closed, says SHUTDOWN, never RELEASED.
+    while let Ok(Some(e)) = events.message().await {
+        if let Some(pb::event::Kind::Ended(ended)) = e.kind {
+            assert_eq!(e.call_id, s.session_id);
+            assert_eq!(ended.reason, pb::call_ended::Reason::Shutdown as i32);
+        }
+    }
 }
