@@ -31,6 +31,8 @@ struct Daemon {
 
 impl Daemon {
     /// Starts xccd with media ports `pool_min..=pool_min + pool_len - 1` and waits for READY=1.
+    /// Pools sit below the kernel's ephemeral range (32768-60999), so no test's own socket can
+    /// hold one of their ports.
     fn start(name: &str, pool_min: u16, pool_len: u16) -> Daemon {
         Self::start_with(name, pool_min, pool_len, "", 30)
     }
@@ -439,7 +441,7 @@ async fn wait_ports_back(c: &mut Clients) -> pb::StatusResponse {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_offer_relays_srtp_and_rtp_both_ways_and_hangup_frees_ports() {
-    let d = Daemon::start("client-offer", 41000, 100);
+    let d = Daemon::start("client-offer", 24000, 100);
     let mut c = clients(&d).await;
     let mut events = c
         .calls
@@ -451,7 +453,7 @@ async fn client_offer_relays_srtp_and_rtp_both_ways_and_hangup_frees_ports() {
     for leg in [&s.client, &s.pbx] {
         let port = leg.as_ref().unwrap().rtp_port;
         assert!(
-            (41000..41100).contains(&port),
+            (24000..24100).contains(&port),
             "port {port} from the configured pool"
         );
     }
@@ -550,7 +552,7 @@ async fn client_offer_relays_srtp_and_rtp_both_ways_and_hangup_frees_ports() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pbx_offer_gets_srtp_offer_for_client_and_media_flows() {
-    let d = Daemon::start("pbx-offer", 41100, 100);
+    let d = Daemon::start("pbx-offer", 24100, 100);
     let mut c = clients(&d).await;
     let client = phone();
     let pbx = phone();
@@ -610,7 +612,7 @@ async fn pbx_offer_gets_srtp_offer_for_client_and_media_flows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retried_offer_with_same_idempotency_key_returns_same_session() {
-    let d = Daemon::start("idempotent", 41200, 100);
+    let d = Daemon::start("idempotent", 24200, 100);
     let mut c = clients(&d).await;
     let key: [u8; 30] = rand::random();
     let offer = sdp(40000, "RTP/SAVP", &[crypto_line(1, &key)]);
@@ -650,7 +652,7 @@ async fn retried_offer_with_same_idempotency_key_returns_same_session() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_the_right_codes_naming_the_field() {
-    let d = Daemon::start("bad-requests", 41300, 8);
+    let d = Daemon::start("bad-requests", 24300, 8);
     let mut c = clients(&d).await;
     let key: [u8; 30] = rand::random();
     let good = sdp(40000, "RTP/SAVP", &[crypto_line(1, &key)]);
@@ -730,7 +732,7 @@ async fn bad_requests_get_the_right_codes_naming_the_field() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_flips_health_and_refuses_new_sessions_until_resume() {
-    let d = Daemon::start("drain", 41400, 100);
+    let d = Daemon::start("drain", 24400, 100);
     let mut c = clients(&d).await;
     assert_eq!(c.health("").await, ServingStatus::Serving as i32);
     c.satellite.drain(pb::DrainRequest {}).await.unwrap();
@@ -756,7 +758,7 @@ async fn drain_flips_health_and_refuses_new_sessions_until_resume() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_until_the_last_call_ends_then_exits_zero() {
-    let mut d = Daemon::start("sigterm", 41500, 100);
+    let mut d = Daemon::start("sigterm", 24500, 100);
     let mut c = clients(&d).await;
     let (s, phones) = client_offered_call(&mut c, "sigterm-call").await;
     d.signal(libc::SIGTERM);
@@ -778,7 +780,7 @@ async fn sigterm_drains_until_the_last_call_ends_then_exits_zero() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_stops_at_once_even_with_calls() {
-    let mut d = Daemon::start("sigint", 41600, 100);
+    let mut d = Daemon::start("sigint", 24600, 100);
     let mut c = clients(&d).await;
     let _call = client_offered_call(&mut c, "sigint-call").await;
     d.signal(libc::SIGINT);
@@ -788,7 +790,7 @@ async fn sigint_stops_at_once_even_with_calls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_log_level_and_keeps_serving() {
-    let d = Daemon::start("sighup", 41700, 100);
+    let d = Daemon::start("sighup", 24700, 100);
     let config = d.dir.join("xcc.toml");
     let text = std::fs::read_to_string(&config)
         .unwrap()
@@ -819,7 +821,7 @@ async fn sighup_reloads_the_log_level_and_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_without_media_ends_with_media_timeout_on_the_feed() {
-    let d = Daemon::start_with("timeout", 41800, 100, "media_timeout_secs = 1\n", 30);
+    let d = Daemon::start_with("timeout", 24800, 100, "media_timeout_secs = 1\n", 30);
     let mut c = clients(&d).await;
     let mut events = c
         .calls
@@ -881,7 +883,7 @@ async fn wait_call(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_hold_and_resume_through_update_session() {
-    let d = Daemon::start("hold", 41900, 100);
+    let d = Daemon::start("hold", 24900, 100);
     let mut c = clients(&d).await;
     let (s, phones) = client_offered_call(&mut c, "hold-call").await;
     exchange_media(&phones, 1);
@@ -942,7 +944,7 @@ async fn client_hold_and_resume_through_update_session() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drain_ends_calls_when_the_grace_period_expires() {
-    let mut d = Daemon::start_with("grace", 42100, 100, "", 1);
+    let mut d = Daemon::start_with("grace", 25100, 100, "", 1);
     let mut c = clients(&d).await;
     let mut events = c
         .calls
