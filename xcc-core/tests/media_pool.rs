@@ -66,7 +66,8 @@ fn calls_spread_over_the_least_loaded_workers() {
 
 #[test]
 fn invalid_config_is_refused_with_its_key() {
-    let cases: [(fn(&mut MediaConfig), &str); 7] = [
+    type Tweak = fn(&mut MediaConfig);
+    let cases: [(Tweak, &str); 7] = [
         (|c| (c.port_min, c.port_max) = (40010, 40000), "port_min"),
         (|c| (c.port_min, c.port_max) = (40000, 40002), "port_max"),
         (|c| (c.port_min, c.port_max) = (40001, 40004), "port_max"),
