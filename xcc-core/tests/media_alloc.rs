@@ -80,8 +80,11 @@ fn steady_state_forwarding_allocates_nothing() {
     }
     let allocated = ALLOCS.load(Ordering::SeqCst) - before;
     assert_eq!(allocated, 0, "allocations while forwarding 10,000 packets");
-    let snap = ctl.snapshot(call.call).unwrap();
-    assert!(snap.legs[0].counters.packets_in >= 5000);
+    // The forwarding really happened through the engine's SRTP leg (snapshots lag one tick).
+    wait_for(std::time::Duration::from_secs(5), || {
+        let c = ctl.snapshot(call.call).unwrap().legs[0].counters;
+        (c.packets_in == 5200 && c.packets_out == 5200).then_some(())
+    });
     engine.shutdown();
 }
 
