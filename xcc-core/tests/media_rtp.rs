@@ -178,3 +178,35 @@ fn unknown_calls_are_typed_errors() {
     ));
     engine.shutdown();
 }
+
+#[test]
+fn ipv6_bind_address_forwards_over_loopback() {
+    use std::net::{SocketAddr, UdpSocket};
+    let Ok(probe) = UdpSocket::bind("[::1]:0") else {
+        return; // no IPv6 loopback here: nothing to prove
+    };
+    drop(probe);
+    let (engine, _events) = engine(46700, 46799, |c| c.bind_address = "::1".parse().unwrap());
+    let ctl = engine.control();
+    let call = ctl.allocate().unwrap();
+    let phone = || {
+        let s = UdpSocket::bind("[::1]:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s
+    };
+    let (a, b) = (phone(), phone());
+    let cfg = |s: &UdpSocket| LegConfig {
+        remote_rtp: Some(s.local_addr().unwrap()),
+        ..LegConfig::default()
+    };
+    ctl.configure_leg(call.call, LegSide::Client, cfg(&a))
+        .unwrap();
+    ctl.configure_leg(call.call, LegSide::Pbx, cfg(&b)).unwrap();
+    let at = |port| SocketAddr::new("::1".parse().unwrap(), port);
+    let pkt = rtp_packet(1, 6, 6);
+    a.send_to(&pkt, at(call.ports[0].rtp)).unwrap();
+    assert_eq!(recv(&b), (pkt, at(call.ports[1].rtp)));
+    let snap = ctl.snapshot(call.call).unwrap();
+    assert_eq!(snap.legs[0].local_rtp, at(call.ports[0].rtp));
+    engine.shutdown();
+}
