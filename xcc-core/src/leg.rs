@@ -726,6 +726,64 @@ mod tests {
         }
     }
 
+    #[test]
+    fn random_datagrams_never_panic_and_are_all_counted() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let t0 = Instant::now();
+        let mut plain = plain_leg(t0, Some("10.0.0.1:4000"));
+        recv(&mut plain, t0, "10.0.0.1:4000");
+        let mut mux = Leg::new(LegSide::Client, t0);
+        let keys = crate::media::SrtpKeys {
+            inbound: crate::srtp::KeyingMaterial::generate(crate::srtp::SrtpSuite::AeadAes128Gcm),
+            outbound: crate::srtp::KeyingMaterial::generate(crate::srtp::SrtpSuite::AeadAes128Gcm),
+        };
+        let cfg = LegConfig {
+            remote_rtp: Some(addr("10.0.0.2:4000")),
+            rtcp_mux: true,
+            srtp: Some(keys),
+            ..LegConfig::default()
+        };
+        mux.configure(cfg, POLICY, t0);
+        const N: u64 = 20_000;
+        let mut buf = [0u8; 1600];
+        for i in 0..N {
+            let len = rng.random_range(0..300);
+            rng.fill(&mut buf[..len]);
+            if i % 2 == 0 {
+                // Bias towards the RTP/RTCP range so the deeper checks are exercised.
+                if let Some(b) = buf.first_mut() {
+                    *b = 0x80 | (*b & 0x3f);
+                }
+            }
+            let port = if i % 3 == 0 {
+                LocalPort::Rtcp
+            } else {
+                LocalPort::Rtp
+            };
+            let stranger = addr("203.0.113.1:9");
+            // After the window for the plain leg, so a stranger cannot latch its unused RTCP.
+            assert!(matches!(
+                plain.handle_receive(t0 + WINDOW, port, stranger, &mut buf, len),
+                Inbound::Drop(_)
+            ));
+            assert!(matches!(
+                mux.handle_receive(t0, port, stranger, &mut buf, len),
+                Inbound::Drop(_)
+            ));
+        }
+        for leg in [&plain, &mux] {
+            let d = leg.counters().drops;
+            let total = d.auth_failure + d.replay + d.stranger + d.malformed + d.no_route + d.stray;
+            assert_eq!(total, N, "every drop counted once");
+        }
+        assert_eq!(
+            mux.latched_rtp(),
+            None,
+            "nothing unauthenticated latches an SRTP leg"
+        );
+    }
+
     mod srtp {
         use super::*;
         use crate::media::SrtpKeys;
