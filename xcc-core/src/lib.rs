@@ -12,6 +12,7 @@
 pub mod error;
 pub mod ids;
 pub mod media;
+pub mod quality;
 pub mod sdes;
 pub mod sdp;
 pub mod srtp;
