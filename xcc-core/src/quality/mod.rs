@@ -21,6 +21,7 @@ mod clock_rate;
 mod error;
 pub mod ntp;
 mod receive;
+pub mod rtcp;
 
 pub use clock_rate::ClockRates;
 pub use error::QualityError;
