@@ -18,11 +18,17 @@
 //! too, but runs about once per 5 s per stream.
 
 mod clock_rate;
+pub mod emodel;
 mod error;
 pub mod ntp;
 mod receive;
 pub mod rtcp;
+mod voip_ready;
 
 pub use clock_rate::ClockRates;
 pub use error::QualityError;
 pub use receive::{IntervalLoss, IntervalMark, ReceiveStats, RtpArrival, SeqClass};
+pub use voip_ready::{
+    Limit, LimitRecord, LimitSet, Sample, VoipEvent, VoipLimits, VoipReady, VoipReadyConfig,
+    VoipSummary,
+};
