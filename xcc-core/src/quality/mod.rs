@@ -20,6 +20,7 @@
 mod clock_rate;
 pub mod emodel;
 mod error;
+mod monitor;
 pub mod ntp;
 mod receive;
 pub mod rtcp;
@@ -27,6 +28,9 @@ mod voip_ready;
 
 pub use clock_rate::ClockRates;
 pub use error::QualityError;
+pub use monitor::{
+    LegMonitor, LegQualitySummary, MonitorConfig, PeerView, QualityEvent, QualitySnapshot,
+};
 pub use receive::{IntervalLoss, IntervalMark, ReceiveStats, RtpArrival, SeqClass};
 pub use voip_ready::{
     Limit, LimitRecord, LimitSet, Sample, VoipEvent, VoipLimits, VoipReady, VoipReadyConfig,
