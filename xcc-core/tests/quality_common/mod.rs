@@ -102,12 +102,24 @@ impl Sender {
         imp: Impairment,
         rng: &mut ChaCha8Rng,
     ) -> (Vec<Delivery>, Truth) {
+        self.run_range(start, 0..count, imp, rng)
+    }
+
+    /// Sends packets `range` (packet `i` leaves at `start + i * ptime`) through `imp`, so a
+    /// stream can change impairment part way.
+    pub fn run_range(
+        &self,
+        start: Instant,
+        range: std::ops::Range<u64>,
+        imp: Impairment,
+        rng: &mut ChaCha8Rng,
+    ) -> (Vec<Delivery>, Truth) {
         let mut truth = Truth {
-            sent: count,
+            sent: range.end - range.start,
             ..Truth::default()
         };
-        let mut out: Vec<Delivery> = Vec::with_capacity(count as usize * 2);
-        for i in 0..count {
+        let mut out: Vec<Delivery> = Vec::with_capacity(truth.sent as usize * 2);
+        for i in range {
             let sent_at = start + self.ptime * i as u32;
             // Draw every random number for every packet so impairments are independent.
             let lost = rng.random_bool(imp.loss);
@@ -172,4 +184,32 @@ pub fn expected_loss(deliveries: &[Delivery], truth: &Truth, first_seq: u16) -> 
         .filter(|&&i| i >= base && i <= highest)
         .count() as u64;
     (expected, lost)
+}
+
+/// Feeds deliveries to a leg monitor, running its evaluation timer on the virtual clock as a
+/// worker would, and collects every event it raises.
+pub fn drive(
+    monitor: &mut xcc_core::quality::LegMonitor,
+    deliveries: &[Delivery],
+    events: &mut Vec<(Instant, xcc_core::quality::QualityEvent)>,
+) {
+    for d in deliveries {
+        run_timers(monitor, d.at, events);
+        monitor.handle_rtp(d.at, d.pkt);
+    }
+}
+
+/// Runs every evaluation due up to `until`.
+pub fn run_timers(
+    monitor: &mut xcc_core::quality::LegMonitor,
+    until: Instant,
+    events: &mut Vec<(Instant, xcc_core::quality::QualityEvent)>,
+) {
+    while monitor.poll_timeout() <= until {
+        let at = monitor.poll_timeout();
+        monitor.handle_timeout(at);
+        while let Some(e) = monitor.poll_event() {
+            events.push((at, e));
+        }
+    }
 }
