@@ -86,3 +86,29 @@ fn mos_falls_with_every_impairment() {
     // A hopeless path bottoms out at 1, not below.
     assert_eq!(emodel::score_input(input(0, 0.0, 100.0)).mos, 1.0);
 }
+
+#[test]
+fn call_score_adds_leg_rtts_and_compounds_loss() {
+    use xcc_core::quality::{QualitySnapshot, call_score};
+    let client = QualitySnapshot {
+        rtt_ms: Some(40.0),
+        judged_loss_percent: Some(1.0),
+        judged_jitter_ms: Some(5.0),
+        ..QualitySnapshot::default()
+    };
+    let pbx = QualitySnapshot {
+        rtt_ms: Some(60.0),
+        judged_loss_percent: Some(2.0),
+        judged_jitter_ms: Some(10.0),
+        ..QualitySnapshot::default()
+    };
+    // RTT 100 ms, loss 1 - 0.99 * 0.98 = 2.98 %, jitter 10 ms: Le = 130,
+    // R = 93.2 - 130/40 - 2.5 * 2.98 = 82.5.
+    let s = call_score(&[client, pbx]).unwrap();
+    assert!((s.r_factor - 82.5).abs() < 1e-9, "{}", s.r_factor);
+    let no_rtt = QualitySnapshot {
+        rtt_ms: None,
+        ..pbx
+    };
+    assert_eq!(call_score(&[client, no_rtt]), None);
+}

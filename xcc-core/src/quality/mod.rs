@@ -30,6 +30,7 @@ pub use clock_rate::ClockRates;
 pub use error::QualityError;
 pub use monitor::{
     LegMonitor, LegQualitySummary, MonitorConfig, PeerView, QualityEvent, QualitySnapshot,
+    call_score,
 };
 pub use receive::{IntervalLoss, IntervalMark, ReceiveStats, RtpArrival, SeqClass};
 pub use voip_ready::{

@@ -17,12 +17,15 @@ use super::voip_ready::{LimitSet, Sample, VoipEvent, VoipReady, VoipReadyConfig,
 const SENT_SR_SLOTS: usize = 8;
 /// RTTs above this are discarded as inconsistent (as rtpengine does with 10 s).
 const MAX_RTT: Duration = Duration::from_secs(10);
+/// Floor of the evaluation period: a zero period would make `poll_timeout` always due and spin
+/// the worker's timer loop.
+const MIN_EVAL_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Settings of a leg monitor.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MonitorConfig {
-    /// How often loss, jitter and MOS are sampled and the limits checked.
+    /// How often loss, jitter and MOS are sampled and the limits checked (at least 100 ms).
     pub eval_interval: Duration,
     /// A peer report older than this no longer counts (the peer stopped sending RTCP).
     pub peer_report_max_age: Duration,
@@ -77,6 +80,10 @@ pub struct QualitySnapshot {
     pub jitter_ms: Option<f64>,
     /// The peer's view of what XCC sends, if it reported recently.
     pub peer: Option<PeerView>,
+    /// Loss the limits and MOS were judged on: the worse of both directions, percent.
+    pub judged_loss_percent: Option<f64>,
+    /// Jitter the limits and MOS were judged on: the worse of both directions, ms.
+    pub judged_jitter_ms: Option<f64>,
     /// Round-trip time to the peer, ms.
     pub rtt_ms: Option<f64>,
     /// One-way delay estimate (RTT / 2: the path is assumed symmetric), ms.
@@ -171,7 +178,8 @@ pub struct LegMonitor {
 
 impl LegMonitor {
     /// A monitor for a leg configured at `now`.
-    pub fn new(config: MonitorConfig, now: Instant) -> Self {
+    pub fn new(mut config: MonitorConfig, now: Instant) -> Self {
+        config.eval_interval = config.eval_interval.max(MIN_EVAL_INTERVAL);
         Self {
             config,
             rates: ClockRates::default(),
@@ -294,6 +302,7 @@ impl LegMonitor {
 
     /// The report block XCC would send the peer about its stream now (fraction lost since the
     /// previous call, cumulative lost, jitter, LSR/DLSR). `None` before a stream was seen.
+    /// `reporter` is left 0: the SSRC XCC reports as is the RR writer's choice.
     pub fn report_block(&mut self, now: Instant) -> Option<ReportBlock> {
         let ssrc = self.receive.ssrc()?;
         let interval = self.receive.interval(&mut self.report_mark);
@@ -372,6 +381,8 @@ impl LegMonitor {
         self.last = QualitySnapshot {
             interval_loss_percent: own_loss,
             peer,
+            judged_loss_percent: loss,
+            judged_jitter_ms: jitter,
             rtt_ms,
             one_way_delay_ms: sample.one_way_delay_ms,
             mos: score.map(|s| s.mos),
@@ -415,6 +426,23 @@ impl LegMonitor {
     }
 }
 
+/// MOS of the whole call as one listener hears the other, for the call record: the path runs
+/// through both legs, so RTTs add (rtpengine's end-to-end RTT), losses compound and the worse
+/// jitter dominates. `None` unless both legs have an RTT.
+pub fn call_score(legs: &[QualitySnapshot; 2]) -> Option<emodel::Score> {
+    let rtt_ms = legs[0].rtt_ms? + legs[1].rtt_ms?;
+    let kept: f64 = legs
+        .iter()
+        .map(|l| 1.0 - l.judged_loss_percent.unwrap_or(0.0) / 100.0)
+        .product();
+    let jitter = worse(legs[0].judged_jitter_ms, legs[1].judged_jitter_ms).unwrap_or(0.0);
+    Some(emodel::score_input(emodel::EmodelInput {
+        rtt: Duration::try_from_secs_f64(rtt_ms / 1000.0).ok()?,
+        jitter_ms: jitter,
+        loss_percent: (1.0 - kept) * 100.0,
+    }))
+}
+
 /// The larger of two optional values.
 fn worse(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     match (a, b) {
@@ -423,8 +451,10 @@ fn worse(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     }
 }
 
-/// `now + d`, saturating far in the future instead of panicking on overflow.
+/// `now + d` without panicking on overflow (an absurd configured period): falls back to the
+/// floor period, then to `now` (evaluate on every call) if even that cannot be represented.
 fn later(now: Instant, d: Duration) -> Instant {
     now.checked_add(d)
-        .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365))
+        .or_else(|| now.checked_add(MIN_EVAL_INTERVAL))
+        .unwrap_or(now)
 }
