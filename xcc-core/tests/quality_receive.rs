@@ -6,6 +6,7 @@ mod quality_common;
 use std::time::{Duration, Instant};
 
 use quality_common::*;
+use rand::Rng;
 use xcc_core::quality::{ClockRates, ReceiveStats, RtpArrival, SeqClass};
 
 fn feed(stats: &mut ReceiveStats, rates: &ClockRates, deliveries: &[Delivery]) {
@@ -259,4 +260,43 @@ fn two_sequential_packets_after_a_jump_resynchronise() {
     assert_eq!(stats.restarts(), 1);
     // 99 of the old epoch plus 99 of the new (the jump's first packet only armed the restart).
     assert_eq!((stats.expected(), stats.lost()), (198, 0));
+}
+
+/// Seeded model check: arbitrary sequence behaviour (steps, gaps, back-steps, huge jumps,
+/// duplicates, SSRC flips, timestamp chaos) never panics and keeps the A.3 invariants.
+#[test]
+fn random_sequences_keep_the_counting_invariants() {
+    let mut rng = rng(10);
+    let rates = ClockRates::default();
+    let t0 = Instant::now();
+    for round in 0..200u64 {
+        let mut stats = ReceiveStats::new();
+        let mut seq: u16 = rng.random();
+        let mut ssrc = 1u32;
+        let mut at = t0;
+        for _ in 0..2000 {
+            let step: i32 = match rng.random_range(0..100) {
+                0..=79 => 1,
+                80..=87 => rng.random_range(2..50),
+                88..=93 => -rng.random_range(0..120),
+                94..=96 => rng.random_range(0..65_536),
+                _ => {
+                    ssrc ^= 1;
+                    1
+                }
+            };
+            seq = seq.wrapping_add(step as u16);
+            at += Duration::from_micros(rng.random_range(0..60_000));
+            let pkt = RtpArrival {
+                ssrc,
+                seq,
+                timestamp: rng.random(),
+                payload_type: rng.random_range(0..128),
+            };
+            stats.handle_rtp(at, pkt, &rates);
+            assert!(stats.received() <= stats.expected(), "round {round}");
+            assert!(stats.lost() >= 0);
+            assert!((0.0..=100.0).contains(&stats.loss_percent()));
+        }
+    }
 }

@@ -458,3 +458,61 @@ fn later(now: Instant, d: Duration) -> Instant {
         .or_else(|| now.checked_add(MIN_EVAL_INTERVAL))
         .unwrap_or(now)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_eval_interval_is_floored_so_timers_cannot_spin() {
+        let t = Instant::now();
+        let config = MonitorConfig {
+            eval_interval: Duration::ZERO,
+            ..MonitorConfig::default()
+        };
+        let mut m = LegMonitor::new(config, t);
+        assert_eq!(m.poll_timeout(), t + MIN_EVAL_INTERVAL);
+        m.handle_timeout(t + MIN_EVAL_INTERVAL);
+        assert!(m.poll_timeout() > t + MIN_EVAL_INTERVAL);
+    }
+
+    #[test]
+    fn malformed_rtcp_is_counted_and_changes_nothing() {
+        let t = Instant::now();
+        let mut m = LegMonitor::new(MonitorConfig::default(), t);
+        let err = m.handle_rtcp(t, &[0x81, 201, 0, 7, 0, 0]).unwrap_err();
+        assert_eq!(
+            err,
+            QualityError::LengthOverrun {
+                offset: 0,
+                declared: 32,
+                available: 6
+            }
+        );
+        m.handle_timeout(t + Duration::from_secs(1));
+        let s = m.summary(t);
+        assert_eq!((s.rtcp_received, s.rtcp_malformed), (0, 1));
+        assert_eq!(s.last.peer, None);
+    }
+
+    #[test]
+    fn stale_peer_report_stops_counting() {
+        let t = Instant::now();
+        let mut m = LegMonitor::new(MonitorConfig::default(), t);
+        let mut rr = vec![0x81, 201, 0, 7, 0, 0, 0, 1];
+        let mut b = [0u8; 24];
+        ReportBlock {
+            ssrc: 5,
+            fraction_lost: 128,
+            ..ReportBlock::default()
+        }
+        .write(&mut b);
+        rr.extend_from_slice(&b);
+        m.handle_rtcp(t, &rr).unwrap();
+        m.handle_timeout(t + Duration::from_secs(1));
+        assert_eq!(m.snapshot().judged_loss_percent, Some(50.0));
+        m.handle_timeout(t + Duration::from_secs(30));
+        assert_eq!(m.snapshot().peer, None);
+        assert_eq!(m.snapshot().judged_loss_percent, None);
+    }
+}
