@@ -163,6 +163,8 @@ impl<'a> Iterator for Packets<'a> {
         let (packet, padded) = split_packet(self.rest, 0).ok()?;
         self.rest = &self.rest[packet.len()..];
         let body = unpadded(packet, padded, 0).ok()?;
+        // `unpadded` leaves at least the 4-byte header, so bytes 0 and 1 exist; `parse` checked
+        // that SR/RR bodies hold their fixed part, and `get` keeps this total regardless.
         let count = usize::from(body[0] & 0x1f);
         let ssrc = be32(body, 4);
         Some(match body[1] {
@@ -174,11 +176,11 @@ impl<'a> Iterator for Packets<'a> {
                     packet_count: be32(body, 20),
                     octet_count: be32(body, 24),
                 },
-                blocks: ReportBlocks::new(ssrc, &body[SR_FIXED..], count),
+                blocks: ReportBlocks::new(ssrc, body.get(SR_FIXED..).unwrap_or_default(), count),
             }),
             PT_RR => RtcpPacket::ReceiverReport(ReceiverReport {
                 ssrc,
-                blocks: ReportBlocks::new(ssrc, &body[RR_FIXED..], count),
+                blocks: ReportBlocks::new(ssrc, body.get(RR_FIXED..).unwrap_or_default(), count),
             }),
             packet_type => RtcpPacket::Other {
                 packet_type,
