@@ -11,10 +11,15 @@
 
 pub mod error;
 pub mod ids;
+pub mod leg;
 pub mod media;
+pub mod ports;
 pub mod quality;
+pub mod relay;
+pub mod rtp;
 pub mod sdes;
 pub mod sdp;
+pub mod socket;
 pub mod srtp;
 
 pub use error::{Error, Result};
