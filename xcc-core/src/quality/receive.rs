@@ -36,6 +36,18 @@ pub struct RtpArrival {
     pub payload_type: u8,
 }
 
+impl From<&crate::rtp::RtpHeader> for RtpArrival {
+    /// The relay's parsed header carries every field the statistics need.
+    fn from(h: &crate::rtp::RtpHeader) -> Self {
+        Self {
+            ssrc: h.ssrc,
+            seq: h.seq,
+            timestamp: h.timestamp,
+            payload_type: h.payload_type,
+        }
+    }
+}
+
 /// What one packet did to the statistics; returned so callers and tests can count classes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SeqClass {
@@ -424,6 +436,22 @@ mod tests {
             timestamp: ts,
             payload_type: 0,
         }
+    }
+
+    #[test]
+    fn relay_header_converts() {
+        let raw = [0x80, 0x6f, 0x12, 0x34, 0, 0, 1, 0, 0xde, 0xad, 0xbe, 0xef];
+        let h = crate::rtp::parse_rtp(&raw).unwrap();
+        let a = RtpArrival::from(&h);
+        assert_eq!(
+            a,
+            RtpArrival {
+                ssrc: 0xdead_beef,
+                seq: 0x1234,
+                timestamp: 256,
+                payload_type: 111
+            }
+        );
     }
 
     #[test]
