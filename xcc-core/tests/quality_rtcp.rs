@@ -434,3 +434,67 @@ fn xcc_report_block_parses_in_the_rtcp_crate() {
     let fraction = f64::from(r.fraction_lost) / 256.0;
     assert!((fraction - 0.1).abs() < 0.04, "{fraction}");
 }
+
+#[test]
+fn xcc_written_compounds_parse_in_the_rtcp_crate() {
+    use xcc_core::quality::rtcp::{
+        SenderInfo, write_receiver_report, write_sdes_cname, write_sender_report,
+    };
+    let mut rng = rng(26);
+    for k in 0..500 {
+        let block = ReportBlock {
+            reporter: 0,
+            ssrc: rng.random(),
+            fraction_lost: rng.random(),
+            cumulative_lost: rng.random_range(-0x80_0000..0x80_0000),
+            extended_highest_seq: rng.random(),
+            jitter: rng.random(),
+            lsr: rng.random(),
+            dlsr: rng.random(),
+        };
+        let ssrc: u32 = rng.random();
+        let cname_len = rng.random_range(1..=40);
+        let cname: Vec<u8> = (0..cname_len)
+            .map(|_| rng.random_range(b'a'..=b'z'))
+            .collect();
+        let mut buf = [0u8; 256];
+        let with_block = (k % 3 != 0).then_some(&block);
+        let info = SenderInfo {
+            ssrc,
+            ntp: NtpTime(rng.random()),
+            rtp_timestamp: rng.random(),
+            packet_count: rng.random(),
+            octet_count: rng.random(),
+        };
+        let mut n = if k % 2 == 0 {
+            write_sender_report(&mut buf, &info, with_block).unwrap()
+        } else {
+            write_receiver_report(&mut buf, ssrc, with_block).unwrap()
+        };
+        n += write_sdes_cname(&mut buf[n..], ssrc, &cname).unwrap();
+
+        let bytes = &buf[..n];
+        assert_eq!(compare_with_oracle(bytes), Some(true), "{bytes:02x?}");
+        let theirs = rtcp::packet::unmarshal(&mut Bytes::copy_from_slice(bytes)).unwrap();
+        let reports = if k % 2 == 0 {
+            let sr = theirs[0].as_any().downcast_ref::<SenderReport>().unwrap();
+            assert_eq!((sr.ssrc, sr.ntp_time), (ssrc, info.ntp.0));
+            sr.reports.clone()
+        } else {
+            let rr = theirs[0].as_any().downcast_ref::<ReceiverReport>().unwrap();
+            assert_eq!(rr.ssrc, ssrc);
+            rr.reports.clone()
+        };
+        assert_eq!(reports.len(), usize::from(with_block.is_some()));
+        if let Some(r) = reports.first() {
+            assert!(same_block(&block, r));
+        }
+        let sdes = theirs[1]
+            .as_any()
+            .downcast_ref::<SourceDescription>()
+            .unwrap();
+        assert_eq!(sdes.chunks[0].source, ssrc);
+        assert_eq!(sdes.chunks[0].items[0].sdes_type, SdesType::SdesCname);
+        assert_eq!(&sdes.chunks[0].items[0].text[..], &cname[..]);
+    }
+}

@@ -47,6 +47,20 @@ pub enum QualityError {
         /// Byte offset of the packet in the compound.
         offset: usize,
     },
+    /// The caller's buffer cannot hold the RTCP packet being written.
+    #[error("rtcp: {needed} bytes needed, buffer holds {len}")]
+    BufferTooSmall {
+        /// Bytes the packet needs.
+        needed: usize,
+        /// Bytes available.
+        len: usize,
+    },
+    /// An SDES CNAME longer than the 255 octets an SDES item can carry.
+    #[error("rtcp: CNAME of {len} bytes exceeds 255")]
+    CnameTooLong {
+        /// Length given.
+        len: usize,
+    },
     /// A payload type above 127 cannot carry RTP (the marker bit shares its byte).
     #[error("payload type {pt} is not a valid RTP payload type")]
     InvalidPayloadType {

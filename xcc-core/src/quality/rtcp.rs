@@ -324,6 +324,82 @@ impl Iterator for ReportBlocks<'_> {
     }
 }
 
+/// Writes the 4-byte common header: version 2, no padding, `count`, `packet_type`, length of a
+/// packet of `total` bytes (a multiple of 4).
+fn write_header(out: &mut [u8], count: u8, packet_type: u8, total: usize) {
+    out[0] = 0x80 | (count & 0x1f);
+    out[1] = packet_type;
+    // Callers bound `total` far below 2^18 bytes, so the word count fits 16 bits.
+    out[2..4].copy_from_slice(&((total / 4 - 1) as u16).to_be_bytes());
+}
+
+/// The first `needed` bytes of `out`, or the error saying it is too small.
+fn room(out: &mut [u8], needed: usize) -> Result<&mut [u8], QualityError> {
+    let len = out.len();
+    out.get_mut(..needed)
+        .ok_or(QualityError::BufferTooSmall { needed, len })
+}
+
+/// Writes a receiver report from `reporter` with at most one block (XCC relays one stream per
+/// leg) into `out`, without allocating; returns the bytes written. RFC 3550 §6.1 wants it in a
+/// compound with an SDES CNAME ([`write_sdes_cname`]).
+pub fn write_receiver_report(
+    out: &mut [u8],
+    reporter: u32,
+    block: Option<&ReportBlock>,
+) -> Result<usize, QualityError> {
+    let total = RR_FIXED + BLOCK_LEN * usize::from(block.is_some());
+    let out = room(out, total)?;
+    write_header(out, u8::from(block.is_some()), PT_RR, total);
+    out[4..8].copy_from_slice(&reporter.to_be_bytes());
+    if let Some(b) = block {
+        let mut buf = [0u8; BLOCK_LEN];
+        b.write(&mut buf);
+        out[RR_FIXED..].copy_from_slice(&buf);
+    }
+    Ok(total)
+}
+
+/// Writes a sender report (`info`, at most one block) into `out`; returns the bytes written.
+pub fn write_sender_report(
+    out: &mut [u8],
+    info: &SenderInfo,
+    block: Option<&ReportBlock>,
+) -> Result<usize, QualityError> {
+    let total = SR_FIXED + BLOCK_LEN * usize::from(block.is_some());
+    let out = room(out, total)?;
+    write_header(out, u8::from(block.is_some()), PT_SR, total);
+    out[4..8].copy_from_slice(&info.ssrc.to_be_bytes());
+    out[8..16].copy_from_slice(&info.ntp.0.to_be_bytes());
+    out[16..20].copy_from_slice(&info.rtp_timestamp.to_be_bytes());
+    out[20..24].copy_from_slice(&info.packet_count.to_be_bytes());
+    out[24..28].copy_from_slice(&info.octet_count.to_be_bytes());
+    if let Some(b) = block {
+        let mut buf = [0u8; BLOCK_LEN];
+        b.write(&mut buf);
+        out[SR_FIXED..].copy_from_slice(&buf);
+    }
+    Ok(total)
+}
+
+/// Writes an SDES packet with one chunk carrying a CNAME (RFC 3550 §6.5.1), null-terminated and
+/// padded to a 32-bit boundary; returns the bytes written.
+pub fn write_sdes_cname(out: &mut [u8], ssrc: u32, cname: &[u8]) -> Result<usize, QualityError> {
+    let item_len =
+        u8::try_from(cname.len()).map_err(|_| QualityError::CnameTooLong { len: cname.len() })?;
+    // Header, SSRC, type + length + text, then at least one null octet up to the word boundary.
+    let unpadded = 8 + 2 + cname.len() + 1;
+    let total = unpadded.div_ceil(4) * 4;
+    let out = room(out, total)?;
+    write_header(out, 1, 202, total);
+    out[4..8].copy_from_slice(&ssrc.to_be_bytes());
+    out[8] = 1; // CNAME
+    out[9] = item_len;
+    out[10..10 + cname.len()].copy_from_slice(cname);
+    out[10 + cname.len()..].fill(0);
+    Ok(total)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -368,6 +444,47 @@ mod tests {
         let mut out = [0u8; 24];
         block.write(&mut out);
         assert_eq!(out, RR_SDES[8..32]);
+    }
+
+    #[test]
+    fn written_compound_reads_back() {
+        let info = SenderInfo {
+            ssrc: 0xabcd,
+            ntp: NtpTime(0x0102_0304_0506_0708),
+            rtp_timestamp: 9,
+            packet_count: 10,
+            octet_count: 11,
+        };
+        let block = ReportBlock {
+            reporter: 0xabcd,
+            ssrc: 0x1234,
+            fraction_lost: 3,
+            cumulative_lost: -7,
+            extended_highest_seq: 70_000,
+            jitter: 44,
+            lsr: 5,
+            dlsr: 6,
+        };
+        let mut buf = [0u8; 128];
+        let mut n = write_sender_report(&mut buf, &info, Some(&block)).unwrap();
+        n += write_sdes_cname(&mut buf[n..], 0xabcd, b"xcc").unwrap();
+        n += write_receiver_report(&mut buf[n..], 0xabcd, None).unwrap();
+        assert_eq!(n, 52 + 16 + 8);
+        let c = RtcpCompound::parse(&buf[..n]).unwrap();
+        assert_eq!(c.sender_infos().collect::<Vec<_>>(), [info]);
+        assert_eq!(c.report_blocks().collect::<Vec<_>>(), [block]);
+        assert_eq!(c.packets().count(), 3);
+        assert_eq!(
+            write_receiver_report(&mut buf[..31], 1, Some(&block)),
+            Err(QualityError::BufferTooSmall {
+                needed: 32,
+                len: 31
+            })
+        );
+        assert_eq!(
+            write_sdes_cname(&mut buf, 1, &[b'a'; 256]),
+            Err(QualityError::CnameTooLong { len: 256 })
+        );
     }
 
     #[test]
