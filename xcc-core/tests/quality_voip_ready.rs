@@ -324,3 +324,61 @@ fn stale_rtt_stops_counting() {
     assert_eq!(s.mos, None);
     assert!(s.mos_min.is_some(), "history keeps the earlier scores");
 }
+
+/// Seeded model check: for random sample streams (values around every limit, gaps of unknown
+/// values, irregular sampling), events per limit strictly alternate crossed / recovered, the
+/// summary counts one episode per crossing, and no episode is shorter than the debounce.
+#[test]
+fn random_samples_alternate_events_and_match_the_summary() {
+    use rand::Rng;
+    let mut rng = rng(33);
+    for _ in 0..200 {
+        let config = VoipReadyConfig {
+            min_duration: Duration::from_millis(rng.random_range(0..4000)),
+            recover_margin: rng.random_range(0.0..0.3),
+            ..VoipReadyConfig::default()
+        };
+        let mut v = VoipReady::new(config);
+        let t0 = Instant::now();
+        let mut now = t0;
+        let mut open = [false; 4];
+        let mut crossings = [0u32; 4];
+        for _ in 0..500 {
+            now += Duration::from_millis(rng.random_range(200..2000));
+            let mut pick = |limit: f64| {
+                rng.random_bool(0.9)
+                    .then(|| limit * rng.random_range(0.5..1.5))
+            };
+            let sample = Sample {
+                one_way_delay_ms: pick(50.0),
+                round_trip_ms: pick(150.0),
+                loss_percent: pick(3.0),
+                jitter_ms: pick(20.0),
+            };
+            for e in v.handle_sample(now, sample).into_iter().flatten() {
+                match e {
+                    VoipEvent::LimitCrossed { limit, value } => {
+                        assert!(!open[limit.index()], "crossed twice");
+                        assert!(value > config.limits.of(limit));
+                        open[limit.index()] = true;
+                        crossings[limit.index()] += 1;
+                    }
+                    VoipEvent::LimitRecovered {
+                        limit, broken_for, ..
+                    } => {
+                        assert!(open[limit.index()], "recovered while not broken");
+                        assert!(broken_for >= config.min_duration);
+                        open[limit.index()] = false;
+                    }
+                }
+            }
+            for l in Limit::ALL {
+                assert_eq!(v.broken_now().contains(l), open[l.index()]);
+            }
+        }
+        let summary = v.summary(now);
+        for l in Limit::ALL {
+            assert_eq!(summary.of(l).episodes, crossings[l.index()]);
+        }
+    }
+}
