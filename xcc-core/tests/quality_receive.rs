@@ -300,3 +300,41 @@ fn random_sequences_keep_the_counting_invariants() {
         }
     }
 }
+
+/// The integer estimator (scaled by 16) tracks RFC 3550 A.8's floating-point definition,
+/// J += (|D| - J) / 16, on a stream whose jitter exceeds the packet interval (so it reorders).
+#[test]
+fn integer_jitter_tracks_the_rfc_float_formula() {
+    let mut rng = rng(11);
+    let t0 = Instant::now();
+    let imp = Impairment {
+        max_jitter: Duration::from_millis(70),
+        ..Impairment::default()
+    };
+    let (deliveries, _) = Sender::pcmu(12, 100).run(t0, 5000, imp, &mut rng);
+    let rates = ClockRates::default();
+    let mut stats = ReceiveStats::new();
+    let mut reference = 0.0f64;
+    let mut prev_transit: Option<f64> = None;
+    let mut worst = 0.0f64;
+    for d in &deliveries {
+        let class = stats.handle_rtp(d.at, d.pkt, &rates);
+        if !matches!(class, SeqClass::InOrder { .. } | SeqClass::Reordered) {
+            continue;
+        }
+        let arrival = d.at.duration_since(t0).as_secs_f64() * 8000.0;
+        let transit = arrival - f64::from(d.pkt.timestamp);
+        if let Some(p) = prev_transit {
+            reference += ((transit - p).abs() - reference) / 16.0;
+        }
+        prev_transit = Some(transit);
+        worst = worst.max((f64::from(stats.jitter()) - reference).abs());
+    }
+    assert!(stats.reordered() > 100, "the stream did reorder");
+    // Arrival is truncated to whole RTP units and J to an integer: within 2 units (0.25 ms).
+    assert!(
+        worst <= 2.0,
+        "integer estimator strayed {worst} units from the float one"
+    );
+    assert!(reference > 100.0, "jitter was substantial: {reference}");
+}
