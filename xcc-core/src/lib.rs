@@ -14,6 +14,7 @@ pub mod ids;
 pub mod leg;
 pub mod media;
 pub mod ports;
+pub mod quality;
 pub mod relay;
 pub mod rtp;
 pub mod sdes;
