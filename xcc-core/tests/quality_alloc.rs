@@ -7,7 +7,7 @@
 mod quality_common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 use quality_common::*;
@@ -17,12 +17,16 @@ use xcc_core::quality::{LegMonitor, MonitorConfig};
 /// Counts every allocation and reallocation made through it.
 struct Counting;
 
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+thread_local! {
+    // Per thread: the monitor runs on the test thread; libtest's own threads must not count.
+    // Const-initialised and without a destructor, so touching it never allocates.
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+}
 
 // SAFETY: forwards to the system allocator unchanged; only counts.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        ALLOCATIONS.with(|n| n.set(n.get() + 1));
         // SAFETY: same contract as the caller's.
         unsafe { System.alloc(layout) }
     }
@@ -31,7 +35,7 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        ALLOCATIONS.with(|n| n.set(n.get() + 1));
         // SAFETY: same contract as the caller's.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -69,7 +73,7 @@ fn monitor_does_not_allocate_after_construction() {
     ];
     let mut m = LegMonitor::new(MonitorConfig::default(), t0);
 
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = ALLOCATIONS.with(Cell::get);
     let mut events = 0usize;
     for (i, d) in deliveries.iter().enumerate() {
         while m.poll_timeout() <= d.at {
@@ -88,7 +92,7 @@ fn monitor_does_not_allocate_after_construction() {
             let _ = m.snapshot();
         }
     }
-    let after = ALLOCATIONS.load(Ordering::Relaxed);
+    let after = ALLOCATIONS.with(Cell::get);
 
     assert_eq!(
         after - before,
