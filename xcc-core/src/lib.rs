@@ -15,6 +15,7 @@ pub mod leg;
 pub mod media;
 pub mod nat;
 pub mod ports;
+pub mod quality;
 pub mod relay;
 pub mod rtp;
 pub mod sdes;
