@@ -328,6 +328,8 @@ struct WorkerLink {
     commands: Sender<Command>,
     /// Wakes the worker's poll after a command.
     waker: mio::Waker,
+    /// Bumped by the worker on every tick: proof of life for the watchdog.
+    heartbeat: Arc<AtomicU64>,
 }
 
 /// Control-plane bookkeeping.
@@ -383,9 +385,11 @@ impl MediaEngine {
             let poll = mio::Poll::new().map_err(io_err)?;
             let waker = mio::Waker::new(poll.registry(), WAKER).map_err(io_err)?;
             let (tx, rx) = crossbeam_channel::unbounded();
+            let heartbeat = Arc::new(AtomicU64::new(0));
             links.push(WorkerLink {
                 commands: tx,
                 waker,
+                heartbeat: heartbeat.clone(),
             });
             setups.push(WorkerSetup {
                 index,
@@ -397,6 +401,7 @@ impl MediaEngine {
                 timers,
                 policy,
                 local_ip: config.bind_address,
+                heartbeat,
             });
         }
         let shared = Arc::new(Shared {
@@ -695,5 +700,16 @@ impl MediaControl {
     /// Number of worker threads.
     pub fn workers(&self) -> usize {
         self.shared.workers.len()
+    }
+
+    /// Each worker's tick counter, in worker order. A worker bumps its counter once per tick
+    /// (every 50 ms, busy or idle), so a counter that stops moving means a stalled worker: the
+    /// daemon's systemd watchdog only pings while every counter advances.
+    pub fn worker_heartbeats(&self) -> Vec<u64> {
+        self.shared
+            .workers
+            .iter()
+            .map(|w| w.heartbeat.load(Ordering::Relaxed))
+            .collect()
     }
 }

@@ -3,7 +3,7 @@
 mod media_support;
 
 use std::net::UdpSocket;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use media_support::*;
 use xcc_core::media::{MediaConfig, MediaEngine};
@@ -94,4 +94,27 @@ fn invalid_config_is_refused_with_its_key() {
     assert!(ok.validate().is_ok());
     ok.workers = 1;
     assert!(ok.validate().is_ok());
+}
+
+#[test]
+fn worker_heartbeats_advance_while_idle_and_freeze_after_shutdown() {
+    let (engine, _events) = engine(20400, 20499, |_| {});
+    let control = engine.control();
+    let first = control.worker_heartbeats();
+    assert_eq!(first.len(), 2);
+    // Every worker must tick on its own, with no traffic and no commands.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = control.worker_heartbeats();
+        if now.iter().zip(&first).all(|(n, f)| n > f) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "heartbeats stuck at {now:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    engine.shutdown();
+    // The workers are joined: nothing bumps the counters any more.
+    let stopped = control.worker_heartbeats();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(control.worker_heartbeats(), stopped);
 }

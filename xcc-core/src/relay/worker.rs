@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
@@ -51,6 +52,8 @@ pub(crate) struct WorkerSetup {
     pub policy: LatchPolicy,
     /// Bind address, for snapshots.
     pub local_ip: IpAddr,
+    /// Bumped once per tick; read by [`crate::media::MediaControl::worker_heartbeats`].
+    pub heartbeat: Arc<AtomicU64>,
 }
 
 /// A call as a worker holds it.
@@ -143,6 +146,7 @@ pub(crate) fn run(setup: WorkerSetup) {
         if now >= next_tick {
             w.tick(now);
             next_tick = now + TICK;
+            w.setup.heartbeat.fetch_add(1, Ordering::Relaxed);
         }
     }
     tracing::debug!(worker = w.setup.index, "media worker stopped");
