@@ -9,5 +9,6 @@ pub mod firewall;
 pub mod logging;
 pub mod netif;
 pub mod notify;
+pub mod watchdog;
 
 pub use error::{Error, Result};
