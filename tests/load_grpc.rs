@@ -302,3 +302,42 @@ fn argument_errors_exit_2_with_a_message() {
         assert!(out.stdout.is_empty(), "{args:?}: nothing on stdout");
     }
 }
+
+#[test]
+fn sweep_runs_every_step_and_reports_capacity_fields() {
+    let d = Daemon::start("sweep", 47_400, 40);
+    let pid = d.pid().to_string();
+    let out = xcc_load(&[
+        "sweep",
+        "--from",
+        "1",
+        "--to",
+        "3",
+        "--step",
+        "2",
+        "--duration",
+        "1",
+        "--pause",
+        "0",
+        "--json",
+        "--addr",
+        &d.endpoint,
+        "--xccd-pid",
+        &pid,
+    ]);
+    assert!(
+        out.status.success(),
+        "stderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = json_of(&out);
+    let steps = r["steps"].as_array().unwrap();
+    let counts: Vec<u64> = steps.iter().map(|s| s["calls"].as_u64().unwrap()).collect();
+    assert_eq!(counts, [1, 3]);
+    for s in steps {
+        assert_eq!(s["established"], s["calls"], "{s}");
+        assert_eq!(s["loss_pct"], 0.0, "{s}");
+        assert!(s["relay_cores_per_1000_calls"].is_number(), "{s}");
+    }
+    assert!(r.get("capacity").is_some() && r["load_limited"].is_boolean());
+}
