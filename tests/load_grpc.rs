@@ -291,6 +291,18 @@ fn argument_errors_exit_2_with_a_message() {
             "below",
         ),
         (&["sip", "--calls", "3", "--duration", "2"][..], "SIP"),
+        (
+            &[
+                "grpc",
+                "--calls",
+                "3",
+                "--duration",
+                "2",
+                "--relay-cpu",
+                "0",
+            ][..],
+            "--xccd-pid",
+        ),
     ] {
         let out = xcc_load(args);
         let stderr = String::from_utf8_lossy(&out.stderr);

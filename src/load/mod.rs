@@ -193,8 +193,19 @@ fn measure(
     })
 }
 
+/// `--relay-cpu` must have something to pin: xccd's pid or the bare forwarder.
+fn check_relay_cpu(common: &Common, x: &XccdArgs) -> Result<(), LoadError> {
+    if common.relay_cpu.is_some() && x.xccd_pid.is_none() && x.bare_ports.is_none() {
+        return Err(LoadError::Usage {
+            reason: "--relay-cpu needs --xccd-pid (and pins the forwarder of --bare-ports)".into(),
+        });
+    }
+    Ok(())
+}
+
 /// One run through xccd, plus the bare reference when `--bare-ports` is given.
 fn run_grpc(args: &GrpcArgs) -> Result<RunReport, LoadError> {
+    check_relay_cpu(&args.common, &args.xccd)?;
     let xccd = args.xccd.xccd_pid.map(Pid);
     pin(&args.common, xccd)?;
     grpc_once(args.calls, &args.xccd, &args.common)
@@ -358,6 +369,7 @@ fn run_sweep(args: &SweepArgs) -> Result<Sweep, LoadError> {
             reason: format!("--to {} is below --from {}", args.to, args.from),
         });
     }
+    check_relay_cpu(&args.common, &args.xccd)?;
     pin(&args.common, args.xccd.xccd_pid.map(Pid))?;
     let mut steps = Vec::new();
     let mut capacity = None;
@@ -389,7 +401,7 @@ fn run_sweep(args: &SweepArgs) -> Result<Sweep, LoadError> {
             load_limited: r.load_limited.clone(),
             within_capacity: ok,
         };
-        if !args.common.json {
+        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
             eprintln!("{}", sweep_row(&step));
         }
         steps.push(step);

@@ -266,9 +266,9 @@ fn send(
         let now = Instant::now();
         if due > now {
             std::thread::sleep(due - now);
-        } else {
-            lag.record((now - due).as_nanos() as u64);
         }
+        // Every packet's lateness, oversleeping included (0 when on time).
+        lag.record(Instant::now().saturating_duration_since(due).as_nanos() as u64);
         let call = &mut calls[i];
         let k32 = k as u32; // k < packets, a u32.
         for dir in [Direction::ToPbx, Direction::ToClient] {
