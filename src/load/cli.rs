@@ -53,6 +53,10 @@ pub struct Common {
     /// Pin this load generator to this CPU.
     #[arg(long)]
     pub load_cpu: Option<usize>,
+    /// Loopback ports the phones bind (two per call; ports in use are skipped). Keep it apart
+    /// from the relay's media pool and the kernel's ephemeral range.
+    #[arg(long, default_value = "20000-29999", value_parser = PortRange::parse)]
+    pub phone_ports: PortRange,
 }
 
 /// Options for runs through xccd.

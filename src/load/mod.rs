@@ -234,8 +234,9 @@ fn grpc_once(calls: u32, x: &XccdArgs, common: &Common) -> Result<RunReport, Loa
             .map(|d| d.as_millis())
             .unwrap_or(0)
     );
+    let phone_pairs = phones::PhoneBinder::new(common.phone_ports).bind_pairs(calls)?;
     let (established, failures) =
-        runtime.block_on(sessions::establish(&client, calls, x.rate, &run_tag));
+        runtime.block_on(sessions::establish(&client, phone_pairs, x.rate, &run_tag));
     let mut setup = stats::Histogram::new();
     let mut ids = Vec::with_capacity(established.len());
     let mut media = Vec::with_capacity(established.len());
@@ -316,11 +317,12 @@ fn run_bare(calls: u32, ports: PortRange, common: &Common) -> Result<RunReport, 
     }
     let mut media = Vec::with_capacity(calls as usize);
     let mut ids = Vec::with_capacity(calls as usize);
-    for i in 0..calls {
+    let pairs = phones::PhoneBinder::new(common.phone_ports).bind_pairs(calls)?;
+    for (i, (client, pbx)) in (0u32..).zip(pairs) {
         let (client_target, pbx_target) = ports.pair(i);
         media.push(CallMedia {
-            client: sessions::phone()?,
-            pbx: sessions::phone()?,
+            client,
+            pbx,
             client_target,
             pbx_target,
             client_tx: None,

@@ -6,7 +6,7 @@
 //! `k * 20 ms + i * 20 ms / calls`, so the relay sees a steady rate instead of bursts every 20 ms.
 
 use std::io::{ErrorKind, IsTerminal, Write};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -16,6 +16,7 @@ use mio::{Events, Interest, Poll, Token};
 use xcc_core::srtp::SrtpContext;
 
 use super::error::LoadError;
+use super::forwarder::PortRange;
 use super::payload::{self, Direction, PACKET_LEN, Payload, Stamp, TS_PER_PACKET};
 use super::stats::{Histogram, StreamStats};
 
@@ -25,6 +26,48 @@ pub const PTIME: Duration = Duration::from_millis(20);
 const DRAIN: Duration = Duration::from_millis(300);
 /// Room for the SRTP tag after the packet (largest: 16-byte GCM tag).
 const SRTP_ROOM: usize = 16;
+
+/// Binds the phones' sockets on 127.0.0.1 inside a port range of their own, so they never take
+/// ports from the relay's media pool (the kernel's ephemeral range usually overlaps it).
+pub struct PhoneBinder {
+    /// Where to look next.
+    next: u32,
+    /// Last port of the range.
+    last: u32,
+}
+
+impl PhoneBinder {
+    /// Phones from `range`, lowest port first.
+    pub fn new(range: PortRange) -> Self {
+        Self {
+            next: u32::from(range.first),
+            last: u32::from(range.last),
+        }
+    }
+
+    /// The next free port of the range, bound; ports in use (by anyone) are skipped.
+    pub fn bind(&mut self) -> Result<UdpSocket, LoadError> {
+        while self.next <= self.last {
+            let port = self.next as u16; // <= last, a u16.
+            self.next += 1;
+            match UdpSocket::bind((IpAddr::from([127, 0, 0, 1]), port)) {
+                Ok(s) => return Ok(s),
+                Err(e) if e.kind() == ErrorKind::AddrInUse => continue,
+                Err(e) => return Err(LoadError::io("bind phone")(e)),
+            }
+        }
+        Err(LoadError::Usage {
+            reason: "--phone-ports has no free port left for the phones (two per call)".into(),
+        })
+    }
+
+    /// `calls` pairs of (client, PBX) phones.
+    pub fn bind_pairs(&mut self, calls: u32) -> Result<Vec<(UdpSocket, UdpSocket)>, LoadError> {
+        (0..calls)
+            .map(|_| Ok((self.bind()?, self.bind()?)))
+            .collect()
+    }
+}
 
 /// One call's phones and where they send.
 pub struct CallMedia {
@@ -442,5 +485,35 @@ fn receive(
         latency,
         foreign,
         auth_failures,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phones_skip_ports_in_use_and_stay_in_range() {
+        // Find two adjacent free ports from a high range, then occupy the first.
+        let range = PortRange::parse("47900-47905").unwrap();
+        let taken = UdpSocket::bind(("127.0.0.1", 47_900));
+        let mut binder = PhoneBinder::new(range);
+        let pairs = binder.bind_pairs(2).unwrap();
+        for (a, b) in &pairs {
+            for s in [a, b] {
+                let addr = s.local_addr().unwrap();
+                assert!(addr.ip().is_loopback());
+                assert!((47_900..=47_905).contains(&addr.port()));
+                if taken.is_ok() {
+                    assert_ne!(addr.port(), 47_900, "a port in use is skipped");
+                }
+            }
+        }
+        drop(pairs);
+        let mut small = PhoneBinder::new(PortRange::parse("47906-47907").unwrap());
+        assert!(
+            small.bind_pairs(2).is_err(),
+            "range exhausted is an error, not a wrap"
+        );
     }
 }

@@ -2,7 +2,7 @@
 //! xccd's `xcc.v1.Sessions` API, offered by the client phone (SDES-SRTP) and answered by the PBX
 //! phone (plain RTP), exactly as the XPhone server would drive it.
 
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use tonic::transport::Channel;
@@ -46,22 +46,23 @@ pub async fn connect(addr: &str) -> Result<SessionsClient<Channel>, LoadError> {
     Ok(SessionsClient::new(channel))
 }
 
-/// Sets up `calls` sessions, starting one every `1 / rate` seconds (setups overlap when xccd is
+/// Sets up one session per pair of `phones` (client, PBX), starting one every `1 / rate` seconds (setups overlap when xccd is
 /// slower than the rate). Returns the calls set up, ordered by index, and the failures.
 pub async fn establish(
     client: &SessionsClient<Channel>,
-    calls: u32,
+    phones: Vec<(UdpSocket, UdpSocket)>,
     rate: f64,
     run_tag: &str,
 ) -> (Vec<EstablishedCall>, Vec<LoadError>) {
     let start = tokio::time::Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for index in 0..calls {
+    for (index, (client_phone, pbx_phone)) in (0u32..).zip(phones) {
         let at = start + Duration::from_secs_f64(f64::from(index) / rate);
         tokio::time::sleep_until(at).await;
         let client = client.clone();
         let key = format!("{run_tag}-{index}");
-        tasks.spawn(async move { establish_one(client, index, key).await });
+        tasks
+            .spawn(async move { establish_one(client, index, key, client_phone, pbx_phone).await });
     }
     let (mut ok, mut failed) = (Vec::new(), Vec::new());
     while let Some(joined) = tasks.join_next().await {
@@ -79,9 +80,9 @@ async fn establish_one(
     mut client: SessionsClient<Channel>,
     index: u32,
     key: String,
+    client_phone: UdpSocket,
+    pbx_phone: UdpSocket,
 ) -> Result<EstablishedCall, LoadError> {
-    let client_phone = phone()?;
-    let pbx_phone = phone()?;
     let ours = CryptoAttribute::generate(1, SUITE);
     let offer = sdp(
         port_of(&client_phone)?,
@@ -163,11 +164,6 @@ pub async fn release(client: &SessionsClient<Channel>, session_ids: &[u64]) -> u
         }
     }
     failed
-}
-
-/// A phone socket on loopback, explicitly.
-pub fn phone() -> Result<UdpSocket, LoadError> {
-    UdpSocket::bind((IpAddr::from([127, 0, 0, 1]), 0)).map_err(LoadError::io("bind phone"))
 }
 
 fn port_of(socket: &UdpSocket) -> Result<u16, LoadError> {
