@@ -168,6 +168,10 @@ fn grpc_calls_through_xccd_carry_srtp_and_rtp_without_loss() {
         assert!(c["setup_ms"].as_f64().unwrap() > 0.0);
     }
     assert_eq!(r["relay_cpu"]["pid"], d.pid());
+    let counters = &r["relay_counters"];
+    assert_eq!(counters["sessions"], 3, "xccd's counters read back: {r:#}");
+    assert!(counters["client"]["packets_in"].as_u64().unwrap() > 0);
+    assert!(counters["pbx"]["packets_out"].as_u64().unwrap() > 0);
     assert_eq!(r["release_failures"], 0);
 }
 

@@ -189,6 +189,7 @@ fn measure(
         load_limited,
         reference: None,
         cpu_ratio_to_reference: None,
+        relay_counters: None,
         calls: per_call,
     })
 }
@@ -258,6 +259,10 @@ fn grpc_once(calls: u32, x: &XccdArgs, common: &Common) -> Result<RunReport, Loa
         ))
     };
     let session_ids: Vec<u64> = ids.iter().map(|c| c.1).collect();
+    // Best effort: a missing ListSessions leaves the field empty, it does not fail the run.
+    let relay_counters = runtime
+        .block_on(sessions::relay_counters(&client, &session_ids))
+        .ok();
     let release_failures = runtime.block_on(sessions::release(&client, &session_ids));
     let mut report = match measured {
         Some(r) => r?,
@@ -270,6 +275,7 @@ fn grpc_once(calls: u32, x: &XccdArgs, common: &Common) -> Result<RunReport, Loa
     report.setup_ms = Some(Quantiles::of(&setup, 1e6));
     report.setup_failures = failures.iter().map(ToString::to_string).collect();
     report.release_failures = release_failures;
+    report.relay_counters = relay_counters;
     if let Some(ports) = x.bare_ports {
         let reference = run_bare(report.calls_established, ports, common)?;
         report.cpu_ratio_to_reference = report

@@ -35,6 +35,8 @@ pub struct RunReport {
     pub reference: Option<Box<RunReport>>,
     /// Relay CPU per 1000 calls divided by the reference's.
     pub cpu_ratio_to_reference: Option<f64>,
+    /// xccd's own per-leg counters for the run's calls, read after the media phase (grpc only).
+    pub relay_counters: Option<super::sessions::RelayCounters>,
     /// Per call detail.
     pub calls: Vec<CallReport>,
 }
@@ -292,6 +294,19 @@ pub fn table(r: &RunReport) -> String {
                 c.pid, c.cpu_seconds, c.cores, c.cores_per_1000_calls
             );
         }
+    }
+    if let Some(c) = &r.relay_counters {
+        let _ = writeln!(
+            out,
+            "  xccd counters    client leg in {} out {}  pbx leg in {} out {}  drops auth {} stranger {} no-route {}",
+            c.client.packets_in,
+            c.client.packets_out,
+            c.pbx.packets_in,
+            c.pbx.packets_out,
+            c.client.drop_auth_failure + c.pbx.drop_auth_failure,
+            c.client.drop_stranger + c.pbx.drop_stranger,
+            c.client.drop_no_route + c.pbx.drop_no_route
+        );
     }
     for why in &r.load_limited {
         let _ = writeln!(out, "  WARNING load generator may be the bottleneck: {why}");

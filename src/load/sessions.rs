@@ -166,6 +166,85 @@ pub async fn release(client: &SessionsClient<Channel>, session_ids: &[u64]) -> u
     failed
 }
 
+/// xccd's own counters for one side, summed over the run's calls: with the phones' counts they
+/// tell loss inside xccd from loss in the load generator.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct LegTotals {
+    /// Packets xccd accepted on this leg.
+    pub packets_in: u64,
+    /// Packets xccd sent out of this leg.
+    pub packets_out: u64,
+    /// Drops by reason.
+    pub drop_auth_failure: u64,
+    /// SRTP replays dropped.
+    pub drop_replay: u64,
+    /// Packets from an address other than the latched peer.
+    pub drop_stranger: u64,
+    /// Not RTP/RTCP/STUN.
+    pub drop_malformed: u64,
+    /// Nowhere to send (peer unknown).
+    pub drop_no_route: u64,
+    /// Stray packets.
+    pub drop_stray: u64,
+}
+
+impl LegTotals {
+    fn add(&mut self, c: &pb::LegCounters) {
+        self.packets_in += c.packets_in;
+        self.packets_out += c.packets_out;
+        self.drop_auth_failure += c.drop_auth_failure;
+        self.drop_replay += c.drop_replay;
+        self.drop_stranger += c.drop_stranger;
+        self.drop_malformed += c.drop_malformed;
+        self.drop_no_route += c.drop_no_route;
+        self.drop_stray += c.drop_stray;
+    }
+}
+
+/// xccd's counters for the run's sessions (as last published by its workers).
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct RelayCounters {
+    /// Sessions found.
+    pub sessions: usize,
+    /// Client legs (SRTP).
+    pub client: LegTotals,
+    /// PBX legs (RTP).
+    pub pbx: LegTotals,
+}
+
+/// Reads xccd's counters for `session_ids` with one ListSessions call.
+pub async fn relay_counters(
+    client: &SessionsClient<Channel>,
+    session_ids: &[u64],
+) -> Result<RelayCounters, LoadError> {
+    let wanted: std::collections::HashSet<u64> = session_ids.iter().copied().collect();
+    let list = client
+        .clone()
+        .list_sessions(pb::ListSessionsRequest {})
+        .await
+        .map_err(|status| LoadError::Rpc {
+            rpc: "ListSessions",
+            call: 0,
+            status: Box::new(status),
+        })?
+        .into_inner();
+    let mut totals = RelayCounters::default();
+    for s in list
+        .sessions
+        .iter()
+        .filter(|s| wanted.contains(&s.session_id))
+    {
+        totals.sessions += 1;
+        if let Some(c) = s.client.as_ref().and_then(|l| l.counters.as_ref()) {
+            totals.client.add(c);
+        }
+        if let Some(c) = s.pbx.as_ref().and_then(|l| l.counters.as_ref()) {
+            totals.pbx.add(c);
+        }
+    }
+    Ok(totals)
+}
+
 fn port_of(socket: &UdpSocket) -> Result<u16, LoadError> {
     Ok(socket
         .local_addr()
