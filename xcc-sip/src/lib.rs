@@ -4,8 +4,10 @@
 //! [`framing`], [`transport`] and [`transaction`], and send what `poll_transmit` returns.
 
 pub mod error;
+pub mod framing;
 pub mod header;
 pub mod message;
+pub mod transport;
 pub mod uri;
 
 pub use error::{Error, Malformed, ParseError, Result};

@@ -95,6 +95,9 @@ fn rsip_accepts(bytes: &[u8]) -> bool {
     typed
 }
 
+/// One candidate parser's verdict on a fixture.
+type Accepts = fn(&[u8]) -> bool;
+
 fn xcc_accepts(bytes: &[u8]) -> bool {
     xcc_sip::Message::parse(bytes).is_ok()
 }
@@ -102,7 +105,7 @@ fn xcc_accepts(bytes: &[u8]) -> bool {
 #[test]
 fn parser_comparison_table() {
     let all = fixtures();
-    let parsers: [(&str, fn(&[u8]) -> bool); 3] = [
+    let parsers: [(&str, Accepts); 3] = [
         ("xcc-sip", xcc_accepts),
         ("ezk-sip-types 0.6.5", ezk_accepts),
         ("rsip 0.4.0", rsip_accepts),
