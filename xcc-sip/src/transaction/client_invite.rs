@@ -68,10 +68,10 @@ impl InviteClient {
                 self.state = State::Proceeding;
                 self.timer_a = None;
                 self.timer_b = None;
-                self.events.push_back(Event::Response(resp));
+                self.events.push_back(Event::Response(Box::new(resp)));
             }
             (State::Calling | State::Proceeding, 200..=299) => {
-                self.events.push_back(Event::Response(resp));
+                self.events.push_back(Event::Response(Box::new(resp)));
                 self.terminate();
             }
             (State::Calling | State::Proceeding, _) => {
@@ -82,7 +82,7 @@ impl InviteClient {
                 self.timer_a = None;
                 self.timer_b = None;
                 self.timer_d = Some(now + self.timers.timer_d(self.reliable));
-                self.events.push_back(Event::Response(resp));
+                self.events.push_back(Event::Response(Box::new(resp)));
             }
             (State::Completed, 300..=699) => {
                 if let Some(ack) = &self.ack {

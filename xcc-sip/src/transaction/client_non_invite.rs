@@ -58,7 +58,7 @@ impl NonInviteClient {
         match (self.state, resp.status) {
             (State::Trying | State::Proceeding, 100..=199) => {
                 self.state = State::Proceeding;
-                self.events.push_back(Event::Response(resp));
+                self.events.push_back(Event::Response(Box::new(resp)));
             }
             (State::Trying | State::Proceeding, _) => {
                 self.state = State::Completed;
@@ -70,7 +70,7 @@ impl NonInviteClient {
                     self.timers.t4
                 };
                 self.timer_k = Some(now + k);
-                self.events.push_back(Event::Response(resp));
+                self.events.push_back(Event::Response(Box::new(resp)));
             }
             // Completed absorbs retransmitted finals.
             _ => {}

@@ -81,7 +81,7 @@ pub enum State {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// Client: a response to pass up (retransmitted finals are absorbed, not repeated).
-    Response(Response),
+    Response(Box<Response>),
     /// Client: timer B or F fired (treat as 408). Server: timer H fired, ACK never came.
     Timeout,
     /// The transaction reached Terminated.
