@@ -31,6 +31,24 @@ pub enum Error {
         /// What was refused.
         reason: &'static str,
     },
+    /// A request handed to the endpoint has no Via branch, so no transaction can be keyed on it.
+    #[error("{method} request has no Via branch")]
+    NoBranch {
+        /// The request's method.
+        method: String,
+    },
+    /// A client transaction with this key already exists (a branch was reused).
+    #[error("transaction {key} already exists")]
+    DuplicateTransaction {
+        /// The key, for the log.
+        key: String,
+    },
+    /// No transaction with this key (already terminated, or never existed).
+    #[error("no transaction {key}")]
+    UnknownTransaction {
+        /// The key, for the log.
+        key: String,
+    },
     /// A peer address was expected to be reachable but is not (used by drivers).
     #[error("peer {addr} unreachable")]
     Unreachable {
