@@ -45,6 +45,7 @@ pub(crate) fn canonical_name(name: &str) -> Option<&'static str> {
         "Identity-Info",
     ];
     if name.len() == 1 {
+        // Indexing is in bounds: the length is 1.
         let long = match name.as_bytes()[0].to_ascii_lowercase() {
             b'v' => "Via",
             b'f' => "From",

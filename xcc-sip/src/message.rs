@@ -277,14 +277,10 @@ impl Message {
         let (start_line, lines) = head.split_once("\r\n").unwrap_or((head, ""));
         let raw = unfold(lines).ok_or(ParseError::drop(Malformed::HeaderLine))?;
         let is_response = start_line.starts_with("SIP/");
-        let reply = if is_response {
-            None
-        } else {
-            reply_headers(&raw)
-        };
+        // Only the error path pays for collecting what a 400 would copy.
         let fail = |reason| ParseError {
             reason,
-            reply_headers: reply.clone(),
+            reply_headers: unfold(lines).and_then(|raw| reply_headers(&raw)),
         };
         if is_response {
             let (status, reason) = parse_status_line(start_line)?;
@@ -360,8 +356,10 @@ fn unfold(lines: &str) -> Option<Vec<(&str, String)>> {
         }
         out.push((name, value.trim().to_owned()));
     }
+    // A folded value may have gained trailing blanks from its last continuation line.
     for (_, v) in &mut out {
-        *v = v.trim().to_owned();
+        let end = v.trim_end().len();
+        v.truncate(end);
     }
     Some(out)
 }
@@ -383,6 +381,7 @@ fn reply_headers(raw: &[(&str, String)]) -> Option<Vec<Header>> {
         }
         // A reply is routed by the top Via: if that is illegible there is nobody to answer.
         if want == "Via" {
+            // `found` is non-empty (checked above) and split_list never returns an empty list.
             let top = split_list(&found[0].value)?;
             Via::parse_version(top[0], false).ok()?;
         }
@@ -406,6 +405,7 @@ fn parse_request_line(line: &str) -> Result<(Method, String), Malformed> {
     }
     let (scheme, _) = uri.split_once(':').ok_or(Malformed::RequestUri)?;
     if scheme.is_empty()
+        // In bounds: the emptiness test short-circuits first.
         || !scheme.as_bytes()[0].is_ascii_alphabetic()
         || !scheme
             .bytes()
