@@ -78,8 +78,8 @@ pub enum EndpointEvent {
         /// The response.
         response: Box<Response>,
     },
-    /// A response that matched no transaction: a retransmitted 2xx to an INVITE whose client
-    /// transaction is gone; the dialog layer re-sends its ACK.
+    /// A response that matched no transaction (e.g. a 2xx retransmitted after timer M); the
+    /// dialog layer may still re-send its ACK.
     StrayResponse {
         /// The response.
         response: Box<Response>,
@@ -236,6 +236,17 @@ impl Endpoint {
             return;
         };
         if let Some(entry) = self.transactions.get_mut(&key) {
+            // RFC 6026 §8.7: an ACK reaching an Accepted INVITE server belongs to the dialog.
+            if req.method == Method::Ack
+                && let Tsx::InviteServer(t) = &entry.tsx
+                && t.state() == State::Accepted
+            {
+                self.events.push_back(EndpointEvent::Ack {
+                    request: Box::new(req),
+                    source,
+                });
+                return;
+            }
             match &mut entry.tsx {
                 Tsx::InviteServer(t) => t.handle_request(now, &req),
                 Tsx::NonInviteServer(t) => t.handle_request(now, &req),

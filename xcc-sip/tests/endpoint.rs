@@ -112,15 +112,42 @@ fn outgoing_invite_responses_and_stray_2xx() {
     assert!(
         matches!(&events(&mut ep)[..], [EndpointEvent::Response { key: k, response }] if *k == key && response.status == 200)
     );
-    assert!(
-        ep.is_empty(),
-        "2xx terminates the INVITE client transaction"
-    );
-    ep.handle_message(start, pbx(), Message::Response(ok));
+    // RFC 6026 Accepted: a retransmitted 2xx still reaches the dialog layer through the key.
+    ep.handle_message(start, pbx(), Message::Response(ok.clone()));
+    assert!(matches!(
+        &events(&mut ep)[..],
+        [EndpointEvent::Response { .. }]
+    ));
+    let m = ep.poll_timeout().unwrap();
+    assert_eq!(m - start, Duration::from_secs(32), "timer M");
+    ep.handle_timeout(m);
+    assert!(ep.is_empty());
+    ep.handle_message(m, pbx(), Message::Response(ok));
     assert!(matches!(
         &events(&mut ep)[..],
         [EndpointEvent::StrayResponse { .. }]
     ));
+}
+
+#[test]
+fn invite_retransmitted_after_2xx_is_not_a_new_call() {
+    let now = Instant::now();
+    let mut ep = Endpoint::new(Timers::default());
+    let invite = msg("INVITE", "z9hG4bKinv3", "");
+    ep.handle_bytes(now, pbx(), invite.as_bytes());
+    let ev = events(&mut ep);
+    let [EndpointEvent::Request { key, request, .. }] = &ev[..] else {
+        panic!()
+    };
+    ep.send_response(
+        now,
+        key,
+        Response::for_request(request, 200, "OK", Some("t")),
+    )
+    .unwrap();
+    ep.handle_bytes(now + Duration::from_millis(300), pbx(), invite.as_bytes());
+    assert!(events(&mut ep).is_empty());
+    assert!(ep.contains(key));
 }
 
 #[test]

@@ -102,14 +102,58 @@ fn provisional_stops_invite_retransmission() {
     );
     tsx.handle_response(now, response(&req, 200));
     let ev = events(|| tsx.poll_event());
-    assert!(
-        matches!(&ev[..], [Event::Response(r1), Event::Response(r2), Event::Terminated]
-        if r1.status == 180 && r2.status == 200)
-    );
+    assert!(matches!(&ev[..], [Event::Response(r1), Event::Response(r2)]
+        if r1.status == 180 && r2.status == 200));
     assert!(
         tsx.poll_transmit().is_none(),
         "2xx is ACKed by the dialog, not the transaction"
     );
+    assert_eq!(tsx.state(), State::Accepted);
+}
+
+#[test]
+fn invite_client_accepted_passes_2xx_retransmissions_until_timer_m() {
+    let start = Instant::now();
+    let req = request("INVITE");
+    let mut tsx = InviteClient::new(start, req.clone(), Timers::default(), false);
+    tsx.handle_response(start, response(&req, 200));
+    tsx.handle_response(start + Duration::from_secs(1), response(&req, 200));
+    let ev = events(|| tsx.poll_event());
+    assert_eq!(ev.len(), 2, "both 2xx go up so the dialog re-ACKs: {ev:?}");
+    assert_eq!(
+        tsx.poll_timeout(),
+        Some(start + Duration::from_secs(32)),
+        "timer M"
+    );
+    tsx.handle_timeout(start + Duration::from_secs(32));
+    assert_eq!(events(|| tsx.poll_event()), [Event::Terminated]);
+}
+
+#[test]
+fn invite_server_accepted_absorbs_retransmissions_until_timer_l() {
+    let start = Instant::now();
+    let req = request("INVITE");
+    let mut tsx = InviteServer::new(start, req.clone(), Timers::default(), false);
+    tsx.send_response(start, response(&req, 200)).unwrap();
+    while tsx.poll_transmit().is_some() {}
+    assert_eq!(tsx.state(), State::Accepted);
+    tsx.handle_request(start + Duration::from_secs(1), &req);
+    assert!(
+        tsx.poll_transmit().is_none(),
+        "INVITE retransmission absorbed"
+    );
+    // The dialog layer's own 2xx retransmission still goes out through the transaction.
+    tsx.send_response(start + Duration::from_secs(1), response(&req, 200))
+        .unwrap();
+    assert!(matches!(tsx.poll_transmit(), Some(Message::Response(r)) if r.status == 200));
+    assert!(tsx.send_response(start, response(&req, 486)).is_err());
+    assert_eq!(
+        tsx.poll_timeout(),
+        Some(start + Duration::from_secs(32)),
+        "timer L"
+    );
+    tsx.handle_timeout(start + Duration::from_secs(32));
+    assert_eq!(tsx.state(), State::Terminated);
 }
 
 #[test]

@@ -7,7 +7,8 @@ use super::{Event, Retransmit, State, Timers, due, earliest};
 use crate::message::{Headers, Message, Method, Request, Response};
 
 /// Sends an INVITE, retransmits it on timer A (doubling, no cap) until a response or timer B,
-/// and acknowledges non-2xx finals itself (§17.1.1.3). A 2xx ends it: the dialog layer ACKs 2xx.
+/// and acknowledges non-2xx finals itself (§17.1.1.3). A 2xx moves it to Accepted (RFC 6026):
+/// every 2xx, first or retransmitted, is passed up for the dialog layer to ACK, until timer M.
 #[derive(Debug)]
 pub struct InviteClient {
     /// The INVITE, kept for retransmission and to build the ACK.
@@ -22,6 +23,8 @@ pub struct InviteClient {
     timer_b: Option<Instant>,
     /// Timer D: absorb final-response retransmissions (Completed).
     timer_d: Option<Instant>,
+    /// Timer M (RFC 6026): keep passing 2xx retransmissions up (Accepted).
+    timer_m: Option<Instant>,
     /// The ACK for a non-2xx final, resent for every retransmitted final.
     ack: Option<Request>,
     transmits: VecDeque<Message>,
@@ -45,6 +48,7 @@ impl InviteClient {
             timer_a,
             timer_b: Some(now + timers.t1x64()),
             timer_d: None,
+            timer_m: None,
             ack: None,
             transmits,
             events: VecDeque::new(),
@@ -71,8 +75,14 @@ impl InviteClient {
                 self.events.push_back(Event::Response(Box::new(resp)));
             }
             (State::Calling | State::Proceeding, 200..=299) => {
+                self.state = State::Accepted;
+                self.timer_a = None;
+                self.timer_b = None;
+                self.timer_m = Some(now + self.timers.t1x64());
                 self.events.push_back(Event::Response(Box::new(resp)));
-                self.terminate();
+            }
+            (State::Accepted, 200..=299) => {
+                self.events.push_back(Event::Response(Box::new(resp)));
             }
             (State::Calling | State::Proceeding, _) => {
                 let ack = self.build_ack(&resp);
@@ -114,7 +124,9 @@ impl InviteClient {
             self.transmits
                 .push_back(Message::Request(self.request.clone()));
         }
-        if self.state == State::Completed && due(self.timer_d, now) {
+        if (self.state == State::Completed && due(self.timer_d, now))
+            || (self.state == State::Accepted && due(self.timer_m, now))
+        {
             self.terminate();
         }
     }
@@ -131,7 +143,12 @@ impl InviteClient {
 
     /// When `handle_timeout` must next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        earliest(&[self.timer_a.map(|a| a.at), self.timer_b, self.timer_d])
+        earliest(&[
+            self.timer_a.map(|a| a.at),
+            self.timer_b,
+            self.timer_d,
+            self.timer_m,
+        ])
     }
 
     fn terminate(&mut self) {
@@ -139,6 +156,7 @@ impl InviteClient {
         self.timer_a = None;
         self.timer_b = None;
         self.timer_d = None;
+        self.timer_m = None;
         self.events.push_back(Event::Terminated);
     }
 

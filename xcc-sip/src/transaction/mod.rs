@@ -73,6 +73,10 @@ pub enum State {
     Completed,
     /// INVITE server: ACK received for a non-2xx final response.
     Confirmed,
+    /// INVITE, after a 2xx (RFC 6026): absorbs retransmitted INVITEs (server) and passes 2xx
+    /// retransmissions up (client) until timer L / M, so a late INVITE retransmission never looks
+    /// like a new call.
+    Accepted,
     /// Done; the owner drops the transaction.
     Terminated,
 }

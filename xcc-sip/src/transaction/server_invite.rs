@@ -9,7 +9,8 @@ use crate::message::{Message, Method, Request, Response};
 
 /// Answers an INVITE: sends 100 Trying at once, absorbs retransmitted INVITEs by resending the
 /// last response, retransmits a non-2xx final on timer G (capped at T2) until the ACK or timer H.
-/// A 2xx ends it; the dialog layer retransmits 2xx until its ACK (§13.3.1.4).
+/// After a 2xx it is Accepted (RFC 6026) until timer L: retransmitted INVITEs are absorbed and
+/// further 2xx (the dialog layer's retransmissions, §13.3.1.4) are sent.
 #[derive(Debug)]
 pub struct InviteServer {
     /// The INVITE, used to build the 100 Trying.
@@ -26,6 +27,8 @@ pub struct InviteServer {
     timer_h: Option<Instant>,
     /// Timer I: absorb ACK retransmissions (Confirmed).
     timer_i: Option<Instant>,
+    /// Timer L (RFC 6026): absorb INVITE retransmissions after a 2xx (Accepted).
+    timer_l: Option<Instant>,
     transmits: VecDeque<Message>,
     events: VecDeque<Event>,
 }
@@ -46,6 +49,7 @@ impl InviteServer {
             timer_g: None,
             timer_h: None,
             timer_i: None,
+            timer_l: None,
             transmits,
             events: VecDeque::new(),
         }
@@ -87,6 +91,10 @@ impl InviteServer {
 
     /// Sends a response from the transaction user.
     pub fn send_response(&mut self, now: Instant, resp: Response) -> Result<(), Error> {
+        if self.state == State::Accepted && (200..300).contains(&resp.status) {
+            self.transmits.push_back(Message::Response(resp));
+            return Ok(());
+        }
         if self.state != State::Proceeding {
             return Err(Error::TransactionState {
                 key: self.request.headers.call_id.clone(),
@@ -96,7 +104,11 @@ impl InviteServer {
         self.transmits.push_back(Message::Response(resp.clone()));
         match resp.status {
             100..=199 => self.last = Some(resp),
-            200..=299 => self.terminate(),
+            200..=299 => {
+                self.state = State::Accepted;
+                self.last = None;
+                self.timer_l = Some(now + self.timers.t1x64());
+            }
             _ => {
                 self.state = State::Completed;
                 self.last = Some(resp);
@@ -130,7 +142,9 @@ impl InviteServer {
                 self.transmits.push_back(Message::Response(last.clone()));
             }
         }
-        if self.state == State::Confirmed && due(self.timer_i, now) {
+        if (self.state == State::Confirmed && due(self.timer_i, now))
+            || (self.state == State::Accepted && due(self.timer_l, now))
+        {
             self.terminate();
         }
     }
@@ -147,7 +161,12 @@ impl InviteServer {
 
     /// When `handle_timeout` must next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        earliest(&[self.timer_g.map(|g| g.at), self.timer_h, self.timer_i])
+        earliest(&[
+            self.timer_g.map(|g| g.at),
+            self.timer_h,
+            self.timer_i,
+            self.timer_l,
+        ])
     }
 
     fn terminate(&mut self) {
@@ -155,6 +174,7 @@ impl InviteServer {
         self.timer_g = None;
         self.timer_h = None;
         self.timer_i = None;
+        self.timer_l = None;
         self.events.push_back(Event::Terminated);
     }
 }
