@@ -129,6 +129,8 @@ pub struct Counters {
     pub dropped_malformed: u64,
     /// Requests without an RFC 3261 branch (RFC 2543 peers), dropped.
     pub dropped_no_branch: u64,
+    /// CRLF keepalive datagrams, ignored (many PBXs send them over UDP to hold NAT bindings).
+    pub keepalives: u64,
 }
 
 /// The transaction layer for one set of sockets.
@@ -185,6 +187,14 @@ impl Endpoint {
     /// Feeds one datagram or one stream frame. Malformed requests with legible Via/From/To/
     /// Call-ID/CSeq are answered 400 (505 for a bad version) straight back to the source.
     pub fn handle_bytes(&mut self, now: Instant, source: Peer, bytes: &[u8]) {
+        if !bytes.is_empty()
+            && bytes
+                .iter()
+                .all(|b| matches!(b, b'\r' | b'\n' | b' ' | b'\t' | 0))
+        {
+            self.counters.keepalives += 1;
+            return;
+        }
         match Message::parse(bytes) {
             Ok(msg) => self.handle_message(now, source, msg),
             Err(e) => self.handle_malformed(source, &e),

@@ -89,12 +89,36 @@ fn parse_params<'a>(
             Some((n, v)) => (n.trim(), Some(v.trim())),
             None => (p.trim(), None),
         };
-        if !is_token(n) || v.is_some_and(|v| v.is_empty() || v.contains([' ', '\t'])) {
+        let quoted = |v: &str| {
+            v.len() >= 2 && v.starts_with('"') && closing_quote(&v[1..]) == Some(v.len() - 2)
+        };
+        let bad_value = |v: &str| v.is_empty() || (v.contains([' ', '\t', '"']) && !quoted(v));
+        if !is_token(n) || v.is_some_and(bad_value) {
             return Err(ParseError::drop(err));
         }
         out.push((n.to_ascii_lowercase(), v.map(str::to_owned)));
     }
     Ok(out)
+}
+
+/// Splits on `;` outside quoted strings (`;reason="a;b"` is one parameter).
+fn split_params(s: &str) -> impl Iterator<Item = &str> {
+    let mut parts = Vec::new();
+    let (mut quoted, mut escape, mut start) = (false, false, 0);
+    for (i, b) in s.bytes().enumerate() {
+        match (escape, b) {
+            (true, _) => escape = false,
+            (false, b'\\') if quoted => escape = true,
+            (false, b'"') => quoted = !quoted,
+            (false, b';') if !quoted => {
+                parts.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&s[start..]);
+    parts.into_iter()
 }
 
 fn find_param<'a>(params: &'a Params, name: &str) -> Option<Option<&'a str>> {
@@ -175,7 +199,7 @@ impl Via {
         if !is_token(transport) {
             return Err(bad());
         }
-        let mut parts = rest[tend..].split(';');
+        let mut parts = split_params(&rest[tend..]);
         let sent_by = parts.next().unwrap_or_default().trim();
         let (host, port) = split_host_port(sent_by).ok_or_else(bad)?;
         Ok(Self {
@@ -304,7 +328,7 @@ impl NameAddr {
             Vec::new()
         } else {
             let rest = rest.strip_prefix(';').ok_or_else(bad)?;
-            parse_params(rest.split(';'), Malformed::NameAddr(which))?
+            parse_params(split_params(rest), Malformed::NameAddr(which))?
         };
         Ok(Self {
             display,
@@ -447,6 +471,19 @@ mod tests {
         assert!(NameAddr::parse(r#""Mr. J. User <sip:j.user@example.com>"#, "To").is_err());
         assert!(NameAddr::parse("Bell, Alexander <sip:a@b>", "From").is_err());
         assert!(NameAddr::parse(r#""W" < sip:t@example.org >"#, "To").is_err());
+    }
+
+    #[test]
+    fn quoted_parameter_values() {
+        let n = NameAddr::parse(
+            r#"<sip:a@b>;+sip.instance="<urn:uuid:00000000-0000-1000-8000-000A95A0E128>";reason="busy; back soon""#,
+            "Contact",
+        )
+        .unwrap();
+        assert_eq!(n.params.len(), 2);
+        assert_eq!(n.params[1].1.as_deref(), Some(r#""busy; back soon""#));
+        assert!(NameAddr::parse(r#"<sip:a@b>;x="open"#, "Contact").is_err());
+        assert!(NameAddr::parse("<sip:a@b>;x=a b", "Contact").is_err());
     }
 
     #[test]

@@ -187,8 +187,11 @@ fn malformed_request_gets_400_malformed_response_is_dropped() {
     ep.handle_bytes(now, pbx(), b"SIP/2.0 99999 nope\r\n\r\n");
     ep.handle_bytes(now, pbx(), b"\x00\x01garbage");
     assert!(transmits(&mut ep).is_empty());
+    ep.handle_bytes(now, pbx(), b"\r\n\r\n");
+    assert!(transmits(&mut ep).is_empty());
     let c = ep.counters();
     assert_eq!((c.answered_malformed, c.dropped_malformed), (1, 2));
+    assert_eq!(c.keepalives, 1);
 }
 
 #[test]
