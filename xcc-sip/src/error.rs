@@ -49,6 +49,14 @@ pub enum Error {
         /// The key, for the log.
         key: String,
     },
+    /// An in-dialog request with a CSeq not above the last one seen (RFC 3261 §12.2.2: 500).
+    #[error("CSeq {got} not above {last}")]
+    CSeqOutOfOrder {
+        /// CSeq received.
+        got: u32,
+        /// Highest CSeq seen before.
+        last: u32,
+    },
     /// A peer address was expected to be reachable but is not (used by drivers).
     #[error("peer {addr} unreachable")]
     Unreachable {
