@@ -57,6 +57,15 @@ pub enum Error {
         /// Highest CSeq seen before.
         last: u32,
     },
+    /// A socket could not be bound or configured.
+    #[error("socket {addr}: {source}")]
+    Socket {
+        /// Address being bound.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// A peer address was expected to be reachable but is not (used by drivers).
     #[error("peer {addr} unreachable")]
     Unreachable {

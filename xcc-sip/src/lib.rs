@@ -4,6 +4,7 @@
 //! [`framing`], [`transport`] and [`transaction`], and send what `poll_transmit` returns.
 
 pub mod dialog;
+pub mod driver;
 pub mod endpoint;
 pub mod error;
 pub mod framing;
