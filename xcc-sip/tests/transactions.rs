@@ -338,3 +338,34 @@ fn configurable_t1_scales_every_timer() {
     assert_eq!(now - start, 6400 * MS, "F = 64*T1");
     assert!(intervals(&sent).iter().all(|&i| i <= 400 * MS));
 }
+
+#[test]
+fn cancel_matches_the_invite_only_once_proceeding() {
+    let start = Instant::now();
+    let req = request("INVITE");
+    let mut tsx = InviteClient::new(start, req.clone(), Timers::default(), false);
+    assert!(
+        tsx.cancel().is_none(),
+        "no CANCEL before a provisional (RFC 3261 §9.1)"
+    );
+    tsx.handle_response(start, response(&req, 180));
+    let cancel = tsx.cancel().unwrap();
+    assert_eq!(cancel.method, Method::Cancel);
+    assert_eq!(cancel.uri, req.uri);
+    assert_eq!(cancel.headers.via, req.headers.via[..1]);
+    assert_eq!(
+        cancel.headers.to, req.headers.to,
+        "To without the provisional's tag"
+    );
+    assert_eq!(
+        (cancel.headers.cseq.seq, cancel.headers.cseq.method.as_str()),
+        (7, "CANCEL")
+    );
+    assert_eq!(cancel.headers.route, req.headers.route);
+    // Server-side it keys to the INVITE's CANCEL transaction, which targets the INVITE.
+    let key = xcc_sip::transaction::TransactionKey::server(&cancel).unwrap();
+    assert_eq!(
+        key.cancelled_invite(),
+        xcc_sip::transaction::TransactionKey::server(&req).unwrap()
+    );
+}

@@ -65,6 +65,16 @@ impl InviteClient {
         &self.request
     }
 
+    /// The CANCEL for this INVITE (RFC 3261 §9.1): same Request-URI, Call-ID, From, To, top Via
+    /// (so the branch matches at the server) and Route, CSeq number with method CANCEL. Send it as
+    /// its own non-INVITE transaction, and only once a provisional arrived (state Proceeding).
+    pub fn cancel(&self) -> Option<Request> {
+        if self.state != State::Proceeding {
+            return None;
+        }
+        Some(self.build_ack_like(&self.request.headers.to, Method::Cancel))
+    }
+
     /// Feeds a response matched to this transaction.
     pub fn handle_response(&mut self, now: Instant, resp: Response) {
         match (self.state, resp.status) {
@@ -163,18 +173,23 @@ impl InviteClient {
     /// §17.1.1.3: same Request-URI, Call-ID, From, top Via and CSeq number as the INVITE, To from
     /// the response (with its tag), the INVITE's Route set.
     fn build_ack(&self, resp: &Response) -> Request {
+        self.build_ack_like(&resp.headers.to, Method::Ack)
+    }
+
+    /// ACK and CANCEL share their shape; only To and the method differ.
+    fn build_ack_like(&self, to: &crate::header::NameAddr, method: Method) -> Request {
         let h = &self.request.headers;
         Request {
-            method: Method::Ack,
+            method: method.clone(),
             uri: self.request.uri.clone(),
             headers: Headers {
                 via: h.via.iter().take(1).cloned().collect(),
                 from: h.from.clone(),
-                to: resp.headers.to.clone(),
+                to: to.clone(),
                 call_id: h.call_id.clone(),
                 cseq: crate::header::CSeq {
                     seq: h.cseq.seq,
-                    method: "ACK".to_owned(),
+                    method: method.as_str().to_owned(),
                 },
                 max_forwards: Some(70),
                 contact: Vec::new(),
