@@ -66,6 +66,13 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A 401/407 challenge XCC cannot answer (not Digest, missing realm/nonce, unknown algorithm
+    /// or qop).
+    #[error("unusable auth challenge: {reason}")]
+    Challenge {
+        /// What was missing or unsupported.
+        reason: &'static str,
+    },
     /// A peer address was expected to be reachable but is not (used by drivers).
     #[error("peer {addr} unreachable")]
     Unreachable {

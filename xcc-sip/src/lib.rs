@@ -3,6 +3,7 @@
 //! Everything here is sans-IO: drivers read sockets and the clock, feed bytes and `now` into
 //! [`framing`], [`transport`] and [`transaction`], and send what `poll_transmit` returns.
 
+pub mod auth;
 pub mod dialog;
 pub mod driver;
 pub mod endpoint;
