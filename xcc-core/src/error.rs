@@ -38,15 +38,65 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// An `a=crypto` attribute could not be parsed or is not supported.
-    #[error("a=crypto: {0}")]
-    Crypto(String),
-    /// SDP could not be parsed or lacks what XCC needs.
-    #[error("sdp: {0}")]
-    Sdp(String),
+    /// An `a=crypto` attribute value is malformed (RFC 4568 §9.2 grammar).
+    #[error("a=crypto: {reason}")]
+    CryptoParse {
+        /// Which rule of the grammar the value broke.
+        reason: &'static str,
+    },
+    /// An `a=crypto` attribute names a suite XCC does not implement; the caller skips it and
+    /// considers the peer's other attributes.
+    #[error("a=crypto: unsupported suite `{name}`")]
+    UnsupportedSuite {
+        /// The suite name as received (at most 64 characters kept).
+        name: String,
+    },
+    /// An `a=crypto` attribute carries more than one `inline:` key; XCC keys one master key per
+    /// direction (no MKI-based rekeying), so it refuses the attribute instead of ignoring keys.
+    #[error("a=crypto: {count} inline keys given, XCC supports one")]
+    MultipleKeys {
+        /// Number of `inline:` key parameters in the attribute.
+        count: usize,
+    },
+    /// An `a=crypto` session parameter XCC cannot honour (a non-zero KDR, or an unknown mandatory
+    /// parameter, RFC 4568 §6.3.7): the attribute must be treated as invalid.
+    #[error("a=crypto: unsupported session parameter `{param}`")]
+    UnsupportedSessionParam {
+        /// The parameter as received (at most 64 characters kept).
+        param: String,
+    },
+    /// None of the peer's `a=crypto` attributes uses a suite and parameters XCC supports (SIP 488).
+    #[error("no acceptable a=crypto among {offered} offered")]
+    NoCommonSuite {
+        /// Attributes the peer offered (supported or not).
+        offered: usize,
+    },
+    /// The answerer's `a=crypto` does not match any attribute XCC offered (RFC 4568 §7.1.3: same tag
+    /// and suite are required).
+    #[error("answered a=crypto tag {tag} ({suite}) was not offered")]
+    CryptoAnswerMismatch {
+        /// Tag in the answer.
+        tag: u32,
+        /// Suite in the answer.
+        suite: &'static str,
+    },
+    /// SDP text breaks the RFC 8866 grammar in a way XCC cannot relay.
+    #[error("sdp line {line}: {reason}")]
+    SdpParse {
+        /// 1-based line number in the received text (0 when the whole body is at fault).
+        line: usize,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The SDP has no audio m= section, and XCC relays exactly one audio stream per call.
+    #[error("sdp has no audio m= section")]
+    SdpNoAudio,
     /// The media engine is shutting down or its workers are gone.
     #[error("media engine stopped")]
     Stopped,
+    /// A packet could not be protected or unprotected.
+    #[error("srtp: {0}")]
+    Srtp(#[from] crate::srtp::SrtpError),
     /// Invalid configuration value.
     #[error("invalid media config `{key}`: {reason}")]
     Config {

@@ -6,7 +6,9 @@ use std::fmt;
 ///
 /// A number rather than the SIP Call-ID: both signalling planes (SIP and gRPC) map their own ids
 /// onto it, and workers index their tables with it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct CallId(pub u64);
 
 impl fmt::Display for CallId {

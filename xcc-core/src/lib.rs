@@ -11,9 +11,14 @@
 
 pub mod error;
 pub mod ids;
+pub mod leg;
 pub mod media;
+pub mod ports;
+pub mod relay;
+pub mod rtp;
 pub mod sdes;
 pub mod sdp;
+pub mod socket;
 pub mod srtp;
 
 pub use error::{Error, Result};

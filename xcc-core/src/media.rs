@@ -5,11 +5,24 @@
 //! worker over a channel; counters come back from snapshots the workers publish, so no caller ever
 //! blocks a worker.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{Receiver, Sender};
 
 use crate::ids::{CallId, LegSide};
-use crate::srtp::{KeyingMaterial, SrtpSuite};
+use crate::leg::LatchPolicy;
+use crate::ports::{PortPool, allocate_pairs};
+use crate::relay::call::CallTimers;
+use crate::relay::published::{CallState, Published};
+use crate::relay::worker::{self, WAKER, WorkerSetup};
+use crate::relay::{Command, Freed, NewCall};
+use crate::socket::{SocketOptions, bind_media_socket};
+use crate::srtp::{KeyingMaterial, SrtpPolicy, SrtpSuite};
 
 /// Media-plane settings; every field has a default that runs on a fresh machine.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -36,6 +49,51 @@ pub struct MediaConfig {
     pub rtp_learning_window_ms: u64,
     /// SO_RCVBUF / SO_SNDBUF for each media socket, in bytes.
     pub socket_buffer_bytes: usize,
+}
+
+impl MediaConfig {
+    /// Checks every value; the daemon refuses to start (exit 64) on the error.
+    pub fn validate(&self) -> crate::Result<()> {
+        let bad = |key, reason: &str| {
+            Err(crate::Error::Config {
+                key,
+                reason: reason.to_owned(),
+            })
+        };
+        if self.port_min == 0 {
+            return bad("port_min", "0 is not a port (it would let the kernel pick)");
+        }
+        if self.port_min > self.port_max {
+            return bad("port_min", "greater than port_max");
+        }
+        // Whole pairs only: a call needs two even/odd pairs.
+        if PortPool::new(self.port_min, self.port_max, Duration::ZERO)
+            .status(Instant::now())
+            .total
+            < 4
+        {
+            return bad(
+                "port_max",
+                "range holds fewer than two even/odd pairs (4 ports), one call needs both",
+            );
+        }
+        if self.dscp > 63 {
+            return bad("dscp", "DSCP is 6 bits (0-63)");
+        }
+        if self.media_timeout_secs == 0 {
+            return bad("media_timeout_secs", "must be at least 1 s");
+        }
+        if self.hold_timeout_secs == 0 {
+            return bad("hold_timeout_secs", "must be at least 1 s");
+        }
+        if self.socket_buffer_bytes == 0 {
+            return bad("socket_buffer_bytes", "must not be 0");
+        }
+        if self.workers > 1024 {
+            return bad("workers", "more than 1024 worker threads");
+        }
+        Ok(())
+    }
 }
 
 impl Default for MediaConfig {
@@ -109,6 +167,8 @@ pub struct LegConfig {
     pub srtp: Option<SrtpKeys>,
     /// Negotiated direction.
     pub direction: Direction,
+    /// SDES session parameters (`UNENCRYPTED_SRTP`, ...) for both directions; ignored for plain RTP.
+    pub srtp_policy: SrtpPolicy,
 }
 
 /// Why a call's media ended.
@@ -137,6 +197,8 @@ pub struct DropCounters {
     pub no_route: u64,
     /// Non-media noise on a media port (STUN, keepalive "PING"s, ...).
     pub stray: u64,
+    /// Accepted and routed, but the kernel refused the send (socket buffer full, ICMP error).
+    pub send_error: u64,
 }
 
 /// Per-leg traffic counters.
@@ -194,10 +256,11 @@ pub struct CallSnapshot {
     pub legs: [LegSnapshot; 2],
 }
 
-/// Pool occupancy.
+/// Pool occupancy; `free + used + quarantined == total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct PoolStatus {
-    /// Ports in the configured range.
+    /// Ports in the configured range that belong to a whole even/odd pair (an odd `port_min` or
+    /// an even `port_max` leaves one port out).
     pub total: usize,
     /// Ports ready to allocate.
     pub free: usize,
@@ -234,70 +297,403 @@ pub enum MediaEvent {
 ///
 /// Dropping it without [`MediaEngine::shutdown`] still stops the workers.
 pub struct MediaEngine {
-    _private: (),
+    /// What the control handles share.
+    shared: Arc<Shared>,
+    /// Worker threads, joined on shutdown.
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// State shared by every [`MediaControl`] clone. Only control-plane threads lock `registry`;
+/// workers never touch it.
+struct Shared {
+    /// Validated configuration.
+    config: MediaConfig,
+    /// Pool and call table.
+    registry: Mutex<Registry>,
+    /// One link per worker.
+    workers: Vec<WorkerLink>,
+    /// Pairs the workers closed, waiting for quarantine.
+    freed: Receiver<Freed>,
+    /// Next call id.
+    next_call: AtomicU64,
+    /// Set once shutdown began: no more allocations.
+    stopped: AtomicBool,
+    /// Time origin of the instants workers publish.
+    epoch: Instant,
+}
+
+/// How the control plane reaches one worker.
+struct WorkerLink {
+    /// Command queue.
+    commands: Sender<Command>,
+    /// Wakes the worker's poll after a command.
+    waker: mio::Waker,
+}
+
+/// Control-plane bookkeeping.
+struct Registry {
+    /// Port pairs.
+    pool: PortPool,
+    /// Live calls.
+    calls: HashMap<CallId, CallRecord>,
+    /// Live calls per worker, for least-loaded placement.
+    load: Vec<usize>,
+}
+
+/// What the control plane remembers of a call; counters come from `published`.
+struct CallRecord {
+    /// Owning worker.
+    worker: usize,
+    /// Ports as bound.
+    ports: [LegPorts; 2],
+    /// Allocation time.
+    created: SystemTime,
+    /// Last configuration per leg.
+    configs: [LegConfig; 2],
+    /// The worker's lock-free record.
+    published: Arc<Published>,
 }
 
 impl MediaEngine {
     /// Validates `config`, spawns the workers and returns the engine with the receiving end of its
     /// event channel (one receiver: the daemon fans events out to its subscribers).
-    pub fn start(config: MediaConfig) -> crate::Result<(MediaEngine, crossbeam_channel::Receiver<MediaEvent>)> {
-        let _ = config;
-        unimplemented!("media plane: issue 2")
+    pub fn start(config: MediaConfig) -> crate::Result<(MediaEngine, Receiver<MediaEvent>)> {
+        config.validate()?;
+        let n = match config.workers {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        };
+        let (events_tx, events_rx) = crossbeam_channel::unbounded();
+        let (freed_tx, freed_rx) = crossbeam_channel::unbounded();
+        let epoch = Instant::now();
+        let timers = CallTimers {
+            media_timeout: Duration::from_secs(config.media_timeout_secs),
+            hold_timeout: Duration::from_secs(config.hold_timeout_secs),
+        };
+        let policy = LatchPolicy {
+            learning_window: Duration::from_millis(config.rtp_learning_window_ms),
+        };
+        let mut links = Vec::with_capacity(n);
+        let mut setups = Vec::with_capacity(n);
+        for index in 0..n {
+            let io_err = |source| crate::Error::Socket {
+                addr: SocketAddr::new(config.bind_address, 0),
+                source,
+            };
+            let poll = mio::Poll::new().map_err(io_err)?;
+            let waker = mio::Waker::new(poll.registry(), WAKER).map_err(io_err)?;
+            let (tx, rx) = crossbeam_channel::unbounded();
+            links.push(WorkerLink {
+                commands: tx,
+                waker,
+            });
+            setups.push(WorkerSetup {
+                index,
+                poll,
+                commands: rx,
+                events: events_tx.clone(),
+                freed: freed_tx.clone(),
+                epoch,
+                timers,
+                policy,
+                local_ip: config.bind_address,
+            });
+        }
+        let shared = Arc::new(Shared {
+            registry: Mutex::new(Registry {
+                pool: PortPool::new(
+                    config.port_min,
+                    config.port_max,
+                    Duration::from_secs(config.quarantine_secs),
+                ),
+                calls: HashMap::new(),
+                load: vec![0; n],
+            }),
+            config,
+            workers: links,
+            freed: freed_rx,
+            next_call: AtomicU64::new(1),
+            stopped: AtomicBool::new(false),
+            epoch,
+        });
+        let mut engine = MediaEngine {
+            shared,
+            threads: Vec::with_capacity(n),
+        };
+        for setup in setups {
+            let name = format!("xcc-media-{}", setup.index);
+            match std::thread::Builder::new()
+                .name(name)
+                .spawn(move || worker::run(setup))
+            {
+                Ok(t) => engine.threads.push(t),
+                Err(source) => {
+                    engine.stop();
+                    return Err(crate::Error::Socket {
+                        addr: SocketAddr::new(engine.shared.config.bind_address, 0),
+                        source,
+                    });
+                }
+            }
+        }
+        tracing::info!(workers = n, "media engine started");
+        Ok((engine, events_rx))
     }
 
     /// A cheap, cloneable handle for the control plane.
     pub fn control(&self) -> MediaControl {
-        unimplemented!("media plane: issue 2")
+        MediaControl {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Ends every call (event reason [`EndReason::Shutdown`]), joins the workers, frees the ports.
-    pub fn shutdown(self) {}
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if self.threads.is_empty() {
+            return;
+        }
+        self.shared.stopped.store(true, Ordering::Release);
+        for link in &self.shared.workers {
+            let _ = link.commands.send(Command::Shutdown);
+            let _ = link.waker.wake();
+        }
+        for t in self.threads.drain(..) {
+            if t.join().is_err() {
+                tracing::error!("a media worker panicked");
+            }
+        }
+        drop(self.shared.lock());
+        tracing::info!("media engine stopped");
+    }
+}
+
+impl Drop for MediaEngine {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Shared {
+    /// Locks the registry and folds in what workers freed since the last look.
+    fn lock(&self) -> MutexGuard<'_, Registry> {
+        // A panic while holding the lock leaves consistent counts (each step is one operation).
+        let mut reg = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
+        while let Ok(f) = self.freed.try_recv() {
+            if let Some(rec) = reg.calls.remove(&f.call) {
+                reg.load[rec.worker] = reg.load[rec.worker].saturating_sub(1);
+            }
+            for rtp in f.rtp_ports {
+                reg.pool.release(rtp, f.at);
+            }
+        }
+        reg
+    }
+
+    /// Sends a command to a worker and wakes it.
+    fn send(&self, worker: usize, cmd: Command) -> crate::Result<()> {
+        let link = &self.workers[worker];
+        link.commands.send(cmd).map_err(|_| crate::Error::Stopped)?;
+        link.waker.wake().map_err(|_| crate::Error::Stopped)
+    }
+
+    fn snapshot(&self, call: CallId, rec: &CallRecord) -> Option<CallSnapshot> {
+        if rec.published.is_ended() {
+            return None;
+        }
+        // The worker writes at most once per tick; a reader only retries while a write is in
+        // progress, so this bound is never reached in practice.
+        let state = rec.published.read(100_000)?;
+        let last = self.epoch + Duration::from_nanos(state.last_media_nanos);
+        let idle = Instant::now().saturating_duration_since(last);
+        let configs = [&rec.configs[0], &rec.configs[1]];
+        Some(snapshot_of(
+            call,
+            rec.created,
+            idle,
+            self.config.bind_address,
+            rec.ports,
+            configs,
+            &state,
+        ))
+    }
+}
+
+/// Builds the public snapshot from what the control plane knows and what the worker published.
+pub(crate) fn snapshot_of(
+    call: CallId,
+    created: SystemTime,
+    idle: Duration,
+    local_ip: IpAddr,
+    ports: [LegPorts; 2],
+    configs: [&LegConfig; 2],
+    state: &CallState,
+) -> CallSnapshot {
+    let leg = |side: LegSide| {
+        let i = side.index();
+        LegSnapshot {
+            side,
+            local_rtp: SocketAddr::new(local_ip, ports[i].rtp),
+            ports: ports[i],
+            signalled: configs[i].remote_rtp,
+            latched: state.legs[i].latched,
+            latched_rtcp: state.legs[i].latched_rtcp,
+            srtp_suite: configs[i].srtp.as_ref().map(|k| k.inbound.suite),
+            direction: configs[i].direction,
+            counters: state.legs[i].counters,
+        }
+    };
+    CallSnapshot {
+        call,
+        created,
+        idle,
+        legs: [leg(LegSide::Client), leg(LegSide::Pbx)],
+    }
 }
 
 /// Cloneable, `Send + Sync` handle through which SIP and gRPC drive media. Never blocks on a worker.
 #[derive(Clone)]
 pub struct MediaControl {
-    _private: (),
+    /// Engine state shared with every clone.
+    shared: Arc<Shared>,
 }
 
 impl MediaControl {
     /// Takes four ports (two even/odd pairs) from the pool, binds them with DSCP set and hands them
     /// to a worker. Fails with [`crate::Error::PoolExhausted`] when no pair is left.
     pub fn allocate(&self) -> crate::Result<AllocatedCall> {
-        unimplemented!("media plane: issue 2")
+        let sh = &self.shared;
+        if sh.stopped.load(Ordering::Acquire) {
+            return Err(crate::Error::Stopped);
+        }
+        let opts = SocketOptions {
+            dscp: sh.config.dscp,
+            buffer_bytes: sh.config.socket_buffer_bytes,
+        };
+        let ip = sh.config.bind_address;
+        let mut reg = sh.lock();
+        let pairs = allocate_pairs(&mut reg.pool, Instant::now(), |rtp| {
+            let a = bind_media_socket(SocketAddr::new(ip, rtp), opts)?;
+            // The pool only holds pairs whose odd port is inside the range, so rtp + 1 fits.
+            let b = bind_media_socket(SocketAddr::new(ip, rtp + 1), opts)?;
+            Ok((a, b))
+        })?;
+        let [(crtp, (c0, c1)), (prtp, (p0, p1))] = pairs;
+        let ports = [
+            LegPorts {
+                rtp: crtp,
+                rtcp: crtp + 1,
+            },
+            LegPorts {
+                rtp: prtp,
+                rtcp: prtp + 1,
+            },
+        ];
+        // `load` has one entry per worker and there is at least one worker.
+        let worker = (0..reg.load.len())
+            .min_by_key(|&w| reg.load[w])
+            .unwrap_or(0);
+        let call = CallId(sh.next_call.fetch_add(1, Ordering::Relaxed));
+        let published = Arc::new(Published::new(&CallState::default()));
+        let created = SystemTime::now();
+        reg.load[worker] += 1;
+        reg.calls.insert(
+            call,
+            CallRecord {
+                worker,
+                ports,
+                created,
+                configs: Default::default(),
+                published: published.clone(),
+            },
+        );
+        drop(reg);
+        let new = NewCall {
+            call,
+            sockets: [c0, c1, p0, p1],
+            ports,
+            created,
+            published,
+        };
+        sh.send(worker, Command::Add(Box::new(new)))?;
+        tracing::debug!(%call, worker, client = crtp, pbx = prtp, "call allocated");
+        Ok(AllocatedCall { call, ports })
     }
 
     /// (Re)configures one leg: peer address, keys, rtcp-mux, direction. Re-opens the plain-RTP
     /// learning window; SRTP legs keep latching only on authenticated packets.
-    pub fn configure_leg(&self, call: CallId, side: LegSide, config: LegConfig) -> crate::Result<()> {
-        let _ = (call, side, config);
-        unimplemented!("media plane: issue 2")
+    pub fn configure_leg(
+        &self,
+        call: CallId,
+        side: LegSide,
+        config: LegConfig,
+    ) -> crate::Result<()> {
+        let mut reg = self.shared.lock();
+        let rec = reg
+            .calls
+            .get_mut(&call)
+            .filter(|r| !r.published.is_ended())
+            .ok_or(crate::Error::UnknownCall(call))?;
+        rec.configs[side.index()] = config.clone();
+        let worker = rec.worker;
+        drop(reg);
+        self.shared.send(
+            worker,
+            Command::Configure {
+                call,
+                side,
+                config: Box::new(config),
+            },
+        )
     }
 
     /// Ends the call: its sockets close, its ports go to quarantine, an `Ended` event follows.
     pub fn release(&self, call: CallId) -> crate::Result<()> {
-        let _ = call;
-        unimplemented!("media plane: issue 2")
+        let reg = self.shared.lock();
+        let rec = reg
+            .calls
+            .get(&call)
+            .filter(|r| !r.published.is_ended())
+            .ok_or(crate::Error::UnknownCall(call))?;
+        let worker = rec.worker;
+        drop(reg);
+        self.shared.send(worker, Command::Release(call))
     }
 
     /// The call as last published by its worker.
     pub fn snapshot(&self, call: CallId) -> crate::Result<CallSnapshot> {
-        let _ = call;
-        unimplemented!("media plane: issue 2")
+        let reg = self.shared.lock();
+        let rec = reg
+            .calls
+            .get(&call)
+            .ok_or(crate::Error::UnknownCall(call))?;
+        self.shared
+            .snapshot(call, rec)
+            .ok_or(crate::Error::UnknownCall(call))
     }
 
     /// Every live call as last published.
     pub fn calls(&self) -> Vec<CallSnapshot> {
-        unimplemented!("media plane: issue 2")
+        let reg = self.shared.lock();
+        let mut out: Vec<CallSnapshot> = reg
+            .calls
+            .iter()
+            .filter_map(|(&id, rec)| self.shared.snapshot(id, rec))
+            .collect();
+        out.sort_by_key(|s| s.call);
+        out
     }
 
     /// Pool occupancy.
     pub fn pool_status(&self) -> PoolStatus {
-        unimplemented!("media plane: issue 2")
+        self.shared.lock().pool.status(Instant::now())
     }
 
     /// Number of worker threads.
     pub fn workers(&self) -> usize {
-        unimplemented!("media plane: issue 2")
+        self.shared.workers.len()
     }
 }

@@ -2,6 +2,25 @@
 //!
 //! One [`SrtpContext`] protects or unprotects one direction of one leg. webrtc-srtp stays as the
 //! test oracle (dev-dependency): it allocates per packet, which the hot path must not.
+//!
+//! A worker keeps two contexts per SRTP leg: the peer's key unprotects what arrives, XCC's key
+//! protects what leaves. Every [`SrtpError`] is a counted drop, never fatal.
+//!
+//! Inside: `kdf` derives session keys from the master key, `session` holds them expanded (AES-CM
+//! with HMAC-SHA1, or AES-GCM), `stream` keeps per-SSRC ROC and replay state in fixed tables,
+//! `packet` finds the clear header, and `context` puts them together.
+
+mod context;
+mod error;
+mod kdf;
+mod packet;
+mod session;
+mod stream;
+#[cfg(test)]
+mod tests;
+
+pub use context::{SrtpContext, SrtpPolicy};
+pub use error::SrtpError;
 
 /// The SRTP crypto suites XCC negotiates in SDES `a=crypto` lines, best first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -51,7 +70,9 @@ impl SrtpSuite {
     /// Master key length in bytes.
     pub fn key_len(self) -> usize {
         match self {
-            SrtpSuite::AeadAes256Gcm | SrtpSuite::AesCm256HmacSha1_80 | SrtpSuite::AesCm256HmacSha1_32 => 32,
+            SrtpSuite::AeadAes256Gcm
+            | SrtpSuite::AesCm256HmacSha1_80
+            | SrtpSuite::AesCm256HmacSha1_32 => 32,
             _ => 16,
         }
     }
@@ -108,7 +129,11 @@ impl KeyingMaterial {
         let mut s = [0u8; 14];
         k[..key.len()].copy_from_slice(key);
         s[..salt.len()].copy_from_slice(salt);
-        Ok(Self { suite, key: k, salt: s })
+        Ok(Self {
+            suite,
+            key: k,
+            salt: s,
+        })
     }
 
     /// Fresh keying material from a CSPRNG.
@@ -120,7 +145,11 @@ impl KeyingMaterial {
         let mut rng = rand::rng();
         rng.fill_bytes(&mut k[..suite.key_len()]);
         rng.fill_bytes(&mut s[..suite.salt_len()]);
-        Self { suite, key: k, salt: s }
+        Self {
+            suite,
+            key: k,
+            salt: s,
+        }
     }
 
     /// The master key.
@@ -137,6 +166,8 @@ impl KeyingMaterial {
 impl std::fmt::Debug for KeyingMaterial {
     /// Never prints key bytes: logs and panics must not leak media keys.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyingMaterial").field("suite", &self.suite).finish_non_exhaustive()
+        f.debug_struct("KeyingMaterial")
+            .field("suite", &self.suite)
+            .finish_non_exhaustive()
     }
 }

@@ -1,0 +1,889 @@
+//! One leg of a call, sans-IO: where its peer is, whom it has latched onto, what it counted.
+//!
+//! Every packet decision is a pure function of (leg state, packet, now), implementing DESIGN.md
+//! "Latching and security":
+//! - an SRTP leg latches, and re-latches, only on a packet that authenticates from the new source;
+//! - a plain-RTP leg latches during the learning window that follows each (re)configuration,
+//!   preferring the signalled address: a packet from it always wins inside the window, another
+//!   source may latch only while nothing came from the signalled address; after the window the
+//!   latch is frozen (and an unlatched leg accepts only its signalled address);
+//! - everything else is dropped and counted by reason, never fatal.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::ids::LegSide;
+use crate::media::{Direction, DropCounters, LegConfig, LegCounters, SrtpKeys};
+use crate::rtp::{self, PacketClass};
+use crate::srtp::{SrtpContext, SrtpError, SrtpPolicy};
+
+/// Which of the leg's two local sockets a packet came in on or goes out of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalPort {
+    /// The even RTP port (also RTCP with rtcp-mux).
+    Rtp,
+    /// The odd RTCP port.
+    Rtcp,
+}
+
+/// Why a packet was dropped; each maps to one field of [`DropCounters`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// SRTP/SRTCP authentication failed.
+    AuthFailure,
+    /// SRTP/SRTCP replayed or too old.
+    Replay,
+    /// From a source that is not (and may not become) the latched one.
+    Stranger,
+    /// Looked like RTP/RTCP but its header does not hold together.
+    Malformed,
+    /// Nowhere to send it, or the receiving peer does not take media now.
+    NoRoute,
+    /// Not media at all (STUN, keepalive "PING", too short, DTLS ...).
+    Stray,
+    /// The kernel refused the send.
+    SendError,
+}
+
+impl DropReason {
+    /// The drop reason for a packet from the expected source that failed to unprotect.
+    fn from_srtp(e: SrtpError) -> Self {
+        match e {
+            SrtpError::AuthFailed => DropReason::AuthFailure,
+            SrtpError::Replay => DropReason::Replay,
+            SrtpError::TooShort
+            | SrtpError::BufferTooSmall
+            | SrtpError::Malformed
+            | SrtpError::KeyExhausted => DropReason::Malformed,
+        }
+    }
+
+    /// Adds one to the matching counter.
+    pub fn count(self, drops: &mut DropCounters) {
+        let c = match self {
+            DropReason::AuthFailure => &mut drops.auth_failure,
+            DropReason::Replay => &mut drops.replay,
+            DropReason::Stranger => &mut drops.stranger,
+            DropReason::Malformed => &mut drops.malformed,
+            DropReason::NoRoute => &mut drops.no_route,
+            DropReason::Stray => &mut drops.stray,
+            DropReason::SendError => &mut drops.send_error,
+        };
+        *c += 1;
+    }
+}
+
+/// What the leg made of a received packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inbound {
+    /// Accepted: the first `len` bytes of the buffer are now plain RTP/RTCP, ready for the other
+    /// leg. `latched` is `Some` when this packet moved the latch (an event for the control plane).
+    Media {
+        /// Plaintext length.
+        len: usize,
+        /// RTCP rather than RTP.
+        rtcp: bool,
+        /// The new latched address, when this packet (re)latched the leg.
+        latched: Option<SocketAddr>,
+    },
+    /// Dropped (already counted on this leg).
+    Drop(DropReason),
+}
+
+/// Where an outgoing packet goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outbound {
+    /// Bytes to send from the start of the buffer.
+    pub len: usize,
+    /// Local socket to send from (symmetric RTP: the one the peer sends to).
+    pub from: LocalPort,
+    /// Peer address.
+    pub to: SocketAddr,
+}
+
+/// The address one stream (RTP, or RTCP on its own port) of a leg is latched onto.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Latch {
+    /// Where the peer's packets come from, and where XCC sends.
+    addr: Option<SocketAddr>,
+    /// A packet from the signalled address came during the current learning window: no other
+    /// source may take the latch until the next (re)configuration.
+    signalled_seen: bool,
+}
+
+impl Latch {
+    /// Plain-RTP latching rule; returns whether `from` is accepted and whether the latch moved.
+    fn plain(
+        &mut self,
+        from: SocketAddr,
+        signalled: Option<SocketAddr>,
+        learning: bool,
+    ) -> Option<bool> {
+        let is_signalled = signalled == Some(from);
+        if self.addr == Some(from) {
+            self.signalled_seen |= learning && is_signalled;
+            return Some(false);
+        }
+        let may_latch = if learning {
+            is_signalled || (!self.signalled_seen && self.addr.is_none())
+        } else {
+            // Frozen; an unlatched leg still takes its signalled peer (media may start long after
+            // configuration, e.g. after ringing).
+            is_signalled && self.addr.is_none()
+        };
+        if !may_latch {
+            return None;
+        }
+        self.signalled_seen |= learning && is_signalled;
+        self.addr = Some(from);
+        Some(true)
+    }
+}
+
+/// SRTP state of a leg: the keys it was built from and one context per direction.
+struct LegCrypto {
+    /// What the contexts were derived from; an identical re-configuration keeps them (and so
+    /// keeps the ROC and replay window instead of reopening old packets to replay).
+    keys: SrtpKeys,
+    /// Session parameters the contexts were built with.
+    policy: SrtpPolicy,
+    /// Unprotects what the peer sends.
+    inbound: SrtpContext,
+    /// Protects what XCC sends to the peer.
+    outbound: SrtpContext,
+}
+
+impl std::fmt::Debug for LegCrypto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LegCrypto")
+            .field("suite", &self.keys.inbound.suite)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Learning window of plain-RTP legs and the clock it runs on.
+#[derive(Debug, Clone, Copy)]
+pub struct LatchPolicy {
+    /// How long after each (re)configuration a plain leg may learn its peer's address.
+    pub learning_window: Duration,
+}
+
+/// One leg's state, owned by the worker that owns the call.
+#[derive(Debug)]
+pub struct Leg {
+    /// Client or PBX.
+    side: LegSide,
+    /// What signalling said.
+    config: LegConfig,
+    /// Latch of the RTP stream (and of RTCP with rtcp-mux).
+    rtp_latch: Latch,
+    /// Latch of RTCP on the odd port.
+    rtcp_latch: Latch,
+    /// End of the current learning window.
+    learning_until: Instant,
+    /// Whether the leg has been configured at all (an unconfigured leg accepts nothing).
+    configured: bool,
+    /// `Some` on an SRTP leg.
+    crypto: Option<LegCrypto>,
+    /// Traffic and drops.
+    counters: LegCounters,
+}
+
+impl Leg {
+    /// A fresh, unconfigured leg: it drops everything as `no_route`/stranger until configured.
+    pub fn new(side: LegSide, now: Instant) -> Self {
+        Self {
+            side,
+            config: LegConfig::default(),
+            rtp_latch: Latch::default(),
+            rtcp_latch: Latch::default(),
+            learning_until: now,
+            configured: false,
+            crypto: None,
+            counters: LegCounters::default(),
+        }
+    }
+
+    /// Applies signalling and reopens the learning window. Existing latches stay (a re-INVITE with
+    /// the same peer must not interrupt media); a new signalled address wins inside the window.
+    pub fn configure(&mut self, config: LegConfig, policy: LatchPolicy, now: Instant) {
+        self.crypto = match (config.srtp.as_ref(), self.crypto.take()) {
+            (None, _) => None,
+            (Some(k), Some(c)) if c.keys == *k && c.policy == config.srtp_policy => Some(c),
+            (Some(k), _) => Some(LegCrypto {
+                keys: k.clone(),
+                policy: config.srtp_policy,
+                inbound: SrtpContext::new(&k.inbound, config.srtp_policy),
+                outbound: SrtpContext::new(&k.outbound, config.srtp_policy),
+            }),
+        };
+        self.config = config;
+        self.learning_until = now + policy.learning_window;
+        self.rtp_latch.signalled_seen = false;
+        self.rtcp_latch.signalled_seen = false;
+        self.configured = true;
+    }
+
+    /// Which side this leg faces.
+    pub fn side(&self) -> LegSide {
+        self.side
+    }
+
+    /// The current signalling.
+    pub fn config(&self) -> &LegConfig {
+        &self.config
+    }
+
+    /// Counters so far.
+    pub fn counters(&self) -> &LegCounters {
+        &self.counters
+    }
+
+    /// Latched RTP source.
+    pub fn latched_rtp(&self) -> Option<SocketAddr> {
+        self.rtp_latch.addr
+    }
+
+    /// Latched RTCP source (the RTP one with rtcp-mux).
+    pub fn latched_rtcp(&self) -> Option<SocketAddr> {
+        if self.config.rtcp_mux {
+            self.rtp_latch.addr
+        } else {
+            self.rtcp_latch.addr
+        }
+    }
+
+    /// Signalled RTCP address: explicit, else RTP port + 1, else the RTP address with rtcp-mux.
+    fn signalled_rtcp(&self) -> Option<SocketAddr> {
+        if self.config.rtcp_mux {
+            return self.config.remote_rtp;
+        }
+        self.config.remote_rtcp.or_else(|| {
+            self.config
+                .remote_rtp
+                .and_then(|a| Some(SocketAddr::new(a.ip(), a.port().checked_add(1)?)))
+        })
+    }
+
+    /// Handles a datagram of `len` bytes at the start of `buf`, received on `port` from `from`.
+    /// On acceptance the buffer holds plaintext ready for the other leg.
+    pub fn handle_receive(
+        &mut self,
+        now: Instant,
+        port: LocalPort,
+        from: SocketAddr,
+        buf: &mut [u8],
+        len: usize,
+    ) -> Inbound {
+        let verdict = self.decide(now, port, from, buf, len);
+        match verdict {
+            Inbound::Media { rtcp, .. } => {
+                self.counters.packets_in += 1;
+                self.counters.bytes_in += len as u64;
+                self.counters.rtcp_in += u64::from(rtcp);
+            }
+            Inbound::Drop(reason) => reason.count(&mut self.counters.drops),
+        }
+        verdict
+    }
+
+    fn decide(
+        &mut self,
+        now: Instant,
+        port: LocalPort,
+        from: SocketAddr,
+        buf: &mut [u8],
+        len: usize,
+    ) -> Inbound {
+        let Some(pkt) = buf.get(..len) else {
+            return Inbound::Drop(DropReason::Malformed);
+        };
+        let rtcp = match (rtp::classify(pkt), port) {
+            (PacketClass::Stun | PacketClass::Stray, _) => return Inbound::Drop(DropReason::Stray),
+            (PacketClass::Rtp, LocalPort::Rtp) => {
+                if rtp::parse_rtp(pkt).is_err() {
+                    return Inbound::Drop(DropReason::Malformed);
+                }
+                false
+            }
+            (PacketClass::Rtcp, LocalPort::Rtcp) => true,
+            (PacketClass::Rtcp, LocalPort::Rtp) if self.config.rtcp_mux => true,
+            // RTCP on the RTP port without rtcp-mux, RTP on the RTCP port: not this leg's media.
+            (PacketClass::Rtcp | PacketClass::Rtp, _) => return Inbound::Drop(DropReason::Stray),
+        };
+        if rtcp && rtp::check_rtcp(pkt).is_err() {
+            return Inbound::Drop(DropReason::Malformed);
+        }
+        if !self.configured {
+            return Inbound::Drop(DropReason::Stranger);
+        }
+        let learning = now < self.learning_until;
+        let (latch, signalled) = if port == LocalPort::Rtcp {
+            let s = self.signalled_rtcp();
+            (&mut self.rtcp_latch, s)
+        } else {
+            (&mut self.rtp_latch, self.config.remote_rtp)
+        };
+        let Some(crypto) = self.crypto.as_mut() else {
+            return match latch.plain(from, signalled, learning) {
+                None => Inbound::Drop(DropReason::Stranger),
+                Some(moved) => Inbound::Media {
+                    len,
+                    rtcp,
+                    latched: moved.then_some(from),
+                },
+            };
+        };
+        // SRTP: only a packet that authenticates (and is no replay) may latch or move the latch.
+        let known = latch.addr == Some(from);
+        let unprotected = if rtcp {
+            crypto.inbound.unprotect_rtcp(buf, len)
+        } else {
+            crypto.inbound.unprotect_rtp(buf, len)
+        };
+        match unprotected {
+            Ok(plain_len) => {
+                latch.addr = Some(from);
+                Inbound::Media {
+                    len: plain_len,
+                    rtcp,
+                    latched: (!known).then_some(from),
+                }
+            }
+            Err(_) if latch.addr.is_some() && !known => Inbound::Drop(DropReason::Stranger),
+            Err(e) => Inbound::Drop(DropReason::from_srtp(e)),
+        }
+    }
+
+    /// Prepares the first `len` plaintext bytes of `buf` for this leg's peer: checks direction,
+    /// picks the destination (latched, else signalled) and the local socket.
+    pub fn prepare_send(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        rtcp: bool,
+    ) -> Result<Outbound, DropReason> {
+        // RTCP keeps flowing on hold (RFC 3264 §5.1); RTP only towards a peer that receives.
+        if !rtcp
+            && !matches!(
+                self.config.direction,
+                Direction::SendRecv | Direction::RecvOnly
+            )
+        {
+            return Err(DropReason::NoRoute);
+        }
+        let (to, from) = if rtcp && !self.config.rtcp_mux {
+            (
+                self.rtcp_latch.addr.or_else(|| self.signalled_rtcp()),
+                LocalPort::Rtcp,
+            )
+        } else {
+            (
+                self.rtp_latch.addr.or(self.config.remote_rtp),
+                LocalPort::Rtp,
+            )
+        };
+        let to = to.ok_or(DropReason::NoRoute)?;
+        if buf.len() < len {
+            return Err(DropReason::Malformed);
+        }
+        let len = match self.crypto.as_mut() {
+            None => len,
+            Some(c) if rtcp => c
+                .outbound
+                .protect_rtcp(buf, len)
+                .map_err(|_| DropReason::Malformed)?,
+            Some(c) => c
+                .outbound
+                .protect_rtp(buf, len)
+                .map_err(|_| DropReason::Malformed)?,
+        };
+        Ok(Outbound { len, from, to })
+    }
+
+    /// Records a packet handed to the kernel for this leg's peer.
+    pub fn record_sent(&mut self, len: usize, rtcp: bool) {
+        self.counters.packets_out += 1;
+        self.counters.bytes_out += len as u64;
+        self.counters.rtcp_out += u64::from(rtcp);
+    }
+
+    /// Counts a drop decided outside the leg (e.g. the other leg had no route).
+    pub fn record_drop(&mut self, reason: DropReason) {
+        reason.count(&mut self.counters.drops);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WINDOW: Duration = Duration::from_secs(3);
+    const POLICY: LatchPolicy = LatchPolicy {
+        learning_window: WINDOW,
+    };
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn rtp_pkt() -> [u8; 172] {
+        let mut p = [0u8; 172];
+        p[..12].copy_from_slice(&[0x80, 0, 0, 1, 0, 0, 0, 160, 1, 2, 3, 4]);
+        p
+    }
+
+    fn rtcp_pkt() -> [u8; 28] {
+        let mut p = [0u8; 28];
+        p[..8].copy_from_slice(&[0x80, 200, 0, 6, 1, 2, 3, 4]);
+        p
+    }
+
+    fn plain_leg(now: Instant, remote: Option<&str>) -> Leg {
+        let mut leg = Leg::new(LegSide::Pbx, now);
+        leg.configure(
+            LegConfig {
+                remote_rtp: remote.map(addr),
+                ..LegConfig::default()
+            },
+            POLICY,
+            now,
+        );
+        leg
+    }
+
+    fn recv(leg: &mut Leg, now: Instant, from: &str) -> Inbound {
+        let mut p = rtp_pkt();
+        leg.handle_receive(now, LocalPort::Rtp, addr(from), &mut p, 172)
+    }
+
+    #[test]
+    fn signalled_address_latches_and_counts() {
+        let t0 = Instant::now();
+        let mut leg = plain_leg(t0, Some("10.0.0.1:4000"));
+        let got = recv(&mut leg, t0, "10.0.0.1:4000");
+        assert_eq!(
+            got,
+            Inbound::Media {
+                len: 172,
+                rtcp: false,
+                latched: Some(addr("10.0.0.1:4000"))
+            }
+        );
+        assert_eq!(
+            recv(&mut leg, t0, "10.0.0.1:4000"),
+            Inbound::Media {
+                len: 172,
+                rtcp: false,
+                latched: None
+            }
+        );
+        assert_eq!(leg.counters().packets_in, 2);
+        assert_eq!(leg.counters().bytes_in, 344);
+    }
+
+    #[test]
+    fn other_source_latches_in_window_when_signalled_is_silent() {
+        let t0 = Instant::now();
+        let mut leg = plain_leg(t0, Some("10.0.0.1:4000"));
+        // NAT rewrote the port: the only source there is.
+        let got = recv(&mut leg, t0 + Duration::from_secs(1), "10.0.0.1:5555");
+        assert!(matches!(
+            got,
+            Inbound::Media {
+                latched: Some(_),
+                ..
+            }
+        ));
+        assert_eq!(leg.latched_rtp(), Some(addr("10.0.0.1:5555")));
+        // A third source cannot take it over.
+        assert_eq!(
+            recv(&mut leg, t0 + Duration::from_secs(1), "10.9.9.9:1"),
+            Inbound::Drop(DropReason::Stranger)
+        );
+    }
+
+    #[test]
+    fn signalled_address_wins_inside_window() {
+        let t0 = Instant::now();
+        let mut leg = plain_leg(t0, Some("10.0.0.1:4000"));
+        recv(&mut leg, t0, "192.0.2.66:666");
+        assert_eq!(leg.latched_rtp(), Some(addr("192.0.2.66:666")));
+        let got = recv(&mut leg, t0 + Duration::from_secs(2), "10.0.0.1:4000");
+        assert!(matches!(
+            got,
+            Inbound::Media {
+                latched: Some(_),
+                ..
+            }
+        ));
+        assert_eq!(leg.latched_rtp(), Some(addr("10.0.0.1:4000")));
+        // Once the signalled address spoke, the earlier source is a stranger even inside the window.
+        assert_eq!(
+            recv(&mut leg, t0 + Duration::from_secs(2), "192.0.2.66:666"),
+            Inbound::Drop(DropReason::Stranger)
+        );
+    }
+
+    #[test]
+    fn latch_is_frozen_after_window() {
+        let t0 = Instant::now();
+        let mut leg = plain_leg(t0, Some("10.0.0.1:4000"));
+        recv(&mut leg, t0, "10.0.0.1:5555");
+        let late = t0 + WINDOW;
+        // Even the signalled address cannot move a latch after the window.
+        assert_eq!(
+            recv(&mut leg, late, "10.0.0.1:4000"),
+            Inbound::Drop(DropReason::Stranger)
+        );
+        assert_eq!(
+            recv(&mut leg, late, "10.0.0.1:5555"),
+            Inbound::Media {
+                len: 172,
+                rtcp: false,
+                latched: None
+            }
+        );
+        assert_eq!(leg.counters().drops.stranger, 1);
+    }
+
+    #[test]
+    fn unlatched_leg_after_window_takes_only_its_signalled_peer() {
+        let t0 = Instant::now();
+        let mut leg = plain_leg(t0, Some("10.0.0.1:4000"));
+        let late = t0 + Duration::from_secs(30);
+        assert_eq!(
+            recv(&mut leg, late, "192.0.2.66:666"),
+            Inbound::Drop(DropReason::Stranger)
+        );
+        assert!(matches!(
+            recv(&mut leg, late, "10.0.0.1:4000"),
+            Inbound::Media {
+                latched: Some(_),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn reconfiguration_reopens_the_window() {
+        let t0 = Instant::now();
+        let mut leg = plain_leg(t0, Some("10.0.0.1:4000"));
+        recv(&mut leg, t0, "10.0.0.1:4000");
+        let t1 = t0 + Duration::from_secs(60);
+        // re-INVITE moves the peer.
+        leg.configure(
+            LegConfig {
+                remote_rtp: Some(addr("10.0.0.2:6000")),
+                ..LegConfig::default()
+            },
+            POLICY,
+            t1,
+        );
+        assert!(matches!(
+            recv(&mut leg, t1, "10.0.0.2:6000"),
+            Inbound::Media {
+                latched: Some(_),
+                ..
+            }
+        ));
+        assert_eq!(
+            recv(&mut leg, t1, "10.0.0.1:4000"),
+            Inbound::Drop(DropReason::Stranger)
+        );
+    }
+
+    #[test]
+    fn unconfigured_leg_accepts_nothing() {
+        let t0 = Instant::now();
+        let mut leg = Leg::new(LegSide::Client, t0);
+        assert_eq!(
+            recv(&mut leg, t0, "10.0.0.1:4000"),
+            Inbound::Drop(DropReason::Stranger)
+        );
+    }
+
+    #[test]
+    fn stray_and_malformed_are_counted_not_fatal() {
+        let t0 = Instant::now();
+        let mut leg = plain_leg(t0, Some("10.0.0.1:4000"));
+        let from = addr("10.0.0.1:4000");
+        let mut ping = *b"PING\0\0\0\0\0\0\0\0\0\0\0\0";
+        assert_eq!(
+            leg.handle_receive(t0, LocalPort::Rtp, from, &mut ping, 16),
+            Inbound::Drop(DropReason::Stray)
+        );
+        let mut stun = [0u8; 20];
+        stun[..8].copy_from_slice(&[0, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42]);
+        assert_eq!(
+            leg.handle_receive(t0, LocalPort::Rtp, from, &mut stun, 20),
+            Inbound::Drop(DropReason::Stray)
+        );
+        let mut short = [0x80u8, 0, 0];
+        assert_eq!(
+            leg.handle_receive(t0, LocalPort::Rtp, from, &mut short, 3),
+            Inbound::Drop(DropReason::Stray)
+        );
+        let mut bad = rtp_pkt();
+        bad[0] = 0x8f; // 15 CSRCs do not fit in 20 bytes
+        assert_eq!(
+            leg.handle_receive(t0, LocalPort::Rtp, from, &mut bad, 20),
+            Inbound::Drop(DropReason::Malformed)
+        );
+        let mut p = rtp_pkt();
+        assert_eq!(
+            leg.handle_receive(t0, LocalPort::Rtp, from, &mut p, 999),
+            Inbound::Drop(DropReason::Malformed)
+        );
+        let d = leg.counters().drops;
+        assert_eq!((d.stray, d.malformed, d.stranger), (3, 2, 0));
+        assert_eq!(leg.counters().packets_in, 0);
+        assert_eq!(leg.latched_rtp(), None, "noise never latches");
+    }
+
+    #[test]
+    fn rtcp_port_latches_separately_and_mux_uses_rtp_port() {
+        let t0 = Instant::now();
+        let mut leg = plain_leg(t0, Some("10.0.0.1:4000"));
+        let mut r = rtcp_pkt();
+        let got = leg.handle_receive(t0, LocalPort::Rtcp, addr("10.0.0.1:4001"), &mut r, 28);
+        assert_eq!(
+            got,
+            Inbound::Media {
+                len: 28,
+                rtcp: true,
+                latched: Some(addr("10.0.0.1:4001"))
+            }
+        );
+        assert_eq!(leg.latched_rtp(), None);
+        // Without mux, RTCP on the RTP port is not this leg's media.
+        let got = leg.handle_receive(t0, LocalPort::Rtp, addr("10.0.0.1:4000"), &mut r, 28);
+        assert_eq!(got, Inbound::Drop(DropReason::Stray));
+
+        let mut mux = Leg::new(LegSide::Client, t0);
+        let cfg = LegConfig {
+            remote_rtp: Some(addr("10.0.0.1:4000")),
+            rtcp_mux: true,
+            ..LegConfig::default()
+        };
+        mux.configure(cfg, POLICY, t0);
+        let got = mux.handle_receive(t0, LocalPort::Rtp, addr("10.0.0.1:4000"), &mut r, 28);
+        assert!(matches!(got, Inbound::Media { rtcp: true, .. }));
+        assert_eq!(mux.counters().rtcp_in, 1);
+        let out = mux.prepare_send(&mut r, 28, true).unwrap();
+        assert_eq!((out.from, out.to), (LocalPort::Rtp, addr("10.0.0.1:4000")));
+    }
+
+    #[test]
+    fn destination_is_latched_else_signalled_else_no_route() {
+        let t0 = Instant::now();
+        let mut p = rtp_pkt();
+        let mut none = plain_leg(t0, None);
+        assert_eq!(
+            none.prepare_send(&mut p, 172, false),
+            Err(DropReason::NoRoute)
+        );
+        let mut leg = plain_leg(t0, Some("10.0.0.1:4000"));
+        assert_eq!(
+            leg.prepare_send(&mut p, 172, false).unwrap().to,
+            addr("10.0.0.1:4000")
+        );
+        let rtcp = leg.prepare_send(&mut p, 28, true).unwrap();
+        assert_eq!(
+            (rtcp.from, rtcp.to),
+            (LocalPort::Rtcp, addr("10.0.0.1:4001"))
+        );
+        recv(&mut leg, t0, "10.0.0.1:7000");
+        assert_eq!(
+            leg.prepare_send(&mut p, 172, false).unwrap().to,
+            addr("10.0.0.1:7000")
+        );
+    }
+
+    #[test]
+    fn no_rtp_towards_a_peer_that_does_not_receive_but_rtcp_flows() {
+        let t0 = Instant::now();
+        let mut p = rtp_pkt();
+        for (dir, rtp_ok) in [
+            (Direction::SendRecv, true),
+            (Direction::RecvOnly, true),
+            (Direction::SendOnly, false),
+            (Direction::Inactive, false),
+        ] {
+            let mut leg = Leg::new(LegSide::Pbx, t0);
+            let cfg = LegConfig {
+                remote_rtp: Some(addr("10.0.0.1:4000")),
+                direction: dir,
+                ..LegConfig::default()
+            };
+            leg.configure(cfg, POLICY, t0);
+            assert_eq!(
+                leg.prepare_send(&mut p, 172, false).is_ok(),
+                rtp_ok,
+                "{dir:?}"
+            );
+            assert!(leg.prepare_send(&mut p, 28, true).is_ok(), "{dir:?}");
+        }
+    }
+
+    mod srtp {
+        use super::*;
+        use crate::media::SrtpKeys;
+        use crate::srtp::{KeyingMaterial, SrtpSuite};
+
+        struct Peer {
+            tx: SrtpContext,
+            seq: u16,
+        }
+
+        impl Peer {
+            fn packet(&mut self) -> ([u8; 256], usize) {
+                let mut p = [0u8; 256];
+                p[..172].copy_from_slice(&rtp_pkt());
+                p[2..4].copy_from_slice(&self.seq.to_be_bytes());
+                self.seq += 1;
+                let n = self.tx.protect_rtp(&mut p, 172).unwrap();
+                (p, n)
+            }
+        }
+
+        fn srtp_leg(now: Instant) -> (Leg, Peer) {
+            let keys = SrtpKeys {
+                inbound: KeyingMaterial::generate(SrtpSuite::AesCm128HmacSha1_80),
+                outbound: KeyingMaterial::generate(SrtpSuite::AesCm128HmacSha1_80),
+            };
+            let peer = Peer {
+                tx: SrtpContext::new(&keys.inbound, SrtpPolicy::default()),
+                seq: 1,
+            };
+            let mut leg = Leg::new(LegSide::Client, now);
+            let cfg = LegConfig {
+                remote_rtp: Some(addr("192.0.2.10:5000")),
+                srtp: Some(keys),
+                ..LegConfig::default()
+            };
+            leg.configure(cfg, POLICY, now);
+            (leg, peer)
+        }
+
+        fn forged() -> ([u8; 256], usize) {
+            let mut p = [0u8; 256];
+            p[..172].copy_from_slice(&rtp_pkt());
+            p[2..4].copy_from_slice(&999u16.to_be_bytes()); // fresh index: only the tag is wrong
+            (p, 182)
+        }
+
+        #[test]
+        fn latches_only_on_an_authenticated_packet() {
+            let t0 = Instant::now();
+            let (mut leg, mut peer) = srtp_leg(t0);
+            // Even the signalled address cannot latch without authenticating.
+            let (mut f, n) = forged();
+            let got = leg.handle_receive(t0, LocalPort::Rtp, addr("192.0.2.10:5000"), &mut f, n);
+            assert_eq!(got, Inbound::Drop(DropReason::AuthFailure));
+            assert_eq!(leg.latched_rtp(), None);
+            // A good packet from anywhere (NAT) latches, and comes out as plain RTP.
+            let (mut p, n) = peer.packet();
+            let got = leg.handle_receive(t0, LocalPort::Rtp, addr("198.51.100.7:40000"), &mut p, n);
+            assert_eq!(
+                got,
+                Inbound::Media {
+                    len: 172,
+                    rtcp: false,
+                    latched: Some(addr("198.51.100.7:40000"))
+                }
+            );
+            assert_eq!(p[12..172], rtp_pkt()[12..172]);
+        }
+
+        #[test]
+        fn stranger_cannot_steal_latched_leg_but_a_proven_move_relatches() {
+            let t0 = Instant::now();
+            let (mut leg, mut peer) = srtp_leg(t0);
+            let (mut p, n) = peer.packet();
+            leg.handle_receive(t0, LocalPort::Rtp, addr("198.51.100.7:40000"), &mut p, n);
+            let (mut f, n) = forged();
+            let got = leg.handle_receive(t0, LocalPort::Rtp, addr("203.0.113.66:1"), &mut f, n);
+            assert_eq!(got, Inbound::Drop(DropReason::Stranger));
+            // Replaying a captured genuine packet from elsewhere: authenticates, but is a replay.
+            let (mut p2, n2) = peer.packet();
+            let captured = p2;
+            leg.handle_receive(t0, LocalPort::Rtp, addr("198.51.100.7:40000"), &mut p2, n2);
+            let mut replay = captured;
+            let got =
+                leg.handle_receive(t0, LocalPort::Rtp, addr("203.0.113.66:1"), &mut replay, n2);
+            assert_eq!(got, Inbound::Drop(DropReason::Stranger));
+            assert_eq!(leg.latched_rtp(), Some(addr("198.51.100.7:40000")));
+            // The mobile changes network: its next genuine packet moves the latch, long after any window.
+            let (mut p3, n3) = peer.packet();
+            let late = t0 + Duration::from_secs(600);
+            let got =
+                leg.handle_receive(late, LocalPort::Rtp, addr("203.0.113.5:2222"), &mut p3, n3);
+            assert!(matches!(
+                got,
+                Inbound::Media {
+                    latched: Some(_),
+                    ..
+                }
+            ));
+            assert_eq!(leg.latched_rtp(), Some(addr("203.0.113.5:2222")));
+            let d = leg.counters().drops;
+            assert_eq!((d.stranger, d.auth_failure, d.replay), (2, 0, 0));
+        }
+
+        #[test]
+        fn failures_from_the_latched_source_count_by_reason() {
+            let t0 = Instant::now();
+            let (mut leg, mut peer) = srtp_leg(t0);
+            let from = addr("198.51.100.7:40000");
+            let (mut p, n) = peer.packet();
+            let captured = p;
+            leg.handle_receive(t0, LocalPort::Rtp, from, &mut p, n);
+            let mut again = captured;
+            assert_eq!(
+                leg.handle_receive(t0, LocalPort::Rtp, from, &mut again, n),
+                Inbound::Drop(DropReason::Replay)
+            );
+            let (mut f, n) = forged();
+            assert_eq!(
+                leg.handle_receive(t0, LocalPort::Rtp, from, &mut f, n),
+                Inbound::Drop(DropReason::AuthFailure)
+            );
+            let d = leg.counters().drops;
+            assert_eq!((d.replay, d.auth_failure, d.stranger), (1, 1, 0));
+        }
+
+        #[test]
+        fn identical_reconfiguration_keeps_the_replay_window() {
+            let t0 = Instant::now();
+            let (mut leg, mut peer) = srtp_leg(t0);
+            let from = addr("198.51.100.7:40000");
+            let (mut p, n) = peer.packet();
+            let captured = p;
+            leg.handle_receive(t0, LocalPort::Rtp, from, &mut p, n);
+            let same = leg.config().clone();
+            leg.configure(same, POLICY, t0);
+            let mut again = captured;
+            assert_eq!(
+                leg.handle_receive(t0, LocalPort::Rtp, from, &mut again, n),
+                Inbound::Drop(DropReason::Replay)
+            );
+        }
+
+        #[test]
+        fn outbound_is_protected_with_the_legs_own_key() {
+            let t0 = Instant::now();
+            let (mut leg, _) = srtp_leg(t0);
+            let mut rx = SrtpContext::new(
+                &leg.config().srtp.as_ref().unwrap().outbound,
+                SrtpPolicy::default(),
+            );
+            let mut p = [0u8; 256];
+            p[..172].copy_from_slice(&rtp_pkt());
+            let out = leg.prepare_send(&mut p, 172, false).unwrap();
+            assert_eq!(out.len, 182);
+            assert_eq!(rx.unprotect_rtp(&mut p, out.len), Ok(172));
+            assert_eq!(p[..172], rtp_pkt()[..172]);
+        }
+    }
+}

@@ -1,0 +1,307 @@
+//! The port pool: even RTP ports with RTCP on RTP+1, handed out two pairs per call.
+//!
+//! [`PortPool`] is the sans-IO bookkeeping (free list, quarantine, counts) driven by an injected
+//! clock; [`allocate_pairs`] is the thin binder around it that skips pairs another process holds.
+//! XCC advertises exactly the ports it bound, so a pair is only ever handed out whole.
+
+use std::collections::VecDeque;
+use std::io;
+use std::time::{Duration, Instant};
+
+use crate::media::PoolStatus;
+
+/// Pairs one call needs: one for the client leg, one for the PBX leg.
+pub const PAIRS_PER_CALL: usize = 2;
+
+/// Free list of even/odd port pairs with a quarantine for released ones.
+///
+/// Every operation is O(1) amortised: pairs live in FIFO queues, and because the quarantine length
+/// is constant, release deadlines are already in order.
+#[derive(Debug)]
+pub struct PortPool {
+    /// Pairs ready to hand out, identified by their even (RTP) port; taken from the front.
+    free: VecDeque<u16>,
+    /// Released pairs and the instant they may be reused, oldest first.
+    quarantine: VecDeque<(Instant, u16)>,
+    /// How long a released pair rests.
+    quarantine_for: Duration,
+    /// Pairs currently bound to calls (or being bound).
+    used: usize,
+    /// Pairs in the range.
+    pairs: usize,
+}
+
+impl PortPool {
+    /// A pool over the whole even/odd pairs inside `port_min..=port_max` (an odd `port_min` starts
+    /// at the next even port; a lone last port without its odd partner is left out).
+    pub fn new(port_min: u16, port_max: u16, quarantine_for: Duration) -> Self {
+        let first = u32::from(port_min).next_multiple_of(2);
+        let last = u32::from(port_max);
+        let mut free = VecDeque::new();
+        let mut rtp = first;
+        while rtp < last {
+            // rtp < last <= u16::MAX, so it fits.
+            free.push_back(rtp as u16);
+            rtp += 2;
+        }
+        let pairs = free.len();
+        Self {
+            free,
+            quarantine: VecDeque::new(),
+            quarantine_for,
+            used: 0,
+            pairs,
+        }
+    }
+
+    /// Moves pairs whose quarantine ended back to the free list.
+    fn thaw(&mut self, now: Instant) {
+        while let Some(&(until, rtp)) = self.quarantine.front() {
+            if until > now {
+                break;
+            }
+            self.quarantine.pop_front();
+            self.free.push_back(rtp);
+        }
+    }
+
+    /// Takes the next free pair (its even port), or `None` when every pair is used or resting.
+    pub fn take(&mut self, now: Instant) -> Option<u16> {
+        self.thaw(now);
+        let rtp = self.free.pop_front()?;
+        self.used += 1;
+        Some(rtp)
+    }
+
+    /// Gives back a pair that was taken but not used (bind failed because another process holds
+    /// it, or the call could not be completed): it goes to the end of the free list so the next
+    /// allocation tries other pairs first.
+    pub fn put_back(&mut self, rtp: u16) {
+        debug_assert!(self.used > 0, "put_back without take");
+        self.used = self.used.saturating_sub(1);
+        self.free.push_back(rtp);
+    }
+
+    /// Releases a pair that carried a call: it rests in quarantine before reuse.
+    pub fn release(&mut self, rtp: u16, now: Instant) {
+        debug_assert!(self.used > 0, "release without take");
+        self.used = self.used.saturating_sub(1);
+        self.quarantine.push_back((now + self.quarantine_for, rtp));
+    }
+
+    /// Free pairs right now (after thawing).
+    pub fn free_pairs(&mut self, now: Instant) -> usize {
+        self.thaw(now);
+        self.free.len()
+    }
+
+    /// Occupancy in ports; `total` counts only ports that belong to a whole pair.
+    pub fn status(&mut self, now: Instant) -> PoolStatus {
+        self.thaw(now);
+        PoolStatus {
+            total: self.pairs * 2,
+            free: self.free.len() * 2,
+            used: self.used * 2,
+            quarantined: self.quarantine.len() * 2,
+        }
+    }
+}
+
+/// Takes [`PAIRS_PER_CALL`] pairs and binds each with `bind(rtp_port)`.
+///
+/// A pair whose bind fails with `EADDRINUSE` (held by another process) goes to the end of the free
+/// list and the next pair is tried; every free pair is tried at most once. Any other bind error is
+/// returned as is. On failure every pair taken so far is put back.
+pub fn allocate_pairs<T>(
+    pool: &mut PortPool,
+    now: Instant,
+    mut bind: impl FnMut(u16) -> Result<T, BindError>,
+) -> crate::Result<[(u16, T); PAIRS_PER_CALL]> {
+    let mut attempts = pool.free_pairs(now);
+    let mut bound: [Option<(u16, T)>; PAIRS_PER_CALL] = [None, None];
+    let mut filled = 0;
+    while filled < PAIRS_PER_CALL {
+        let next = if attempts > 0 { pool.take(now) } else { None };
+        let Some(rtp) = next else {
+            for (port, _) in bound.iter_mut().filter_map(Option::take) {
+                pool.put_back(port);
+            }
+            let free = pool.free_pairs(now) * 2;
+            return Err(crate::Error::PoolExhausted {
+                free,
+                needed: PAIRS_PER_CALL * 2,
+            });
+        };
+        attempts -= 1;
+        match bind(rtp) {
+            Ok(t) => {
+                bound[filled] = Some((rtp, t));
+                filled += 1;
+            }
+            Err(BindError::Busy) => {
+                tracing::debug!(rtp, "media port pair busy in another process, skipped");
+                pool.put_back(rtp);
+            }
+            Err(BindError::Fatal(e)) => {
+                pool.put_back(rtp);
+                for (port, _) in bound.iter_mut().filter_map(Option::take) {
+                    pool.put_back(port);
+                }
+                return Err(e);
+            }
+        }
+    }
+    let [a, b] = bound;
+    match (a, b) {
+        (Some(a), Some(b)) => Ok([a, b]),
+        // The loop above only exits once both slots are filled.
+        _ => unreachable!("allocate_pairs: loop exits with both pairs bound"),
+    }
+}
+
+/// Why binding a pair failed, as far as the pool cares.
+#[derive(Debug)]
+pub enum BindError {
+    /// The port is held by someone else: skip the pair.
+    Busy,
+    /// Anything else: give up.
+    Fatal(crate::Error),
+}
+
+impl BindError {
+    /// Classifies a bind error: `EADDRINUSE` is [`BindError::Busy`].
+    pub fn from_io(addr: std::net::SocketAddr, source: io::Error) -> Self {
+        if source.kind() == io::ErrorKind::AddrInUse {
+            BindError::Busy
+        } else {
+            BindError::Fatal(crate::Error::Socket { addr, source })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(min: u16, max: u16) -> PortPool {
+        PortPool::new(min, max, Duration::from_secs(5))
+    }
+
+    #[test]
+    fn pairs_start_even_and_skip_lone_last_port() {
+        let mut p = pool(30001, 30008);
+        let now = Instant::now();
+        let got: Vec<u16> = std::iter::from_fn(|| p.take(now)).collect();
+        assert_eq!(got, vec![30002, 30004, 30006]);
+        assert_eq!(p.status(now).total, 6);
+    }
+
+    #[test]
+    fn default_range_gives_750_calls() {
+        let mut p = pool(30000, 33000);
+        let st = p.status(Instant::now());
+        assert_eq!(st.total, 3000);
+        assert_eq!(st.free / 4, 750);
+    }
+
+    #[test]
+    fn released_pair_rests_in_quarantine_until_virtual_clock_passes() {
+        let mut p = pool(40000, 40003);
+        let t0 = Instant::now();
+        let a = p.take(t0).unwrap();
+        let b = p.take(t0).unwrap();
+        assert_eq!(p.take(t0), None);
+        p.release(a, t0);
+        let st = p.status(t0);
+        assert_eq!((st.free, st.used, st.quarantined), (0, 2, 2));
+        assert_eq!(p.take(t0 + Duration::from_millis(4999)), None);
+        assert_eq!(p.take(t0 + Duration::from_secs(5)), Some(a));
+        p.release(b, t0 + Duration::from_secs(6));
+        p.release(a, t0 + Duration::from_secs(7));
+        let st = p.status(t0 + Duration::from_secs(11));
+        assert_eq!((st.free, st.used, st.quarantined), (2, 0, 2));
+        let st = p.status(t0 + Duration::from_secs(12));
+        assert_eq!((st.free, st.used, st.quarantined), (4, 0, 0));
+    }
+
+    #[test]
+    fn allocation_takes_two_pairs_and_exhaustion_is_typed() {
+        let mut p = pool(40000, 40007);
+        let now = Instant::now();
+        let call = allocate_pairs(&mut p, now, Ok).unwrap();
+        assert_eq!([call[0].0, call[1].0], [40000, 40002]);
+        allocate_pairs(&mut p, now, Ok).unwrap();
+        let err = allocate_pairs(&mut p, now, Ok).unwrap_err();
+        assert!(
+            matches!(err, crate::Error::PoolExhausted { free: 0, needed: 4 }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn half_allocation_on_exhaustion_returns_the_taken_pair() {
+        let mut p = pool(40000, 40005);
+        let now = Instant::now();
+        allocate_pairs(&mut p, now, Ok).unwrap();
+        let err = allocate_pairs(&mut p, now, Ok).unwrap_err();
+        assert!(
+            matches!(err, crate::Error::PoolExhausted { free: 2, .. }),
+            "{err:?}"
+        );
+        assert_eq!(p.status(now).free, 2);
+    }
+
+    #[test]
+    fn busy_pair_is_skipped_and_moves_to_the_back() {
+        let mut p = pool(40000, 40009);
+        let now = Instant::now();
+        let call = allocate_pairs(&mut p, now, |rtp| {
+            if rtp == 40002 {
+                Err(BindError::Busy)
+            } else {
+                Ok(())
+            }
+        })
+        .unwrap();
+        assert_eq!([call[0].0, call[1].0], [40000, 40004]);
+        // 40002 went to the back: after 40006 and 40008.
+        let order: Vec<u16> = std::iter::from_fn(|| p.take(now)).collect();
+        assert_eq!(order, vec![40006, 40008, 40002]);
+    }
+
+    #[test]
+    fn all_busy_is_exhaustion_not_a_loop() {
+        let mut p = pool(40000, 40009);
+        let now = Instant::now();
+        let mut tries = 0;
+        let err = allocate_pairs(&mut p, now, |_| {
+            tries += 1;
+            Err::<(), _>(BindError::Busy)
+        })
+        .unwrap_err();
+        assert!(matches!(err, crate::Error::PoolExhausted { .. }));
+        assert_eq!(tries, 5, "each free pair tried exactly once");
+        assert_eq!(p.status(now).free, 10);
+    }
+
+    #[test]
+    fn fatal_bind_error_returns_every_taken_pair() {
+        let mut p = pool(40000, 40009);
+        let now = Instant::now();
+        let addr: std::net::SocketAddr = "127.0.0.1:40002".parse().unwrap();
+        let err = allocate_pairs(&mut p, now, |rtp| {
+            if rtp == 40002 {
+                Err(BindError::from_io(
+                    addr,
+                    io::Error::from(io::ErrorKind::PermissionDenied),
+                ))
+            } else {
+                Ok(())
+            }
+        })
+        .unwrap_err();
+        assert!(matches!(err, crate::Error::Socket { .. }));
+        let st = p.status(now);
+        assert_eq!((st.free, st.used), (10, 0));
+    }
+}

@@ -1,0 +1,362 @@
+//! One call, sans-IO: two legs, the forwarding entry per direction, the media timer.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::ids::LegSide;
+use crate::leg::{DropReason, Inbound, LatchPolicy, Leg, LocalPort, Outbound};
+use crate::media::{Direction, LegConfig};
+use crate::relay::published::{CallState, LegState};
+
+/// What happens to media crossing the call in one direction, fixed when the legs are configured
+/// so that a packet only follows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transform {
+    /// Plain RTP in, plain RTP out.
+    Pass,
+    /// SRTP in, plain RTP out.
+    Decrypt,
+    /// Plain RTP in, SRTP out.
+    Encrypt,
+    /// SRTP in, SRTP out under the other leg's keys.
+    Reencrypt,
+}
+
+impl Transform {
+    /// The transform between a source leg and a destination leg given whether each speaks SRTP.
+    pub fn between(src_srtp: bool, dst_srtp: bool) -> Self {
+        match (src_srtp, dst_srtp) {
+            (false, false) => Transform::Pass,
+            (true, false) => Transform::Decrypt,
+            (false, true) => Transform::Encrypt,
+            (true, true) => Transform::Reencrypt,
+        }
+    }
+}
+
+/// Timer settings of a call, from the media config.
+#[derive(Debug, Clone, Copy)]
+pub struct CallTimers {
+    /// No media for this long ends the call.
+    pub media_timeout: Duration,
+    /// The same while any leg is not sendrecv.
+    pub hold_timeout: Duration,
+}
+
+/// The outcome of one received packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    /// Send the first `out.len` bytes of the buffer from leg `to`'s `out.from` socket.
+    pub send: Option<(LegSide, Outbound, bool)>,
+    /// The receiving leg latched onto this address (report it).
+    pub latched: Option<SocketAddr>,
+}
+
+/// Both legs of a call and its media timer, owned by one worker.
+#[derive(Debug)]
+pub struct Call {
+    /// Indexed by [`LegSide::index`].
+    legs: [Leg; 2],
+    /// Per source side: what crosses towards the other leg.
+    transforms: [Transform; 2],
+    /// Last accepted media on either leg (creation time until then).
+    last_media: Instant,
+    /// Timer settings.
+    timers: CallTimers,
+    /// Learning window for plain legs.
+    policy: LatchPolicy,
+    /// Publication needed: something changed since the last one.
+    dirty: bool,
+}
+
+impl Call {
+    /// A call whose legs wait for configuration.
+    pub fn new(now: Instant, timers: CallTimers, policy: LatchPolicy) -> Self {
+        Self {
+            legs: [Leg::new(LegSide::Client, now), Leg::new(LegSide::Pbx, now)],
+            transforms: [Transform::Pass; 2],
+            last_media: now,
+            timers,
+            policy,
+            dirty: true,
+        }
+    }
+
+    /// Applies signalling to one leg and recomputes both directions' transforms.
+    pub fn configure(&mut self, side: LegSide, config: LegConfig, now: Instant) {
+        self.legs[side.index()].configure(config, self.policy, now);
+        let srtp = |s: LegSide| self.legs[s.index()].config().srtp.is_some();
+        for src in [LegSide::Client, LegSide::Pbx] {
+            self.transforms[src.index()] = Transform::between(srtp(src), srtp(src.other()));
+        }
+        self.dirty = true;
+    }
+
+    /// The transform applied to media arriving on `src`.
+    pub fn transform(&self, src: LegSide) -> Transform {
+        self.transforms[src.index()]
+    }
+
+    /// A leg.
+    pub fn leg(&self, side: LegSide) -> &Leg {
+        &self.legs[side.index()]
+    }
+
+    /// Handles `len` bytes received on leg `side`'s `port` from `from`; on `send` the buffer holds
+    /// what to transmit.
+    pub fn handle_receive(
+        &mut self,
+        now: Instant,
+        side: LegSide,
+        port: LocalPort,
+        from: SocketAddr,
+        buf: &mut [u8],
+        len: usize,
+    ) -> Step {
+        self.dirty = true;
+        let (src, dst) = match side {
+            LegSide::Client => {
+                let [c, p] = &mut self.legs;
+                (c, p)
+            }
+            LegSide::Pbx => {
+                let [c, p] = &mut self.legs;
+                (p, c)
+            }
+        };
+        let Inbound::Media { len, rtcp, latched } = src.handle_receive(now, port, from, buf, len)
+        else {
+            return Step {
+                send: None,
+                latched: None,
+            };
+        };
+        self.last_media = now;
+        match dst.prepare_send(buf, len, rtcp) {
+            Ok(out) => Step {
+                send: Some((side.other(), out, rtcp)),
+                latched,
+            },
+            Err(reason) => {
+                src.record_drop(reason);
+                Step {
+                    send: None,
+                    latched,
+                }
+            }
+        }
+    }
+
+    /// Records the outcome of a send decided by [`Call::handle_receive`]: `to` is the leg sent to,
+    /// `from` the leg the packet came in on.
+    pub fn record_send(&mut self, from: LegSide, to: LegSide, len: usize, rtcp: bool, ok: bool) {
+        if ok {
+            self.legs[to.index()].record_sent(len, rtcp);
+        } else {
+            self.legs[from.index()].record_drop(DropReason::SendError);
+        }
+    }
+
+    /// The silence after which this call ends: the hold timeout while any leg is not sendrecv.
+    pub fn timeout(&self) -> Duration {
+        let on_hold = self
+            .legs
+            .iter()
+            .any(|l| l.config().direction != Direction::SendRecv);
+        if on_hold {
+            self.timers.hold_timeout
+        } else {
+            self.timers.media_timeout
+        }
+    }
+
+    /// Whether the media timer expired at `now`.
+    pub fn is_timed_out(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.last_media) >= self.timeout()
+    }
+
+    /// Time since the last accepted media.
+    pub fn idle(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.last_media)
+    }
+
+    /// Takes the "needs publishing" flag.
+    pub fn take_dirty(&mut self) -> bool {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// The state the control plane sees, relative to the engine's `epoch`.
+    pub(crate) fn state(&self, epoch: Instant) -> CallState {
+        let leg = |l: &Leg| LegState {
+            counters: *l.counters(),
+            latched: l.latched_rtp(),
+            latched_rtcp: l.latched_rtcp(),
+        };
+        CallState {
+            legs: [leg(&self.legs[0]), leg(&self.legs[1])],
+            last_media_nanos: u64::try_from(
+                self.last_media.saturating_duration_since(epoch).as_nanos(),
+            )
+            .unwrap_or(u64::MAX),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIMERS: CallTimers = CallTimers {
+        media_timeout: Duration::from_secs(60),
+        hold_timeout: Duration::from_secs(3600),
+    };
+    const POLICY: LatchPolicy = LatchPolicy {
+        learning_window: Duration::from_secs(3),
+    };
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn rtp_pkt() -> [u8; 200] {
+        let mut p = [0u8; 200];
+        p[..12].copy_from_slice(&[0x80, 0, 0, 1, 0, 0, 0, 160, 1, 2, 3, 4]);
+        for (i, b) in p[12..172].iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        p
+    }
+
+    fn configured(now: Instant) -> Call {
+        let mut call = Call::new(now, TIMERS, POLICY);
+        call.configure(
+            LegSide::Client,
+            LegConfig {
+                remote_rtp: Some(addr("192.0.2.10:5000")),
+                ..LegConfig::default()
+            },
+            now,
+        );
+        call.configure(
+            LegSide::Pbx,
+            LegConfig {
+                remote_rtp: Some(addr("10.0.0.1:4000")),
+                ..LegConfig::default()
+            },
+            now,
+        );
+        call
+    }
+
+    #[test]
+    fn plain_rtp_crosses_untouched_to_the_other_leg() {
+        let t0 = Instant::now();
+        let mut call = configured(t0);
+        let mut p = rtp_pkt();
+        let step = call.handle_receive(
+            t0,
+            LegSide::Client,
+            LocalPort::Rtp,
+            addr("192.0.2.10:5000"),
+            &mut p,
+            172,
+        );
+        let (to, out, rtcp) = step.send.unwrap();
+        assert_eq!(
+            (to, out.from, out.to, out.len, rtcp),
+            (
+                LegSide::Pbx,
+                LocalPort::Rtp,
+                addr("10.0.0.1:4000"),
+                172,
+                false
+            )
+        );
+        assert_eq!(p, rtp_pkt(), "payload untouched");
+        assert_eq!(step.latched, Some(addr("192.0.2.10:5000")));
+        assert_eq!(call.transform(LegSide::Client), Transform::Pass);
+    }
+
+    #[test]
+    fn no_route_is_counted_on_the_receiving_leg() {
+        let t0 = Instant::now();
+        let mut call = Call::new(t0, TIMERS, POLICY);
+        call.configure(
+            LegSide::Client,
+            LegConfig {
+                remote_rtp: Some(addr("192.0.2.10:5000")),
+                ..LegConfig::default()
+            },
+            t0,
+        );
+        let mut p = rtp_pkt();
+        let step = call.handle_receive(
+            t0,
+            LegSide::Client,
+            LocalPort::Rtp,
+            addr("192.0.2.10:5000"),
+            &mut p,
+            172,
+        );
+        assert_eq!(step.send, None);
+        assert_eq!(call.leg(LegSide::Client).counters().drops.no_route, 1);
+        assert_eq!(call.leg(LegSide::Client).counters().packets_in, 1);
+    }
+
+    #[test]
+    fn media_timer_uses_hold_timeout_when_a_leg_is_on_hold() {
+        let t0 = Instant::now();
+        let mut call = configured(t0);
+        assert!(!call.is_timed_out(t0 + Duration::from_secs(59)));
+        assert!(call.is_timed_out(t0 + Duration::from_secs(60)));
+        let mut p = rtp_pkt();
+        let t1 = t0 + Duration::from_secs(50);
+        call.handle_receive(
+            t1,
+            LegSide::Pbx,
+            LocalPort::Rtp,
+            addr("10.0.0.1:4000"),
+            &mut p,
+            172,
+        );
+        assert!(
+            !call.is_timed_out(t0 + Duration::from_secs(100)),
+            "media restarts the timer"
+        );
+        call.configure(
+            LegSide::Pbx,
+            LegConfig {
+                remote_rtp: Some(addr("10.0.0.1:4000")),
+                direction: Direction::SendOnly,
+                ..LegConfig::default()
+            },
+            t1,
+        );
+        assert!(!call.is_timed_out(t1 + Duration::from_secs(3599)));
+        assert!(call.is_timed_out(t1 + Duration::from_secs(3600)));
+    }
+
+    #[test]
+    fn dropped_packets_do_not_feed_the_timer() {
+        let t0 = Instant::now();
+        let mut call = configured(t0);
+        let mut p = rtp_pkt();
+        call.handle_receive(
+            t0 + Duration::from_secs(59),
+            LegSide::Pbx,
+            LocalPort::Rtp,
+            addr("203.0.113.9:1"),
+            &mut p,
+            172,
+        );
+        assert!(call.is_timed_out(t0 + Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn transforms_follow_the_legs_crypto() {
+        assert_eq!(Transform::between(true, false), Transform::Decrypt);
+        assert_eq!(Transform::between(false, true), Transform::Encrypt);
+        assert_eq!(Transform::between(true, true), Transform::Reencrypt);
+        assert_eq!(Transform::between(false, false), Transform::Pass);
+    }
+}

@@ -1,0 +1,317 @@
+//! One worker thread: a mio loop over the sockets of the calls it owns.
+//!
+//! The loop reads the clock once per wake-up and hands `now` to the sans-IO [`Call`]. Per packet it
+//! does one `recv_from`, the call's decision and one `send_to`, in a receive buffer allocated once:
+//! no lock, no allocation, no log line.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use mio::{Events, Interest, Poll, Token};
+
+use crate::ids::{CallId, LegSide};
+use crate::leg::{LatchPolicy, LocalPort};
+use crate::media::{EndReason, LegPorts, MediaEvent};
+use crate::relay::call::{Call, CallTimers};
+use crate::relay::published::Published;
+use crate::relay::{Command, Freed, NewCall};
+
+/// Token of the waker; socket tokens are `slot * 4 + socket`.
+pub(crate) const WAKER: Token = Token(usize::MAX);
+/// How often timers are checked and counters published.
+const TICK: Duration = Duration::from_millis(50);
+/// Largest datagram read; the buffer keeps room behind it for an SRTP tag and SRTCP trailer.
+const MAX_DATAGRAM: usize = 2048;
+/// Receive buffer: datagram plus the largest protect overhead.
+const BUF_LEN: usize = MAX_DATAGRAM + 64;
+/// Packets read from one socket before others get a turn; the rest waits in the backlog.
+const BURST: usize = 64;
+
+/// What a worker thread starts with.
+pub(crate) struct WorkerSetup {
+    /// Position in the pool, for logs.
+    pub index: usize,
+    /// This worker's poll; its waker is registered on it.
+    pub poll: Poll,
+    /// Commands from the control plane.
+    pub commands: Receiver<Command>,
+    /// Events for the daemon.
+    pub events: Sender<MediaEvent>,
+    /// Pairs for the pool's quarantine.
+    pub freed: Sender<Freed>,
+    /// The engine's time origin for published instants.
+    pub epoch: Instant,
+    /// Media timers.
+    pub timers: CallTimers,
+    /// Latching policy.
+    pub policy: LatchPolicy,
+    /// Bind address, for snapshots.
+    pub local_ip: IpAddr,
+}
+
+/// A call as a worker holds it.
+struct Slot {
+    /// Its id.
+    id: CallId,
+    /// The sans-IO state.
+    call: Call,
+    /// Client RTP, client RTCP, PBX RTP, PBX RTCP.
+    sockets: [mio::net::UdpSocket; 4],
+    /// As bound.
+    ports: [LegPorts; 2],
+    /// Allocation time.
+    created: SystemTime,
+    /// Where counters go.
+    published: Arc<Published>,
+}
+
+/// Socket index inside a slot for a leg's local port.
+fn socket_index(side: LegSide, port: LocalPort) -> usize {
+    side.index() * 2 + usize::from(port == LocalPort::Rtcp)
+}
+
+/// The worker: owns every call it was given until it ends.
+struct Worker {
+    setup: WorkerSetup,
+    /// Calls by slot; a slot's sockets are registered with tokens `slot * 4 + i`.
+    slots: Vec<Option<Slot>>,
+    /// Empty slots for reuse.
+    free_slots: Vec<usize>,
+    /// Call id to slot.
+    by_id: HashMap<CallId, usize>,
+    /// Sockets that still had data when their burst ended.
+    backlog: Vec<Token>,
+    /// Backlog being processed (swapped with `backlog`, both keep their capacity).
+    backlog_now: Vec<Token>,
+    /// The receive buffer, allocated once.
+    buf: Box<[u8]>,
+    /// Stop after this loop iteration.
+    stopping: bool,
+}
+
+/// Runs a worker until it receives [`Command::Shutdown`] or the control plane is gone.
+pub(crate) fn run(setup: WorkerSetup) {
+    let mut w = Worker {
+        setup,
+        slots: Vec::new(),
+        free_slots: Vec::new(),
+        by_id: HashMap::new(),
+        backlog: Vec::with_capacity(1024),
+        backlog_now: Vec::with_capacity(1024),
+        buf: vec![0u8; BUF_LEN].into_boxed_slice(),
+        stopping: false,
+    };
+    tracing::debug!(worker = w.setup.index, "media worker started");
+    let mut events = Events::with_capacity(1024);
+    let mut next_tick = Instant::now() + TICK;
+    while !w.stopping {
+        let timeout = if w.backlog.is_empty() {
+            next_tick.saturating_duration_since(Instant::now())
+        } else {
+            Duration::ZERO
+        };
+        if let Err(e) = w.setup.poll.poll(&mut events, Some(timeout))
+            && e.kind() != io::ErrorKind::Interrupted
+        {
+            tracing::error!(worker = w.setup.index, error = %e, "media worker poll failed, stopping");
+            w.end_all(EndReason::Shutdown, Instant::now());
+            return;
+        }
+        let now = Instant::now();
+        // Commands first: a packet that arrives right after a configuration must see it.
+        if !w.setup.commands.is_empty() {
+            w.handle_commands(now);
+            if w.stopping {
+                break;
+            }
+        }
+        std::mem::swap(&mut w.backlog, &mut w.backlog_now);
+        for i in 0..w.backlog_now.len() {
+            let token = w.backlog_now[i];
+            w.drain_socket(token, now);
+        }
+        w.backlog_now.clear();
+        for event in events.iter() {
+            if event.token() != WAKER {
+                w.drain_socket(event.token(), now);
+            }
+        }
+        if now >= next_tick {
+            w.tick(now);
+            next_tick = now + TICK;
+        }
+    }
+    tracing::debug!(worker = w.setup.index, "media worker stopped");
+}
+
+impl Worker {
+    /// Reads up to [`BURST`] datagrams from one socket and forwards them.
+    fn drain_socket(&mut self, token: Token, now: Instant) {
+        let (slot_i, sock_i) = (token.0 / 4, token.0 % 4);
+        let Some(Some(slot)) = self.slots.get_mut(slot_i) else {
+            return; // a call that ended earlier in this batch
+        };
+        let side = if sock_i < 2 {
+            LegSide::Client
+        } else {
+            LegSide::Pbx
+        };
+        let port = if sock_i % 2 == 0 {
+            LocalPort::Rtp
+        } else {
+            LocalPort::Rtcp
+        };
+        for _ in 0..BURST {
+            let (len, from) = match slot.sockets[sock_i].recv_from(&mut self.buf[..MAX_DATAGRAM]) {
+                Ok(r) => r,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                // A pending socket error (e.g. ICMP) is consumed by this call: read on.
+                Err(_) => continue,
+            };
+            let step = slot
+                .call
+                .handle_receive(now, side, port, from, &mut self.buf, len);
+            if let Some(addr) = step.latched {
+                // Latching happens once per peer (and per proven move): not a per-packet cost.
+                let _ = self.setup.events.send(MediaEvent::Latched {
+                    call: slot.id,
+                    side,
+                    addr,
+                });
+            }
+            if let Some((to, out, rtcp)) = step.send {
+                let sock = &slot.sockets[socket_index(to, out.from)];
+                let ok =
+                    matches!(sock.send_to(&self.buf[..out.len], out.to), Ok(n) if n == out.len);
+                slot.call.record_send(side, to, out.len, rtcp, ok);
+            }
+        }
+        // Burst used up: come back to this socket before sleeping (edge-triggered readiness).
+        self.backlog.push(token);
+    }
+
+    /// Applies every queued command.
+    fn handle_commands(&mut self, now: Instant) {
+        loop {
+            match self.setup.commands.try_recv() {
+                Ok(Command::Add(new)) => self.add(*new, now),
+                Ok(Command::Configure { call, side, config }) => {
+                    if let Some(slot) = self.by_id.get(&call).and_then(|&i| self.slots[i].as_mut())
+                    {
+                        slot.call.configure(side, *config, now);
+                    }
+                }
+                Ok(Command::Release(call)) => {
+                    if let Some(&i) = self.by_id.get(&call) {
+                        self.end(i, EndReason::Released, now);
+                    }
+                }
+                Ok(Command::Shutdown) | Err(TryRecvError::Disconnected) => {
+                    self.end_all(EndReason::Shutdown, now);
+                    self.stopping = true;
+                    return;
+                }
+                Err(TryRecvError::Empty) => return,
+            }
+        }
+    }
+
+    /// Takes over a new call and registers its sockets.
+    fn add(&mut self, new: NewCall, now: Instant) {
+        let NewCall {
+            call: id,
+            mut sockets,
+            ports,
+            created,
+            published,
+        } = new;
+        let i = self.free_slots.pop().unwrap_or_else(|| {
+            self.slots.push(None);
+            self.slots.len() - 1
+        });
+        let registry = self.setup.poll.registry();
+        for (k, s) in sockets.iter_mut().enumerate() {
+            if let Err(e) = registry.register(s, Token(i * 4 + k), Interest::READABLE) {
+                tracing::error!(call = %id, error = %e, "cannot register media socket");
+            }
+        }
+        let call = Call::new(now, self.setup.timers, self.setup.policy);
+        published.write(&call.state(self.setup.epoch));
+        self.slots[i] = Some(Slot {
+            id,
+            call,
+            sockets,
+            ports,
+            created,
+            published,
+        });
+        self.by_id.insert(id, i);
+        tracing::debug!(worker = self.setup.index, call = %id, "call added");
+    }
+
+    /// Timers and publication.
+    fn tick(&mut self, now: Instant) {
+        for i in 0..self.slots.len() {
+            let Some(slot) = self.slots[i].as_mut() else {
+                continue;
+            };
+            if slot.call.is_timed_out(now) {
+                self.end(i, EndReason::MediaTimeout, now);
+            } else if slot.call.take_dirty() {
+                slot.published.write(&slot.call.state(self.setup.epoch));
+            }
+        }
+    }
+
+    /// Ends every call.
+    fn end_all(&mut self, reason: EndReason, now: Instant) {
+        for i in 0..self.slots.len() {
+            if self.slots[i].is_some() {
+                self.end(i, reason, now);
+            }
+        }
+    }
+
+    /// Ends one call: final publication, sockets closed, ports to quarantine, `Ended` event.
+    fn end(&mut self, i: usize, reason: EndReason, now: Instant) {
+        let Some(mut slot) = self.slots[i].take() else {
+            return;
+        };
+        self.free_slots.push(i);
+        self.by_id.remove(&slot.id);
+        let state = slot.call.state(self.setup.epoch);
+        slot.published.write(&state);
+        slot.published.set_ended();
+        let last = crate::media::snapshot_of(
+            slot.id,
+            slot.created,
+            slot.call.idle(now),
+            self.setup.local_ip,
+            slot.ports,
+            [
+                slot.call.leg(LegSide::Client).config(),
+                slot.call.leg(LegSide::Pbx).config(),
+            ],
+            &state,
+        );
+        for s in slot.sockets.iter_mut() {
+            let _ = self.setup.poll.registry().deregister(s);
+        }
+        drop(slot.sockets);
+        let _ = self.setup.freed.send(Freed {
+            call: slot.id,
+            rtp_ports: [slot.ports[0].rtp, slot.ports[1].rtp],
+            at: now,
+        });
+        tracing::info!(call = %slot.id, ?reason, "call media ended");
+        let _ = self.setup.events.send(MediaEvent::Ended {
+            call: slot.id,
+            reason,
+            last: Box::new(last),
+        });
+    }
+}

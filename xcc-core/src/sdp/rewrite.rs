@@ -1,0 +1,204 @@
+//! [`SessionDescription::rewrite_audio`]: what XCC changes in the SDP it emits on a leg.
+
+use std::net::IpAddr;
+
+use super::grammar::{address_type, attribute, parse_direction, parse_media, parse_origin};
+use super::{AudioRewrite, SessionDescription, parse_error};
+use crate::error::{Error, Result};
+use crate::media::Direction;
+use crate::sdes::CryptoAttribute;
+
+/// Attributes of ICE (RFC 8839) and DTLS-SRTP (RFC 8842) that XCC strips: it terminates the
+/// transport on each leg, so the peer's candidates and fingerprints are meaningless to the other.
+const STRIPPED_ATTRIBUTES: [&str; 11] = [
+    "candidate",
+    "remote-candidates",
+    "end-of-candidates",
+    "ice-ufrag",
+    "ice-pwd",
+    "ice-options",
+    "ice-lite",
+    "ice-mismatch",
+    "fingerprint",
+    "setup",
+    "tls-id",
+];
+
+impl SessionDescription {
+    /// Rewrites the first audio section (and c=/o= addresses) so media flows through XCC; sets any
+    /// other m= section's port to 0 (declined); strips ICE (a=candidate, ice-ufrag, ice-pwd,
+    /// ice-options, end-of-candidates, ice-lite) and DTLS (fingerprint, setup) attributes.
+    ///
+    /// Declined sections keep their lines except `a=crypto` and `a=rtcp`, and their c= carries
+    /// XCC's address too, so no key or address of one side reaches the other.
+    ///
+    /// Within the audio section: the m= port and proto are replaced (the format list is kept
+    /// verbatim), c= and a=rtcp carry XCC's address and ports, `a=crypto` lines are replaced by
+    /// `rw.crypto` (at the place of the first one, else at the end of the section), the direction
+    /// attribute is replaced when `rw.direction` is set, and a=rtcp-mux follows `rw.rtcp_mux`.
+    pub fn rewrite_audio(&mut self, rw: &AudioRewrite) -> Result<()> {
+        let (audio_start, audio_end) = self.audio_section().ok_or(Error::SdpNoAudio)?;
+        let session_end = self.session_end();
+        let session_has_c = self.lines[..session_end]
+            .iter()
+            .any(|l| l.starts_with("c="));
+        let audio_has_c = self.lines[audio_start..audio_end]
+            .iter()
+            .any(|l| l.starts_with("c="));
+        let connection = format!("c=IN {} {}", address_type(rw.address), rw.address);
+        // XCC's real address replaces an old-style hold's 0.0.0.0, so the hold must be stated as
+        // a direction or it would read as sendrecv.
+        let new_direction = rw.direction.or_else(|| {
+            self.audio()
+                .ok()
+                .filter(|a| a.connection.is_none() && a.port != 0)
+                .map(|a| a.direction)
+        });
+
+        let mut out = Vec::with_capacity(self.lines.len() + rw.crypto.len() + 3);
+        let mut crypto_done = false;
+        let mut direction_done = false;
+        let mut mux_seen = false;
+        let mut connection_done = audio_has_c || session_has_c;
+        let mut audio_out_end = None;
+        for (index, line) in self.lines.iter().enumerate() {
+            if index == audio_end {
+                audio_out_end = Some(out.len());
+            }
+            let in_audio = (audio_start..audio_end).contains(&index);
+            let attr = attribute(line);
+            if let Some((name, _)) = attr
+                && STRIPPED_ATTRIBUTES.contains(&name)
+            {
+                continue;
+            }
+            if !in_audio {
+                // Keys and RTCP ports of declined streams are dropped, and every address is
+                // XCC's: neither side learns the other's keys or addresses (topology hiding).
+                let declined = index >= session_end;
+                if attr.is_some_and(|(name, _)| name == "crypto" || (declined && name == "rtcp")) {
+                    continue;
+                }
+                if line.starts_with("c=") {
+                    out.push(connection.clone());
+                } else if let Some(origin) = line.strip_prefix("o=") {
+                    out.push(rewrite_origin_address(origin, rw.address));
+                } else if let Some(value) = line.strip_prefix("m=") {
+                    out.push(decline_media(value));
+                } else {
+                    out.push(line.clone());
+                }
+                continue;
+            }
+            if index == audio_start {
+                let media = parse_media(&line[2..])
+                    .ok_or(parse_error(self.line_number(index), "malformed m= line"))?;
+                let mut m = format!("m={} {} {}", media.media, rw.ports.rtp, rw.transport);
+                if !media.formats.is_empty() {
+                    m.push(' ');
+                    m.push_str(media.formats);
+                }
+                out.push(m);
+                continue;
+            }
+            if !connection_done && !line.starts_with("i=") {
+                out.push(connection.clone());
+                connection_done = true;
+            }
+            if line.starts_with("c=") {
+                out.push(connection.clone());
+                continue;
+            }
+            let Some((name, _)) = attr else {
+                out.push(line.clone());
+                continue;
+            };
+            match name {
+                "crypto" => {
+                    if !crypto_done {
+                        push_cryptos(&mut out, &rw.crypto);
+                        crypto_done = true;
+                    }
+                }
+                "rtcp-mux" => {
+                    if rw.rtcp_mux && !mux_seen {
+                        out.push(line.clone());
+                    }
+                    mux_seen = true;
+                }
+                "rtcp" => out.push(format!(
+                    "a=rtcp:{} IN {} {}",
+                    rw.ports.rtcp,
+                    address_type(rw.address),
+                    rw.address
+                )),
+                _ => match (parse_direction(name), new_direction) {
+                    (Some(_), Some(direction)) => {
+                        if !direction_done {
+                            out.push(direction_line(direction));
+                            direction_done = true;
+                        }
+                    }
+                    _ => out.push(line.clone()),
+                },
+            }
+        }
+        // What the audio section still lacks goes at its end.
+        let audio_out_end = audio_out_end.unwrap_or(out.len());
+        let mut tail = Vec::new();
+        if !connection_done {
+            tail.push(connection.clone());
+        }
+        if !crypto_done {
+            push_cryptos(&mut tail, &rw.crypto);
+        }
+        if rw.rtcp_mux && !mux_seen {
+            tail.push("a=rtcp-mux".to_owned());
+        }
+        if let (Some(direction), false) = (new_direction, direction_done) {
+            tail.push(direction_line(direction));
+        }
+        out.splice(audio_out_end..audio_out_end, tail);
+        self.numbers = (1..=out.len()).collect();
+        self.lines = out;
+        Ok(())
+    }
+}
+
+/// The attribute line for a direction.
+fn direction_line(direction: Direction) -> String {
+    match direction {
+        Direction::SendRecv => "a=sendrecv",
+        Direction::SendOnly => "a=sendonly",
+        Direction::RecvOnly => "a=recvonly",
+        Direction::Inactive => "a=inactive",
+    }
+    .to_owned()
+}
+
+/// One `a=crypto` line per attribute.
+fn push_cryptos(out: &mut Vec<String>, cryptos: &[CryptoAttribute]) {
+    out.extend(cryptos.iter().map(|c| format!("a=crypto:{c}")));
+}
+
+/// Replaces the address of an o= value, keeping username, ids and version.
+fn rewrite_origin_address(value: &str, address: IpAddr) -> String {
+    match parse_origin(value) {
+        Some([user, id, version, net, _, _]) => format!(
+            "o={user} {id} {version} {net} {} {address}",
+            address_type(address)
+        ),
+        // Unreachable for parsed SDP; keep the line rather than invent one.
+        None => format!("o={value}"),
+    }
+}
+
+/// Sets an m= line's port to 0, keeping the rest verbatim.
+fn decline_media(value: &str) -> String {
+    match parse_media(value) {
+        Some(m) if m.port == 0 => format!("m={value}"),
+        Some(m) if m.formats.is_empty() => format!("m={} 0 {}", m.media, m.proto),
+        Some(m) => format!("m={} 0 {} {}", m.media, m.proto, m.formats),
+        None => format!("m={value}"),
+    }
+}
