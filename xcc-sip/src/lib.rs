@@ -1,7 +1,17 @@
 //! XCC signalling: SIP transport, RFC 3261 transactions and dialogs, back-to-back user agent.
 //!
-//! Everything here is sans-IO: drivers read sockets and the clock, feed bytes and `now` into
-//! [`framing`], [`transport`] and [`transaction`], and send what `poll_transmit` returns.
+//! Layers, bottom up, all sans-IO except [`driver`]:
+//! - [`message`] (with [`header`], [`uri`]): XCC's own strict parser and message types; a
+//!   [`ParseError`] says whether to answer 400/505 or drop.
+//! - [`framing`]: TCP stream -> messages (Content-Length, CRLF keepalive, size limit);
+//!   [`transport`]: Via `received`/`rport` and response routing.
+//! - [`transaction`]: the four RFC 3261 §17 machines (+ RFC 6026 Accepted) and
+//!   [`transaction::TransactionKey`]; [`endpoint::Endpoint`] owns and matches them.
+//! - [`dialog`] and [`auth`]: in-dialog request building and Digest answers, for the B2BUA.
+//! - [`driver`]: the tokio loop that reads sockets and the clock and moves bytes in and out.
+//!
+//! The drive loop: feed input with `handle_*(now, ..)`, then drain `poll_transmit()` and
+//! `poll_event()`, then sleep until `poll_timeout()` and call `handle_timeout(now)`.
 
 pub mod auth;
 pub mod dialog;
