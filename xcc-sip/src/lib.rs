@@ -21,6 +21,7 @@ pub mod error;
 pub mod framing;
 pub mod header;
 pub mod message;
+pub mod monitor;
 pub mod transaction;
 pub mod transport;
 pub mod uri;
