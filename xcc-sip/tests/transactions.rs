@@ -97,8 +97,8 @@ fn provisional_stops_invite_retransmission() {
     assert_eq!(tsx.state(), State::Proceeding);
     assert_eq!(
         tsx.poll_timeout(),
-        None,
-        "Proceeding waits for the TU (CANCEL/timer C)"
+        Some(now + Duration::from_secs(180)),
+        "Proceeding is bounded by timer C only"
     );
     tsx.handle_response(now, response(&req, 200));
     let ev = events(|| tsx.poll_event());
@@ -329,6 +329,7 @@ fn configurable_t1_scales_every_timer() {
         t1: Duration::from_millis(100),
         t2: Duration::from_millis(400),
         t4: Duration::from_secs(1),
+        c: Duration::from_secs(180),
     };
     let start = Instant::now();
     let mut now = start;
@@ -368,4 +369,20 @@ fn cancel_matches_the_invite_only_once_proceeding() {
         key.cancelled_invite(),
         xcc_sip::transaction::TransactionKey::server(&req).unwrap()
     );
+}
+
+#[test]
+fn timer_c_ends_an_invite_that_rings_forever() {
+    let start = Instant::now();
+    let req = request("INVITE");
+    let mut tsx = InviteClient::new(start, req.clone(), Timers::default(), false);
+    tsx.handle_response(start, response(&req, 180));
+    // Each provisional restarts timer C.
+    tsx.handle_response(start + Duration::from_secs(100), response(&req, 183));
+    tsx.handle_timeout(start + Duration::from_secs(180));
+    assert_eq!(tsx.state(), State::Proceeding);
+    tsx.handle_timeout(start + Duration::from_secs(280));
+    assert_eq!(tsx.state(), State::Terminated);
+    let ev = events(|| tsx.poll_event());
+    assert_eq!(ev[ev.len() - 2..], [Event::Timeout, Event::Terminated]);
 }

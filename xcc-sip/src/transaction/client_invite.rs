@@ -25,6 +25,8 @@ pub struct InviteClient {
     timer_d: Option<Instant>,
     /// Timer M (RFC 6026): keep passing 2xx retransmissions up (Accepted).
     timer_m: Option<Instant>,
+    /// Timer C: bound on Proceeding, restarted by every provisional.
+    timer_c: Option<Instant>,
     /// The ACK for a non-2xx final, resent for every retransmitted final.
     ack: Option<Request>,
     transmits: VecDeque<Message>,
@@ -49,6 +51,7 @@ impl InviteClient {
             timer_b: Some(now + timers.t1x64()),
             timer_d: None,
             timer_m: None,
+            timer_c: None,
             ack: None,
             transmits,
             events: VecDeque::new(),
@@ -82,12 +85,14 @@ impl InviteClient {
                 self.state = State::Proceeding;
                 self.timer_a = None;
                 self.timer_b = None;
+                self.timer_c = Some(now + self.timers.c);
                 self.events.push_back(Event::Response(Box::new(resp)));
             }
             (State::Calling | State::Proceeding, 200..=299) => {
                 self.state = State::Accepted;
                 self.timer_a = None;
                 self.timer_b = None;
+                self.timer_c = None;
                 self.timer_m = Some(now + self.timers.t1x64());
                 self.events.push_back(Event::Response(Box::new(resp)));
             }
@@ -101,6 +106,7 @@ impl InviteClient {
                 self.state = State::Completed;
                 self.timer_a = None;
                 self.timer_b = None;
+                self.timer_c = None;
                 self.timer_d = Some(now + self.timers.timer_d(self.reliable));
                 self.events.push_back(Event::Response(Box::new(resp)));
             }
@@ -116,7 +122,9 @@ impl InviteClient {
 
     /// Fires whatever timers are due.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if self.state == State::Calling && due(self.timer_b, now) {
+        let gave_up = (self.state == State::Calling && due(self.timer_b, now))
+            || (self.state == State::Proceeding && due(self.timer_c, now));
+        if gave_up {
             self.events.push_back(Event::Timeout);
             self.terminate();
             return;
@@ -158,6 +166,7 @@ impl InviteClient {
             self.timer_b,
             self.timer_d,
             self.timer_m,
+            self.timer_c,
         ])
     }
 
@@ -167,6 +176,7 @@ impl InviteClient {
         self.timer_b = None;
         self.timer_d = None;
         self.timer_m = None;
+        self.timer_c = None;
         self.events.push_back(Event::Terminated);
     }
 

@@ -32,6 +32,10 @@ pub struct Timers {
     pub t2: Duration,
     /// Maximum time a message stays in the network (default 5 s).
     pub t4: Duration,
+    /// Timer C (RFC 3261 §16.6, default 180 s): how long an INVITE client stays in Proceeding
+    /// after the last provisional. RFC 3261 gives UACs no bound (the TU is expected to CANCEL),
+    /// which leaks the transaction when a peer rings forever and ignores CANCEL.
+    pub c: Duration,
 }
 
 impl Default for Timers {
@@ -40,6 +44,7 @@ impl Default for Timers {
             t1: Duration::from_millis(500),
             t2: Duration::from_secs(4),
             t4: Duration::from_secs(5),
+            c: Duration::from_secs(180),
         }
     }
 }
