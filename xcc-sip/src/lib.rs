@@ -13,6 +13,8 @@
 //! The drive loop: feed input with `handle_*(now, ..)`, then drain `poll_transmit()` and
 //! `poll_event()`, then sleep until `poll_timeout()` and call `handle_timeout(now)`.
 
+#![warn(missing_docs)]
+
 pub mod auth;
 pub mod dialog;
 pub mod driver;
