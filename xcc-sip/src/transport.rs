@@ -137,6 +137,32 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_source_and_sent_by() {
+        let mut r = req("SIP/2.0/UDP [2001:db8::5]:5060;rport;branch=z9hG4bKa");
+        stamp_received(&mut r, "[2001:db8::9]:40000".parse().unwrap());
+        let via = r.headers.top_via().unwrap();
+        // RFC 3261 `received` carries the bare IPv6 address.
+        assert_eq!(via.received(), Some("2001:db8::9"));
+        let resp = Response::for_request(&r, 200, "OK", None);
+        assert_eq!(
+            response_target(&resp).unwrap(),
+            ResponseTarget::Addr("[2001:db8::9]:40000".parse().unwrap())
+        );
+        let mut r = req("SIP/2.0/UDP [::1]:5070;branch=z9hG4bKa");
+        stamp_received(&mut r, "[::1]:5070".parse().unwrap());
+        assert_eq!(
+            r.headers.top_via().unwrap().received(),
+            None,
+            "same host: no received"
+        );
+        let resp = Response::for_request(&r, 200, "OK", None);
+        assert_eq!(
+            response_target(&resp).unwrap(),
+            ResponseTarget::Addr("[::1]:5070".parse().unwrap())
+        );
+    }
+
+    #[test]
     fn sent_by_name_needs_resolution() {
         let r = req("SIP/2.0/UDP pbx.example.net:5080;branch=z9hG4bKa");
         let resp = Response::for_request(&r, 200, "OK", None);
