@@ -345,7 +345,9 @@ fn unfold(lines: &str) -> Option<Vec<(&str, String)>> {
         }
         if line.starts_with([' ', '\t']) {
             let last = out.last_mut()?;
-            last.1.push(' ');
+            if !last.1.is_empty() {
+                last.1.push(' ');
+            }
             last.1.push_str(line.trim());
             continue;
         }

@@ -82,3 +82,18 @@ fn seeded_mutations_never_panic() {
         "parsed {parsed} of {total}"
     );
 }
+
+/// Inputs the fuzz targets once broke on (`fuzz/regressions/`) stay fixed.
+#[test]
+fn fuzz_regressions_round_trip() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions");
+    let mut n = 0;
+    for e in fs::read_dir(dir).expect("regressions dir") {
+        let bytes = fs::read(e.expect("entry").path()).expect("regression input");
+        if let Ok(msg) = Message::parse(&bytes) {
+            assert_eq!(Message::parse(&msg.to_bytes()).expect("re-parses"), msg);
+        }
+        n += 1;
+    }
+    assert!(n >= 1);
+}

@@ -181,3 +181,13 @@ fn malformed_reasons_are_specific() {
         .unwrap();
     assert_eq!(Message::parse(&b).unwrap_err().reason, Malformed::Truncated);
 }
+
+/// Found by the `parse_message` fuzz target: a folded value whose first line is empty must not
+/// keep a leading space (it broke the serialise/re-parse round trip).
+#[test]
+fn folded_value_with_empty_first_line_has_no_leading_space() {
+    let raw = b"OPTIONS sip:a@example.com SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:b@example.com>;tag=1\r\nTo: <sip:a@example.com>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\nX-Thing:\r\n   folded value\r\nContent-Length: 0\r\n\r\n";
+    let msg = Message::parse(raw).unwrap();
+    assert_eq!(msg.headers().other("X-Thing"), Some("folded value"));
+    assert_eq!(Message::parse(&msg.to_bytes()).unwrap(), msg);
+}
