@@ -224,7 +224,10 @@ pub async fn run_tcp(
                 }
                 Conn::Down(addr) => {
                     conns.remove(&addr);
-                    pending.remove(&addr);
+                    // Bytes still pending means the connection never came up: fail fast.
+                    if pending.remove(&addr).is_some() {
+                        endpoint.handle_transport_error(Peer { addr, transport: Transport::Tcp });
+                    }
                 }
                 Conn::Frame(addr, frame) => {
                     let source = Peer { addr, transport: Transport::Tcp };

@@ -91,6 +91,12 @@ pub enum EndpointEvent {
         /// The transaction.
         key: TransactionKey,
     },
+    /// The transport could not reach the peer (TCP connect refused or reset, RFC 3261
+    /// §17.1.4); the client transaction is gone. Act as if 503 arrived.
+    TransportError {
+        /// The transaction.
+        key: TransactionKey,
+    },
 }
 
 /// One of the four machines.
@@ -368,6 +374,21 @@ impl Endpoint {
         }
         self.drain(key);
         Ok(())
+    }
+
+    /// The driver could not deliver to `peer` (connect failed, connection reset before the
+    /// request went out): every client transaction towards it ends now instead of at timer B/F.
+    pub fn handle_transport_error(&mut self, peer: Peer) {
+        let dead: Vec<TransactionKey> = self
+            .transactions
+            .iter()
+            .filter(|(k, e)| k.role == crate::transaction::Role::Client && e.peer == peer)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in dead {
+            self.transactions.remove(&key);
+            self.events.push_back(EndpointEvent::TransportError { key });
+        }
     }
 
     /// Fires due timers of every transaction.

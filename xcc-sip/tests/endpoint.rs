@@ -217,3 +217,30 @@ fn tcp_responses_go_back_on_the_connection() {
     ep.handle_timeout(now);
     assert!(ep.is_empty());
 }
+
+#[test]
+fn transport_error_ends_client_transactions_to_that_peer_only() {
+    let now = Instant::now();
+    let mut ep = Endpoint::new(Timers::default());
+    let other = Peer {
+        addr: "127.0.0.1:5080".parse().unwrap(),
+        transport: Transport::Tcp,
+    };
+    let tcp_pbx = Peer {
+        transport: Transport::Tcp,
+        ..pbx()
+    };
+    let parse = |m: String| match Message::parse(m.as_bytes()).unwrap() {
+        Message::Request(r) => r,
+        Message::Response(_) => unreachable!(),
+    };
+    let k1 = ep
+        .send_request(now, parse(msg("INVITE", "z9hG4bKte1", "")), tcp_pbx)
+        .unwrap()
+        .unwrap();
+    ep.send_request(now, parse(msg("OPTIONS", "z9hG4bKte2", "")), other)
+        .unwrap();
+    ep.handle_transport_error(tcp_pbx);
+    assert_eq!(events(&mut ep), [EndpointEvent::TransportError { key: k1 }]);
+    assert_eq!(ep.len(), 1, "the transaction to the other peer survives");
+}

@@ -140,3 +140,30 @@ async fn driver_to_driver_round_trip_opens_a_connection() {
         .unwrap();
     assert!(matches!(ev, EndpointEvent::Response { response, .. } if response.status == 200));
 }
+
+#[tokio::test]
+async fn unreachable_peer_fails_fast_with_transport_error() {
+    let mut a = start();
+    // Bind then drop a listener: nothing listens on that loopback port any more.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let Message::Request(req) =
+        Message::parse(options(a.addr, dead, "z9hG4bKdead").as_bytes()).unwrap()
+    else {
+        panic!()
+    };
+    a.cmd
+        .send(Command::SendRequest {
+            request: Box::new(req),
+            dest: dead,
+        })
+        .await
+        .unwrap();
+    let ev = tokio::time::timeout(WAIT, a.ev.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(ev, EndpointEvent::TransportError { .. }), "{ev:?}");
+}
