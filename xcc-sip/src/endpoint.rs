@@ -54,8 +54,7 @@ pub struct Transmit {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EndpointEvent {
     /// A new request; a server transaction now exists under `key`: answer with
-    /// [`Endpoint::send_response`]. A CANCEL arrives here too; its INVITE is
-    /// `key.cancelled_invite()`.
+    /// [`Endpoint::send_response`]. CANCEL never arrives here (see [`EndpointEvent::Cancel`]).
     Request {
         /// Server transaction key.
         key: TransactionKey,
@@ -63,6 +62,16 @@ pub enum EndpointEvent {
         request: Box<Request>,
         /// Where it came from.
         source: Peer,
+    },
+    /// A CANCEL for an INVITE still in Proceeding (RFC 3261 §9.2). The endpoint has already
+    /// answered the CANCEL with 200; the user now answers the INVITE under `invite` with 487.
+    /// A CANCEL for an unknown INVITE is answered 481 and one arriving after the final response
+    /// 200, both without an event.
+    Cancel {
+        /// The INVITE server transaction to end with 487.
+        invite: TransactionKey,
+        /// The CANCEL.
+        request: Box<Request>,
     },
     /// An ACK that matched no transaction: the ACK for a 2xx, which belongs to the dialog.
     Ack {
@@ -280,6 +289,10 @@ impl Endpoint {
             return;
         }
         let reliable = source.transport.is_reliable();
+        if req.method == Method::Cancel {
+            self.handle_cancel(now, source, key, req);
+            return;
+        }
         let tsx = if req.method == Method::Invite {
             Tsx::InviteServer(InviteServer::new(now, req.clone(), self.timers, reliable))
         } else {
@@ -297,6 +310,38 @@ impl Endpoint {
             request: Box::new(req),
             source,
         });
+        self.drain(&key);
+    }
+
+    /// RFC 3261 §9.2: the CANCEL gets its own transaction and an immediate answer.
+    fn handle_cancel(&mut self, now: Instant, source: Peer, key: TransactionKey, req: Request) {
+        let invite = key.cancelled_invite();
+        let pending = self.state(&invite);
+        let mut tsx = NonInviteServer::new(
+            now,
+            req.clone(),
+            self.timers,
+            source.transport.is_reliable(),
+        );
+        let (status, reason) = match pending {
+            Some(_) => (200, "OK"),
+            None => (481, "Call/Transaction Does Not Exist"),
+        };
+        // A fresh server transaction in Trying always accepts its first response.
+        let _ = tsx.send_response(now, Response::for_request(&req, status, reason, None));
+        self.transactions.insert(
+            key.clone(),
+            Entry {
+                tsx: Tsx::NonInviteServer(tsx),
+                peer: source,
+            },
+        );
+        if pending == Some(State::Proceeding) {
+            self.events.push_back(EndpointEvent::Cancel {
+                invite,
+                request: Box::new(req),
+            });
+        }
         self.drain(&key);
     }
 

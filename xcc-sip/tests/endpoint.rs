@@ -87,11 +87,27 @@ fn ack_for_2xx_and_cancel_reach_the_dialog_layer() {
     };
     ep.handle_bytes(now, pbx(), msg("CANCEL", "z9hG4bKinv2", "").as_bytes());
     let ev = events(&mut ep);
-    let [EndpointEvent::Request { key: ckey, .. }] = &ev[..] else {
+    let [EndpointEvent::Cancel { invite, .. }] = &ev[..] else {
         panic!("{ev:?}")
     };
-    assert_eq!(&ckey.cancelled_invite(), key);
-    assert!(ep.contains(&ckey.cancelled_invite()));
+    assert_eq!(invite, key);
+    // The CANCEL itself was answered 200 (after the INVITE's 100 Trying).
+    let sent: Vec<u16> = transmits(&mut ep).iter().map(status).collect();
+    assert_eq!(sent, [100, 200]);
+    // A retransmitted CANCEL gets the same answer and no second event.
+    ep.handle_bytes(now, pbx(), msg("CANCEL", "z9hG4bKinv2", "").as_bytes());
+    assert!(events(&mut ep).is_empty());
+    assert_eq!(
+        transmits(&mut ep).iter().map(status).collect::<Vec<_>>(),
+        [200]
+    );
+    // A CANCEL for an INVITE we never saw: 481, no event.
+    ep.handle_bytes(now, pbx(), msg("CANCEL", "z9hG4bKnone", "").as_bytes());
+    assert!(events(&mut ep).is_empty());
+    assert_eq!(
+        transmits(&mut ep).iter().map(status).collect::<Vec<_>>(),
+        [481]
+    );
     ep.handle_bytes(now, pbx(), msg("ACK", "z9hG4bKack9", ";tag=x").as_bytes());
     assert!(matches!(&events(&mut ep)[..], [EndpointEvent::Ack { .. }]));
 }
