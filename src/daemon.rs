@@ -97,26 +97,31 @@ pub async fn run(
     notifier.notify_or_log(&format!("READY=1\nSTATUS=serving on {control_addr}"));
 
     let grace = Duration::from_secs(v.config.control.drain_grace_secs);
-    let outcome = tokio::select! {
+    // `graceful`: let in-flight control requests finish (drain); a stop ends them at once.
+    let (outcome, graceful) = tokio::select! {
         cmd = commands.recv() => {
-            if cmd == Some(Command::Drain) {
+            let graceful = if cmd == Some(Command::Drain) {
                 state.drain().await;
                 notifier.notify_or_log("STOPPING=1\nSTATUS=draining");
-                wait_drained(&media, &hub, grace, &mut commands).await;
-            }
-            Ok(())
+                wait_drained(&media, &hub, grace, &mut commands).await
+            } else {
+                false
+            };
+            (Ok(()), graceful)
         }
-        result = &mut server => match result {
+        result = &mut server => (match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(Error::Control(e)),
             Err(join) => Err(Error::Runtime { what: "control server task", source: std::io::Error::other(join) }),
-        },
+        }, false),
     };
 
     notifier.notify_or_log("STOPPING=1\nSTATUS=stopping");
     hub.close();
     let _ = stop_server.send(());
-    if !server.is_finished() {
+    if !graceful {
+        server.abort();
+    } else if !server.is_finished() {
         match tokio::time::timeout(Duration::from_secs(5), &mut server).await {
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "control server stopped with an error"),
             Err(_) => {
@@ -132,33 +137,33 @@ pub async fn run(
     outcome
 }
 
-/// Waits until no call is left, the grace period ends, or a Stop arrives. Woken by call-ended
-/// events rather than polling.
+/// Waits until no call is left, the grace period ends, or a Stop arrives (then returns false: stop
+/// fast). Woken by call-ended events rather than polling.
 async fn wait_drained(
     media: &xcc_core::media::MediaControl,
     hub: &EventHub,
     grace: Duration,
     commands: &mut mpsc::Receiver<Command>,
-) {
+) -> bool {
     let mut events = hub.subscribe();
     let deadline = tokio::time::Instant::now() + grace;
     loop {
         let left = media.calls().len();
         if left == 0 {
             tracing::info!("drain complete: no calls left");
-            return;
+            return true;
         }
         tracing::info!(calls = left, "draining");
         tokio::select! {
             _ = events.recv() => {}
             _ = tokio::time::sleep_until(deadline) => {
                 tracing::warn!(calls = left, grace_secs = grace.as_secs(), "drain grace expired; ending remaining calls");
-                return;
+                return true;
             }
             cmd = commands.recv() => match cmd {
                 Some(Command::Stop) | None => {
                     tracing::info!(calls = left, "stop requested while draining");
-                    return;
+                    return false;
                 }
                 Some(Command::Drain) => {}
             },

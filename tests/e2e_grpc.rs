@@ -31,12 +31,20 @@ struct Daemon {
 
 impl Daemon {
     /// Starts xccd with media ports `pool_min..=pool_min + pool_len - 1` and waits for READY=1.
+    /// Pools sit below the kernel's ephemeral range (32768-60999), so no test's own socket can
+    /// hold one of their ports.
     fn start(name: &str, pool_min: u16, pool_len: u16) -> Daemon {
-        Self::start_with(name, pool_min, pool_len, "")
+        Self::start_with(name, pool_min, pool_len, "", 30)
     }
 
-    /// Like [`Daemon::start`] with extra `[media]` keys.
-    fn start_with(name: &str, pool_min: u16, pool_len: u16, media_extra: &str) -> Daemon {
+    /// Like [`Daemon::start`] with extra `[media]` keys and a drain grace period.
+    fn start_with(
+        name: &str,
+        pool_min: u16,
+        pool_len: u16,
+        media_extra: &str,
+        grace_secs: u64,
+    ) -> Daemon {
         let dir = std::env::temp_dir().join(format!("xcc-e2e-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -46,7 +54,7 @@ impl Daemon {
             .unwrap();
         let config = format!(
             "[media]\n{media_extra}bind_address = \"127.0.0.1\"\nport_min = {pool_min}\nport_max = {}\nquarantine_secs = 1\n\
-             workers = 1\n\n[control]\nlisten = \"{control}\"\ndrain_grace_secs = 30\n\n\
+             workers = 1\n\n[control]\nlisten = \"{control}\"\ndrain_grace_secs = {grace_secs}\n\n\
              [nat]\npublic_address = \"127.0.0.1\"\npbx_address = \"127.0.0.1\"\n\n[log]\nlevel = \"debug\"\n",
             pool_min + pool_len - 1
         );
@@ -431,9 +439,9 @@ async fn wait_ports_back(c: &mut Clients) -> pb::StatusResponse {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_offer_relays_srtp_and_rtp_both_ways_and_hangup_frees_ports() {
-    let d = Daemon::start("client-offer", 41000, 100);
+    let d = Daemon::start("client-offer", 24000, 100);
     let mut c = clients(&d).await;
     let mut events = c
         .calls
@@ -445,7 +453,7 @@ async fn client_offer_relays_srtp_and_rtp_both_ways_and_hangup_frees_ports() {
     for leg in [&s.client, &s.pbx] {
         let port = leg.as_ref().unwrap().rtp_port;
         assert!(
-            (41000..41100).contains(&port),
+            (24000..24100).contains(&port),
             "port {port} from the configured pool"
         );
     }
@@ -542,9 +550,9 @@ async fn client_offer_relays_srtp_and_rtp_both_ways_and_hangup_frees_ports() {
     assert_eq!(ended.reason, pb::call_ended::Reason::Released as i32);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pbx_offer_gets_srtp_offer_for_client_and_media_flows() {
-    let d = Daemon::start("pbx-offer", 41100, 100);
+    let d = Daemon::start("pbx-offer", 24100, 100);
     let mut c = clients(&d).await;
     let client = phone();
     let pbx = phone();
@@ -602,9 +610,9 @@ async fn pbx_offer_gets_srtp_offer_for_client_and_media_flows() {
     assert_eq!(err.code(), Code::NotFound);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retried_offer_with_same_idempotency_key_returns_same_session() {
-    let d = Daemon::start("idempotent", 41200, 100);
+    let d = Daemon::start("idempotent", 24200, 100);
     let mut c = clients(&d).await;
     let key: [u8; 30] = rand::random();
     let offer = sdp(40000, "RTP/SAVP", &[crypto_line(1, &key)]);
@@ -642,9 +650,9 @@ async fn retried_offer_with_same_idempotency_key_returns_same_session() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_the_right_codes_naming_the_field() {
-    let d = Daemon::start("bad-requests", 41300, 8);
+    let d = Daemon::start("bad-requests", 24300, 8);
     let mut c = clients(&d).await;
     let key: [u8; 30] = rand::random();
     let good = sdp(40000, "RTP/SAVP", &[crypto_line(1, &key)]);
@@ -722,9 +730,9 @@ async fn bad_requests_get_the_right_codes_naming_the_field() {
     assert_eq!(err.code(), Code::FailedPrecondition);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_flips_health_and_refuses_new_sessions_until_resume() {
-    let d = Daemon::start("drain", 41400, 100);
+    let d = Daemon::start("drain", 24400, 100);
     let mut c = clients(&d).await;
     assert_eq!(c.health("").await, ServingStatus::Serving as i32);
     c.satellite.drain(pb::DrainRequest {}).await.unwrap();
@@ -748,9 +756,9 @@ async fn drain_flips_health_and_refuses_new_sessions_until_resume() {
         .unwrap();
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_until_the_last_call_ends_then_exits_zero() {
-    let mut d = Daemon::start("sigterm", 41500, 100);
+    let mut d = Daemon::start("sigterm", 24500, 100);
     let mut c = clients(&d).await;
     let (s, phones) = client_offered_call(&mut c, "sigterm-call").await;
     d.signal(libc::SIGTERM);
@@ -770,9 +778,9 @@ async fn sigterm_drains_until_the_last_call_ends_then_exits_zero() {
     assert_eq!(status.code(), Some(0), "log:\n{}", d.log());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_stops_at_once_even_with_calls() {
-    let mut d = Daemon::start("sigint", 41600, 100);
+    let mut d = Daemon::start("sigint", 24600, 100);
     let mut c = clients(&d).await;
     let _call = client_offered_call(&mut c, "sigint-call").await;
     d.signal(libc::SIGINT);
@@ -780,9 +788,9 @@ async fn sigint_stops_at_once_even_with_calls() {
     assert_eq!(status.code(), Some(0), "log:\n{}", d.log());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_log_level_and_keeps_serving() {
-    let d = Daemon::start("sighup", 41700, 100);
+    let d = Daemon::start("sighup", 24700, 100);
     let config = d.dir.join("xcc.toml");
     let text = std::fs::read_to_string(&config)
         .unwrap()
@@ -811,9 +819,9 @@ async fn sighup_reloads_the_log_level_and_keeps_serving() {
     assert_eq!(c.health("").await, ServingStatus::Serving as i32);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_without_media_ends_with_media_timeout_on_the_feed() {
-    let d = Daemon::start_with("timeout", 41800, 100, "media_timeout_secs = 1\n");
+    let d = Daemon::start_with("timeout", 24800, 100, "media_timeout_secs = 1\n", 30);
     let mut c = clients(&d).await;
     let mut events = c
         .calls
@@ -873,9 +881,9 @@ async fn wait_call(
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_hold_and_resume_through_update_session() {
-    let d = Daemon::start("hold", 41900, 100);
+    let d = Daemon::start("hold", 24900, 100);
     let mut c = clients(&d).await;
     let (s, phones) = client_offered_call(&mut c, "hold-call").await;
     exchange_media(&phones, 1);
@@ -932,4 +940,36 @@ async fn client_hold_and_resume_through_update_session() {
     })
     .await;
     exchange_media(&phones, 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drain_ends_calls_when_the_grace_period_expires() {
+    let mut d = Daemon::start_with("grace", 25100, 100, "", 1);
+    let mut c = clients(&d).await;
+    let mut events = c
+        .calls
+        .watch_events(pb::WatchEventsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let (s, _phones) = client_offered_call(&mut c, "outlives-grace").await;
+    d.signal(libc::SIGTERM);
+    let note = d.next_notification(Duration::from_secs(10));
+    assert!(note.starts_with("STOPPING=1"), "{note:?}");
+    let status = d.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "log:\n{}", d.log());
+    assert!(d.log().contains("drain grace expired"), "log:\n{}", d.log());
+    assert!(
+        !d.log().contains("did not stop"),
+        "graceful stop is not held by connected clients:\n{}",
+        d.log()
+    );
+    // The call was still up when the grace ran out: its end, if the feed delivered it before the
+    // server closed, says SHUTDOWN, never RELEASED.
+    while let Ok(Some(e)) = events.message().await {
+        if let Some(pb::event::Kind::Ended(ended)) = e.kind {
+            assert_eq!(e.call_id, s.session_id);
+            assert_eq!(ended.reason, pb::call_ended::Reason::Shutdown as i32);
+        }
+    }
 }

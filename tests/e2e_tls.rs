@@ -60,7 +60,7 @@ fn mutual_tls_control_port_serves_certified_clients_only() {
         .unwrap();
     let d = dir.display();
     let config = format!(
-        "[media]\nbind_address = \"127.0.0.1\"\nport_min = 42000\nport_max = 42099\nworkers = 1\n\n\
+        "[media]\nbind_address = \"127.0.0.1\"\nport_min = 25500\nport_max = 25599\nworkers = 1\n\n\
          [control]\nlisten = \"{control}\"\ntls_cert = \"{d}/server.crt\"\ntls_key = \"{d}/server.key\"\n\
          tls_client_ca = \"{d}/ca.crt\"\n"
     );

@@ -318,6 +318,7 @@ impl Leg {
             return Inbound::Drop(DropReason::Stranger);
         }
         let learning = now < self.learning_until;
+        let rtp_host = self.rtp_latch.addr.map(|a| a.ip());
         let (latch, signalled) = if port == LocalPort::Rtcp {
             let s = self.signalled_rtcp();
             (&mut self.rtcp_latch, s)
@@ -325,6 +326,16 @@ impl Leg {
             (&mut self.rtp_latch, self.config.remote_rtp)
         };
         let Some(crypto) = self.crypto.as_mut() else {
+            // Plain RTCP on its own port: besides the signalled address, only the host the RTP
+            // latch already trusts may teach the RTCP latch (a NAT-shifted port), so a stranger
+            // cannot grab RTCP while the peer has not sent its first report yet.
+            let foreign = port == LocalPort::Rtcp
+                && signalled != Some(from)
+                && latch.addr != Some(from)
+                && rtp_host != Some(from.ip());
+            if foreign {
+                return Inbound::Drop(DropReason::Stranger);
+            }
             return match latch.plain(from, signalled, learning) {
                 None => Inbound::Drop(DropReason::Stranger),
                 Some(moved) => Inbound::Media {
@@ -724,6 +735,85 @@ mod tests {
             );
             assert!(leg.prepare_send(&mut p, 28, true).is_ok(), "{dir:?}");
         }
+    }
+
+    #[test]
+    fn stranger_cannot_take_an_unused_rtcp_latch_but_the_rtp_host_can() {
+        let t0 = Instant::now();
+        let mut leg = plain_leg(t0, Some("10.0.0.1:4000"));
+        let mut r = rtcp_pkt();
+        let got = leg.handle_receive(t0, LocalPort::Rtcp, addr("203.0.113.1:9"), &mut r, 28);
+        assert_eq!(got, Inbound::Drop(DropReason::Stranger));
+        // The peer behind NAT: RTP latched from a shifted port, RTCP from another shifted port.
+        recv(&mut leg, t0, "10.0.0.1:5555");
+        let got = leg.handle_receive(t0, LocalPort::Rtcp, addr("10.0.0.1:5556"), &mut r, 28);
+        assert_eq!(
+            got,
+            Inbound::Media {
+                len: 28,
+                rtcp: true,
+                latched: Some(addr("10.0.0.1:5556"))
+            }
+        );
+        assert_eq!(leg.latched_rtcp(), Some(addr("10.0.0.1:5556")));
+    }
+
+    #[test]
+    fn random_datagrams_never_panic_and_are_all_counted() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let t0 = Instant::now();
+        let mut plain = plain_leg(t0, Some("10.0.0.1:4000"));
+        recv(&mut plain, t0, "10.0.0.1:4000");
+        let mut mux = Leg::new(LegSide::Client, t0);
+        let keys = crate::media::SrtpKeys {
+            inbound: crate::srtp::KeyingMaterial::generate(crate::srtp::SrtpSuite::AeadAes128Gcm),
+            outbound: crate::srtp::KeyingMaterial::generate(crate::srtp::SrtpSuite::AeadAes128Gcm),
+        };
+        let cfg = LegConfig {
+            remote_rtp: Some(addr("10.0.0.2:4000")),
+            rtcp_mux: true,
+            srtp: Some(keys),
+            ..LegConfig::default()
+        };
+        mux.configure(cfg, POLICY, t0);
+        const N: u64 = 20_000;
+        let mut buf = [0u8; 1600];
+        for i in 0..N {
+            let len = rng.random_range(0..300);
+            rng.fill(&mut buf[..len]);
+            if i % 2 == 0 {
+                // Bias towards the RTP/RTCP range so the deeper checks are exercised.
+                if let Some(b) = buf.first_mut() {
+                    *b = 0x80 | (*b & 0x3f);
+                }
+            }
+            let port = if i % 3 == 0 {
+                LocalPort::Rtcp
+            } else {
+                LocalPort::Rtp
+            };
+            let stranger = addr("203.0.113.1:9");
+            // After the window for the plain leg, so a stranger cannot latch its unused RTCP.
+            assert!(matches!(
+                plain.handle_receive(t0 + WINDOW, port, stranger, &mut buf, len),
+                Inbound::Drop(_)
+            ));
+            assert!(matches!(
+                mux.handle_receive(t0, port, stranger, &mut buf, len),
+                Inbound::Drop(_)
+            ));
+        }
+        for leg in [&plain, &mux] {
+            let d = leg.counters().drops;
+            let total = d.auth_failure + d.replay + d.stranger + d.malformed + d.no_route + d.stray;
+            assert_eq!(total, N, "every drop counted once");
+        }
+        assert_eq!(
+            mux.latched_rtp(),
+            None,
+            "nothing unauthenticated latches an SRTP leg"
+        );
     }
 
     mod srtp {

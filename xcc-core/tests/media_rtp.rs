@@ -12,7 +12,7 @@ const LIMIT: Duration = Duration::from_secs(5);
 
 #[test]
 fn rtp_and_rtcp_cross_both_ways_untouched_and_are_counted() {
-    let (engine, _events) = engine(46000, 46099, |_| {});
+    let (engine, _events) = engine(26000, 26099, |_| {});
     let ctl = engine.control();
     let call = ctl.allocate().unwrap();
     let (client, pbx) = (Phone::new(), Phone::new());
@@ -84,7 +84,7 @@ fn rtp_and_rtcp_cross_both_ways_untouched_and_are_counted() {
 
 #[test]
 fn rtcp_mux_leg_takes_and_gets_rtcp_on_its_rtp_port() {
-    let (engine, _events) = engine(46100, 46199, |_| {});
+    let (engine, _events) = engine(26100, 26199, |_| {});
     let ctl = engine.control();
     let call = ctl.allocate().unwrap();
     let (client, pbx) = (Phone::new(), Phone::new());
@@ -118,7 +118,7 @@ fn rtcp_mux_leg_takes_and_gets_rtcp_on_its_rtp_port() {
 
 #[test]
 fn hold_stops_rtp_towards_the_sendonly_peer_but_not_its_rtcp() {
-    let (engine, _events) = engine(46200, 46299, |_| {});
+    let (engine, _events) = engine(26200, 26299, |_| {});
     let ctl = engine.control();
     let call = ctl.allocate().unwrap();
     let (client, pbx) = (Phone::new(), Phone::new());
@@ -161,7 +161,7 @@ fn hold_stops_rtp_towards_the_sendonly_peer_but_not_its_rtcp() {
 
 #[test]
 fn unknown_calls_are_typed_errors() {
-    let (engine, _events) = engine(46300, 46399, |_| {});
+    let (engine, _events) = engine(26300, 26399, |_| {});
     let ctl = engine.control();
     let bogus = xcc_core::ids::CallId(u64::MAX);
     assert!(matches!(
@@ -176,5 +176,68 @@ fn unknown_calls_are_typed_errors() {
         ctl.configure_leg(bogus, LegSide::Pbx, LegConfig::default()),
         Err(xcc_core::Error::UnknownCall(_))
     ));
+    engine.shutdown();
+}
+
+#[test]
+fn ipv6_bind_address_forwards_over_loopback() {
+    use std::net::{SocketAddr, UdpSocket};
+    let Ok(probe) = UdpSocket::bind("[::1]:0") else {
+        return; // no IPv6 loopback here: nothing to prove
+    };
+    drop(probe);
+    let (engine, _events) = engine(26700, 26799, |c| c.bind_address = "::1".parse().unwrap());
+    let ctl = engine.control();
+    let call = ctl.allocate().unwrap();
+    let phone = || {
+        let s = UdpSocket::bind("[::1]:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s
+    };
+    let (a, b) = (phone(), phone());
+    let cfg = |s: &UdpSocket| LegConfig {
+        remote_rtp: Some(s.local_addr().unwrap()),
+        ..LegConfig::default()
+    };
+    ctl.configure_leg(call.call, LegSide::Client, cfg(&a))
+        .unwrap();
+    ctl.configure_leg(call.call, LegSide::Pbx, cfg(&b)).unwrap();
+    let at = |port| SocketAddr::new("::1".parse().unwrap(), port);
+    let pkt = rtp_packet(1, 6, 6);
+    a.send_to(&pkt, at(call.ports[0].rtp)).unwrap();
+    assert_eq!(recv(&b), (pkt, at(call.ports[1].rtp)));
+    let snap = ctl.snapshot(call.call).unwrap();
+    assert_eq!(snap.legs[0].local_rtp, at(call.ports[0].rtp));
+    engine.shutdown();
+}
+
+#[test]
+fn a_burst_larger_than_one_read_turn_is_forwarded_whole_and_in_order() {
+    let (engine, _events) = engine(27100, 27109, |c| c.workers = 1);
+    let ctl = engine.control();
+    let call = ctl.allocate().unwrap();
+    let (client, pbx) = (Phone::new(), Phone::new());
+    ctl.configure_leg(call.call, LegSide::Client, leg_to(&client, None))
+        .unwrap();
+    ctl.configure_leg(call.call, LegSide::Pbx, leg_to(&pbx, None))
+        .unwrap();
+    // More than twice what the worker reads from one socket per turn (64): the rest must not be
+    // stranded by edge-triggered readiness. (Small enough for the phone's default receive buffer.)
+    const N: u16 = 150;
+    for seq in 0..N {
+        client
+            .rtp
+            .send_to(&rtp_packet(seq, 5, 0), local(call.ports[0].rtp))
+            .unwrap();
+    }
+    for seq in 0..N {
+        let mut buf = [0u8; 2048];
+        let got = pbx
+            .rtp
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("packet {seq} of {N} missing: {e}"));
+        assert_eq!(got, 172);
+        assert_eq!(u16::from_be_bytes([buf[2], buf[3]]), seq);
+    }
     engine.shutdown();
 }

@@ -183,3 +183,20 @@ pub fn leg_to(p: &Phone, srtp: Option<xcc_core::media::SrtpKeys>) -> xcc_core::m
         ..Default::default()
     }
 }
+
+/// Waits until every call in `calls` has raised `Ended`, in any order.
+pub fn await_all_ended(
+    events: &crossbeam_channel::Receiver<MediaEvent>,
+    calls: &[xcc_core::ids::CallId],
+    limit: Duration,
+) {
+    let deadline = Instant::now() + limit;
+    let mut left: Vec<_> = calls.to_vec();
+    while !left.is_empty() {
+        match events.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(MediaEvent::Ended { call, .. }) => left.retain(|c| *c != call),
+            Ok(_) => {}
+            Err(e) => panic!("calls {left:?} did not end within {limit:?}: {e}"),
+        }
+    }
+}
