@@ -133,7 +133,7 @@ fn assert_clean_media(r: &Value, calls: u64) {
 
 #[test]
 fn grpc_calls_through_xccd_carry_srtp_and_rtp_without_loss() {
-    let d = Daemon::start("grpc", 47_000, 40);
+    let d = Daemon::start("grpc", 25_000, 40);
     let pid = d.pid().to_string();
     let out = xcc_load(&[
         "grpc",
@@ -177,7 +177,7 @@ fn grpc_calls_through_xccd_carry_srtp_and_rtp_without_loss() {
 
 #[test]
 fn grpc_run_with_bare_reference_reports_cpu_ratio() {
-    let d = Daemon::start("ratio", 47_100, 40);
+    let d = Daemon::start("ratio", 25_100, 40);
     let pid = d.pid().to_string();
     let out = xcc_load(&[
         "grpc",
@@ -191,7 +191,7 @@ fn grpc_run_with_bare_reference_reports_cpu_ratio() {
         "--xccd-pid",
         &pid,
         "--bare-ports",
-        "47200-47203",
+        "25200-25203",
     ]);
     assert!(
         out.status.success(),
@@ -223,7 +223,7 @@ fn bare_forwarder_forwards_both_ways() {
         "1",
         "--json",
         "--ports",
-        "47300-47307",
+        "25300-25307",
     ]);
     assert!(
         out.status.success(),
@@ -264,7 +264,7 @@ fn argument_errors_exit_2_with_a_message() {
                 "--duration",
                 "1",
                 "--ports",
-                "47301-47308",
+                "25301-25308",
             ][..],
             "even",
         ),
@@ -276,7 +276,7 @@ fn argument_errors_exit_2_with_a_message() {
                 "--duration",
                 "1",
                 "--ports",
-                "47300-47303",
+                "25300-25303",
             ][..],
             "pairs",
         ),
@@ -321,7 +321,7 @@ fn argument_errors_exit_2_with_a_message() {
 
 #[test]
 fn sweep_runs_every_step_and_reports_capacity_fields() {
-    let d = Daemon::start("sweep", 47_400, 40);
+    let d = Daemon::start("sweep", 25_400, 40);
     let pid = d.pid().to_string();
     let out = xcc_load(&[
         "sweep",

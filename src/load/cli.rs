@@ -54,8 +54,8 @@ pub struct Common {
     #[arg(long)]
     pub load_cpu: Option<usize>,
     /// Loopback ports the phones bind (two per call; ports in use are skipped). Keep it apart
-    /// from the relay's media pool and the kernel's ephemeral range.
-    #[arg(long, default_value = "20000-29999", value_parser = PortRange::parse)]
+    /// from the relay's media pool and the kernel's ephemeral range (32768-60999 on Linux).
+    #[arg(long, default_value = "26000-29999", value_parser = PortRange::parse)]
     pub phone_ports: PortRange,
 }
 
@@ -95,7 +95,7 @@ pub struct BareArgs {
     /// Forwarded calls (port pairs).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_CALLS)))]
     pub pairs: u32,
-    /// Forwarder ports (even first port, whole pairs); default 41000 upwards.
+    /// Forwarder ports (even first port, whole pairs); default 22000 upwards.
     #[arg(long, value_parser = PortRange::parse)]
     pub ports: Option<PortRange>,
     #[command(flatten)]

@@ -36,8 +36,8 @@ const LOAD_CORES_LIMIT: f64 = 0.9;
 /// Capacity criteria (issue 7): loss below 0.1 % and p99 latency below 5 ms.
 const CAPACITY_LOSS_PCT: f64 = 0.1;
 const CAPACITY_P99_US: f64 = 5_000.0;
-/// Default first port of `bare` mode.
-const BARE_FIRST_PORT: u16 = 41_000;
+/// Default first port of `bare` mode: below the kernel's ephemeral range, apart from the phones.
+const BARE_FIRST_PORT: u16 = 22_000;
 
 /// Runs a parsed command line; exit status 0 on success, 1 when the run failed, 2 for usage
 /// errors (as clap uses).

@@ -495,22 +495,22 @@ mod tests {
     #[test]
     fn phones_skip_ports_in_use_and_stay_in_range() {
         // Find two adjacent free ports from a high range, then occupy the first.
-        let range = PortRange::parse("47900-47905").unwrap();
-        let taken = UdpSocket::bind(("127.0.0.1", 47_900));
+        let range = PortRange::parse("25900-25905").unwrap();
+        let taken = UdpSocket::bind(("127.0.0.1", 25_900));
         let mut binder = PhoneBinder::new(range);
         let pairs = binder.bind_pairs(2).unwrap();
         for (a, b) in &pairs {
             for s in [a, b] {
                 let addr = s.local_addr().unwrap();
                 assert!(addr.ip().is_loopback());
-                assert!((47_900..=47_905).contains(&addr.port()));
+                assert!((25_900..=25_905).contains(&addr.port()));
                 if taken.is_ok() {
-                    assert_ne!(addr.port(), 47_900, "a port in use is skipped");
+                    assert_ne!(addr.port(), 25_900, "a port in use is skipped");
                 }
             }
         }
         drop(pairs);
-        let mut small = PhoneBinder::new(PortRange::parse("47906-47907").unwrap());
+        let mut small = PhoneBinder::new(PortRange::parse("25906-25907").unwrap());
         assert!(
             small.bind_pairs(2).is_err(),
             "range exhausted is an error, not a wrap"
