@@ -323,9 +323,10 @@ fn send(
                 index: k32,
                 sent_ns: (Instant::now() - epoch).as_nanos() as u64,
             };
+            // Cannot fail: `buf` is PACKET_LEN + SRTP_ROOM bytes, so its first PACKET_LEN exist.
             let pkt: &mut [u8; PACKET_LEN] = (&mut buf[..PACKET_LEN])
                 .try_into()
-                .expect("slice of exactly PACKET_LEN");
+                .expect("buf holds PACKET_LEN + SRTP_ROOM bytes");
             payload::write_packet(
                 pkt,
                 o.seq0.wrapping_add(k as u16),
