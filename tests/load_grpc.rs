@@ -357,3 +357,44 @@ fn sweep_runs_every_step_and_reports_capacity_fields() {
     }
     assert!(r.get("capacity").is_some() && r["load_limited"].is_boolean());
 }
+
+#[test]
+fn repeated_runs_report_the_spread_of_the_cpu_ratio() {
+    let d = Daemon::start("repeat", 25_500, 40);
+    let pid = d.pid().to_string();
+    let out = xcc_load(&[
+        "grpc",
+        "--calls",
+        "1",
+        "--duration",
+        "1",
+        "--repeat",
+        "2",
+        "--json",
+        "--addr",
+        &d.endpoint,
+        "--xccd-pid",
+        &pid,
+        "--bare-ports",
+        "25600-25601",
+    ]);
+    assert!(
+        out.status.success(),
+        "stderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = json_of(&out);
+    let runs = r["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    for run in runs {
+        assert_clean_media(run, 1);
+    }
+    let spread = &r["cpu_ratio"];
+    assert_eq!(spread["samples"], 2, "{r:#}");
+    let (min, median, max) = (
+        spread["min"].as_f64().unwrap(),
+        spread["median"].as_f64().unwrap(),
+        spread["max"].as_f64().unwrap(),
+    );
+    assert!(min <= median && median <= max, "{r:#}");
+}

@@ -83,6 +83,10 @@ pub struct GrpcArgs {
     /// Concurrent calls.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_CALLS)))]
     pub calls: u32,
+    /// Repeat the run (xccd, then the bare reference when asked) this many times and report the
+    /// spread of the CPU ratio: on a shared machine one pair of runs is not a verdict.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10))]
+    pub repeat: u32,
     #[command(flatten)]
     pub xccd: XccdArgs,
     #[command(flatten)]

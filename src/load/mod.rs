@@ -43,6 +43,12 @@ const BARE_FIRST_PORT: u16 = 22_000;
 /// errors (as clap uses).
 pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.mode {
+        Mode::Grpc(args) if args.repeat > 1 => run_repeated(&args).map(|r| {
+            emit(&r, args.common.json, repeated_table(&r));
+            r.runs
+                .into_iter()
+                .find(|run| run.calls_established < run.calls_requested)
+        }),
         Mode::Grpc(args) => {
             run_grpc(&args).map(|r| emit(&r, args.common.json, report::table(&r)).then_some(r))
         }
@@ -210,6 +216,88 @@ fn run_grpc(args: &GrpcArgs) -> Result<RunReport, LoadError> {
     let xccd = args.xccd.xccd_pid.map(Pid);
     pin(&args.common, xccd)?;
     grpc_once(args.calls, &args.xccd, &args.common)
+}
+
+/// Several runs of the same size and the spread of their CPU ratios.
+#[derive(Debug, Serialize)]
+struct Repeated {
+    /// Every run, in order.
+    runs: Vec<RunReport>,
+    /// xccd CPU per 1000 calls / the forwarder's, over the runs that measured both.
+    cpu_ratio: Option<Spread>,
+    /// Worst loss of any run, percent.
+    loss_pct_max: f64,
+}
+
+/// Median and range.
+#[derive(Debug, Serialize)]
+struct Spread {
+    median: f64,
+    min: f64,
+    max: f64,
+    samples: usize,
+}
+
+impl Spread {
+    fn of(mut v: Vec<f64>) -> Option<Self> {
+        v.sort_by(f64::total_cmp);
+        let (&min, &max) = (v.first()?, v.last()?);
+        let mid = v.len() / 2;
+        let median = if v.len() % 2 == 1 {
+            v[mid]
+        } else {
+            (v[mid - 1] + v[mid]) / 2.0
+        };
+        Some(Self {
+            median,
+            min,
+            max,
+            samples: v.len(),
+        })
+    }
+}
+
+/// Pause between repeated runs, so released ports leave quarantine.
+const REPEAT_PAUSE: Duration = Duration::from_secs(2);
+
+fn run_repeated(args: &GrpcArgs) -> Result<Repeated, LoadError> {
+    check_relay_cpu(&args.common, &args.xccd)?;
+    pin(&args.common, args.xccd.xccd_pid.map(Pid))?;
+    let mut runs = Vec::with_capacity(args.repeat as usize);
+    for i in 0..args.repeat {
+        if i > 0 {
+            std::thread::sleep(REPEAT_PAUSE);
+        }
+        runs.push(grpc_once(args.calls, &args.xccd, &args.common)?);
+    }
+    let cpu_ratio = Spread::of(
+        runs.iter()
+            .filter_map(|r| r.cpu_ratio_to_reference)
+            .collect(),
+    );
+    let loss_pct_max = runs.iter().map(|r| r.media.loss_pct).fold(0.0, f64::max);
+    Ok(Repeated {
+        runs,
+        cpu_ratio,
+        loss_pct_max,
+    })
+}
+
+fn repeated_table(r: &Repeated) -> String {
+    let mut out = String::new();
+    for (i, run) in r.runs.iter().enumerate() {
+        out.push_str(&format!("--- run {} of {}\n", i + 1, r.runs.len()));
+        out.push_str(&report::table(run));
+    }
+    match &r.cpu_ratio {
+        Some(s) => out.push_str(&format!(
+            "relay CPU / bare forwarder over {} runs: median {:.2}x (min {:.2}, max {:.2})\n",
+            s.samples, s.median, s.min, s.max
+        )),
+        None => out.push_str("relay CPU ratio: not measured (give --xccd-pid and --bare-ports)\n"),
+    }
+    out.push_str(&format!("worst loss: {:.3} %\n", r.loss_pct_max));
+    out
 }
 
 fn grpc_once(calls: u32, x: &XccdArgs, common: &Common) -> Result<RunReport, LoadError> {
