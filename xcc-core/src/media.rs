@@ -17,6 +17,7 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::ids::{CallId, LegSide};
 use crate::leg::LatchPolicy;
 use crate::ports::{PortPool, allocate_pairs};
+use crate::quality::{LegQualitySummary, QualityEvent, QualitySnapshot};
 use crate::relay::call::CallTimers;
 use crate::relay::published::{CallState, Published};
 use crate::relay::worker::{self, WAKER, WorkerSetup};
@@ -169,6 +170,10 @@ pub struct LegConfig {
     pub direction: Direction,
     /// SDES session parameters (`UNENCRYPTED_SRTP`, ...) for both directions; ignored for plain RTP.
     pub srtp_policy: SrtpPolicy,
+    /// RTP clock rate per payload type from the peer's `a=rtpmap` lines
+    /// ([`crate::sdp::SessionDescription::audio_clock_rates`]); static types need no entry.
+    /// Without a rate the leg's jitter is not measured (never guessed).
+    pub clock_rates: Vec<(u8, u32)>,
 }
 
 /// Why a call's media ended.
@@ -201,6 +206,19 @@ pub struct DropCounters {
     pub send_error: u64,
 }
 
+/// Per-leg quality at the end of a call, for the call record.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CallQuality {
+    /// Per leg, indexed by [`LegSide::index`]: final figures and which VoIP-ready limits were
+    /// broken and for how long.
+    pub legs: [LegQualitySummary; 2],
+    /// MOS of the whole call (both legs' RTTs added, losses compounded); `None` unless both legs
+    /// measured an RTT.
+    pub mos: Option<f64>,
+    /// R factor of the same computation.
+    pub r_factor: Option<f64>,
+}
+
 /// Per-leg traffic counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LegCounters {
@@ -216,12 +234,15 @@ pub struct LegCounters {
     pub rtcp_in: u64,
     /// RTCP packets among `packets_out`.
     pub rtcp_out: u64,
+    /// RTCP from the peer that XCC's parser refused (lengths do not tile, bad padding, ...) after
+    /// SRTCP authentication: still forwarded (XCC is transparent to the other leg) but unread.
+    pub rtcp_malformed: u64,
     /// Drops by reason.
     pub drops: DropCounters,
 }
 
 /// A leg as last published by its worker.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LegSnapshot {
     /// Which leg.
     pub side: LegSide,
@@ -241,10 +262,13 @@ pub struct LegSnapshot {
     pub direction: Direction,
     /// Counters.
     pub counters: LegCounters,
+    /// Loss, jitter, RTT, MOS and VoIP-ready state of what this leg's peer sends (sampled values
+    /// as of the monitor's last 1 s evaluation).
+    pub quality: QualitySnapshot,
 }
 
 /// A call as last published by its worker.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CallSnapshot {
     /// The call.
     pub call: CallId,
@@ -271,7 +295,7 @@ pub struct PoolStatus {
 }
 
 /// What the media plane tells the control plane without being asked.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum MediaEvent {
     /// A leg latched (or re-latched after proof) onto a peer address.
     Latched {
@@ -290,6 +314,17 @@ pub enum MediaEvent {
         reason: EndReason,
         /// Final state of the call.
         last: Box<CallSnapshot>,
+        /// Quality per leg and for the call, for the call record.
+        quality: Box<CallQuality>,
+    },
+    /// A leg crossed or recovered a VoIP-ready limit (at most one per limit per evaluation).
+    Quality {
+        /// The call.
+        call: CallId,
+        /// The leg.
+        side: LegSide,
+        /// What happened.
+        event: QualityEvent,
     },
 }
 
@@ -544,6 +579,7 @@ pub(crate) fn snapshot_of(
             srtp_suite: configs[i].srtp.as_ref().map(|k| k.inbound.suite),
             direction: configs[i].direction,
             counters: state.legs[i].counters,
+            quality: state.legs[i].quality,
         }
     };
     CallSnapshot {

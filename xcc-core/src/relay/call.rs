@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use crate::ids::LegSide;
 use crate::leg::{DropReason, Inbound, LatchPolicy, Leg, LocalPort, Outbound};
-use crate::media::{Direction, LegConfig};
+use crate::media::{CallQuality, Direction, LegConfig};
+use crate::quality::{QualityEvent, call_score};
 use crate::relay::published::{CallState, LegState};
 
 /// What happens to media crossing the call in one direction, fixed when the legs are configured
@@ -132,7 +133,7 @@ impl Call {
             };
         };
         self.last_media = now;
-        match dst.prepare_send(buf, len, rtcp) {
+        match dst.prepare_send(now, buf, len, rtcp) {
             Ok(out) => Step {
                 send: Some((side.other(), out, rtcp)),
                 latched,
@@ -180,6 +181,40 @@ impl Call {
         now.saturating_duration_since(self.last_media)
     }
 
+    /// Runs the legs' quality evaluations that are due (once per second each); off the packet
+    /// path, from the worker's tick.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for leg in &mut self.legs {
+            let monitor = leg.monitor_mut();
+            if now >= monitor.poll_timeout() {
+                monitor.handle_timeout(now);
+                self.dirty = true;
+            }
+        }
+    }
+
+    /// Next quality event of either leg (VoIP-ready limit crossed or recovered).
+    pub fn poll_quality_event(&mut self) -> Option<(LegSide, QualityEvent)> {
+        self.legs
+            .iter_mut()
+            .find_map(|l| l.monitor_mut().poll_event().map(|e| (l.side(), e)))
+    }
+
+    /// Quality per leg and for the whole call, for the call record; open limit episodes are
+    /// counted up to `now`.
+    pub fn quality(&self, now: Instant) -> CallQuality {
+        let legs = [
+            self.legs[0].monitor().summary(now),
+            self.legs[1].monitor().summary(now),
+        ];
+        let score = call_score(&[legs[0].last, legs[1].last]);
+        CallQuality {
+            legs,
+            mos: score.map(|s| s.mos),
+            r_factor: score.map(|s| s.r_factor),
+        }
+    }
+
     /// Takes the "needs publishing" flag.
     pub fn take_dirty(&mut self) -> bool {
         std::mem::take(&mut self.dirty)
@@ -191,6 +226,7 @@ impl Call {
             counters: *l.counters(),
             latched: l.latched_rtp(),
             latched_rtcp: l.latched_rtcp(),
+            quality: l.monitor().snapshot(),
         };
         CallState {
             legs: [leg(&self.legs[0]), leg(&self.legs[1])],

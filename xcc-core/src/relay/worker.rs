@@ -261,7 +261,19 @@ impl Worker {
             };
             if slot.call.is_timed_out(now) {
                 self.end(i, EndReason::MediaTimeout, now);
-            } else if slot.call.take_dirty() {
+                continue;
+            }
+            slot.call.handle_timeout(now);
+            while let Some((side, event)) = slot.call.poll_quality_event() {
+                tracing::info!(call = %slot.id, ?side, ?event, "media quality");
+                // Rare (hysteresis: at most one per limit and direction every few seconds).
+                let _ = self.setup.events.send(MediaEvent::Quality {
+                    call: slot.id,
+                    side,
+                    event,
+                });
+            }
+            if slot.call.take_dirty() {
                 slot.published.write(&slot.call.state(self.setup.epoch));
             }
         }
@@ -284,6 +296,7 @@ impl Worker {
         self.free_slots.push(i);
         self.by_id.remove(&slot.id);
         let state = slot.call.state(self.setup.epoch);
+        let quality = slot.call.quality(now);
         slot.published.write(&state);
         slot.published.set_ended();
         let last = crate::media::snapshot_of(
@@ -312,6 +325,7 @@ impl Worker {
             call: slot.id,
             reason,
             last: Box::new(last),
+            quality: Box::new(quality),
         });
     }
 }
