@@ -15,8 +15,8 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
 use self::grammar::{
-    address_type, attribute, parse_connection, parse_direction, parse_media, parse_origin,
-    parse_rtcp,
+    address_type, attribute, next_token, parse_connection, parse_direction, parse_media,
+    parse_origin, parse_rtcp,
 };
 use crate::error::{Error, Result};
 use crate::media::{Direction, LegPorts};
@@ -314,6 +314,22 @@ impl SessionDescription {
         })
     }
 
+    /// RTP clock rates of the first audio section's `a=rtpmap:<pt> <name>/<rate>[/<channels>]`
+    /// lines, for [`crate::media::LegConfig::clock_rates`] (jitter needs the rate of dynamic
+    /// types such as Opus). Malformed lines, types above 127 and a zero rate are skipped.
+    pub fn audio_clock_rates(&self) -> Vec<(u8, u32)> {
+        let Some((start, end)) = self.audio_section() else {
+            return Vec::new();
+        };
+        self.lines[start + 1..end]
+            .iter()
+            .filter_map(|l| match attribute(l)? {
+                ("rtpmap", Some(value)) => parse_rtpmap(value),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// XCC's own origin for the leg it emits on (B2BUA: each side sees XCC as the session owner);
     /// callers bump `version` on every new offer of the same session. The username becomes `-`.
     pub fn set_origin(&mut self, session_id: u64, version: u64, address: IpAddr) {
@@ -412,6 +428,20 @@ impl fmt::Debug for SessionDescription {
         }
         list.finish()
     }
+}
+
+/// `<pt> <encoding>/<rate>[/<params>]` (RFC 8866 §6.6) to (payload type, clock rate).
+fn parse_rtpmap(value: &str) -> Option<(u8, u32)> {
+    let (pt, encoding) = next_token(value)?;
+    let pt = pt.parse::<u8>().ok().filter(|&pt| pt < 128)?;
+    let (_, rest) = encoding.trim().split_once('/')?;
+    let rate = rest
+        .split('/')
+        .next()?
+        .parse::<u32>()
+        .ok()
+        .filter(|&r| r > 0)?;
+    Some((pt, rate))
 }
 
 fn parse_error(line: usize, reason: &'static str) -> Error {
