@@ -72,7 +72,7 @@ fn steady_state_forwarding_allocates_nothing() {
         assert_eq!(got, 182);
         // Every 50th round an SR crosses towards the PBX and an RR comes back: the quality
         // monitors parse both directions of RTCP on the way.
-        if seq % 50 == 0 {
+        if seq.is_multiple_of(50) {
             up[..28].copy_from_slice(&sender_report_fixed(0xc1, u32::from(seq)));
             let n = sp.tx.protect_rtcp(&mut up, 28).unwrap();
             client.rtcp.send_to(&up[..n], c_rtcp).unwrap();
