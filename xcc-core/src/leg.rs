@@ -1034,4 +1034,67 @@ mod tests {
             assert_eq!(p[..172], rtp_pkt()[..172]);
         }
     }
+
+    fn rtp_with(pt: u8, seq: u16, ts: u32) -> [u8; 172] {
+        let mut p = rtp_pkt();
+        p[1] = pt;
+        p[2..4].copy_from_slice(&seq.to_be_bytes());
+        p[4..8].copy_from_slice(&ts.to_be_bytes());
+        p
+    }
+
+    #[test]
+    fn accepted_rtp_feeds_the_monitor_with_the_signalled_clock_rate() {
+        let t0 = Instant::now();
+        let from = addr("10.0.0.1:4000");
+        let run = |rates: Vec<(u8, u32)>| {
+            let mut leg = Leg::new(LegSide::Pbx, t0);
+            leg.configure(
+                LegConfig {
+                    remote_rtp: Some(from),
+                    clock_rates: rates,
+                    ..LegConfig::default()
+                },
+                POLICY,
+                t0,
+            );
+            // 20 ms of Opus per packet, arriving 20 ms apart except every third 5 ms late.
+            for seq in 0..30u16 {
+                let late = if seq % 3 == 0 { 5 } else { 0 };
+                let now = t0 + Duration::from_millis(20 * u64::from(seq) + late);
+                let mut p = rtp_with(111, seq, u32::from(seq) * 960);
+                leg.handle_receive(now, LocalPort::Rtp, from, &mut p, 172);
+            }
+            // A stranger's packets never reach the monitor.
+            let mut p = rtp_with(111, 500, 0);
+            leg.handle_receive(t0, LocalPort::Rtp, addr("192.0.2.9:9"), &mut p, 172);
+            leg.monitor().snapshot()
+        };
+        let with_rate = run(vec![(111, 48000), (200, 8000), (96, 0)]);
+        assert_eq!(with_rate.received, 29, "A.1: the first packet is probation");
+        assert_eq!(with_rate.expected, 29);
+        assert!(
+            with_rate.jitter_ms.is_some_and(|j| j > 0.5),
+            "{with_rate:?}"
+        );
+        let without = run(Vec::new());
+        assert_eq!(without.received, 29);
+        assert_eq!(without.jitter_ms, None, "unknown rate: no jitter, no guess");
+    }
+
+    #[test]
+    fn unparseable_rtcp_is_counted_and_still_forwarded() {
+        let t0 = Instant::now();
+        let mut leg = plain_leg(t0, Some("10.0.0.1:4000"));
+        let mut p = [0u8; 40];
+        // A valid first header (the relay's check) and a second packet overrunning the datagram.
+        p[..8].copy_from_slice(&[0x80, 201, 0, 1, 0, 0, 0, 7]);
+        p[8..16].copy_from_slice(&[0x81, 202, 0, 9, 0, 0, 0, 7]);
+        let got = leg.handle_receive(t0, LocalPort::Rtcp, addr("10.0.0.1:4001"), &mut p, 16);
+        assert!(matches!(got, Inbound::Media { rtcp: true, .. }), "{got:?}");
+        assert_eq!(leg.counters().rtcp_malformed, 1);
+        assert_eq!(leg.counters().rtcp_in, 1);
+        assert_eq!(leg.counters().drops, DropCounters::default());
+        assert_eq!(leg.monitor().summary(t0).rtcp_malformed, 1);
+    }
 }

@@ -395,4 +395,59 @@ mod tests {
         assert_eq!(Transform::between(true, true), Transform::Reencrypt);
         assert_eq!(Transform::between(false, false), Transform::Pass);
     }
+
+    #[test]
+    fn quality_is_evaluated_on_the_timer_and_summarised_per_leg() {
+        let t0 = Instant::now();
+        let mut call = configured(t0);
+        // Every fourth packet from the PBX lost: 25 % over the limit for longer than the debounce.
+        let mut crossed = Vec::new();
+        for seq in 0..500u16 {
+            let now = t0 + Duration::from_millis(20 * u64::from(seq));
+            if seq % 4 != 3 {
+                let mut p = rtp_pkt();
+                p[2..4].copy_from_slice(&seq.to_be_bytes());
+                p[4..8].copy_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+                call.handle_receive(
+                    now,
+                    LegSide::Pbx,
+                    LocalPort::Rtp,
+                    addr("10.0.0.1:4000"),
+                    &mut p,
+                    172,
+                );
+            }
+            call.take_dirty();
+            call.handle_timeout(now);
+            while let Some(e) = call.poll_quality_event() {
+                crossed.push(e);
+            }
+        }
+        assert_eq!(crossed.len(), 1, "{crossed:?}");
+        assert!(matches!(
+            crossed[0],
+            (
+                LegSide::Pbx,
+                QualityEvent::VoipReady(crate::quality::VoipEvent::LimitCrossed {
+                    limit: crate::quality::Limit::Loss,
+                    ..
+                })
+            )
+        ));
+        let end = t0 + Duration::from_secs(10);
+        call.handle_timeout(end);
+        assert!(call.take_dirty(), "an evaluation is published");
+        let st = call.state(t0);
+        assert!(st.legs[1].quality.loss_percent > 20.0);
+        assert_eq!(st.legs[0].quality.received, 0);
+        let q = call.quality(end);
+        assert_eq!(
+            q.legs[1]
+                .voip_ready
+                .of(crate::quality::Limit::Loss)
+                .episodes,
+            1
+        );
+        assert_eq!(q.mos, None, "no RTT: no call MOS");
+    }
 }
