@@ -320,7 +320,14 @@ impl Worker {
             rtp_ports: [slot.ports[0].rtp, slot.ports[1].rtp],
             at: now,
         });
-        tracing::info!(call = %slot.id, ?reason, "call media ended");
+        tracing::info!(
+            call = %slot.id,
+            ?reason,
+            mos = ?quality.mos,
+            client_broken = ?quality.legs[0].voip_ready.broken(),
+            pbx_broken = ?quality.legs[1].voip_ready.broken(),
+            "call media ended"
+        );
         let _ = self.setup.events.send(MediaEvent::Ended {
             call: slot.id,
             reason,
