@@ -13,6 +13,7 @@ pub mod error;
 pub mod ids;
 pub mod leg;
 pub mod media;
+pub mod nat;
 pub mod ports;
 pub mod quality;
 pub mod relay;

@@ -39,7 +39,7 @@ static GLOBAL: Counting = Counting;
 
 #[test]
 fn steady_state_forwarding_allocates_nothing() {
-    let (engine, _events) = engine(47000, 47049, |c| c.workers = 1);
+    let (engine, _events) = engine(27000, 27049, |c| c.workers = 1);
     let ctl = engine.control();
     let call = ctl.allocate().unwrap();
     let (client, pbx) = (Phone::new(), Phone::new());

@@ -11,7 +11,7 @@ use xcc_core::srtp::SrtpSuite;
 
 #[test]
 fn stranger_spraying_both_legs_gets_and_injects_nothing() {
-    let (engine, _events) = engine(46600, 46699, |_| {});
+    let (engine, _events) = engine(26600, 26699, |_| {});
     let ctl = engine.control();
     let call = ctl.allocate().unwrap();
     let (client, pbx) = (Phone::new(), Phone::new());

@@ -11,7 +11,7 @@ use xcc_core::media::{MediaConfig, MediaEngine};
 #[test]
 fn many_allocate_release_cycles_leak_no_port() {
     // 5 calls' worth of ports.
-    let (engine, events) = engine(46900, 46919, |c| c.quarantine_secs = 0);
+    let (engine, events) = engine(26900, 26919, |c| c.quarantine_secs = 0);
     let ctl = engine.control();
     let total = ctl.pool_status().total;
     assert_eq!(total, 20);
@@ -38,12 +38,12 @@ fn many_allocate_release_cycles_leak_no_port() {
 
 #[test]
 fn port_held_by_another_process_is_skipped() {
-    let _holder = UdpSocket::bind("127.0.0.1:46941").unwrap();
-    let (engine, _events) = engine(46940, 46949, |_| {});
+    let _holder = UdpSocket::bind("127.0.0.1:26941").unwrap();
+    let (engine, _events) = engine(26940, 26949, |_| {});
     let ctl = engine.control();
     let call = ctl.allocate().unwrap();
     let rtp: Vec<u16> = call.ports.iter().map(|p| p.rtp).collect();
-    assert_eq!(rtp, vec![46942, 46944], "pair 46940/46941 skipped");
+    assert_eq!(rtp, vec![26942, 26944], "pair 26940/26941 skipped");
     for p in call.ports {
         assert_eq!(p.rtcp, p.rtp + 1);
     }
@@ -52,7 +52,7 @@ fn port_held_by_another_process_is_skipped() {
 
 #[test]
 fn calls_spread_over_the_least_loaded_workers() {
-    let (engine, _events) = engine(46950, 46999, |_| {});
+    let (engine, _events) = engine(26950, 26999, |_| {});
     let ctl = engine.control();
     assert_eq!(ctl.workers(), 2);
     let calls: Vec<_> = (0..4).map(|_| ctl.allocate().unwrap()).collect();

@@ -12,7 +12,7 @@ const LIMIT: Duration = Duration::from_secs(5);
 
 #[test]
 fn rtp_and_rtcp_cross_both_ways_untouched_and_are_counted() {
-    let (engine, _events) = engine(46000, 46099, |_| {});
+    let (engine, _events) = engine(26000, 26099, |_| {});
     let ctl = engine.control();
     let call = ctl.allocate().unwrap();
     let (client, pbx) = (Phone::new(), Phone::new());
@@ -84,7 +84,7 @@ fn rtp_and_rtcp_cross_both_ways_untouched_and_are_counted() {
 
 #[test]
 fn rtcp_mux_leg_takes_and_gets_rtcp_on_its_rtp_port() {
-    let (engine, _events) = engine(46100, 46199, |_| {});
+    let (engine, _events) = engine(26100, 26199, |_| {});
     let ctl = engine.control();
     let call = ctl.allocate().unwrap();
     let (client, pbx) = (Phone::new(), Phone::new());
@@ -118,7 +118,7 @@ fn rtcp_mux_leg_takes_and_gets_rtcp_on_its_rtp_port() {
 
 #[test]
 fn hold_stops_rtp_towards_the_sendonly_peer_but_not_its_rtcp() {
-    let (engine, _events) = engine(46200, 46299, |_| {});
+    let (engine, _events) = engine(26200, 26299, |_| {});
     let ctl = engine.control();
     let call = ctl.allocate().unwrap();
     let (client, pbx) = (Phone::new(), Phone::new());
@@ -161,7 +161,7 @@ fn hold_stops_rtp_towards_the_sendonly_peer_but_not_its_rtcp() {
 
 #[test]
 fn unknown_calls_are_typed_errors() {
-    let (engine, _events) = engine(46300, 46399, |_| {});
+    let (engine, _events) = engine(26300, 26399, |_| {});
     let ctl = engine.control();
     let bogus = xcc_core::ids::CallId(u64::MAX);
     assert!(matches!(
@@ -186,7 +186,7 @@ fn ipv6_bind_address_forwards_over_loopback() {
         return; // no IPv6 loopback here: nothing to prove
     };
     drop(probe);
-    let (engine, _events) = engine(46700, 46799, |c| c.bind_address = "::1".parse().unwrap());
+    let (engine, _events) = engine(26700, 26799, |c| c.bind_address = "::1".parse().unwrap());
     let ctl = engine.control();
     let call = ctl.allocate().unwrap();
     let phone = || {
@@ -213,7 +213,7 @@ fn ipv6_bind_address_forwards_over_loopback() {
 
 #[test]
 fn a_burst_larger_than_one_read_turn_is_forwarded_whole_and_in_order() {
-    let (engine, _events) = engine(46000 + 90, 46000 + 99, |c| c.workers = 1);
+    let (engine, _events) = engine(27100, 27109, |c| c.workers = 1);
     let ctl = engine.control();
     let call = ctl.allocate().unwrap();
     let (client, pbx) = (Phone::new(), Phone::new());

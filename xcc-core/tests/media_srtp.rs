@@ -12,7 +12,7 @@ const LIMIT: Duration = Duration::from_secs(5);
 
 #[test]
 fn srtp_client_and_rtp_pbx_talk_both_ways_with_srtcp() {
-    let (engine, _events) = engine(46400, 46499, |_| {});
+    let (engine, _events) = engine(26400, 26499, |_| {});
     let ctl = engine.control();
     let call = ctl.allocate().unwrap();
     let (client, pbx) = (Phone::new(), Phone::new());
@@ -92,7 +92,7 @@ fn srtp_client_and_rtp_pbx_talk_both_ways_with_srtcp() {
 
 #[test]
 fn srtp_to_srtp_is_reencrypted_under_each_legs_keys() {
-    let (engine, _events) = engine(46500, 46599, |_| {});
+    let (engine, _events) = engine(26500, 26599, |_| {});
     let ctl = engine.control();
     let call = ctl.allocate().unwrap();
     let (client, pbx) = (Phone::new(), Phone::new());

@@ -10,7 +10,7 @@ use xcc_core::media::{EndReason, MediaEvent};
 
 #[test]
 fn silent_call_ends_with_media_timeout() {
-    let (engine, events) = engine(46800, 46849, |c| {
+    let (engine, events) = engine(26800, 26849, |c| {
         c.media_timeout_secs = 1;
         c.quarantine_secs = 60;
     });
@@ -48,7 +48,7 @@ fn silent_call_ends_with_media_timeout() {
 
 #[test]
 fn release_and_shutdown_both_raise_ended() {
-    let (engine, events) = engine(46850, 46899, |_| {});
+    let (engine, events) = engine(26850, 26899, |_| {});
     let ctl = engine.control();
     let a = ctl.allocate().unwrap();
     let b = ctl.allocate().unwrap();

@@ -1,0 +1,347 @@
+//! xccctl: the operator's CLI over the `xcc.v1` control API. Tables for people, `--json` for scripts.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use xcc_grpc::pb;
+
+/// Operate a running xccd.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Control endpoint; https:// when xccd requires mutual TLS.
+    #[arg(long, default_value = "http://127.0.0.1:3280", global = true)]
+    addr: String,
+    /// Print JSON (one object, or one object per line for `watch`).
+    #[arg(long, global = true)]
+    json: bool,
+    /// CA that signed xccd's certificate (https only).
+    #[arg(long, global = true)]
+    ca: Option<PathBuf>,
+    /// Client certificate (https only).
+    #[arg(long, global = true, requires = "key")]
+    cert: Option<PathBuf>,
+    /// Client private key (https only).
+    #[arg(long, global = true, requires = "cert")]
+    key: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Version, uptime, calls, port pool, workers, drain state.
+    Status,
+    /// Every call with its ports, latched peers and packet counts.
+    Calls,
+    /// One call in detail.
+    Call {
+        /// Call id.
+        id: u64,
+    },
+    /// End a call; its ports go to quarantine.
+    Hangup {
+        /// Call id.
+        id: u64,
+    },
+    /// Refuse new sessions; running calls continue.
+    Drain,
+    /// Accept new sessions again.
+    Resume,
+    /// Print events as they happen until interrupted.
+    Watch,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum CtlError {
+    #[error("{0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("{}: {}", .0.code(), .0.message())]
+    Status(#[from] tonic::Status),
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("xccctl: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xccctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn connect(cli: &Cli) -> Result<Channel, CtlError> {
+    let read = |p: &PathBuf| {
+        std::fs::read(p).map_err(|source| CtlError::Read {
+            path: p.clone(),
+            source,
+        })
+    };
+    let mut endpoint = Channel::from_shared(cli.addr.clone())
+        .map_err(|e| tonic::Status::invalid_argument(format!("--addr: {e}")))?;
+    if cli.addr.starts_with("https://") {
+        let mut tls = ClientTlsConfig::new();
+        if let Some(ca) = &cli.ca {
+            tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
+        }
+        if let (Some(cert), Some(key)) = (&cli.cert, &cli.key) {
+            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    Ok(endpoint.connect().await?)
+}
+
+async fn run(cli: Cli) -> Result<(), CtlError> {
+    let channel = connect(&cli).await?;
+    let mut calls = pb::calls_client::CallsClient::new(channel.clone());
+    let mut satellite = pb::satellite_client::SatelliteClient::new(channel);
+    match cli.command {
+        Cmd::Status => {
+            let s = satellite.status(pb::StatusRequest {}).await?.into_inner();
+            let v = status_json(&s);
+            if cli.json {
+                println!("{v}");
+            } else {
+                table(&["field", "value"], object_rows(&v));
+            }
+        }
+        Cmd::Calls => {
+            let list = calls
+                .list_calls(pb::ListCallsRequest {})
+                .await?
+                .into_inner()
+                .calls;
+            if cli.json {
+                println!("{}", Value::Array(list.iter().map(call_json).collect()));
+            } else {
+                let rows = list
+                    .iter()
+                    .map(|c| {
+                        let leg = |l: &Option<pb::Leg>| l.clone().unwrap_or_default();
+                        let (cl, px) = (leg(&c.client), leg(&c.pbx));
+                        let pkts =
+                            |l: &pb::Leg| l.counters.map(|c| c.packets_in).unwrap_or(0).to_string();
+                        vec![
+                            c.call_id.to_string(),
+                            format!("{}/{}", cl.rtp_port, px.rtp_port),
+                            or_dash(&cl.latched),
+                            or_dash(&px.latched),
+                            format!("{}/{}", pkts(&cl), pkts(&px)),
+                            or_dash(&cl.srtp_suite),
+                            format!("{}s", c.idle_ms / 1000),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &[
+                        "call",
+                        "ports c/p",
+                        "client latched",
+                        "pbx latched",
+                        "pkts in c/p",
+                        "suite",
+                        "idle",
+                    ],
+                    rows,
+                );
+            }
+        }
+        Cmd::Call { id } => {
+            let c = calls
+                .get_call(pb::GetCallRequest { call_id: id })
+                .await?
+                .into_inner();
+            let v = call_json(&c);
+            if cli.json {
+                println!("{v}");
+            } else {
+                println!("call {} (idle {} ms)", c.call_id, c.idle_ms);
+                for (name, leg) in [("client", &v["client"]), ("pbx", &v["pbx"])] {
+                    println!("\n{name} leg");
+                    table(&["field", "value"], object_rows(leg));
+                }
+            }
+        }
+        Cmd::Hangup { id } => {
+            calls.hang_up(pb::HangUpRequest { call_id: id }).await?;
+            print_done(
+                cli.json,
+                json!({"hung_up": id}),
+                &format!("call {id} hung up"),
+            );
+        }
+        Cmd::Drain => {
+            let r = satellite.drain(pb::DrainRequest {}).await?.into_inner();
+            print_done(
+                cli.json,
+                json!({"draining": true, "calls": r.calls}),
+                &format!("draining; {} calls still running", r.calls),
+            );
+        }
+        Cmd::Resume => {
+            satellite.resume(pb::ResumeRequest {}).await?;
+            print_done(
+                cli.json,
+                json!({"draining": false}),
+                "accepting new sessions",
+            );
+        }
+        Cmd::Watch => {
+            let mut stream = calls
+                .watch_events(pb::WatchEventsRequest {})
+                .await?
+                .into_inner();
+            while let Some(event) = stream.message().await? {
+                let v = event_json(&event);
+                if cli.json {
+                    println!("{v}");
+                } else {
+                    let kind = v["event"].as_str().unwrap_or("?").to_owned();
+                    let mut detail = v.clone();
+                    if let Some(o) = detail.as_object_mut() {
+                        for k in ["event", "call_id", "unix_ms", "last"] {
+                            o.remove(k);
+                        }
+                    }
+                    println!("{} call {} {kind} {detail}", event.unix_ms, event.call_id);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_done(json_out: bool, v: Value, text: &str) {
+    if json_out {
+        println!("{v}");
+    } else {
+        println!("{text}");
+    }
+}
+
+fn or_dash(s: &str) -> String {
+    if s.is_empty() { "-".into() } else { s.into() }
+}
+
+fn side_name(v: i32) -> &'static str {
+    match pb::Side::try_from(v) {
+        Ok(pb::Side::Client) => "client",
+        Ok(pb::Side::Pbx) => "pbx",
+        _ => "unspecified",
+    }
+}
+
+fn status_json(s: &pb::StatusResponse) -> Value {
+    json!({
+        "version": s.version, "uptime_secs": s.uptime_secs, "calls": s.calls,
+        "ports_total": s.ports_total, "ports_free": s.ports_free, "ports_used": s.ports_used,
+        "ports_quarantined": s.ports_quarantined, "workers": s.workers, "draining": s.draining,
+    })
+}
+
+fn leg_json(l: &pb::Leg) -> Value {
+    let c = l.counters.unwrap_or_default();
+    json!({
+        "side": side_name(l.side), "advertised_address": l.advertised_address,
+        "rtp_port": l.rtp_port, "rtcp_port": l.rtcp_port, "signalled": l.signalled,
+        "latched": l.latched, "latched_rtcp": l.latched_rtcp, "srtp_suite": l.srtp_suite,
+        "direction": l.direction, "packets_in": c.packets_in, "bytes_in": c.bytes_in,
+        "packets_out": c.packets_out, "bytes_out": c.bytes_out, "rtcp_in": c.rtcp_in, "rtcp_out": c.rtcp_out,
+        "drop_auth_failure": c.drop_auth_failure, "drop_replay": c.drop_replay,
+        "drop_stranger": c.drop_stranger, "drop_malformed": c.drop_malformed,
+        "drop_no_route": c.drop_no_route, "drop_stray": c.drop_stray,
+    })
+}
+
+fn call_json(c: &pb::Call) -> Value {
+    json!({
+        "call_id": c.call_id, "created_unix_ms": c.created_unix_ms, "idle_ms": c.idle_ms,
+        "client": c.client.as_ref().map(leg_json), "pbx": c.pbx.as_ref().map(leg_json),
+    })
+}
+
+fn event_json(e: &pb::Event) -> Value {
+    use pb::event::Kind;
+    let mut v = json!({"call_id": e.call_id, "unix_ms": e.unix_ms});
+    let extra = match &e.kind {
+        Some(Kind::Started(s)) => {
+            json!({"event": "started", "offer_from": side_name(s.offer_from)})
+        }
+        Some(Kind::Answered(_)) => json!({"event": "answered"}),
+        Some(Kind::Latched(l)) => {
+            json!({"event": "latched", "side": side_name(l.side), "address": l.address})
+        }
+        Some(Kind::Ended(x)) => {
+            let reason = match pb::call_ended::Reason::try_from(x.reason) {
+                Ok(pb::call_ended::Reason::Released) => "released",
+                Ok(pb::call_ended::Reason::MediaTimeout) => "media_timeout",
+                Ok(pb::call_ended::Reason::Shutdown) => "shutdown",
+                _ => "unspecified",
+            };
+            json!({"event": "ended", "reason": reason, "last": x.last.as_ref().map(call_json)})
+        }
+        Some(Kind::Lagged(l)) => json!({"event": "lagged", "missed": l.missed}),
+        None => json!({"event": "unknown"}),
+    };
+    if let (Some(o), Value::Object(extra)) = (v.as_object_mut(), extra) {
+        o.extend(extra);
+    }
+    v
+}
+
+fn object_rows(v: &Value) -> Vec<Vec<String>> {
+    let Some(o) = v.as_object() else {
+        return Vec::new();
+    };
+    o.iter()
+        .map(|(k, v)| {
+            let text = match v {
+                Value::String(s) => or_dash(s),
+                other => other.to_string(),
+            };
+            vec![k.clone(), text]
+        })
+        .collect()
+}
+
+/// Left-aligned columns sized to their widest cell.
+fn table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let text: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", text.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| h.to_uppercase()).collect());
+    for row in rows {
+        line(row);
+    }
+}

@@ -1,0 +1,497 @@
+//! `xcc.toml`: one file, every key defaulted, unknown keys refused, errors naming the key.
+//!
+//! Loading is two steps: [`Config::parse`] (TOML syntax, types, unknown keys) and
+//! [`Config::validate`] (cross-field rules, files, the control-port security rule), so that
+//! `xccd check-config` runs exactly what start-up runs.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use xcc_core::media::MediaConfig;
+use xcc_core::srtp::SrtpSuite;
+use xcc_grpc::server::TlsMaterial;
+
+use crate::error::{Error, Result};
+
+/// The whole file. A new section (the SIP helper's `[sip]`) is one more field here, with its own
+/// `#[serde(default, deny_unknown_fields)]` struct, and one more block in [`default_toml`].
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Media plane: pool, workers, timeouts (owned by xcc-core).
+    pub media: MediaConfig,
+    /// gRPC control port.
+    pub control: ControlConfig,
+    /// Addresses XCC advertises.
+    pub nat: NatConfig,
+    /// SDES policy towards clients.
+    pub sdes: SdesConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[control]`: the gRPC port the XPhone server drives XCC through.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ControlConfig {
+    /// Listen address; anything but loopback needs mutual TLS or `allow_insecure_control`.
+    pub listen: SocketAddr,
+    /// Server certificate chain (PEM).
+    pub tls_cert: Option<PathBuf>,
+    /// Server private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// CA (PEM) that client certificates must chain to.
+    pub tls_client_ca: Option<PathBuf>,
+    /// Accept plaintext control on a non-loopback address (a trusted management network only).
+    pub allow_insecure_control: bool,
+    /// On SIGTERM, how long running calls may continue before XCC exits anyway.
+    pub drain_grace_secs: u64,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 3280),
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            allow_insecure_control: false,
+            drain_grace_secs: 300,
+        }
+    }
+}
+
+/// `[nat]`: what XCC tells peers its address is.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatConfig {
+    /// Address advertised on the client leg (the satellite's public address behind NAT).
+    pub public_address: Option<IpAddr>,
+    /// Address advertised on the PBX leg; defaults as `public_address` does.
+    pub pbx_address: Option<IpAddr>,
+}
+
+/// `[sdes]`: SRTP suites XCC offers when it sends the offer to a client.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SdesConfig {
+    /// Suite names as in `a=crypto`, best first.
+    pub offer_suites: Vec<String>,
+}
+
+impl Default for SdesConfig {
+    fn default() -> Self {
+        Self {
+            offer_suites: SrtpSuite::ALL
+                .iter()
+                .map(|s| s.sdes_name().to_owned())
+                .collect(),
+        }
+    }
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `tracing` filter directive: `info`, `xcc_grpc=debug,info`, ... (`RUST_LOG` overrides).
+    pub level: String,
+    /// `text` for people, `json` for collectors.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A configuration that passed [`Config::validate`], with the files it names already read.
+#[derive(Debug, Clone)]
+pub struct Validated {
+    /// The configuration as written.
+    pub config: Config,
+    /// Mutual-TLS material when `[control] tls_*` are set.
+    pub tls: Option<TlsMaterial>,
+    /// Suites offered to clients, parsed.
+    pub offer_suites: Vec<SrtpSuite>,
+}
+
+impl Config {
+    /// Parses TOML text; `origin` names the file in errors.
+    pub fn parse(text: &str, origin: &Path) -> Result<Self> {
+        toml::from_str(text).map_err(|e| Error::ConfigSyntax {
+            path: origin.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Reads and parses `path`. A missing file means "all defaults" (the packaged unit always passes
+    /// `--config /etc/xcc/xcc.toml`, which an operator may not have written yet); that is logged by
+    /// the caller.
+    pub fn load(path: &Path) -> Result<(Self, bool)> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Ok((Self::parse(&text, path)?, true)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((Self::default(), false)),
+            Err(source) => Err(Error::ConfigRead {
+                path: path.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    /// Cross-field rules; reads the TLS files. Every error names its key.
+    pub fn validate(self) -> Result<Validated> {
+        let m = &self.media;
+        if m.port_min > m.port_max {
+            return Err(invalid(
+                "media.port_min",
+                format!("{} is above media.port_max {}", m.port_min, m.port_max),
+            ));
+        }
+        if m.port_min < 1024 {
+            return Err(invalid(
+                "media.port_min",
+                format!("{} is a privileged port; use 1024 or above", m.port_min),
+            ));
+        }
+        // One call takes two even/odd pairs; the first even port at or above port_min starts them.
+        let first_even = u32::from(m.port_min) + u32::from(m.port_min % 2);
+        let usable = (u32::from(m.port_max) + 1).saturating_sub(first_even);
+        if usable < 4 {
+            return Err(invalid(
+                "media.port_max",
+                format!(
+                    "range {}-{} holds {usable} usable ports; one call needs 4",
+                    m.port_min, m.port_max
+                ),
+            ));
+        }
+        if m.dscp > 63 {
+            return Err(invalid(
+                "media.dscp",
+                format!("{} does not fit in 6 bits", m.dscp),
+            ));
+        }
+        if m.bind_address.is_multicast() {
+            return Err(invalid(
+                "media.bind_address",
+                format!("{} is a multicast address", m.bind_address),
+            ));
+        }
+        for (key, addr) in [
+            ("nat.public_address", self.nat.public_address),
+            ("nat.pbx_address", self.nat.pbx_address),
+        ] {
+            if let Some(addr) = addr
+                && (addr.is_unspecified() || addr.is_multicast())
+            {
+                return Err(invalid(
+                    key,
+                    format!("{addr} cannot be advertised to a peer"),
+                ));
+            }
+        }
+        if let Err(e) = self.log.level.parse::<tracing_subscriber::EnvFilter>() {
+            return Err(invalid("log.level", e.to_string()));
+        }
+        let mut offer_suites = Vec::new();
+        for name in &self.sdes.offer_suites {
+            match SrtpSuite::from_sdes_name(name) {
+                Some(s) if !offer_suites.contains(&s) => offer_suites.push(s),
+                Some(_) => {
+                    return Err(invalid("sdes.offer_suites", format!("{name} listed twice")));
+                }
+                None => {
+                    return Err(invalid(
+                        "sdes.offer_suites",
+                        format!("unknown suite {name:?}"),
+                    ));
+                }
+            }
+        }
+        if offer_suites.is_empty() {
+            return Err(invalid(
+                "sdes.offer_suites",
+                "at least one suite is needed".into(),
+            ));
+        }
+        let tls = self.control_tls()?;
+        let c = &self.control;
+        if !c.listen.ip().is_loopback() && tls.is_none() && !c.allow_insecure_control {
+            return Err(invalid(
+                "control.listen",
+                format!(
+                    "{} is not a loopback address: set control.tls_cert, control.tls_key and control.tls_client_ca \
+                     (mutual TLS), or control.allow_insecure_control = true on a trusted network",
+                    c.listen
+                ),
+            ));
+        }
+        Ok(Validated {
+            config: self,
+            tls,
+            offer_suites,
+        })
+    }
+
+    fn control_tls(&self) -> Result<Option<TlsMaterial>> {
+        let c = &self.control;
+        let keys = [
+            ("control.tls_cert", &c.tls_cert),
+            ("control.tls_key", &c.tls_key),
+            ("control.tls_client_ca", &c.tls_client_ca),
+        ];
+        let set = keys.iter().filter(|(_, v)| v.is_some()).count();
+        if set == 0 {
+            return Ok(None);
+        }
+        let read = |(key, path): (&'static str, &Option<PathBuf>)| -> Result<Vec<u8>> {
+            let Some(path) = path else {
+                return Err(invalid(
+                    key,
+                    "required when any control.tls_* key is set".into(),
+                ));
+            };
+            std::fs::read(path).map_err(|e| invalid(key, format!("{}: {e}", path.display())))
+        };
+        Ok(Some(TlsMaterial {
+            cert_pem: read(keys[0])?,
+            key_pem: read(keys[1])?,
+            client_ca_pem: read(keys[2])?,
+        }))
+    }
+}
+
+fn invalid(key: &'static str, reason: String) -> Error {
+    Error::ConfigInvalid { key, reason }
+}
+
+fn opt_line(key: &str, value: Option<impl std::fmt::Display>, example: &str) -> String {
+    match value {
+        Some(v) => format!("{key} = \"{v}\""),
+        None => format!("# {key} = \"{example}\""),
+    }
+}
+
+/// The defaults as a commented TOML file (`xccd print-default-config`); parses back to
+/// `Config::default()`.
+pub fn default_toml() -> String {
+    let c = Config::default();
+    let m = &c.media;
+    let suites = c
+        .sdes
+        .offer_suites
+        .iter()
+        .map(|s| format!("\"{s}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        r#"# xcc.toml: every key is optional; these are the defaults.
+
+[media]
+# Address the media sockets bind to. 0.0.0.0 = all IPv4 interfaces.
+bind_address = "{bind}"
+# UDP port pool (inclusive). Each call takes four ports: two even RTP ports and their RTCP (RTP + 1).
+port_min = {pmin}
+port_max = {pmax}
+# Seconds a freed port rests before reuse, so late packets never reach a new call.
+quarantine_secs = {quar}
+# Forwarding threads; 0 = one per CPU core.
+workers = {workers}
+# DSCP mark on media packets (46 = EF).
+dscp = {dscp}
+# A call with no media for this long is ended (seconds); the longer limit applies while on hold.
+media_timeout_secs = {mto}
+hold_timeout_secs = {hto}
+# After (re)configuration a plain-RTP leg may latch onto another source than signalled for this long.
+rtp_learning_window_ms = {learn}
+# SO_RCVBUF / SO_SNDBUF of every media socket.
+socket_buffer_bytes = {buf}
+
+[control]
+# gRPC control API. Any non-loopback address requires mutual TLS (the three tls_* keys) or
+# allow_insecure_control = true.
+listen = "{listen}"
+# tls_cert = "/etc/xcc/control.crt"
+# tls_key = "/etc/xcc/control.key"
+# tls_client_ca = "/etc/xcc/clients-ca.crt"
+allow_insecure_control = {insecure}
+# SIGTERM drains: no new sessions, running calls continue up to this many seconds.
+drain_grace_secs = {grace}
+
+[nat]
+# Address signalled to clients. Unset: media.bind_address if it is specific, else the first
+# non-loopback interface address, else 127.0.0.1 (xccd logs which it chose and why).
+{public}
+# Address signalled to the PBX. Unset: chosen the same way.
+{pbx}
+
+[sdes]
+# SRTP suites XCC offers to clients (when the PBX made the offer), best first.
+offer_suites = [{suites}]
+
+[log]
+# tracing filter, e.g. "info" or "xcc_grpc=debug,info"; RUST_LOG overrides it. SIGHUP re-reads it.
+level = "{level}"
+# "text" or "json".
+format = "text"
+"#,
+        bind = m.bind_address,
+        pmin = m.port_min,
+        pmax = m.port_max,
+        quar = m.quarantine_secs,
+        workers = m.workers,
+        dscp = m.dscp,
+        mto = m.media_timeout_secs,
+        hto = m.hold_timeout_secs,
+        learn = m.rtp_learning_window_ms,
+        buf = m.socket_buffer_bytes,
+        listen = c.control.listen,
+        insecure = c.control.allow_insecure_control,
+        grace = c.control.drain_grace_secs,
+        public = opt_line("public_address", c.nat.public_address, "203.0.113.10"),
+        pbx = opt_line("pbx_address", c.nat.pbx_address, "10.0.0.5"),
+        level = c.log.level,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    fn key_of(e: Error) -> &'static str {
+        match e {
+            Error::ConfigInvalid { key, .. } => key,
+            other => panic!("expected ConfigInvalid, got {other}"),
+        }
+    }
+
+    #[test]
+    fn empty_file_is_all_defaults_and_valid() {
+        let c = parse("").unwrap();
+        assert_eq!(c, Config::default());
+        let v = c.validate().unwrap();
+        assert!(v.tls.is_none());
+        assert_eq!(v.offer_suites, SrtpSuite::ALL.to_vec());
+    }
+
+    #[test]
+    fn printed_defaults_parse_back_to_defaults() {
+        let text = default_toml();
+        assert_eq!(parse(&text).unwrap(), Config::default());
+        assert!(
+            text.contains("# public_address"),
+            "optional keys are shown commented out"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let e = parse("[media]\nport_mni = 40000\n").unwrap_err();
+        assert!(e.to_string().contains("port_mni"), "{e}");
+        let e = parse("[bogus]\n").unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+        let e = parse("[control]\nlisten = \"127.0.0.1:3280\"\ntls = true\n").unwrap_err();
+        assert!(e.to_string().contains("tls"), "{e}");
+    }
+
+    #[test]
+    fn bad_address_is_refused_naming_the_key() {
+        let e = parse("[control]\nlisten = \"not-an-address\"\n").unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("listen"), "{text}");
+        assert!(matches!(e, Error::ConfigSyntax { .. }));
+    }
+
+    #[test]
+    fn reversed_port_range_names_port_min() {
+        let c = parse("[media]\nport_min = 40000\nport_max = 39000\n").unwrap();
+        assert_eq!(key_of(c.validate().unwrap_err()), "media.port_min");
+    }
+
+    #[test]
+    fn too_small_port_range_names_port_max() {
+        let c = parse("[media]\nport_min = 40001\nport_max = 40003\n").unwrap();
+        assert_eq!(key_of(c.validate().unwrap_err()), "media.port_max");
+        let c = parse("[media]\nport_min = 40000\nport_max = 40003\n").unwrap();
+        assert!(
+            c.validate().is_ok(),
+            "four ports from an even start is one call"
+        );
+    }
+
+    #[test]
+    fn non_loopback_control_needs_tls_or_explicit_insecure() {
+        let c = parse("[control]\nlisten = \"0.0.0.0:3280\"\n").unwrap();
+        let e = c.validate().unwrap_err();
+        assert!(e.to_string().contains("allow_insecure_control"), "{e}");
+        assert_eq!(key_of(e), "control.listen");
+        let c =
+            parse("[control]\nlisten = \"0.0.0.0:3280\"\nallow_insecure_control = true\n").unwrap();
+        assert!(c.validate().is_ok());
+        let c = parse("[control]\nlisten = \"[::1]:3280\"\n").unwrap();
+        assert!(c.validate().is_ok(), "IPv6 loopback is loopback");
+    }
+
+    #[test]
+    fn partial_tls_names_the_missing_key() {
+        let dir = std::env::temp_dir().join(format!("xcc-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cert = dir.join("c.pem");
+        std::fs::write(&cert, "x").unwrap();
+        let text = format!(
+            "[control]\nlisten = \"0.0.0.0:3280\"\ntls_cert = \"{}\"\n",
+            cert.display()
+        );
+        assert_eq!(
+            key_of(parse(&text).unwrap().validate().unwrap_err()),
+            "control.tls_key"
+        );
+        let text = format!(
+            "[control]\ntls_cert = \"{}\"\ntls_key = \"{}\"\ntls_client_ca = \"/nonexistent/ca.pem\"\n",
+            cert.display(),
+            cert.display()
+        );
+        assert_eq!(
+            key_of(parse(&text).unwrap().validate().unwrap_err()),
+            "control.tls_client_ca"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bad_log_level_and_suites_are_named() {
+        let c = parse("[log]\nlevel = \"info,=[\"\n").unwrap();
+        assert_eq!(key_of(c.validate().unwrap_err()), "log.level");
+        let e = parse("[log]\nformat = \"xml\"\n").unwrap_err();
+        assert!(e.to_string().contains("format"), "{e}");
+        let c = parse("[sdes]\noffer_suites = [\"NULL_HMAC\"]\n").unwrap();
+        assert_eq!(key_of(c.validate().unwrap_err()), "sdes.offer_suites");
+        let c = parse("[sdes]\noffer_suites = []\n").unwrap();
+        assert_eq!(key_of(c.validate().unwrap_err()), "sdes.offer_suites");
+    }
+
+    #[test]
+    fn advertised_addresses_must_be_usable() {
+        let c = parse("[nat]\npublic_address = \"0.0.0.0\"\n").unwrap();
+        assert_eq!(key_of(c.validate().unwrap_err()), "nat.public_address");
+    }
+}

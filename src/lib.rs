@@ -1,0 +1,12 @@
+//! The XCC daemon's wiring: configuration, logging, advertised addresses, systemd readiness, and the
+//! run loop that ties the media plane to the control API. `xccd` parses arguments and signals and
+//! calls into here; nothing protocol-specific lives in this crate.
+
+pub mod config;
+pub mod daemon;
+pub mod error;
+pub mod logging;
+pub mod netif;
+pub mod notify;
+
+pub use error::{Error, Result};

@@ -1,0 +1,146 @@
+//! Process-wide control state: readiness, drain, uptime, and the health statuses derived from them.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+/// Services whose health follows "accepts new sessions". Calls and Satellite keep answering while
+/// draining (operators watch the drain through them), so only the overall status ("") and Sessions
+/// turn NOT_SERVING.
+const GATED_SERVICES: [&str; 2] = ["", "xcc.v1.Sessions"];
+/// Services that serve whenever the process is up.
+const ALWAYS_SERVICES: [&str; 2] = ["xcc.v1.Calls", "xcc.v1.Satellite"];
+
+/// Shared by the gRPC services and the daemon's signal handling.
+#[derive(Debug)]
+pub struct ControlState {
+    /// Process start, for `Status.uptime_secs`.
+    started: Instant,
+    /// Set once listeners are bound and the media plane runs; until then health is NOT_SERVING.
+    ready: AtomicBool,
+    /// Drain in progress: new sessions refused.
+    draining: AtomicBool,
+    /// The grpc.health.v1 statuses this state publishes.
+    health: HealthReporter,
+}
+
+impl ControlState {
+    /// A state that is not ready yet; `started` is when the process began (uptime counts from it).
+    pub fn new(started: Instant, health: HealthReporter) -> Self {
+        Self {
+            started,
+            ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            health,
+        }
+    }
+
+    /// Time since the process started.
+    pub fn uptime(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.started)
+    }
+
+    /// True while new sessions are refused.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// True once [`ControlState::set_ready`] ran.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Marks the process ready: health turns SERVING unless draining.
+    pub async fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+        self.publish().await;
+    }
+
+    /// Starts (or keeps) draining: refuse new sessions, health NOT_SERVING. Returns whether this
+    /// call changed the state.
+    pub async fn drain(&self) -> bool {
+        let changed = !self.draining.swap(true, Ordering::AcqRel);
+        if changed {
+            tracing::info!("draining: new sessions refused, existing calls continue");
+        }
+        self.publish().await;
+        changed
+    }
+
+    /// Ends a drain started by [`ControlState::drain`].
+    pub async fn resume(&self) -> bool {
+        let changed = self.draining.swap(false, Ordering::AcqRel);
+        if changed {
+            tracing::info!("resumed: accepting new sessions");
+        }
+        self.publish().await;
+        changed
+    }
+
+    /// Pushes the current statuses to the health service.
+    pub async fn publish(&self) {
+        let ready = self.is_ready();
+        let gated = if ready && !self.is_draining() {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        let always = if ready {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        for name in GATED_SERVICES {
+            self.health.set_service_status(name, gated).await;
+        }
+        for name in ALWAYS_SERVICES {
+            self.health.set_service_status(name, always).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_server::Health;
+
+    async fn status(svc: &impl Health, name: &str) -> i32 {
+        let req = tonic::Request::new(HealthCheckRequest {
+            service: name.into(),
+        });
+        svc.check(req)
+            .await
+            .expect("service registered")
+            .into_inner()
+            .status
+    }
+
+    #[tokio::test]
+    async fn health_follows_ready_and_drain() {
+        let (reporter, server) = tonic_health::server::health_reporter();
+        let svc = tonic_health::server::HealthService::from_health_reporter(reporter.clone());
+        drop(server);
+        let state = ControlState::new(Instant::now(), reporter);
+        state.publish().await;
+        let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+        let not_serving = tonic_health::pb::health_check_response::ServingStatus::NotServing as i32;
+        assert_eq!(status(&svc, "").await, not_serving, "starting");
+        state.set_ready().await;
+        assert_eq!(status(&svc, "").await, serving);
+        assert_eq!(status(&svc, "xcc.v1.Sessions").await, serving);
+        assert!(state.drain().await);
+        assert!(!state.drain().await, "second drain changes nothing");
+        assert_eq!(status(&svc, "").await, not_serving);
+        assert_eq!(status(&svc, "xcc.v1.Sessions").await, not_serving);
+        assert_eq!(
+            status(&svc, "xcc.v1.Calls").await,
+            serving,
+            "calls stay observable"
+        );
+        assert!(state.resume().await);
+        assert_eq!(status(&svc, "").await, serving);
+    }
+}

@@ -1,0 +1,880 @@
+//! Media sessions driven over gRPC: offer/answer through XCC without SIP.
+//!
+//! XCC is a back-to-back media endpoint: each side sees XCC as its peer. An offer from one side is
+//! rewritten to carry XCC's address and ports for the *other* side and emitted there; the other side's
+//! answer is rewritten back for the offerer. The client leg always speaks SDES-SRTP with XCC's public
+//! address; the PBX leg plain RTP with XCC's PBX-leg address.
+//!
+//! The table is a plain mutex-guarded map: it is control-plane state touched once per request, never
+//! by the packet path. The lock is held across `allocate` so two concurrent retries carrying the same
+//! idempotency key cannot both allocate.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use xcc_core::ids::{CallId, LegSide};
+use xcc_core::media::{LegConfig, LegPorts, SrtpKeys};
+use xcc_core::sdes::{self, CryptoAttribute};
+use xcc_core::sdp::{AudioMedia, AudioRewrite, MediaTransport, SessionDescription};
+use xcc_core::srtp::{SrtpPolicy, SrtpSuite};
+
+use crate::error::{Error, Result};
+use crate::media::MediaPlane;
+
+/// Longest idempotency key accepted, in bytes; keys are stored for the session's lifetime.
+pub const MAX_IDEMPOTENCY_KEY: usize = 128;
+
+/// Addresses XCC advertises, one per leg.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Advertised {
+    /// Public address signalled to clients (`[nat] public_address` or its fallback).
+    pub client: IpAddr,
+    /// Address signalled to the PBX.
+    pub pbx: IpAddr,
+}
+
+impl Advertised {
+    /// The address for one leg.
+    pub fn for_side(&self, side: LegSide) -> IpAddr {
+        match side {
+            LegSide::Client => self.client,
+            LegSide::Pbx => self.pbx,
+        }
+    }
+}
+
+/// Where a session is in offer/answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// An offer from `offer_from` went out to the other side; its answer is awaited.
+    AwaitingAnswer,
+    /// Offer/answer done.
+    Active,
+}
+
+/// What XCC must remember between an offer and its answer.
+#[derive(Debug, Clone)]
+enum Pending {
+    /// The client offered; XCC already chose its answering key and remembers the client's transport.
+    FromClient {
+        /// XCC's answering `a=crypto` (same tag and suite as the client's chosen one).
+        ours: CryptoAttribute,
+        /// The client's transport (RTP/SAVP or RTP/SAVPF), echoed in XCC's answer.
+        transport: MediaTransport,
+        /// Whether the client offered rtcp-mux (XCC accepts it).
+        rtcp_mux: bool,
+    },
+    /// The PBX offered; XCC offered these to the client and waits for its pick.
+    FromPbx {
+        /// XCC's offered `a=crypto` lines.
+        offered: Vec<CryptoAttribute>,
+    },
+}
+
+/// The outcome of a request, as the API reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionView {
+    /// The session (= call) id.
+    pub call: CallId,
+    /// The key it was created with.
+    pub idempotency_key: String,
+    /// Offer/answer state.
+    pub state: State,
+    /// Side whose offer is pending or was last answered.
+    pub offer_from: LegSide,
+    /// The SDP XCC emitted for the last request.
+    pub sdp: String,
+    /// The side that SDP is for.
+    pub sdp_for: LegSide,
+    /// Bound ports, per [`LegSide::index`].
+    pub ports: [LegPorts; 2],
+}
+
+/// One session's control-plane state.
+#[derive(Debug)]
+struct Session {
+    /// The create request's side and SDP, to tell a retry from a conflicting reuse of the key.
+    request: (LegSide, String),
+    /// The create response, returned again to retries.
+    created: SessionView,
+    /// Current view.
+    view: SessionView,
+    /// Pending offer state, `Some` while awaiting an answer.
+    pending: Option<Pending>,
+    /// XCC's current answering/offered key on the client leg, kept across re-offers of the same
+    /// suite so media continues while the re-offer is in flight.
+    client_ours: Option<CryptoAttribute>,
+    /// Whether an answer ever completed offer/answer (the first one raises `CallAnswered`).
+    answered: bool,
+    /// o= session id XCC uses on both legs.
+    origin_id: u64,
+    /// o= version per emitted leg, bumped on every SDP XCC sends that way.
+    origin_version: [u64; 2],
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    sessions: HashMap<CallId, Session>,
+    by_key: HashMap<String, CallId>,
+}
+
+/// Every gRPC-created session, keyed by call id and by idempotency key.
+pub struct SessionTable {
+    /// The media plane the sessions drive.
+    media: Arc<dyn MediaPlane>,
+    /// What XCC signals on each leg.
+    advertised: Advertised,
+    /// Suites XCC offers to clients, best first.
+    client_suites: Vec<SrtpSuite>,
+    table: Mutex<Table>,
+}
+
+/// Things the caller should announce after a successful request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A new call was allocated.
+    Started,
+    /// A retry answered from the cache: nothing changed.
+    Replayed,
+    /// The first answer completed offer/answer.
+    Answered,
+    /// Anything else that changed state.
+    Updated,
+}
+
+impl SessionTable {
+    /// An empty table over `media`.
+    pub fn new(
+        media: Arc<dyn MediaPlane>,
+        advertised: Advertised,
+        client_suites: Vec<SrtpSuite>,
+    ) -> Self {
+        Self {
+            media,
+            advertised,
+            client_suites,
+            table: Mutex::new(Table::default()),
+        }
+    }
+
+    /// The media plane (for call queries that are not session-specific).
+    pub fn media(&self) -> &Arc<dyn MediaPlane> {
+        &self.media
+    }
+
+    /// The addresses XCC advertises.
+    pub fn advertised(&self) -> Advertised {
+        self.advertised
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        // A panic while holding the lock is a bug already reported; the table itself stays
+        // consistent (every mutation is a single insert/remove), so keep serving.
+        self.table
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Creates a session from an initial offer by `from`, or returns the cached result of an earlier
+    /// request carrying the same `key`.
+    pub fn create(&self, key: &str, from: LegSide, sdp: &str) -> Result<(SessionView, Outcome)> {
+        check_key(key)?;
+        let mut table = self.lock();
+        if let Some(call) = table.by_key.get(key) {
+            // by_key and sessions are updated together under this lock.
+            let session = table.sessions.get(call).ok_or(Error::NotFound {
+                field: "idempotency_key",
+                call: *call,
+            })?;
+            if session.request.0 != from || session.request.1 != sdp {
+                return Err(Error::InvalidArgument {
+                    field: "idempotency_key",
+                    reason: format!("already used by session {call} for a different offer"),
+                });
+            }
+            return Ok((session.created.clone(), Outcome::Replayed));
+        }
+        let offer = parse(sdp)?;
+        let audio = offer.audio().map_err(|e| Error::in_field("sdp", e))?;
+        // Validate everything that depends only on the request before taking ports.
+        let client_answer = match from {
+            LegSide::Client => Some(choose_client_crypto(&audio, None)?),
+            LegSide::Pbx => None,
+        };
+        let allocated = self.media.allocate()?;
+        let call = allocated.call;
+        let origin_id = call.0.wrapping_add(0x5843_4300_0000_0000);
+        let mut session = Session {
+            request: (from, sdp.to_owned()),
+            created: placeholder_view(call, key, from, allocated.ports),
+            view: placeholder_view(call, key, from, allocated.ports),
+            pending: None,
+            client_ours: None,
+            answered: false,
+            origin_id,
+            origin_version: [0, 0],
+        };
+        let result = self.apply_offer(&mut session, from, offer, &audio, client_answer);
+        match result {
+            Ok(()) => {
+                session.created = session.view.clone();
+                let view = session.view.clone();
+                table.by_key.insert(key.to_owned(), call);
+                table.sessions.insert(call, session);
+                tracing::info!(%call, %from, "session created");
+                Ok((view, Outcome::Started))
+            }
+            Err(e) => {
+                if let Err(release) = self.media.release(call) {
+                    tracing::warn!(%call, error = %release, "releasing a half-created session failed");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// A re-offer from `from` on an existing session.
+    pub fn update(&self, call: CallId, from: LegSide, sdp: &str) -> Result<(SessionView, Outcome)> {
+        let mut table = self.lock();
+        let session = table.sessions.get_mut(&call).ok_or(Error::NotFound {
+            field: "session_id",
+            call,
+        })?;
+        if session.pending.is_some() {
+            return Err(Error::WrongState {
+                call,
+                reason: "an offer is already pending; answer it first",
+            });
+        }
+        let offer = parse(sdp)?;
+        let audio = offer.audio().map_err(|e| Error::in_field("sdp", e))?;
+        let client_answer = match from {
+            LegSide::Client => Some(choose_client_crypto(&audio, session.client_ours.as_ref())?),
+            LegSide::Pbx => None,
+        };
+        self.apply_offer(session, from, offer, &audio, client_answer)?;
+        Ok((session.view.clone(), Outcome::Updated))
+    }
+
+    /// The answer to the pending offer, from the side it was sent to.
+    pub fn answer(&self, call: CallId, sdp: &str) -> Result<(SessionView, Outcome)> {
+        let mut table = self.lock();
+        let session = table.sessions.get_mut(&call).ok_or(Error::NotFound {
+            field: "session_id",
+            call,
+        })?;
+        let Some(pending) = session.pending.clone() else {
+            return Err(Error::WrongState {
+                call,
+                reason: "no offer is pending (state ACTIVE)",
+            });
+        };
+        let answer = parse(sdp)?;
+        let audio = answer.audio().map_err(|e| Error::in_field("sdp", e))?;
+        let (answerer, leg_config, rewrite) = match &pending {
+            Pending::FromClient {
+                ours,
+                transport,
+                rtcp_mux,
+            } => {
+                // The PBX answered XCC's plain-RTP offer; the client gets XCC's SRTP answer.
+                let leg = plain_leg(&audio);
+                let rw = AudioRewrite {
+                    address: self.advertised.client,
+                    ports: session.view.ports[LegSide::Client.index()],
+                    transport: transport.clone(),
+                    rtcp_mux: *rtcp_mux,
+                    crypto: vec![ours.clone()],
+                    direction: None,
+                };
+                (LegSide::Pbx, leg, rw)
+            }
+            Pending::FromPbx { offered } => {
+                // The client answered XCC's SRTP offer; the PBX gets XCC's plain-RTP answer.
+                let answered = audio
+                    .cryptos
+                    .first()
+                    .ok_or_else(|| Error::InvalidArgument {
+                        field: "sdp",
+                        reason: "the client's answer carries no usable a=crypto".into(),
+                    })?;
+                sdes::accept_answer(offered, answered).map_err(|e| Error::in_field("sdp", e))?;
+                let ours = offered
+                    .iter()
+                    .find(|o| o.tag == answered.tag)
+                    .cloned()
+                    // accept_answer checked the tag is one XCC offered.
+                    .ok_or_else(|| Error::InvalidArgument {
+                        field: "sdp",
+                        reason: "answered tag was not offered".into(),
+                    })?;
+                let mut leg = plain_leg(&audio);
+                leg.srtp = Some(SrtpKeys {
+                    inbound: answered.key.clone(),
+                    outbound: ours.key.clone(),
+                });
+                // The answer echoes the session parameters XCC offered (none): the client's say.
+                leg.srtp_policy = answered.srtp_policy();
+                session.client_ours = Some(ours);
+                let rw = AudioRewrite {
+                    address: self.advertised.pbx,
+                    ports: session.view.ports[LegSide::Pbx.index()],
+                    transport: MediaTransport::RtpAvp,
+                    rtcp_mux: false,
+                    crypto: Vec::new(),
+                    direction: None,
+                };
+                (LegSide::Client, leg, rw)
+            }
+        };
+        let offerer = answerer.other();
+        let text = self.emit(session, answer, &rewrite, offerer)?;
+        self.media.configure_leg(call, answerer, leg_config)?;
+        session.pending = None;
+        session.view.state = State::Active;
+        session.view.sdp = text;
+        session.view.sdp_for = offerer;
+        let outcome = if session.answered {
+            Outcome::Updated
+        } else {
+            Outcome::Answered
+        };
+        session.answered = true;
+        Ok((session.view.clone(), outcome))
+    }
+
+    /// Releases the session's media and forgets it.
+    pub fn delete(&self, call: CallId) -> Result<()> {
+        let mut table = self.lock();
+        let session = table.sessions.remove(&call).ok_or(Error::NotFound {
+            field: "session_id",
+            call,
+        })?;
+        table.by_key.remove(&session.view.idempotency_key);
+        drop(table);
+        self.media
+            .release(call)
+            .map_err(|e| Error::about_call("session_id", call, e))
+    }
+
+    /// Forgets a session whose media already ended (timeout, hang-up through Calls).
+    pub fn forget(&self, call: CallId) {
+        let mut table = self.lock();
+        if let Some(session) = table.sessions.remove(&call) {
+            table.by_key.remove(&session.view.idempotency_key);
+        }
+    }
+
+    /// One session.
+    pub fn get(&self, call: CallId) -> Result<SessionView> {
+        self.lock()
+            .sessions
+            .get(&call)
+            .map(|s| s.view.clone())
+            .ok_or(Error::NotFound {
+                field: "session_id",
+                call,
+            })
+    }
+
+    /// Every session, by id.
+    pub fn list(&self) -> Vec<SessionView> {
+        let mut all: Vec<_> = self
+            .lock()
+            .sessions
+            .values()
+            .map(|s| s.view.clone())
+            .collect();
+        all.sort_by_key(|v| v.call);
+        all
+    }
+
+    /// Applies an offer from `from`: configures that leg and emits the offer for the other side.
+    fn apply_offer(
+        &self,
+        session: &mut Session,
+        from: LegSide,
+        offer: SessionDescription,
+        audio: &AudioMedia,
+        client_answer: Option<(CryptoAttribute, CryptoAttribute)>,
+    ) -> Result<()> {
+        let call = session.view.call;
+        let to = from.other();
+        let mut leg = plain_leg(audio);
+        let (pending, rewrite) = match (from, client_answer) {
+            (LegSide::Client, Some((theirs, ours))) => {
+                leg.srtp = Some(SrtpKeys {
+                    inbound: theirs.key.clone(),
+                    outbound: ours.key.clone(),
+                });
+                leg.srtp_policy = theirs.srtp_policy();
+                session.client_ours = Some(ours.clone());
+                let pending = Pending::FromClient {
+                    ours,
+                    transport: audio.transport.clone(),
+                    rtcp_mux: audio.rtcp_mux,
+                };
+                let rw = AudioRewrite {
+                    address: self.advertised.pbx,
+                    ports: session.view.ports[LegSide::Pbx.index()],
+                    transport: MediaTransport::RtpAvp,
+                    rtcp_mux: false,
+                    crypto: Vec::new(),
+                    direction: None,
+                };
+                (pending, rw)
+            }
+            _ => {
+                let offered = sdes::offer(&self.client_suites);
+                let rw = AudioRewrite {
+                    address: self.advertised.client,
+                    ports: session.view.ports[LegSide::Client.index()],
+                    transport: MediaTransport::RtpSavp,
+                    rtcp_mux: false,
+                    crypto: offered.clone(),
+                    direction: None,
+                };
+                (Pending::FromPbx { offered }, rw)
+            }
+        };
+        let text = self.emit(session, offer, &rewrite, to)?;
+        self.media.configure_leg(call, from, leg)?;
+        session.pending = Some(pending);
+        session.view.state = State::AwaitingAnswer;
+        session.view.offer_from = from;
+        session.view.sdp = text;
+        session.view.sdp_for = to;
+        Ok(())
+    }
+
+    /// Rewrites `sdp` for leg `to` with XCC as the session owner and a bumped origin version.
+    fn emit(
+        &self,
+        session: &mut Session,
+        mut sdp: SessionDescription,
+        rw: &AudioRewrite,
+        to: LegSide,
+    ) -> Result<String> {
+        sdp.rewrite_audio(rw)
+            .map_err(|e| Error::in_field("sdp", e))?;
+        let version = &mut session.origin_version[to.index()];
+        *version += 1;
+        sdp.set_origin(session.origin_id, *version, self.advertised.for_side(to));
+        Ok(sdp.to_string())
+    }
+}
+
+fn check_key(key: &str) -> Result<()> {
+    if key.is_empty() {
+        return Err(Error::InvalidArgument {
+            field: "idempotency_key",
+            reason: "required".into(),
+        });
+    }
+    if key.len() > MAX_IDEMPOTENCY_KEY {
+        return Err(Error::InvalidArgument {
+            field: "idempotency_key",
+            reason: format!("{} bytes, at most {MAX_IDEMPOTENCY_KEY} allowed", key.len()),
+        });
+    }
+    Ok(())
+}
+
+fn parse(sdp: &str) -> Result<SessionDescription> {
+    if sdp.trim().is_empty() {
+        return Err(Error::InvalidArgument {
+            field: "sdp",
+            reason: "required".into(),
+        });
+    }
+    SessionDescription::parse(sdp).map_err(|e| Error::in_field("sdp", e))
+}
+
+/// The client's offer must carry a suite XCC supports. When XCC already has a key of the chosen
+/// suite on this leg (a re-offer), it keeps it so media continues uninterrupted.
+fn choose_client_crypto(
+    audio: &AudioMedia,
+    current: Option<&CryptoAttribute>,
+) -> Result<(CryptoAttribute, CryptoAttribute)> {
+    if audio.cryptos.is_empty() {
+        return Err(Error::InvalidArgument {
+            field: "sdp",
+            reason:
+                "the client's offer carries no supported a=crypto (the client leg is SDES-SRTP)"
+                    .into(),
+        });
+    }
+    let (theirs, mut ours) = sdes::answer(&audio.cryptos).map_err(|e| Error::in_field("sdp", e))?;
+    if let Some(current) = current.filter(|c| c.suite == ours.suite) {
+        ours = CryptoAttribute {
+            tag: theirs.tag,
+            ..current.clone()
+        };
+    }
+    Ok((theirs, ours))
+}
+
+/// Leg configuration from the peer's SDP, without keys.
+fn plain_leg(audio: &AudioMedia) -> LegConfig {
+    let remote_rtp = match (audio.connection, audio.port) {
+        (Some(ip), port) if port != 0 => Some(SocketAddr::new(ip, port)),
+        _ => None,
+    };
+    LegConfig {
+        remote_rtp,
+        remote_rtcp: audio.rtcp,
+        rtcp_mux: audio.rtcp_mux,
+        srtp: None,
+        direction: audio.direction,
+        srtp_policy: SrtpPolicy::default(),
+    }
+}
+
+fn placeholder_view(call: CallId, key: &str, from: LegSide, ports: [LegPorts; 2]) -> SessionView {
+    SessionView {
+        call,
+        idempotency_key: key.to_owned(),
+        state: State::AwaitingAnswer,
+        offer_from: from,
+        sdp: String::new(),
+        sdp_for: from.other(),
+        ports,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use base64::Engine;
+    use xcc_core::media::{AllocatedCall, CallSnapshot, Direction, PoolStatus};
+    use xcc_core::srtp::KeyingMaterial;
+
+    use super::*;
+
+    /// Records what the session layer asks of the media plane.
+    #[derive(Default)]
+    struct Recorder {
+        next: Mutex<u64>,
+        free_calls: Mutex<usize>,
+        configured: Mutex<Vec<(CallId, LegSide, LegConfig)>>,
+        released: Mutex<Vec<CallId>>,
+    }
+
+    impl Recorder {
+        fn with_capacity(calls: usize) -> Arc<Self> {
+            let r = Arc::new(Self::default());
+            *r.free_calls.lock().unwrap() = calls;
+            r
+        }
+        fn leg(&self, call: CallId, side: LegSide) -> LegConfig {
+            let all = self.configured.lock().unwrap();
+            let found = all.iter().rev().find(|(c, s, _)| *c == call && *s == side);
+            found.map(|(_, _, l)| l.clone()).expect("leg configured")
+        }
+        fn allocations(&self) -> u64 {
+            *self.next.lock().unwrap()
+        }
+    }
+
+    impl MediaPlane for Recorder {
+        fn allocate(&self) -> xcc_core::Result<AllocatedCall> {
+            let mut free = self.free_calls.lock().unwrap();
+            if *free == 0 {
+                return Err(xcc_core::Error::PoolExhausted { free: 0, needed: 4 });
+            }
+            *free -= 1;
+            let mut next = self.next.lock().unwrap();
+            *next += 1;
+            let base = 40000 + 4 * (*next as u16);
+            let ports = [
+                LegPorts {
+                    rtp: base,
+                    rtcp: base + 1,
+                },
+                LegPorts {
+                    rtp: base + 2,
+                    rtcp: base + 3,
+                },
+            ];
+            Ok(AllocatedCall {
+                call: CallId(*next),
+                ports,
+            })
+        }
+        fn configure_leg(
+            &self,
+            call: CallId,
+            side: LegSide,
+            config: LegConfig,
+        ) -> xcc_core::Result<()> {
+            self.configured.lock().unwrap().push((call, side, config));
+            Ok(())
+        }
+        fn release(&self, call: CallId) -> xcc_core::Result<()> {
+            self.released.lock().unwrap().push(call);
+            Ok(())
+        }
+        fn snapshot(&self, call: CallId) -> xcc_core::Result<CallSnapshot> {
+            Err(xcc_core::Error::UnknownCall(call))
+        }
+        fn calls(&self) -> Vec<CallSnapshot> {
+            Vec::new()
+        }
+        fn pool_status(&self) -> PoolStatus {
+            PoolStatus::default()
+        }
+        fn workers(&self) -> usize {
+            1
+        }
+    }
+
+    const PUBLIC: IpAddr = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 10));
+    const PBX_SIDE: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 5));
+
+    fn table(media: Arc<Recorder>) -> SessionTable {
+        SessionTable::new(
+            media,
+            Advertised {
+                client: PUBLIC,
+                pbx: PBX_SIDE,
+            },
+            vec![SrtpSuite::AesCm128HmacSha1_80],
+        )
+    }
+
+    fn key_b64(byte: u8) -> String {
+        base64::engine::general_purpose::STANDARD.encode([byte; 30])
+    }
+
+    fn sdp(ip: &str, port: u16, transport: &str, extra: &str) -> String {
+        format!(
+            "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} {transport} 0 8\r\n\
+             a=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n{extra}"
+        )
+    }
+
+    fn client_offer(port: u16, direction: &str) -> String {
+        let crypto = format!(
+            "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{}\r\n",
+            key_b64(7)
+        );
+        sdp(
+            "192.0.2.50",
+            port,
+            "RTP/SAVP",
+            &format!("{crypto}a={direction}\r\n"),
+        )
+    }
+
+    fn pbx_sdp(port: u16) -> String {
+        sdp("198.51.100.9", port, "RTP/AVP", "a=sendrecv\r\n")
+    }
+
+    fn audio_of(text: &str) -> AudioMedia {
+        SessionDescription::parse(text).unwrap().audio().unwrap()
+    }
+
+    fn crypto_in(text: &str) -> CryptoAttribute {
+        audio_of(text)
+            .cryptos
+            .first()
+            .cloned()
+            .expect("a=crypto in XCC's SDP")
+    }
+
+    fn material(byte: u8) -> KeyingMaterial {
+        KeyingMaterial::new(SrtpSuite::AesCm128HmacSha1_80, &[byte; 16], &[byte; 14]).unwrap()
+    }
+
+    #[test]
+    fn client_offer_keys_the_client_leg_and_offers_plain_rtp_to_the_pbx() {
+        let media = Recorder::with_capacity(4);
+        let t = table(media.clone());
+        let (v, outcome) = t
+            .create("k", LegSide::Client, &client_offer(5004, "sendrecv"))
+            .unwrap();
+        assert_eq!(outcome, Outcome::Started);
+        assert_eq!((v.state, v.sdp_for), (State::AwaitingAnswer, LegSide::Pbx));
+        let to_pbx = audio_of(&v.sdp);
+        assert_eq!(to_pbx.transport, MediaTransport::RtpAvp);
+        assert!(to_pbx.cryptos.is_empty());
+        assert_eq!(to_pbx.connection, Some(PBX_SIDE));
+        assert_eq!(to_pbx.port, v.ports[LegSide::Pbx.index()].rtp);
+        let leg = media.leg(v.call, LegSide::Client);
+        assert_eq!(leg.remote_rtp, Some("192.0.2.50:5004".parse().unwrap()));
+        let keys = leg.srtp.expect("client leg is SRTP");
+        assert_eq!(
+            keys.inbound,
+            material(7),
+            "XCC decrypts with the client's key"
+        );
+        assert_ne!(keys.outbound, material(7), "XCC encrypts with its own key");
+    }
+
+    #[test]
+    fn pbx_answer_gives_the_client_xccs_srtp_answer() {
+        let media = Recorder::with_capacity(4);
+        let t = table(media.clone());
+        let (v, _) = t
+            .create("k", LegSide::Client, &client_offer(5004, "sendrecv"))
+            .unwrap();
+        let (a, outcome) = t.answer(v.call, &pbx_sdp(6000)).unwrap();
+        assert_eq!(outcome, Outcome::Answered);
+        assert_eq!((a.state, a.sdp_for), (State::Active, LegSide::Client));
+        let pbx_leg = media.leg(v.call, LegSide::Pbx);
+        assert_eq!(
+            pbx_leg.remote_rtp,
+            Some("198.51.100.9:6000".parse().unwrap())
+        );
+        assert!(pbx_leg.srtp.is_none());
+        let to_client = audio_of(&a.sdp);
+        assert_eq!(to_client.transport, MediaTransport::RtpSavp);
+        assert_eq!(to_client.connection, Some(PUBLIC));
+        assert_eq!(to_client.port, a.ports[LegSide::Client.index()].rtp);
+        let ours = crypto_in(&a.sdp);
+        assert_eq!(ours.tag, 1);
+        let keys = media.leg(v.call, LegSide::Client).srtp.unwrap();
+        assert_eq!(
+            ours.key, keys.outbound,
+            "the answer carries the key XCC encrypts with"
+        );
+        let err = t.answer(v.call, &pbx_sdp(6000)).unwrap_err();
+        assert!(matches!(err, Error::WrongState { .. }), "{err}");
+    }
+
+    #[test]
+    fn pbx_offer_gets_an_srtp_offer_and_the_client_answer_keys_the_leg() {
+        let media = Recorder::with_capacity(4);
+        let t = table(media.clone());
+        let (v, _) = t.create("k", LegSide::Pbx, &pbx_sdp(6000)).unwrap();
+        assert_eq!(v.sdp_for, LegSide::Client);
+        let offered = crypto_in(&v.sdp);
+        let crypto = format!(
+            "a=crypto:{} AES_CM_128_HMAC_SHA1_80 inline:{}\r\na=sendrecv\r\n",
+            offered.tag,
+            key_b64(9)
+        );
+        let (a, _) = t
+            .answer(v.call, &sdp("192.0.2.50", 5004, "RTP/SAVP", &crypto))
+            .unwrap();
+        assert_eq!(a.sdp_for, LegSide::Pbx);
+        let to_pbx = audio_of(&a.sdp);
+        assert_eq!(to_pbx.transport, MediaTransport::RtpAvp);
+        assert!(to_pbx.cryptos.is_empty());
+        let keys = media.leg(v.call, LegSide::Client).srtp.unwrap();
+        assert_eq!(keys.outbound, offered.key);
+        assert_eq!(keys.inbound, material(9));
+    }
+
+    #[test]
+    fn retry_with_the_same_key_returns_the_first_result_without_allocating() {
+        let media = Recorder::with_capacity(4);
+        let t = table(media.clone());
+        let offer = client_offer(5004, "sendrecv");
+        let (first, _) = t.create("k", LegSide::Client, &offer).unwrap();
+        let (again, outcome) = t.create("k", LegSide::Client, &offer).unwrap();
+        assert_eq!(outcome, Outcome::Replayed);
+        assert_eq!(first, again);
+        assert_eq!(media.allocations(), 1);
+        let err = t
+            .create("k", LegSide::Client, &client_offer(5006, "sendrecv"))
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::InvalidArgument {
+                    field: "idempotency_key",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn invalid_offers_never_allocate() {
+        let media = Recorder::with_capacity(4);
+        let t = table(media.clone());
+        for bad in [String::new(), "garbage".into(), pbx_sdp(6000)] {
+            let err = t.create("k", LegSide::Client, &bad).unwrap_err();
+            let names_sdp = matches!(
+                err,
+                Error::InvalidArgument { field: "sdp", .. }
+                    | Error::Media {
+                        field: Some("sdp"),
+                        ..
+                    }
+            );
+            assert!(names_sdp, "{err}");
+        }
+        assert_eq!(media.allocations(), 0);
+    }
+
+    #[test]
+    fn exhausted_pool_is_reported_as_such() {
+        let t = table(Recorder::with_capacity(0));
+        let err = t.create("k", LegSide::Pbx, &pbx_sdp(6000)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Media {
+                    source: xcc_core::Error::PoolExhausted { .. },
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn client_hold_reoffer_keeps_xccs_key_and_passes_the_direction() {
+        let media = Recorder::with_capacity(4);
+        let t = table(media.clone());
+        let (v, _) = t
+            .create("k", LegSide::Client, &client_offer(5004, "sendrecv"))
+            .unwrap();
+        let (a, _) = t.answer(v.call, &pbx_sdp(6000)).unwrap();
+        let before = crypto_in(&a.sdp);
+        let (u, outcome) = t
+            .update(v.call, LegSide::Client, &client_offer(5004, "sendonly"))
+            .unwrap();
+        assert_eq!(outcome, Outcome::Updated);
+        assert_eq!(
+            media.leg(v.call, LegSide::Client).direction,
+            Direction::SendOnly
+        );
+        assert_eq!(
+            audio_of(&u.sdp).direction,
+            Direction::SendOnly,
+            "hold is passed on to the PBX"
+        );
+        let err = t.update(v.call, LegSide::Pbx, &pbx_sdp(6000)).unwrap_err();
+        assert!(matches!(err, Error::WrongState { .. }), "glare: {err}");
+        let (a2, _) = t.answer(v.call, &pbx_sdp(6000)).unwrap();
+        assert_eq!(
+            crypto_in(&a2.sdp).key,
+            before.key,
+            "media continues on the same key"
+        );
+    }
+
+    #[test]
+    fn delete_releases_and_forgets() {
+        let media = Recorder::with_capacity(4);
+        let t = table(media.clone());
+        let (v, _) = t.create("k", LegSide::Pbx, &pbx_sdp(6000)).unwrap();
+        t.delete(v.call).unwrap();
+        assert_eq!(*media.released.lock().unwrap(), vec![v.call]);
+        assert!(matches!(t.get(v.call), Err(Error::NotFound { .. })));
+        assert!(matches!(t.delete(v.call), Err(Error::NotFound { .. })));
+        let (again, outcome) = t.create("k", LegSide::Pbx, &pbx_sdp(6000)).unwrap();
+        assert_eq!(
+            outcome,
+            Outcome::Started,
+            "a deleted session's key is free again"
+        );
+        assert_ne!(again.call, v.call);
+    }
+}
