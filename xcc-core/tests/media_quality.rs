@@ -76,7 +76,7 @@ fn drain(sock: &UdpSocket, for_at_most: Duration) -> std::thread::JoinHandle<()>
 
 #[test]
 fn lossy_jittered_srtp_stream_shows_its_loss_and_jitter_on_the_receiving_leg() {
-    let (engine, _events) = engine(48200, 48219, |_| {});
+    let (engine, _events) = engine(28200, 28219, |_| {});
     let ctl = engine.control();
     let call = ctl.allocate().unwrap();
     let (client, pbx) = (Phone::new(), Phone::new());
@@ -135,7 +135,7 @@ fn lossy_jittered_srtp_stream_shows_its_loss_and_jitter_on_the_receiving_leg() {
 
 #[test]
 fn sr_from_the_client_and_rr_from_the_pbx_phone_give_the_pbx_leg_an_rtt() {
-    let (engine, _events) = engine(48220, 48239, |_| {});
+    let (engine, _events) = engine(28220, 28239, |_| {});
     let ctl = engine.control();
     let call = ctl.allocate().unwrap();
     let (client, pbx) = (Phone::new(), Phone::new());
@@ -181,7 +181,7 @@ fn sr_from_the_client_and_rr_from_the_pbx_phone_give_the_pbx_leg_an_rtt() {
 
 #[test]
 fn malformed_rtcp_is_counted_forwarded_and_not_fatal_and_the_record_carries_quality() {
-    let (engine, events) = engine(48240, 48259, |_| {});
+    let (engine, events) = engine(28240, 28259, |_| {});
     let ctl = engine.control();
     let call = ctl.allocate().unwrap();
     let (client, pbx) = (Phone::new(), Phone::new());
@@ -248,7 +248,7 @@ fn malformed_rtcp_is_counted_forwarded_and_not_fatal_and_the_record_carries_qual
 
 #[test]
 fn sustained_loss_raises_one_voip_ready_event_for_the_leg() {
-    let (engine, events) = engine(48260, 48279, |_| {});
+    let (engine, events) = engine(28260, 28279, |_| {});
     let ctl = engine.control();
     let call = ctl.allocate().unwrap();
     let (client, pbx) = (Phone::new(), Phone::new());

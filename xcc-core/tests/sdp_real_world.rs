@@ -283,10 +283,9 @@ fn audio_clock_rates_come_from_rtpmap_of_the_audio_section_only() {
         vec![(102, 48000), (0, 8000), (8, 8000), (101, 8000), (13, 8000)]
     );
     // The video section's H264/90000 maps are not audio.
-    let rates = SessionDescription::parse(BRIA_AUDIO_VIDEO_OFFER)
-        .unwrap()
-        .audio_clock_rates();
-    assert_eq!(rates, vec![(101, 8000)]);
+    let bria = SessionDescription::parse(BRIA_AUDIO_VIDEO_OFFER).unwrap();
+    assert_eq!(bria.audio_clock_rates(), vec![(101, 8000)]);
+    assert_eq!(bria.audio().unwrap().clock_rates, vec![(101, 8000)]);
 }
 
 #[test]

@@ -48,6 +48,9 @@ pub struct AudioMedia {
     pub direction: Direction,
     /// RTP payload types of the m= format list, in offer order.
     pub payload_types: Vec<u8>,
+    /// Clock rates from the section's `a=rtpmap` lines, for [`crate::media::LegConfig::clock_rates`]
+    /// (see [`SessionDescription::audio_clock_rates`]).
+    pub clock_rates: Vec<(u8, u32)>,
 }
 
 /// The transport protocol of an m= line; decides whether a leg speaks SRTP and whether RTCP
@@ -311,6 +314,7 @@ impl SessionDescription {
             cryptos,
             direction,
             payload_types,
+            clock_rates: self.audio_clock_rates(),
         })
     }
 
