@@ -195,6 +195,11 @@ pub struct Leg {
 impl Leg {
     /// A fresh, unconfigured leg: it drops everything as `no_route`/stranger until configured.
     pub fn new(side: LegSide, now: Instant) -> Self {
+        Self::with_monitor(side, now, MonitorConfig::default())
+    }
+
+    /// [`Leg::new`] with the quality monitor's settings.
+    pub fn with_monitor(side: LegSide, now: Instant, quality: MonitorConfig) -> Self {
         Self {
             side,
             config: LegConfig::default(),
@@ -204,7 +209,7 @@ impl Leg {
             configured: false,
             crypto: None,
             counters: LegCounters::default(),
-            monitor: LegMonitor::new(MonitorConfig::default(), now),
+            monitor: LegMonitor::new(quality, now),
         }
     }
 

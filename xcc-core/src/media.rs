@@ -17,7 +17,7 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::ids::{CallId, LegSide};
 use crate::leg::LatchPolicy;
 use crate::ports::{PortPool, allocate_pairs};
-use crate::quality::{LegQualitySummary, QualityEvent, QualitySnapshot};
+use crate::quality::{LegQualitySummary, MonitorConfig, QualityEvent, QualitySnapshot};
 use crate::relay::call::CallTimers;
 use crate::relay::published::{CallState, Published};
 use crate::relay::worker::{self, WAKER, WorkerSetup};
@@ -50,6 +50,8 @@ pub struct MediaConfig {
     pub rtp_learning_window_ms: u64,
     /// SO_RCVBUF / SO_SNDBUF for each media socket, in bytes.
     pub socket_buffer_bytes: usize,
+    /// Per-leg quality monitoring: evaluation period, report ages, VoIP-ready limits.
+    pub quality: MonitorConfig,
 }
 
 impl MediaConfig {
@@ -93,6 +95,28 @@ impl MediaConfig {
         if self.workers > 1024 {
             return bad("workers", "more than 1024 worker threads");
         }
+        let voip = &self.quality.voip_ready;
+        if !(0.0..1.0).contains(&voip.recover_margin) {
+            return bad(
+                "quality.voip_ready.recover_margin",
+                "must be in [0, 1): a fraction of the limit",
+            );
+        }
+        let limits = &voip.limits;
+        let positive = [
+            limits.one_way_delay_ms,
+            limits.round_trip_ms,
+            limits.loss_percent,
+            limits.jitter_ms,
+        ]
+        .iter()
+        .all(|v| v.is_finite() && *v > 0.0);
+        if !positive {
+            return bad(
+                "quality.voip_ready.limits",
+                "every limit must be a positive number",
+            );
+        }
         Ok(())
     }
 }
@@ -110,6 +134,7 @@ impl Default for MediaConfig {
             hold_timeout_secs: 3600,
             rtp_learning_window_ms: 3000,
             socket_buffer_bytes: 256 * 1024,
+            quality: MonitorConfig::default(),
         }
     }
 }
@@ -431,6 +456,7 @@ impl MediaEngine {
                 epoch,
                 timers,
                 policy,
+                quality: config.quality,
                 local_ip: config.bind_address,
             });
         }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use crate::ids::LegSide;
 use crate::leg::{DropReason, Inbound, LatchPolicy, Leg, LocalPort, Outbound};
 use crate::media::{CallQuality, Direction, LegConfig};
-use crate::quality::{QualityEvent, call_score};
+use crate::quality::{MonitorConfig, QualityEvent, call_score};
 use crate::relay::published::{CallState, LegState};
 
 /// What happens to media crossing the call in one direction, fixed when the legs are configured
@@ -71,10 +71,23 @@ pub struct Call {
 }
 
 impl Call {
-    /// A call whose legs wait for configuration.
+    /// A call whose legs wait for configuration, with default quality monitoring.
     pub fn new(now: Instant, timers: CallTimers, policy: LatchPolicy) -> Self {
+        Self::with_quality(now, timers, policy, MonitorConfig::default())
+    }
+
+    /// A call whose legs' quality monitors use `quality` (from `MediaConfig::quality`).
+    pub fn with_quality(
+        now: Instant,
+        timers: CallTimers,
+        policy: LatchPolicy,
+        quality: MonitorConfig,
+    ) -> Self {
         Self {
-            legs: [Leg::new(LegSide::Client, now), Leg::new(LegSide::Pbx, now)],
+            legs: [
+                Leg::with_monitor(LegSide::Client, now, quality),
+                Leg::with_monitor(LegSide::Pbx, now, quality),
+            ],
             transforms: [Transform::Pass; 2],
             last_media: now,
             timers,

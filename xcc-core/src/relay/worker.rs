@@ -16,6 +16,7 @@ use mio::{Events, Interest, Poll, Token};
 use crate::ids::{CallId, LegSide};
 use crate::leg::{LatchPolicy, LocalPort};
 use crate::media::{EndReason, LegPorts, MediaEvent};
+use crate::quality::MonitorConfig;
 use crate::relay::call::{Call, CallTimers};
 use crate::relay::published::Published;
 use crate::relay::{Command, Freed, NewCall};
@@ -49,6 +50,8 @@ pub(crate) struct WorkerSetup {
     pub timers: CallTimers,
     /// Latching policy.
     pub policy: LatchPolicy,
+    /// Settings of every leg's quality monitor.
+    pub quality: MonitorConfig,
     /// Bind address, for snapshots.
     pub local_ip: IpAddr,
 }
@@ -239,7 +242,12 @@ impl Worker {
                 tracing::error!(call = %id, error = %e, "cannot register media socket");
             }
         }
-        let call = Call::new(now, self.setup.timers, self.setup.policy);
+        let call = Call::with_quality(
+            now,
+            self.setup.timers,
+            self.setup.policy,
+            self.setup.quality,
+        );
         published.write(&call.state(self.setup.epoch));
         self.slots[i] = Some(Slot {
             id,
