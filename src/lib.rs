@@ -6,6 +6,7 @@ pub mod config;
 pub mod daemon;
 pub mod error;
 pub mod firewall;
+pub mod load;
 pub mod logging;
 pub mod netif;
 pub mod notify;

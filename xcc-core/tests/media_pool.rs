@@ -67,7 +67,7 @@ fn calls_spread_over_the_least_loaded_workers() {
 #[test]
 fn invalid_config_is_refused_with_its_key() {
     type Tweak = fn(&mut MediaConfig);
-    let cases: [(Tweak, &str); 7] = [
+    let cases: [(Tweak, &str); 10] = [
         (|c| (c.port_min, c.port_max) = (40010, 40000), "port_min"),
         (|c| (c.port_min, c.port_max) = (40000, 40002), "port_max"),
         (|c| (c.port_min, c.port_max) = (40001, 40004), "port_max"),
@@ -75,6 +75,18 @@ fn invalid_config_is_refused_with_its_key() {
         (|c| c.dscp = 64, "dscp"),
         (|c| c.media_timeout_secs = 0, "media_timeout_secs"),
         (|c| c.hold_timeout_secs = 0, "hold_timeout_secs"),
+        (
+            |c| c.quality.voip_ready.recover_margin = 1.0,
+            "quality.voip_ready.recover_margin",
+        ),
+        (
+            |c| c.quality.voip_ready.limits.loss_percent = 0.0,
+            "quality.voip_ready.limits",
+        ),
+        (
+            |c| c.quality.voip_ready.limits.jitter_ms = f64::NAN,
+            "quality.voip_ready.limits",
+        ),
     ];
     for (tweak, want) in cases {
         let mut cfg = MediaConfig::default();
