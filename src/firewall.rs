@@ -240,12 +240,19 @@ pub fn ruleset(config: &Config) -> Ruleset {
         let p = PortRange::single(DEFAULT_SERVER_SIP_OUT_PORT);
         rule(Out, t, p, None, "SIP to the XPhone server", doc);
     }
+    // STUN and TURN share 3478/udp: one rule for both, never a duplicate.
     for port in DEFAULT_STUN_PORTS {
-        let p = PortRange::single(port);
-        rule(Out, Udp, p, None, "STUN: public address", doc);
+        let purpose = if port == DEFAULT_TURN_UDP_PORT {
+            "STUN: public address; TURN relay (UDP)"
+        } else {
+            "STUN: public address"
+        };
+        rule(Out, Udp, PortRange::single(port), None, purpose, doc);
     }
-    let p = PortRange::single(DEFAULT_TURN_UDP_PORT);
-    rule(Out, Udp, p, None, "TURN relay (UDP)", doc);
+    if !DEFAULT_STUN_PORTS.contains(&DEFAULT_TURN_UDP_PORT) {
+        let p = PortRange::single(DEFAULT_TURN_UDP_PORT);
+        rule(Out, Udp, p, None, "TURN relay (UDP)", doc);
+    }
     for port in DEFAULT_TURN_TCP_PORTS {
         let p = PortRange::single(port);
         rule(Out, Tcp, p, None, "TURN relay (TCP)", doc);
@@ -468,9 +475,8 @@ out  udp   5060        any             SIP trunk to the PBX/SBC                 
 out  tcp   5060        any             SIP trunk to the PBX/SBC                        documented default
 out  tcp   4900        any             SIP to the XPhone server                        documented default
 out  udp   4900        any             SIP to the XPhone server                        documented default
-out  udp   3478        any             STUN: public address                            documented default
+out  udp   3478        any             STUN: public address; TURN relay (UDP)          documented default
 out  udp   3479        any             STUN: public address                            documented default
-out  udp   3478        any             TURN relay (UDP)                                documented default
 out  tcp   443         any             TURN relay (TCP)                                documented default
 out  tcp   3478        any             TURN relay (TCP)                                documented default
 out  udp   123         any             NTP: clock for RTCP and timers                  documented default
@@ -478,6 +484,20 @@ out  udp   any         192.0.2.10      media to clients and the PBX (from the po
 note: media towards clients and the PBX goes to whatever port the peer uses: allow established flows out and, if the output policy drops, UDP from the media pool
 ";
         assert_eq!(got, want, "\n{got}");
+    }
+
+    #[test]
+    fn no_flow_is_listed_twice() {
+        let set = ruleset(&non_default());
+        for (i, a) in set.rules.iter().enumerate() {
+            for b in &set.rules[i + 1..] {
+                assert!(
+                    (a.direction, a.transport, a.ports, a.local)
+                        != (b.direction, b.transport, b.ports, b.local),
+                    "{a:?} and {b:?}"
+                );
+            }
+        }
     }
 
     #[test]
