@@ -150,4 +150,56 @@ mod tests {
         assert_eq!(Liveness::new(vec![]).check(vec![]), Err(vec![]));
         assert_eq!(Liveness::new(vec![1]).check(vec![2, 2]), Err(vec![0, 1]));
     }
+
+    /// The real engine and ping task: pings while the workers run; once the workers stop (a stall
+    /// as far as the watchdog can tell), at most the ping already earned, then none.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pings_stop_when_the_workers_stop() {
+        use std::os::unix::net::UnixDatagram;
+        let dir = std::env::temp_dir().join(format!("xcc-wd-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("notify.sock");
+        let rx = UnixDatagram::bind(&path).unwrap();
+        rx.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let config = xcc_core::media::MediaConfig {
+            bind_address: "127.0.0.1".parse().unwrap(),
+            port_min: 20700,
+            port_max: 20799,
+            workers: 2,
+            ..Default::default()
+        };
+        let (engine, _events) = xcc_core::media::MediaEngine::start(config).unwrap();
+        let period = Duration::from_millis(100);
+        let task = spawn(
+            Some(period * 2),
+            engine.control(),
+            Notifier::from_env_value(Some(path.clone().into())),
+        )
+        .unwrap();
+        // Counts pings until `deadline`, or until `enough` arrived.
+        let count = |deadline: std::time::Instant, enough: usize| {
+            let mut n = 0;
+            let mut buf = [0u8; 64];
+            while n < enough && std::time::Instant::now() < deadline {
+                if let Ok(len) = rx.recv(&mut buf) {
+                    assert_eq!(&buf[..len], b"WATCHDOG=1");
+                    n += 1;
+                }
+            }
+            n
+        };
+        let soon = std::time::Instant::now() + Duration::from_secs(10);
+        let pings = tokio::task::block_in_place(|| count(soon, 2));
+        assert_eq!(pings, 2, "no pings while the workers run");
+        tokio::task::spawn_blocking(move || engine.shutdown())
+            .await
+            .unwrap();
+        // Ten periods with the workers gone: one ping may have been earned before they stopped.
+        let window = std::time::Instant::now() + period * 10;
+        let late = tokio::task::block_in_place(|| count(window, usize::MAX));
+        assert!(late <= 1, "{late} pings after the workers stopped");
+        task.abort();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
