@@ -51,7 +51,13 @@ pub fn init(config: &LogConfig) -> LogControl {
     let result = tracing_subscriber::registry()
         .with(filter)
         .with(json.then(|| fmt::layer().json().with_writer(std::io::stderr)))
-        .with((!json).then(|| fmt::layer().with_writer(std::io::stderr)))
+        // Colours only on a terminal: under systemd stderr goes to journald, which stores the escape
+        // codes verbatim.
+        .with((!json).then(|| {
+            fmt::layer()
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_writer(std::io::stderr)
+        }))
         .try_init();
     if let Err(e) = result {
         eprintln!("xccd: logging already initialised: {e}");

@@ -733,6 +733,17 @@ async fn bad_requests_get_the_right_codes_naming_the_field() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_flips_health_and_refuses_new_sessions_until_resume() {
     let d = Daemon::start("drain", 24400, 100);
+    // Start-up lines are written before READY; stderr is a file here, as under journald, so the
+    // lines must carry no colour escape codes.
+    let log = d.log();
+    assert!(
+        log.contains("INFO"),
+        "xccd logged nothing before READY: {log}"
+    );
+    assert!(
+        !log.contains('\x1b'),
+        "colour codes in a non-terminal log: {log}"
+    );
     let mut c = clients(&d).await;
     assert_eq!(c.health("").await, ServingStatus::Serving as i32);
     c.satellite.drain(pb::DrainRequest {}).await.unwrap();
