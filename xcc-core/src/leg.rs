@@ -13,7 +13,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::ids::LegSide;
-use crate::media::{Direction, DropCounters, LegConfig, LegCounters, SrtpKeys};
+use crate::media::{Direction, DropCounters, IceSetup, LegConfig, LegCounters, SrtpKeys};
+use crate::nat::ice::{CheckLimits, CheckOutcome, IceLite};
 use crate::rtp::{self, PacketClass};
 use crate::srtp::{SrtpContext, SrtpError, SrtpPolicy};
 
@@ -187,6 +188,17 @@ pub struct Leg {
     crypto: Option<LegCrypto>,
     /// Traffic and drops.
     counters: LegCounters,
+    /// ICE-lite responder, when signalling set one up.
+    ice: Option<IceLite>,
+}
+
+/// What [`Leg::handle_stun`] did with a STUN datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StunReply {
+    /// Send the first `n` bytes of the output buffer back to the source, from the same socket.
+    pub send: Option<usize>,
+    /// The leg latched (or re-latched) onto this source: a nominated, authenticated check.
+    pub latched: Option<SocketAddr>,
 }
 
 impl Leg {
@@ -201,6 +213,7 @@ impl Leg {
             configured: false,
             crypto: None,
             counters: LegCounters::default(),
+            ice: None,
         }
     }
 
@@ -216,6 +229,19 @@ impl Leg {
                 inbound: SrtpContext::new(&k.inbound, config.srtp_policy),
                 outbound: SrtpContext::new(&k.outbound, config.srtp_policy),
             }),
+        };
+        self.ice = match (config.ice.as_ref(), self.ice.take()) {
+            (None, _) => None,
+            // Same local credentials (a re-INVITE without ICE restart): keep the rate limiter.
+            (Some(IceSetup { local, remote }), Some(mut ice)) if ice.local() == local => {
+                ice.set_remote(remote.as_ref());
+                Some(ice)
+            }
+            (Some(IceSetup { local, remote }), _) => Some(IceLite::new(
+                local.clone(),
+                remote.as_ref(),
+                CheckLimits::default(),
+            )),
         };
         self.config = config;
         self.learning_until = now + policy.learning_window;
@@ -263,6 +289,64 @@ impl Leg {
                 .remote_rtp
                 .and_then(|a| Some(SocketAddr::new(a.ip(), a.port().checked_add(1)?)))
         })
+    }
+
+    /// ICE-lite counters, when the leg has a responder.
+    pub fn ice_counters(&self) -> Option<crate::nat::ice::CheckCounters> {
+        self.ice.as_ref().map(IceLite::counters)
+    }
+
+    /// Moves the latch of `port`'s stream to `from` because `from` proved it knows a secret of
+    /// this leg (a nominated ICE check, a hole-punching answer), as an authenticated SRTP packet
+    /// does. Returns whether the latch moved.
+    pub fn latch_authenticated(&mut self, port: LocalPort, from: SocketAddr) -> bool {
+        if !self.configured {
+            return false;
+        }
+        let latch = if port == LocalPort::Rtcp && !self.config.rtcp_mux {
+            &mut self.rtcp_latch
+        } else {
+            &mut self.rtp_latch
+        };
+        let moved = latch.addr != Some(from);
+        latch.addr = Some(from);
+        moved
+    }
+
+    /// Handles a STUN datagram (RFC 7983 demux, [`crate::nat::stun::is_stun`]) received on
+    /// `port` from `from`: an authenticated check is answered into `out`, a nominated one latches.
+    /// Without a responder, or when the check is refused, it is a counted `stray` drop.
+    /// No allocation: the response is written into the caller's buffer.
+    pub fn handle_stun(
+        &mut self,
+        now: Instant,
+        port: LocalPort,
+        from: SocketAddr,
+        pkt: &[u8],
+        out: &mut [u8],
+    ) -> StunReply {
+        let Some(ice) = self.ice.as_mut().filter(|_| self.configured) else {
+            DropReason::Stray.count(&mut self.counters.drops);
+            return StunReply::default();
+        };
+        match ice.handle_request(now, from, pkt, out) {
+            CheckOutcome::Success { len, nominated } => {
+                let latched = (nominated && self.latch_authenticated(port, from)).then_some(from);
+                StunReply {
+                    send: Some(len),
+                    latched,
+                }
+            }
+            CheckOutcome::RoleConflict { len } => StunReply {
+                send: Some(len),
+                latched: None,
+            },
+            CheckOutcome::Keepalive => StunReply::default(),
+            CheckOutcome::Dropped(_) => {
+                DropReason::Stray.count(&mut self.counters.drops);
+                StunReply::default()
+            }
+        }
     }
 
     /// Handles a datagram of `len` bytes at the start of `buf`, received on `port` from `from`.

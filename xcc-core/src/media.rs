@@ -169,6 +169,18 @@ pub struct LegConfig {
     pub direction: Direction,
     /// SDES session parameters (`UNENCRYPTED_SRTP`, ...) for both directions; ignored for plain RTP.
     pub srtp_policy: SrtpPolicy,
+    /// ICE-lite on this leg (client legs whose offer carried `a=ice-ufrag`/`a=ice-pwd`): STUN
+    /// checks are answered and a nominated one latches the leg. `None`: STUN is a counted drop.
+    pub ice: Option<IceSetup>,
+}
+
+/// Credentials of one leg's ICE-lite agent, from signalling (the answer carries `local`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IceSetup {
+    /// XCC's credentials: they key the responses and authenticate the peer's checks.
+    pub local: crate::nat::ice::IceCredentials,
+    /// The peer's credentials from the offer; `None` accepts any remote ufrag in USERNAME.
+    pub remote: Option<crate::nat::ice::IceCredentials>,
 }
 
 /// Why a call's media ended.
