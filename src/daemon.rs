@@ -95,6 +95,11 @@ pub async fn run(
     state.set_ready().await;
     tracing::info!(control = %control_addr, tls = v.tls.is_some(), workers = media.workers(), "xccd ready");
     notifier.notify_or_log(&format!("READY=1\nSTATUS=serving on {control_addr}"));
+    let watchdog = crate::watchdog::spawn(
+        crate::watchdog::interval_from_env(),
+        media.clone(),
+        notifier.clone(),
+    );
 
     let grace = Duration::from_secs(v.config.control.drain_grace_secs);
     // `graceful`: let in-flight control requests finish (drain); a stop ends them at once.
@@ -117,6 +122,9 @@ pub async fn run(
     };
 
     notifier.notify_or_log("STOPPING=1\nSTATUS=stopping");
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     hub.close();
     let _ = stop_server.send(());
     if !graceful {

@@ -5,8 +5,11 @@
 pub mod config;
 pub mod daemon;
 pub mod error;
+pub mod firewall;
+pub mod load;
 pub mod logging;
 pub mod netif;
 pub mod notify;
+pub mod watchdog;
 
 pub use error::{Error, Result};

@@ -53,6 +53,15 @@ enum Cmd {
     Resume,
     /// Print events as they happen until interrupted.
     Watch,
+    /// Print the firewall rules this satellite needs, from its configuration file (no connection).
+    Firewall {
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: xcc::firewall::Format,
+        /// Configuration file; a missing file means the defaults, as for xccd.
+        #[arg(long, default_value = "/etc/xcc/xcc.toml")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +79,9 @@ enum CtlError {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Cmd::Firewall { format, config } = &cli.command {
+        return xcc::firewall::print(*format, config);
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -206,6 +218,8 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
                 "accepting new sessions",
             );
         }
+        // Handled in `main` before any connection is made.
+        Cmd::Firewall { .. } => {}
         Cmd::Watch => {
             let mut stream = calls
                 .watch_events(pb::WatchEventsRequest {})

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use crate::ids::LegSide;
 use crate::media::{Direction, DropCounters, IceSetup, LegConfig, LegCounters, SrtpKeys};
 use crate::nat::ice::{CheckLimits, CheckOutcome, IceLite};
+use crate::quality::{ClockRates, LegMonitor, MonitorConfig};
 use crate::rtp::{self, PacketClass};
 use crate::srtp::{SrtpContext, SrtpError, SrtpPolicy};
 
@@ -188,6 +189,8 @@ pub struct Leg {
     crypto: Option<LegCrypto>,
     /// Traffic and drops.
     counters: LegCounters,
+    /// Quality of what the peer sends, and RTT from the RTCP exchanged with it.
+    monitor: LegMonitor,
     /// ICE-lite responder, when signalling set one up.
     ice: Option<IceLite>,
 }
@@ -204,6 +207,11 @@ pub struct StunReply {
 impl Leg {
     /// A fresh, unconfigured leg: it drops everything as `no_route`/stranger until configured.
     pub fn new(side: LegSide, now: Instant) -> Self {
+        Self::with_monitor(side, now, MonitorConfig::default())
+    }
+
+    /// [`Leg::new`] with the quality monitor's settings.
+    pub fn with_monitor(side: LegSide, now: Instant, quality: MonitorConfig) -> Self {
         Self {
             side,
             config: LegConfig::default(),
@@ -214,6 +222,7 @@ impl Leg {
             crypto: None,
             counters: LegCounters::default(),
             ice: None,
+            monitor: LegMonitor::new(quality, now),
         }
     }
 
@@ -243,6 +252,15 @@ impl Leg {
                 CheckLimits::default(),
             )),
         };
+        // Rates follow the latest SDP; the statistics themselves survive a re-INVITE (an SSRC
+        // or sequence restart opens a new epoch inside the monitor).
+        let rates = self.monitor.clock_rates_mut();
+        *rates = ClockRates::default();
+        for &(pt, rate) in &config.clock_rates {
+            if let Err(error) = rates.set(pt, rate) {
+                tracing::debug!(side = ?self.side, pt, rate, %error, "ignoring clock rate");
+            }
+        }
         self.config = config;
         self.learning_until = now + policy.learning_window;
         self.rtp_latch.signalled_seen = false;
@@ -263,6 +281,16 @@ impl Leg {
     /// Counters so far.
     pub fn counters(&self) -> &LegCounters {
         &self.counters
+    }
+
+    /// The quality monitor of this leg.
+    pub fn monitor(&self) -> &LegMonitor {
+        &self.monitor
+    }
+
+    /// The quality monitor, for its timer and events.
+    pub fn monitor_mut(&mut self) -> &mut LegMonitor {
+        &mut self.monitor
     }
 
     /// Latched RTP source.
@@ -361,14 +389,34 @@ impl Leg {
     ) -> Inbound {
         let verdict = self.decide(now, port, from, buf, len);
         match verdict {
-            Inbound::Media { rtcp, .. } => {
+            Inbound::Media {
+                rtcp,
+                len: plain_len,
+                ..
+            } => {
                 self.counters.packets_in += 1;
                 self.counters.bytes_in += len as u64;
                 self.counters.rtcp_in += u64::from(rtcp);
+                if let Some(plain) = buf.get(..plain_len) {
+                    self.observe(now, plain, rtcp);
+                }
             }
             Inbound::Drop(reason) => reason.count(&mut self.counters.drops),
         }
         verdict
+    }
+
+    /// Feeds an accepted plaintext packet to the monitor. RTCP the monitor cannot parse is
+    /// counted and still forwarded: it authenticated and passed the header check, and the other
+    /// leg's peer may read what XCC's stricter parser refuses.
+    fn observe(&mut self, now: Instant, plain: &[u8], rtcp: bool) {
+        if rtcp {
+            if self.monitor.handle_rtcp(now, plain).is_err() {
+                self.counters.rtcp_malformed += 1;
+            }
+        } else if let Ok(header) = rtp::parse_rtp(plain) {
+            self.monitor.handle_rtp(now, (&header).into());
+        }
     }
 
     fn decide(
@@ -451,9 +499,11 @@ impl Leg {
     }
 
     /// Prepares the first `len` plaintext bytes of `buf` for this leg's peer: checks direction,
-    /// picks the destination (latched, else signalled) and the local socket.
+    /// picks the destination (latched, else signalled) and the local socket. An RTCP packet's SRs
+    /// are remembered (before protection) so the peer's LSR/DLSR give this leg's RTT.
     pub fn prepare_send(
         &mut self,
+        now: Instant,
         buf: &mut [u8],
         len: usize,
         rtcp: bool,
@@ -481,6 +531,10 @@ impl Leg {
         let to = to.ok_or(DropReason::NoRoute)?;
         if buf.len() < len {
             return Err(DropReason::Malformed);
+        }
+        if rtcp {
+            // A compound the parser refuses was already counted on the leg it came from.
+            let _ = self.monitor.handle_rtcp_sent(now, &buf[..len]);
         }
         let len = match self.crypto.as_mut() {
             None => len,
@@ -765,7 +819,7 @@ mod tests {
         let got = mux.handle_receive(t0, LocalPort::Rtp, addr("10.0.0.1:4000"), &mut r, 28);
         assert!(matches!(got, Inbound::Media { rtcp: true, .. }));
         assert_eq!(mux.counters().rtcp_in, 1);
-        let out = mux.prepare_send(&mut r, 28, true).unwrap();
+        let out = mux.prepare_send(Instant::now(), &mut r, 28, true).unwrap();
         assert_eq!((out.from, out.to), (LocalPort::Rtp, addr("10.0.0.1:4000")));
     }
 
@@ -775,22 +829,26 @@ mod tests {
         let mut p = rtp_pkt();
         let mut none = plain_leg(t0, None);
         assert_eq!(
-            none.prepare_send(&mut p, 172, false),
+            none.prepare_send(Instant::now(), &mut p, 172, false),
             Err(DropReason::NoRoute)
         );
         let mut leg = plain_leg(t0, Some("10.0.0.1:4000"));
         assert_eq!(
-            leg.prepare_send(&mut p, 172, false).unwrap().to,
+            leg.prepare_send(Instant::now(), &mut p, 172, false)
+                .unwrap()
+                .to,
             addr("10.0.0.1:4000")
         );
-        let rtcp = leg.prepare_send(&mut p, 28, true).unwrap();
+        let rtcp = leg.prepare_send(Instant::now(), &mut p, 28, true).unwrap();
         assert_eq!(
             (rtcp.from, rtcp.to),
             (LocalPort::Rtcp, addr("10.0.0.1:4001"))
         );
         recv(&mut leg, t0, "10.0.0.1:7000");
         assert_eq!(
-            leg.prepare_send(&mut p, 172, false).unwrap().to,
+            leg.prepare_send(Instant::now(), &mut p, 172, false)
+                .unwrap()
+                .to,
             addr("10.0.0.1:7000")
         );
     }
@@ -813,11 +871,14 @@ mod tests {
             };
             leg.configure(cfg, POLICY, t0);
             assert_eq!(
-                leg.prepare_send(&mut p, 172, false).is_ok(),
+                leg.prepare_send(Instant::now(), &mut p, 172, false).is_ok(),
                 rtp_ok,
                 "{dir:?}"
             );
-            assert!(leg.prepare_send(&mut p, 28, true).is_ok(), "{dir:?}");
+            assert!(
+                leg.prepare_send(Instant::now(), &mut p, 28, true).is_ok(),
+                "{dir:?}"
+            );
         }
     }
 
@@ -1054,10 +1115,75 @@ mod tests {
             );
             let mut p = [0u8; 256];
             p[..172].copy_from_slice(&rtp_pkt());
-            let out = leg.prepare_send(&mut p, 172, false).unwrap();
+            let out = leg
+                .prepare_send(Instant::now(), &mut p, 172, false)
+                .unwrap();
             assert_eq!(out.len, 182);
             assert_eq!(rx.unprotect_rtp(&mut p, out.len), Ok(172));
             assert_eq!(p[..172], rtp_pkt()[..172]);
         }
+    }
+
+    fn rtp_with(pt: u8, seq: u16, ts: u32) -> [u8; 172] {
+        let mut p = rtp_pkt();
+        p[1] = pt;
+        p[2..4].copy_from_slice(&seq.to_be_bytes());
+        p[4..8].copy_from_slice(&ts.to_be_bytes());
+        p
+    }
+
+    #[test]
+    fn accepted_rtp_feeds_the_monitor_with_the_signalled_clock_rate() {
+        let t0 = Instant::now();
+        let from = addr("10.0.0.1:4000");
+        let run = |rates: Vec<(u8, u32)>| {
+            let mut leg = Leg::new(LegSide::Pbx, t0);
+            leg.configure(
+                LegConfig {
+                    remote_rtp: Some(from),
+                    clock_rates: rates,
+                    ..LegConfig::default()
+                },
+                POLICY,
+                t0,
+            );
+            // 20 ms of Opus per packet, arriving 20 ms apart except every third 5 ms late.
+            for seq in 0..30u16 {
+                let late = if seq % 3 == 0 { 5 } else { 0 };
+                let now = t0 + Duration::from_millis(20 * u64::from(seq) + late);
+                let mut p = rtp_with(111, seq, u32::from(seq) * 960);
+                leg.handle_receive(now, LocalPort::Rtp, from, &mut p, 172);
+            }
+            // A stranger's packets never reach the monitor.
+            let mut p = rtp_with(111, 500, 0);
+            leg.handle_receive(t0, LocalPort::Rtp, addr("192.0.2.9:9"), &mut p, 172);
+            leg.monitor().snapshot()
+        };
+        let with_rate = run(vec![(111, 48000), (200, 8000), (96, 0)]);
+        assert_eq!(with_rate.received, 29, "A.1: the first packet is probation");
+        assert_eq!(with_rate.expected, 29);
+        assert!(
+            with_rate.jitter_ms.is_some_and(|j| j > 0.5),
+            "{with_rate:?}"
+        );
+        let without = run(Vec::new());
+        assert_eq!(without.received, 29);
+        assert_eq!(without.jitter_ms, None, "unknown rate: no jitter, no guess");
+    }
+
+    #[test]
+    fn unparseable_rtcp_is_counted_and_still_forwarded() {
+        let t0 = Instant::now();
+        let mut leg = plain_leg(t0, Some("10.0.0.1:4000"));
+        let mut p = [0u8; 40];
+        // A valid first header (the relay's check) and a second packet overrunning the datagram.
+        p[..8].copy_from_slice(&[0x80, 201, 0, 1, 0, 0, 0, 7]);
+        p[8..16].copy_from_slice(&[0x81, 202, 0, 9, 0, 0, 0, 7]);
+        let got = leg.handle_receive(t0, LocalPort::Rtcp, addr("10.0.0.1:4001"), &mut p, 16);
+        assert!(matches!(got, Inbound::Media { rtcp: true, .. }), "{got:?}");
+        assert_eq!(leg.counters().rtcp_malformed, 1);
+        assert_eq!(leg.counters().rtcp_in, 1);
+        assert_eq!(leg.counters().drops, DropCounters::default());
+        assert_eq!(leg.monitor().summary(t0).rtcp_malformed, 1);
     }
 }

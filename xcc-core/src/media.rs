@@ -17,6 +17,7 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::ids::{CallId, LegSide};
 use crate::leg::LatchPolicy;
 use crate::ports::{PortPool, allocate_pairs};
+use crate::quality::{LegQualitySummary, MonitorConfig, QualityEvent, QualitySnapshot};
 use crate::relay::call::CallTimers;
 use crate::relay::published::{CallState, Published};
 use crate::relay::worker::{self, WAKER, WorkerSetup};
@@ -49,6 +50,8 @@ pub struct MediaConfig {
     pub rtp_learning_window_ms: u64,
     /// SO_RCVBUF / SO_SNDBUF for each media socket, in bytes.
     pub socket_buffer_bytes: usize,
+    /// Per-leg quality monitoring: evaluation period, report ages, VoIP-ready limits.
+    pub quality: MonitorConfig,
 }
 
 impl MediaConfig {
@@ -92,6 +95,28 @@ impl MediaConfig {
         if self.workers > 1024 {
             return bad("workers", "more than 1024 worker threads");
         }
+        let voip = &self.quality.voip_ready;
+        if !(0.0..1.0).contains(&voip.recover_margin) {
+            return bad(
+                "quality.voip_ready.recover_margin",
+                "must be in [0, 1): a fraction of the limit",
+            );
+        }
+        let limits = &voip.limits;
+        let positive = [
+            limits.one_way_delay_ms,
+            limits.round_trip_ms,
+            limits.loss_percent,
+            limits.jitter_ms,
+        ]
+        .iter()
+        .all(|v| v.is_finite() && *v > 0.0);
+        if !positive {
+            return bad(
+                "quality.voip_ready.limits",
+                "every limit must be a positive number",
+            );
+        }
         Ok(())
     }
 }
@@ -109,6 +134,7 @@ impl Default for MediaConfig {
             hold_timeout_secs: 3600,
             rtp_learning_window_ms: 3000,
             socket_buffer_bytes: 256 * 1024,
+            quality: MonitorConfig::default(),
         }
     }
 }
@@ -169,6 +195,10 @@ pub struct LegConfig {
     pub direction: Direction,
     /// SDES session parameters (`UNENCRYPTED_SRTP`, ...) for both directions; ignored for plain RTP.
     pub srtp_policy: SrtpPolicy,
+    /// RTP clock rate per payload type from the peer's `a=rtpmap` lines
+    /// ([`crate::sdp::SessionDescription::audio_clock_rates`]); static types need no entry.
+    /// Without a rate the leg's jitter is not measured (never guessed).
+    pub clock_rates: Vec<(u8, u32)>,
     /// ICE-lite on this leg (client legs whose offer carried `a=ice-ufrag`/`a=ice-pwd`): STUN
     /// checks are answered and a nominated one latches the leg. `None`: STUN is a counted drop.
     pub ice: Option<IceSetup>,
@@ -213,6 +243,19 @@ pub struct DropCounters {
     pub send_error: u64,
 }
 
+/// Per-leg quality at the end of a call, for the call record.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CallQuality {
+    /// Per leg, indexed by [`LegSide::index`]: final figures and which VoIP-ready limits were
+    /// broken and for how long.
+    pub legs: [LegQualitySummary; 2],
+    /// MOS of the whole call (both legs' RTTs added, losses compounded); `None` unless both legs
+    /// measured an RTT.
+    pub mos: Option<f64>,
+    /// R factor of the same computation.
+    pub r_factor: Option<f64>,
+}
+
 /// Per-leg traffic counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LegCounters {
@@ -228,12 +271,15 @@ pub struct LegCounters {
     pub rtcp_in: u64,
     /// RTCP packets among `packets_out`.
     pub rtcp_out: u64,
+    /// RTCP from the peer that XCC's parser refused (lengths do not tile, bad padding, ...) after
+    /// SRTCP authentication: still forwarded (XCC is transparent to the other leg) but unread.
+    pub rtcp_malformed: u64,
     /// Drops by reason.
     pub drops: DropCounters,
 }
 
 /// A leg as last published by its worker.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LegSnapshot {
     /// Which leg.
     pub side: LegSide,
@@ -253,10 +299,13 @@ pub struct LegSnapshot {
     pub direction: Direction,
     /// Counters.
     pub counters: LegCounters,
+    /// Loss, jitter, RTT, MOS and VoIP-ready state of what this leg's peer sends (sampled values
+    /// as of the monitor's last 1 s evaluation).
+    pub quality: QualitySnapshot,
 }
 
 /// A call as last published by its worker.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CallSnapshot {
     /// The call.
     pub call: CallId,
@@ -283,7 +332,7 @@ pub struct PoolStatus {
 }
 
 /// What the media plane tells the control plane without being asked.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum MediaEvent {
     /// A leg latched (or re-latched after proof) onto a peer address.
     Latched {
@@ -302,6 +351,17 @@ pub enum MediaEvent {
         reason: EndReason,
         /// Final state of the call.
         last: Box<CallSnapshot>,
+        /// Quality per leg and for the call, for the call record.
+        quality: Box<CallQuality>,
+    },
+    /// A leg crossed or recovered a VoIP-ready limit (at most one per limit per evaluation).
+    Quality {
+        /// The call.
+        call: CallId,
+        /// The leg.
+        side: LegSide,
+        /// What happened.
+        event: QualityEvent,
     },
 }
 
@@ -340,6 +400,8 @@ struct WorkerLink {
     commands: Sender<Command>,
     /// Wakes the worker's poll after a command.
     waker: mio::Waker,
+    /// Bumped by the worker on every tick: proof of life for the watchdog.
+    heartbeat: Arc<AtomicU64>,
 }
 
 /// Control-plane bookkeeping.
@@ -395,9 +457,11 @@ impl MediaEngine {
             let poll = mio::Poll::new().map_err(io_err)?;
             let waker = mio::Waker::new(poll.registry(), WAKER).map_err(io_err)?;
             let (tx, rx) = crossbeam_channel::unbounded();
+            let heartbeat = Arc::new(AtomicU64::new(0));
             links.push(WorkerLink {
                 commands: tx,
                 waker,
+                heartbeat: heartbeat.clone(),
             });
             setups.push(WorkerSetup {
                 index,
@@ -408,7 +472,9 @@ impl MediaEngine {
                 epoch,
                 timers,
                 policy,
+                quality: config.quality,
                 local_ip: config.bind_address,
+                heartbeat,
             });
         }
         let shared = Arc::new(Shared {
@@ -556,6 +622,7 @@ pub(crate) fn snapshot_of(
             srtp_suite: configs[i].srtp.as_ref().map(|k| k.inbound.suite),
             direction: configs[i].direction,
             counters: state.legs[i].counters,
+            quality: state.legs[i].quality,
         }
     };
     CallSnapshot {
@@ -707,5 +774,16 @@ impl MediaControl {
     /// Number of worker threads.
     pub fn workers(&self) -> usize {
         self.shared.workers.len()
+    }
+
+    /// Each worker's tick counter, in worker order. A worker bumps its counter once per tick
+    /// (every 50 ms, busy or idle), so a counter that stops moving means a stalled worker: the
+    /// daemon's systemd watchdog only pings while every counter advances.
+    pub fn worker_heartbeats(&self) -> Vec<u64> {
+        self.shared
+            .workers
+            .iter()
+            .map(|w| w.heartbeat.load(Ordering::Relaxed))
+            .collect()
     }
 }

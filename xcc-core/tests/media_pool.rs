@@ -3,7 +3,7 @@
 mod media_support;
 
 use std::net::UdpSocket;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use media_support::*;
 use xcc_core::media::{MediaConfig, MediaEngine};
@@ -67,7 +67,7 @@ fn calls_spread_over_the_least_loaded_workers() {
 #[test]
 fn invalid_config_is_refused_with_its_key() {
     type Tweak = fn(&mut MediaConfig);
-    let cases: [(Tweak, &str); 7] = [
+    let cases: [(Tweak, &str); 10] = [
         (|c| (c.port_min, c.port_max) = (40010, 40000), "port_min"),
         (|c| (c.port_min, c.port_max) = (40000, 40002), "port_max"),
         (|c| (c.port_min, c.port_max) = (40001, 40004), "port_max"),
@@ -75,6 +75,18 @@ fn invalid_config_is_refused_with_its_key() {
         (|c| c.dscp = 64, "dscp"),
         (|c| c.media_timeout_secs = 0, "media_timeout_secs"),
         (|c| c.hold_timeout_secs = 0, "hold_timeout_secs"),
+        (
+            |c| c.quality.voip_ready.recover_margin = 1.0,
+            "quality.voip_ready.recover_margin",
+        ),
+        (
+            |c| c.quality.voip_ready.limits.loss_percent = 0.0,
+            "quality.voip_ready.limits",
+        ),
+        (
+            |c| c.quality.voip_ready.limits.jitter_ms = f64::NAN,
+            "quality.voip_ready.limits",
+        ),
     ];
     for (tweak, want) in cases {
         let mut cfg = MediaConfig::default();
@@ -94,4 +106,27 @@ fn invalid_config_is_refused_with_its_key() {
     assert!(ok.validate().is_ok());
     ok.workers = 1;
     assert!(ok.validate().is_ok());
+}
+
+#[test]
+fn worker_heartbeats_advance_while_idle_and_freeze_after_shutdown() {
+    let (engine, _events) = engine(20400, 20499, |_| {});
+    let control = engine.control();
+    let first = control.worker_heartbeats();
+    assert_eq!(first.len(), 2);
+    // Every worker must tick on its own, with no traffic and no commands.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = control.worker_heartbeats();
+        if now.iter().zip(&first).all(|(n, f)| n > f) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "heartbeats stuck at {now:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    engine.shutdown();
+    // The workers are joined: nothing bumps the counters any more.
+    let stopped = control.worker_heartbeats();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(control.worker_heartbeats(), stopped);
 }

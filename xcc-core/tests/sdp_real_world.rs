@@ -272,3 +272,28 @@ fn trailing_blanks_after_flag_attributes_are_tolerated() {
         "kept byte for byte"
     );
 }
+
+#[test]
+fn audio_clock_rates_come_from_rtpmap_of_the_audio_section_only() {
+    let rates = SessionDescription::parse(FREESWITCH_SRTP_OFFER)
+        .unwrap()
+        .audio_clock_rates();
+    assert_eq!(
+        rates,
+        vec![(102, 48000), (0, 8000), (8, 8000), (101, 8000), (13, 8000)]
+    );
+    // The video section's H264/90000 maps are not audio.
+    let bria = SessionDescription::parse(BRIA_AUDIO_VIDEO_OFFER).unwrap();
+    assert_eq!(bria.audio_clock_rates(), vec![(101, 8000)]);
+    assert_eq!(bria.audio().unwrap().clock_rates, vec![(101, 8000)]);
+}
+
+#[test]
+fn malformed_rtpmap_lines_are_skipped() {
+    let sdp = "v=0\no=- 1 1 IN IP4 192.0.2.1\ns=-\nc=IN IP4 192.0.2.1\nt=0 0\n\
+               m=audio 4000 RTP/AVP 96 97 98 99 100\n\
+               a=rtpmap:96 opus/48000/2\na=rtpmap:97 opus\na=rtpmap:200 x/8000\n\
+               a=rtpmap:98 x/0\na=rtpmap:99 x/abc\na=rtpmap:100\na=rtpmap:\n";
+    let rates = SessionDescription::parse(sdp).unwrap().audio_clock_rates();
+    assert_eq!(rates, vec![(96, 48000)]);
+}

@@ -73,9 +73,13 @@ pub fn unix_ms(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-/// The wire form of one media event.
-pub fn media_event_to_pb(event: &MediaEvent, advertised: &Advertised) -> (CallId, pb::event::Kind) {
-    match event {
+/// The wire form of one media event; `None` for events the proto has no message for yet
+/// (quality crossings).
+pub fn media_event_to_pb(
+    event: &MediaEvent,
+    advertised: &Advertised,
+) -> Option<(CallId, pb::event::Kind)> {
+    Some(match event {
         MediaEvent::Latched { call, side, addr } => (
             *call,
             pb::event::Kind::Latched(pb::LegLatched {
@@ -83,7 +87,9 @@ pub fn media_event_to_pb(event: &MediaEvent, advertised: &Advertised) -> (CallId
                 address: addr.to_string(),
             }),
         ),
-        MediaEvent::Ended { call, reason, last } => {
+        MediaEvent::Ended {
+            call, reason, last, ..
+        } => {
             let reason = match reason {
                 EndReason::Released => pb::call_ended::Reason::Released,
                 EndReason::MediaTimeout => pb::call_ended::Reason::MediaTimeout,
@@ -97,7 +103,9 @@ pub fn media_event_to_pb(event: &MediaEvent, advertised: &Advertised) -> (CallId
                 }),
             )
         }
-    }
+        // Logged by the media worker; the feed gains it when the proto does.
+        MediaEvent::Quality { .. } => return None,
+    })
 }
 
 /// Drains the media engine's events into `hub` on a thread of its own until the engine drops its
@@ -116,8 +124,9 @@ pub fn spawn_media_forwarder(
                     tracing::info!(%call, ?reason, "call ended");
                     sessions.forget(*call);
                 }
-                let (call, kind) = media_event_to_pb(&event, &advertised);
-                hub.publish(call, kind);
+                if let Some((call, kind)) = media_event_to_pb(&event, &advertised) {
+                    hub.publish(call, kind);
+                }
             }
             tracing::debug!("media event channel closed");
         })

@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use crate::ids::LegSide;
 use crate::leg::{DropReason, Inbound, LatchPolicy, Leg, LocalPort, Outbound};
-use crate::media::{Direction, LegConfig};
+use crate::media::{CallQuality, Direction, LegConfig};
+use crate::quality::{MonitorConfig, QualityEvent, call_score};
 use crate::relay::published::{CallState, LegState};
 
 /// What happens to media crossing the call in one direction, fixed when the legs are configured
@@ -70,10 +71,23 @@ pub struct Call {
 }
 
 impl Call {
-    /// A call whose legs wait for configuration.
+    /// A call whose legs wait for configuration, with default quality monitoring.
     pub fn new(now: Instant, timers: CallTimers, policy: LatchPolicy) -> Self {
+        Self::with_quality(now, timers, policy, MonitorConfig::default())
+    }
+
+    /// A call whose legs' quality monitors use `quality` (from `MediaConfig::quality`).
+    pub fn with_quality(
+        now: Instant,
+        timers: CallTimers,
+        policy: LatchPolicy,
+        quality: MonitorConfig,
+    ) -> Self {
         Self {
-            legs: [Leg::new(LegSide::Client, now), Leg::new(LegSide::Pbx, now)],
+            legs: [
+                Leg::with_monitor(LegSide::Client, now, quality),
+                Leg::with_monitor(LegSide::Pbx, now, quality),
+            ],
             transforms: [Transform::Pass; 2],
             last_media: now,
             timers,
@@ -145,7 +159,7 @@ impl Call {
             };
         };
         self.last_media = now;
-        match dst.prepare_send(buf, len, rtcp) {
+        match dst.prepare_send(now, buf, len, rtcp) {
             Ok(out) => Step {
                 send: Some((side.other(), out, rtcp)),
                 latched,
@@ -193,6 +207,40 @@ impl Call {
         now.saturating_duration_since(self.last_media)
     }
 
+    /// Runs the legs' quality evaluations that are due (once per second each); off the packet
+    /// path, from the worker's tick.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for leg in &mut self.legs {
+            let monitor = leg.monitor_mut();
+            if now >= monitor.poll_timeout() {
+                monitor.handle_timeout(now);
+                self.dirty = true;
+            }
+        }
+    }
+
+    /// Next quality event of either leg (VoIP-ready limit crossed or recovered).
+    pub fn poll_quality_event(&mut self) -> Option<(LegSide, QualityEvent)> {
+        self.legs
+            .iter_mut()
+            .find_map(|l| l.monitor_mut().poll_event().map(|e| (l.side(), e)))
+    }
+
+    /// Quality per leg and for the whole call, for the call record; open limit episodes are
+    /// counted up to `now`.
+    pub fn quality(&self, now: Instant) -> CallQuality {
+        let legs = [
+            self.legs[0].monitor().summary(now),
+            self.legs[1].monitor().summary(now),
+        ];
+        let score = call_score(&[legs[0].last, legs[1].last]);
+        CallQuality {
+            legs,
+            mos: score.map(|s| s.mos),
+            r_factor: score.map(|s| s.r_factor),
+        }
+    }
+
     /// Takes the "needs publishing" flag.
     pub fn take_dirty(&mut self) -> bool {
         std::mem::take(&mut self.dirty)
@@ -204,6 +252,7 @@ impl Call {
             counters: *l.counters(),
             latched: l.latched_rtp(),
             latched_rtcp: l.latched_rtcp(),
+            quality: l.monitor().snapshot(),
         };
         CallState {
             legs: [leg(&self.legs[0]), leg(&self.legs[1])],
@@ -371,5 +420,60 @@ mod tests {
         assert_eq!(Transform::between(false, true), Transform::Encrypt);
         assert_eq!(Transform::between(true, true), Transform::Reencrypt);
         assert_eq!(Transform::between(false, false), Transform::Pass);
+    }
+
+    #[test]
+    fn quality_is_evaluated_on_the_timer_and_summarised_per_leg() {
+        let t0 = Instant::now();
+        let mut call = configured(t0);
+        // Every fourth packet from the PBX lost: 25 % over the limit for longer than the debounce.
+        let mut crossed = Vec::new();
+        for seq in 0..500u16 {
+            let now = t0 + Duration::from_millis(20 * u64::from(seq));
+            if seq % 4 != 3 {
+                let mut p = rtp_pkt();
+                p[2..4].copy_from_slice(&seq.to_be_bytes());
+                p[4..8].copy_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+                call.handle_receive(
+                    now,
+                    LegSide::Pbx,
+                    LocalPort::Rtp,
+                    addr("10.0.0.1:4000"),
+                    &mut p,
+                    172,
+                );
+            }
+            call.take_dirty();
+            call.handle_timeout(now);
+            while let Some(e) = call.poll_quality_event() {
+                crossed.push(e);
+            }
+        }
+        assert_eq!(crossed.len(), 1, "{crossed:?}");
+        assert!(matches!(
+            crossed[0],
+            (
+                LegSide::Pbx,
+                QualityEvent::VoipReady(crate::quality::VoipEvent::LimitCrossed {
+                    limit: crate::quality::Limit::Loss,
+                    ..
+                })
+            )
+        ));
+        let end = t0 + Duration::from_secs(10);
+        call.handle_timeout(end);
+        assert!(call.take_dirty(), "an evaluation is published");
+        let st = call.state(t0);
+        assert!(st.legs[1].quality.loss_percent > 20.0);
+        assert_eq!(st.legs[0].quality.received, 0);
+        let q = call.quality(end);
+        assert_eq!(
+            q.legs[1]
+                .voip_ready
+                .of(crate::quality::Limit::Loss)
+                .episodes,
+            1
+        );
+        assert_eq!(q.mos, None, "no RTT: no call MOS");
     }
 }

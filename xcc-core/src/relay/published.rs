@@ -8,18 +8,22 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 
 use crate::media::{DropCounters, LegCounters};
+use crate::quality::{Limit, LimitSet, PeerView, QualitySnapshot};
 
 /// Words per published address: tag and port, then up to 128 bits of IP.
 const ADDR_WORDS: usize = 3;
-/// Words per leg: counters, latched RTP, latched RTCP.
-const LEG_WORDS: usize = COUNTER_WORDS + 2 * ADDR_WORDS;
+/// Words per leg: counters, latched RTP, latched RTCP, quality.
+const LEG_WORDS: usize = COUNTER_WORDS + 2 * ADDR_WORDS + QUALITY_WORDS;
 /// Counter fields of [`LegCounters`] including drops.
-const COUNTER_WORDS: usize = 13;
+const COUNTER_WORDS: usize = 14;
+/// Words of a [`QualitySnapshot`]: a presence mask for the optional values, the limit sets, then
+/// one word per number (floats as their bits).
+const QUALITY_WORDS: usize = 22;
 /// Words of a call: two legs and the last-media instant.
 pub(crate) const CALL_WORDS: usize = 2 * LEG_WORDS + 1;
 
 /// What the worker publishes about one leg.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub(crate) struct LegState {
     /// Traffic counters.
     pub counters: LegCounters,
@@ -27,10 +31,12 @@ pub(crate) struct LegState {
     pub latched: Option<SocketAddr>,
     /// Latched RTCP source.
     pub latched_rtcp: Option<SocketAddr>,
+    /// The leg monitor's figures.
+    pub quality: QualitySnapshot,
 }
 
 /// What the worker publishes about one call.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub(crate) struct CallState {
     /// Per leg, indexed by `LegSide::index`.
     pub legs: [LegState; 2],
@@ -117,6 +123,7 @@ fn encode(state: &CallState) -> [u64; CALL_WORDS] {
             c.bytes_out,
             c.rtcp_in,
             c.rtcp_out,
+            c.rtcp_malformed,
             d.auth_failure,
             d.replay,
             d.stranger,
@@ -127,7 +134,9 @@ fn encode(state: &CallState) -> [u64; CALL_WORDS] {
         ];
         chunk[..COUNTER_WORDS].copy_from_slice(&counters);
         chunk[COUNTER_WORDS..COUNTER_WORDS + ADDR_WORDS].copy_from_slice(&encode_addr(leg.latched));
-        chunk[COUNTER_WORDS + ADDR_WORDS..].copy_from_slice(&encode_addr(leg.latched_rtcp));
+        chunk[COUNTER_WORDS + ADDR_WORDS..COUNTER_WORDS + 2 * ADDR_WORDS]
+            .copy_from_slice(&encode_addr(leg.latched_rtcp));
+        chunk[COUNTER_WORDS + 2 * ADDR_WORDS..].copy_from_slice(&encode_quality(&leg.quality));
     }
     out[CALL_WORDS - 1] = state.last_media_nanos;
     out
@@ -147,20 +156,131 @@ fn decode(words: &[u64; CALL_WORDS]) -> CallState {
             bytes_out: w(3),
             rtcp_in: w(4),
             rtcp_out: w(5),
+            rtcp_malformed: w(6),
             drops: DropCounters {
-                auth_failure: w(6),
-                replay: w(7),
-                stranger: w(8),
-                malformed: w(9),
-                no_route: w(10),
-                stray: w(11),
-                send_error: w(12),
+                auth_failure: w(7),
+                replay: w(8),
+                stranger: w(9),
+                malformed: w(10),
+                no_route: w(11),
+                stray: w(12),
+                send_error: w(13),
             },
         };
         leg.latched = decode_addr(&chunk[COUNTER_WORDS..COUNTER_WORDS + ADDR_WORDS]);
-        leg.latched_rtcp = decode_addr(&chunk[COUNTER_WORDS + ADDR_WORDS..]);
+        leg.latched_rtcp =
+            decode_addr(&chunk[COUNTER_WORDS + ADDR_WORDS..COUNTER_WORDS + 2 * ADDR_WORDS]);
+        leg.quality = decode_quality(&chunk[COUNTER_WORDS + 2 * ADDR_WORDS..]);
     }
     state
+}
+
+/// The optional values of a [`QualitySnapshot`], in word order after the mask and limit words.
+type OptionalF64s = [Option<f64>; 11];
+
+fn optional_f64s(q: &QualitySnapshot) -> OptionalF64s {
+    [
+        q.interval_loss_percent,
+        q.jitter_ms,
+        q.judged_loss_percent,
+        q.judged_jitter_ms,
+        q.rtt_ms,
+        q.one_way_delay_ms,
+        q.mos,
+        q.r_factor,
+        q.mos_min,
+        q.mos_avg,
+        q.peer.and_then(|p| p.jitter_ms),
+    ]
+}
+
+/// Presence-mask bit of `ssrc` (the optional floats use bits 0..11).
+const SSRC_BIT: u64 = 1 << 11;
+/// Presence-mask bit of `peer`.
+const PEER_BIT: u64 = 1 << 12;
+
+fn limit_bits(set: LimitSet) -> u64 {
+    Limit::ALL
+        .iter()
+        .filter(|l| set.contains(**l))
+        .fold(0, |acc, l| acc | 1 << l.index())
+}
+
+fn limit_set(bits: u64) -> LimitSet {
+    let mut set = LimitSet::EMPTY;
+    for l in Limit::ALL.iter().filter(|l| bits & 1 << l.index() != 0) {
+        set.insert(*l);
+    }
+    set
+}
+
+fn encode_quality(q: &QualitySnapshot) -> [u64; QUALITY_WORDS] {
+    let opts = optional_f64s(q);
+    let mut mask = 0u64;
+    for (bit, v) in opts.iter().enumerate() {
+        if v.is_some() {
+            mask |= 1 << bit;
+        }
+    }
+    if q.ssrc.is_some() {
+        mask |= SSRC_BIT;
+    }
+    if q.peer.is_some() {
+        mask |= PEER_BIT;
+    }
+    let peer = q.peer.unwrap_or(PeerView {
+        fraction_lost_percent: 0.0,
+        cumulative_lost: 0,
+        jitter_ms: None,
+    });
+    let mut out = [0u64; QUALITY_WORDS];
+    out[0] = mask;
+    out[1] = limit_bits(q.broken_now) | limit_bits(q.broken_ever) << 8;
+    out[2] = u64::from(q.ssrc.unwrap_or(0));
+    out[3] = q.expected;
+    out[4] = q.received;
+    out[5] = q.lost as u64;
+    out[6] = q.loss_percent.to_bits();
+    out[7] = q.duplicates;
+    out[8] = q.reordered;
+    out[9] = peer.fraction_lost_percent.to_bits();
+    // Sign-extended back on decode.
+    out[10] = i64::from(peer.cumulative_lost) as u64;
+    for (w, v) in out[11..].iter_mut().zip(opts) {
+        *w = v.unwrap_or(0.0).to_bits();
+    }
+    out
+}
+
+fn decode_quality(w: &[u64]) -> QualitySnapshot {
+    let mask = w[0];
+    let opt = |i: usize| (mask & 1 << i != 0).then(|| f64::from_bits(w[11 + i]));
+    QualitySnapshot {
+        ssrc: (mask & SSRC_BIT != 0).then_some(w[2] as u32),
+        expected: w[3],
+        received: w[4],
+        lost: w[5] as i64,
+        loss_percent: f64::from_bits(w[6]),
+        interval_loss_percent: opt(0),
+        duplicates: w[7],
+        reordered: w[8],
+        jitter_ms: opt(1),
+        peer: (mask & PEER_BIT != 0).then(|| PeerView {
+            fraction_lost_percent: f64::from_bits(w[9]),
+            cumulative_lost: w[10] as i64 as i32,
+            jitter_ms: opt(10),
+        }),
+        judged_loss_percent: opt(2),
+        judged_jitter_ms: opt(3),
+        rtt_ms: opt(4),
+        one_way_delay_ms: opt(5),
+        mos: opt(6),
+        r_factor: opt(7),
+        mos_min: opt(8),
+        mos_avg: opt(9),
+        broken_now: limit_set(w[1] & 0xff),
+        broken_ever: limit_set(w[1] >> 8 & 0xff),
+    }
 }
 
 fn encode_addr(addr: Option<SocketAddr>) -> [u64; ADDR_WORDS] {
@@ -205,6 +325,32 @@ mod tests {
         st.legs[0].latched = Some("192.0.2.1:4000".parse().unwrap());
         st.legs[1].counters.drops.stranger = u64::MAX;
         st.legs[1].latched_rtcp = Some("[2001:db8::1]:65535".parse().unwrap());
+        st.legs[0].counters.rtcp_malformed = 2;
+        let mut broken = LimitSet::EMPTY;
+        broken.insert(Limit::Jitter);
+        st.legs[1].quality = QualitySnapshot {
+            ssrc: Some(0xdead_beef),
+            expected: 100,
+            received: 95,
+            lost: -3,
+            loss_percent: 5.0,
+            jitter_ms: Some(12.5),
+            rtt_ms: Some(40.25),
+            mos_avg: Some(4.1),
+            peer: Some(PeerView {
+                fraction_lost_percent: 1.5,
+                cumulative_lost: -7,
+                jitter_ms: None,
+            }),
+            broken_now: broken,
+            broken_ever: broken,
+            ..QualitySnapshot::default()
+        };
+        st.legs[0].quality.peer = Some(PeerView {
+            fraction_lost_percent: 0.0,
+            cumulative_lost: 1,
+            jitter_ms: Some(3.0),
+        });
         let p = Published::new(&CallState::default());
         p.write(&st);
         assert_eq!(p.read(1), Some(st));

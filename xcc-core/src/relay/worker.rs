@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
@@ -18,6 +19,7 @@ use crate::leg::{LatchPolicy, LocalPort};
 use crate::media::{EndReason, LegPorts, MediaEvent};
 use crate::nat::ice::MAX_RESPONSE_LEN;
 use crate::nat::stun::is_stun;
+use crate::quality::MonitorConfig;
 use crate::relay::call::{Call, CallTimers};
 use crate::relay::published::Published;
 use crate::relay::{Command, Freed, NewCall};
@@ -51,8 +53,12 @@ pub(crate) struct WorkerSetup {
     pub timers: CallTimers,
     /// Latching policy.
     pub policy: LatchPolicy,
+    /// Settings of every leg's quality monitor.
+    pub quality: MonitorConfig,
     /// Bind address, for snapshots.
     pub local_ip: IpAddr,
+    /// Bumped once per tick; read by [`crate::media::MediaControl::worker_heartbeats`].
+    pub heartbeat: Arc<AtomicU64>,
 }
 
 /// A call as a worker holds it.
@@ -148,6 +154,7 @@ pub(crate) fn run(setup: WorkerSetup) {
         if now >= next_tick {
             w.tick(now);
             next_tick = now + TICK;
+            w.setup.heartbeat.fetch_add(1, Ordering::Relaxed);
         }
     }
     tracing::debug!(worker = w.setup.index, "media worker stopped");
@@ -266,7 +273,12 @@ impl Worker {
                 tracing::error!(call = %id, error = %e, "cannot register media socket");
             }
         }
-        let call = Call::new(now, self.setup.timers, self.setup.policy);
+        let call = Call::with_quality(
+            now,
+            self.setup.timers,
+            self.setup.policy,
+            self.setup.quality,
+        );
         published.write(&call.state(self.setup.epoch));
         self.slots[i] = Some(Slot {
             id,
@@ -288,7 +300,19 @@ impl Worker {
             };
             if slot.call.is_timed_out(now) {
                 self.end(i, EndReason::MediaTimeout, now);
-            } else if slot.call.take_dirty() {
+                continue;
+            }
+            slot.call.handle_timeout(now);
+            while let Some((side, event)) = slot.call.poll_quality_event() {
+                tracing::info!(call = %slot.id, ?side, ?event, "media quality");
+                // Rare (hysteresis: at most one per limit and direction every few seconds).
+                let _ = self.setup.events.send(MediaEvent::Quality {
+                    call: slot.id,
+                    side,
+                    event,
+                });
+            }
+            if slot.call.take_dirty() {
                 slot.published.write(&slot.call.state(self.setup.epoch));
             }
         }
@@ -311,6 +335,7 @@ impl Worker {
         self.free_slots.push(i);
         self.by_id.remove(&slot.id);
         let state = slot.call.state(self.setup.epoch);
+        let quality = slot.call.quality(now);
         slot.published.write(&state);
         slot.published.set_ended();
         let last = crate::media::snapshot_of(
@@ -334,11 +359,19 @@ impl Worker {
             rtp_ports: [slot.ports[0].rtp, slot.ports[1].rtp],
             at: now,
         });
-        tracing::info!(call = %slot.id, ?reason, "call media ended");
+        tracing::info!(
+            call = %slot.id,
+            ?reason,
+            mos = ?quality.mos,
+            client_broken = ?quality.legs[0].voip_ready.broken(),
+            pbx_broken = ?quality.legs[1].voip_ready.broken(),
+            "call media ended"
+        );
         let _ = self.setup.events.send(MediaEvent::Ended {
             call: slot.id,
             reason,
             last: Box::new(last),
+            quality: Box::new(quality),
         });
     }
 }

@@ -15,8 +15,8 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
 use self::grammar::{
-    address_type, attribute, parse_connection, parse_direction, parse_media, parse_origin,
-    parse_rtcp,
+    address_type, attribute, next_token, parse_connection, parse_direction, parse_media,
+    parse_origin, parse_rtcp,
 };
 use crate::error::{Error, Result};
 use crate::media::{Direction, LegPorts};
@@ -48,6 +48,9 @@ pub struct AudioMedia {
     pub direction: Direction,
     /// RTP payload types of the m= format list, in offer order.
     pub payload_types: Vec<u8>,
+    /// Clock rates from the section's `a=rtpmap` lines, for [`crate::media::LegConfig::clock_rates`]
+    /// (see [`SessionDescription::audio_clock_rates`]).
+    pub clock_rates: Vec<(u8, u32)>,
 }
 
 /// The transport protocol of an m= line; decides whether a leg speaks SRTP and whether RTCP
@@ -311,7 +314,24 @@ impl SessionDescription {
             cryptos,
             direction,
             payload_types,
+            clock_rates: self.audio_clock_rates(),
         })
+    }
+
+    /// RTP clock rates of the first audio section's `a=rtpmap:<pt> <name>/<rate>[/<channels>]`
+    /// lines, for [`crate::media::LegConfig::clock_rates`] (jitter needs the rate of dynamic
+    /// types such as Opus). Malformed lines, types above 127 and a zero rate are skipped.
+    pub fn audio_clock_rates(&self) -> Vec<(u8, u32)> {
+        let Some((start, end)) = self.audio_section() else {
+            return Vec::new();
+        };
+        self.lines[start + 1..end]
+            .iter()
+            .filter_map(|l| match attribute(l)? {
+                ("rtpmap", Some(value)) => parse_rtpmap(value),
+                _ => None,
+            })
+            .collect()
     }
 
     /// XCC's own origin for the leg it emits on (B2BUA: each side sees XCC as the session owner);
@@ -412,6 +432,20 @@ impl fmt::Debug for SessionDescription {
         }
         list.finish()
     }
+}
+
+/// `<pt> <encoding>/<rate>[/<params>]` (RFC 8866 §6.6) to (payload type, clock rate).
+fn parse_rtpmap(value: &str) -> Option<(u8, u32)> {
+    let (pt, encoding) = next_token(value)?;
+    let pt = pt.parse::<u8>().ok().filter(|&pt| pt < 128)?;
+    let (_, rest) = encoding.trim().split_once('/')?;
+    let rate = rest
+        .split('/')
+        .next()?
+        .parse::<u32>()
+        .ok()
+        .filter(|&r| r > 0)?;
+    Some((pt, rate))
 }
 
 fn parse_error(line: usize, reason: &'static str) -> Error {

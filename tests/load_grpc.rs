@@ -1,0 +1,400 @@
+//! xcc-load end to end: the real xccd on its own control port and media ports, the real xcc-load
+//! binary placing calls through it, and the bare forwarder reference.
+
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A running xccd, killed on drop.
+struct Daemon {
+    child: Child,
+    endpoint: String,
+    dir: PathBuf,
+}
+
+impl Daemon {
+    /// Starts xccd with media ports `pool_min..pool_min + pool_len` and waits for READY=1.
+    fn start(name: &str, pool_min: u16, pool_len: u16) -> Daemon {
+        let dir = std::env::temp_dir().join(format!("xcc-load-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let control = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let config = format!(
+            "[media]\nbind_address = \"127.0.0.1\"\nport_min = {pool_min}\nport_max = {}\nquarantine_secs = 1\n\
+             workers = 1\n\n[control]\nlisten = \"{control}\"\ndrain_grace_secs = 5\n\n\
+             [nat]\npublic_address = \"127.0.0.1\"\npbx_address = \"127.0.0.1\"\n\n[log]\nlevel = \"info\"\n",
+            pool_min + pool_len - 1
+        );
+        let config_path = dir.join("xcc.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let notify_path = dir.join("notify.sock");
+        let notify = UnixDatagram::bind(&notify_path).unwrap();
+        notify
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let stderr = std::fs::File::create(dir.join("stderr.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_xccd"))
+            .arg("--config")
+            .arg(&config_path)
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        let mut d = Daemon {
+            child,
+            endpoint: format!("http://{control}"),
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut buf = [0u8; 512];
+        loop {
+            if let Ok(len) = notify.recv(&mut buf)
+                && buf[..len].starts_with(b"READY=1")
+            {
+                return d;
+            }
+            if let Some(status) = d.child.try_wait().unwrap() {
+                panic!("xccd exited with {status}; log:\n{}", d.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "xccd not ready; log:\n{}",
+                d.log()
+            );
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Runs xcc-load to completion (bounded by its own --duration; the test harness bounds the rest).
+fn xcc_load(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_xcc-load"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn json_of(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}); stdout:\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn assert_clean_media(r: &Value, calls: u64) {
+    let media = &r["media"];
+    assert_eq!(r["calls_established"], calls, "report: {r:#}");
+    assert_eq!(media["streams"], 2 * calls);
+    assert_eq!(media["streams_without_packets"], 0, "report: {r:#}");
+    assert_eq!(media["lost"], 0, "no loss on loopback: {r:#}");
+    assert!(media["packets_sent"].as_u64().unwrap() >= 2 * calls * 50);
+    assert_eq!(media["packets_received"], media["packets_sent"]);
+    for q in ["p50", "p99", "p999", "max"] {
+        let v = media["latency_us"][q].as_f64().unwrap();
+        assert!(v > 0.0, "latency {q} must be positive: {r:#}");
+    }
+    let per_call = r["calls"].as_array().unwrap();
+    assert_eq!(per_call.len() as u64, calls);
+    for c in per_call {
+        for dir in ["to_pbx", "to_client"] {
+            assert!(c[dir]["received"].as_u64().unwrap() > 0, "{dir} of {c}");
+        }
+    }
+}
+
+#[test]
+fn grpc_calls_through_xccd_carry_srtp_and_rtp_without_loss() {
+    let d = Daemon::start("grpc", 25_000, 40);
+    let pid = d.pid().to_string();
+    let out = xcc_load(&[
+        "grpc",
+        "--calls",
+        "3",
+        "--duration",
+        "2",
+        "--json",
+        "--addr",
+        &d.endpoint,
+        "--xccd-pid",
+        &pid,
+    ]);
+    assert!(
+        out.status.success(),
+        "exit {:?}; stderr:\n{}\nxccd log:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        d.log()
+    );
+    let r = json_of(&out);
+    assert_eq!(r["mode"], "grpc");
+    assert_clean_media(&r, 3);
+    assert_eq!(r["media"]["auth_failures"], 0);
+    let setup = &r["setup_ms"];
+    assert!(
+        setup["max"].as_f64().unwrap() > 0.0,
+        "setup time measured: {r:#}"
+    );
+    for c in r["calls"].as_array().unwrap() {
+        assert!(c["session_id"].as_u64().unwrap() > 0);
+        assert!(c["setup_ms"].as_f64().unwrap() > 0.0);
+    }
+    assert_eq!(r["relay_cpu"]["pid"], d.pid());
+    let counters = &r["relay_counters"];
+    assert_eq!(counters["sessions"], 3, "xccd's counters read back: {r:#}");
+    assert!(counters["client"]["packets_in"].as_u64().unwrap() > 0);
+    assert!(counters["pbx"]["packets_out"].as_u64().unwrap() > 0);
+    assert_eq!(r["release_failures"], 0);
+}
+
+#[test]
+fn grpc_run_with_bare_reference_reports_cpu_ratio() {
+    let d = Daemon::start("ratio", 25_100, 40);
+    let pid = d.pid().to_string();
+    let out = xcc_load(&[
+        "grpc",
+        "--calls",
+        "2",
+        "--duration",
+        "1",
+        "--json",
+        "--addr",
+        &d.endpoint,
+        "--xccd-pid",
+        &pid,
+        "--bare-ports",
+        "25200-25203",
+    ]);
+    assert!(
+        out.status.success(),
+        "stderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = json_of(&out);
+    let reference = &r["reference"];
+    assert_eq!(reference["mode"], "bare");
+    assert_clean_media(reference, 2);
+    assert_ne!(
+        reference["relay_cpu"]["pid"],
+        d.pid(),
+        "the forwarder is its own process"
+    );
+    assert!(
+        r["cpu_ratio_to_reference"].is_number(),
+        "ratio stated: {r:#}"
+    );
+}
+
+#[test]
+fn bare_forwarder_forwards_both_ways() {
+    let out = xcc_load(&[
+        "bare",
+        "--pairs",
+        "4",
+        "--duration",
+        "1",
+        "--json",
+        "--ports",
+        "25300-25307",
+    ]);
+    assert!(
+        out.status.success(),
+        "stderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = json_of(&out);
+    assert_eq!(r["mode"], "bare");
+    assert_clean_media(&r, 4);
+    assert!(
+        r["relay_cpu"]["cpu_seconds"].is_number(),
+        "forwarder CPU measured: {r:#}"
+    );
+}
+
+#[test]
+fn argument_errors_exit_2_with_a_message() {
+    for (args, needle) in [
+        (&["grpc", "--duration", "2"][..], "--calls"),
+        (&["grpc", "--calls", "0", "--duration", "2"][..], "--calls"),
+        (
+            &[
+                "grpc",
+                "--calls",
+                "3",
+                "--duration",
+                "2",
+                "--addr",
+                "http://192.0.2.1:3280",
+            ][..],
+            "loopback",
+        ),
+        (
+            &[
+                "bare",
+                "--pairs",
+                "4",
+                "--duration",
+                "1",
+                "--ports",
+                "25301-25308",
+            ][..],
+            "even",
+        ),
+        (
+            &[
+                "bare",
+                "--pairs",
+                "4",
+                "--duration",
+                "1",
+                "--ports",
+                "25300-25303",
+            ][..],
+            "pairs",
+        ),
+        (
+            &[
+                "sweep",
+                "--from",
+                "5",
+                "--to",
+                "1",
+                "--step",
+                "1",
+                "--duration",
+                "1",
+            ][..],
+            "below",
+        ),
+        (&["sip", "--calls", "3", "--duration", "2"][..], "SIP"),
+        (
+            &[
+                "grpc",
+                "--calls",
+                "3",
+                "--duration",
+                "2",
+                "--relay-cpu",
+                "0",
+            ][..],
+            "--xccd-pid",
+        ),
+    ] {
+        let out = xcc_load(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: stderr:\n{stderr}");
+        assert!(
+            stderr.contains(needle),
+            "{args:?}: stderr lacks {needle:?}:\n{stderr}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?}: nothing on stdout");
+    }
+}
+
+#[test]
+fn sweep_runs_every_step_and_reports_capacity_fields() {
+    let d = Daemon::start("sweep", 25_400, 40);
+    let pid = d.pid().to_string();
+    let out = xcc_load(&[
+        "sweep",
+        "--from",
+        "1",
+        "--to",
+        "3",
+        "--step",
+        "2",
+        "--duration",
+        "1",
+        "--pause",
+        "0",
+        "--json",
+        "--addr",
+        &d.endpoint,
+        "--xccd-pid",
+        &pid,
+    ]);
+    assert!(
+        out.status.success(),
+        "stderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = json_of(&out);
+    let steps = r["steps"].as_array().unwrap();
+    let counts: Vec<u64> = steps.iter().map(|s| s["calls"].as_u64().unwrap()).collect();
+    assert_eq!(counts, [1, 3]);
+    for s in steps {
+        assert_eq!(s["established"], s["calls"], "{s}");
+        assert_eq!(s["loss_pct"], 0.0, "{s}");
+        assert!(s["relay_cores_per_1000_calls"].is_number(), "{s}");
+    }
+    assert!(r.get("capacity").is_some() && r["load_limited"].is_boolean());
+}
+
+#[test]
+fn repeated_runs_report_the_spread_of_the_cpu_ratio() {
+    let d = Daemon::start("repeat", 25_500, 40);
+    let pid = d.pid().to_string();
+    let out = xcc_load(&[
+        "grpc",
+        "--calls",
+        "1",
+        "--duration",
+        "1",
+        "--repeat",
+        "2",
+        "--json",
+        "--addr",
+        &d.endpoint,
+        "--xccd-pid",
+        &pid,
+        "--bare-ports",
+        "25600-25601",
+    ]);
+    assert!(
+        out.status.success(),
+        "stderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = json_of(&out);
+    let runs = r["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    for run in runs {
+        assert_clean_media(run, 1);
+    }
+    let spread = &r["cpu_ratio"];
+    assert_eq!(spread["samples"], 2, "{r:#}");
+    let (min, median, max) = (
+        spread["min"].as_f64().unwrap(),
+        spread["median"].as_f64().unwrap(),
+        spread["max"].as_f64().unwrap(),
+    );
+    assert!(min <= median && median <= max, "{r:#}");
+}
