@@ -13,7 +13,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::ids::LegSide;
-use crate::media::{Direction, DropCounters, LegConfig, LegCounters, SrtpKeys};
+use crate::media::{Direction, DropCounters, IceSetup, LegConfig, LegCounters, SrtpKeys};
+use crate::nat::ice::{CheckLimits, CheckOutcome, IceLite};
 use crate::quality::{ClockRates, LegMonitor, MonitorConfig};
 use crate::rtp::{self, PacketClass};
 use crate::srtp::{SrtpContext, SrtpError, SrtpPolicy};
@@ -190,6 +191,17 @@ pub struct Leg {
     counters: LegCounters,
     /// Quality of what the peer sends, and RTT from the RTCP exchanged with it.
     monitor: LegMonitor,
+    /// ICE-lite responder, when signalling set one up.
+    ice: Option<IceLite>,
+}
+
+/// What [`Leg::handle_stun`] did with a STUN datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StunReply {
+    /// Send the first `n` bytes of the output buffer back to the source, from the same socket.
+    pub send: Option<usize>,
+    /// The leg latched (or re-latched) onto this source: a nominated, authenticated check.
+    pub latched: Option<SocketAddr>,
 }
 
 impl Leg {
@@ -209,6 +221,7 @@ impl Leg {
             configured: false,
             crypto: None,
             counters: LegCounters::default(),
+            ice: None,
             monitor: LegMonitor::new(quality, now),
         }
     }
@@ -225,6 +238,19 @@ impl Leg {
                 inbound: SrtpContext::new(&k.inbound, config.srtp_policy),
                 outbound: SrtpContext::new(&k.outbound, config.srtp_policy),
             }),
+        };
+        self.ice = match (config.ice.as_ref(), self.ice.take()) {
+            (None, _) => None,
+            // Same local credentials (a re-INVITE without ICE restart): keep the rate limiter.
+            (Some(IceSetup { local, remote }), Some(mut ice)) if ice.local() == local => {
+                ice.set_remote(remote.as_ref());
+                Some(ice)
+            }
+            (Some(IceSetup { local, remote }), _) => Some(IceLite::new(
+                local.clone(),
+                remote.as_ref(),
+                CheckLimits::default(),
+            )),
         };
         // Rates follow the latest SDP; the statistics themselves survive a re-INVITE (an SSRC
         // or sequence restart opens a new epoch inside the monitor).
@@ -291,6 +317,64 @@ impl Leg {
                 .remote_rtp
                 .and_then(|a| Some(SocketAddr::new(a.ip(), a.port().checked_add(1)?)))
         })
+    }
+
+    /// ICE-lite counters, when the leg has a responder.
+    pub fn ice_counters(&self) -> Option<crate::nat::ice::CheckCounters> {
+        self.ice.as_ref().map(IceLite::counters)
+    }
+
+    /// Moves the latch of `port`'s stream to `from` because `from` proved it knows a secret of
+    /// this leg (a nominated ICE check, a hole-punching answer), as an authenticated SRTP packet
+    /// does. Returns whether the latch moved.
+    pub fn latch_authenticated(&mut self, port: LocalPort, from: SocketAddr) -> bool {
+        if !self.configured {
+            return false;
+        }
+        let latch = if port == LocalPort::Rtcp && !self.config.rtcp_mux {
+            &mut self.rtcp_latch
+        } else {
+            &mut self.rtp_latch
+        };
+        let moved = latch.addr != Some(from);
+        latch.addr = Some(from);
+        moved
+    }
+
+    /// Handles a STUN datagram (RFC 7983 demux, [`crate::nat::stun::is_stun`]) received on
+    /// `port` from `from`: an authenticated check is answered into `out`, a nominated one latches.
+    /// Without a responder, or when the check is refused, it is a counted `stray` drop.
+    /// No allocation: the response is written into the caller's buffer.
+    pub fn handle_stun(
+        &mut self,
+        now: Instant,
+        port: LocalPort,
+        from: SocketAddr,
+        pkt: &[u8],
+        out: &mut [u8],
+    ) -> StunReply {
+        let Some(ice) = self.ice.as_mut().filter(|_| self.configured) else {
+            DropReason::Stray.count(&mut self.counters.drops);
+            return StunReply::default();
+        };
+        match ice.handle_request(now, from, pkt, out) {
+            CheckOutcome::Success { len, nominated } => {
+                let latched = (nominated && self.latch_authenticated(port, from)).then_some(from);
+                StunReply {
+                    send: Some(len),
+                    latched,
+                }
+            }
+            CheckOutcome::RoleConflict { len } => StunReply {
+                send: Some(len),
+                latched: None,
+            },
+            CheckOutcome::Keepalive => StunReply::default(),
+            CheckOutcome::Dropped(_) => {
+                DropReason::Stray.count(&mut self.counters.drops);
+                StunReply::default()
+            }
+        }
     }
 
     /// Handles a datagram of `len` bytes at the start of `buf`, received on `port` from `from`.
@@ -1101,5 +1185,129 @@ mod tests {
         assert_eq!(leg.counters().rtcp_in, 1);
         assert_eq!(leg.counters().drops, DropCounters::default());
         assert_eq!(leg.monitor().summary(t0).rtcp_malformed, 1);
+    }
+
+    /// A leg with ICE-lite credentials and no signalled address (a phone behind a NAT).
+    fn ice_leg(now: Instant) -> (Leg, IceSetup) {
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let setup = IceSetup {
+            local: crate::nat::ice::IceCredentials::generate(&mut rng),
+            remote: Some(crate::nat::ice::IceCredentials::generate(&mut rng)),
+        };
+        let mut leg = Leg::new(LegSide::Client, now);
+        leg.configure(
+            LegConfig {
+                ice: Some(setup.clone()),
+                ..LegConfig::default()
+            },
+            POLICY,
+            now,
+        );
+        (leg, setup)
+    }
+
+    /// A Binding request as the phone's full ICE agent (controlling) sends it, built with the
+    /// nat module's writer: USERNAME `local:remote`, integrity under `pwd`, FINGERPRINT.
+    fn ice_check(setup: &IceSetup, pwd: &str, nominate: bool, id: u8) -> Vec<u8> {
+        use crate::nat::stun::{BINDING_REQUEST, TransactionId, Writer, attr};
+        let remote = setup
+            .remote
+            .as_ref()
+            .expect("test setup has remote credentials");
+        let username = format!("{}:{}", setup.local.ufrag, remote.ufrag);
+        let mut buf = [0u8; 256];
+        let mut w = Writer::new(&mut buf, BINDING_REQUEST, TransactionId([id; 12])).unwrap();
+        w.attribute(attr::USERNAME, username.as_bytes()).unwrap();
+        w.attribute(attr::PRIORITY, &0x6e00_01ffu32.to_be_bytes())
+            .unwrap();
+        w.attribute(attr::ICE_CONTROLLING, &7u64.to_be_bytes())
+            .unwrap();
+        if nominate {
+            w.attribute(attr::USE_CANDIDATE, &[]).unwrap();
+        }
+        w.integrity(pwd.as_bytes()).unwrap();
+        w.fingerprint().unwrap();
+        let len = w.finish();
+        buf[..len].to_vec()
+    }
+
+    #[test]
+    fn ice_check_is_answered_and_latches_only_when_nominated() {
+        let t0 = Instant::now();
+        let (mut leg, setup) = ice_leg(t0);
+        let phone = addr("203.0.113.9:40000");
+        let mut out = [0u8; crate::nat::ice::MAX_RESPONSE_LEN];
+
+        let check = ice_check(&setup, &setup.local.pwd, false, 1);
+        let reply = leg.handle_stun(t0, LocalPort::Rtp, phone, &check, &mut out);
+        let len = reply.send.expect("an authenticated check is answered");
+        assert_eq!(reply.latched, None, "not nominated: no latch");
+        assert_eq!(leg.latched_rtp(), None);
+        let resp = crate::nat::stun::Message::parse(&out[..len]).unwrap();
+        assert_eq!(resp.msg_type(), crate::nat::stun::BINDING_SUCCESS);
+        assert_eq!(resp.transaction_id().0, [1; 12]);
+        assert!(resp.verify_integrity(setup.local.pwd.as_bytes()));
+        assert!(resp.verify_fingerprint());
+        assert_eq!(resp.xor_mapped_address(), Some(phone));
+
+        let check = ice_check(&setup, &setup.local.pwd, true, 2);
+        let reply = leg.handle_stun(t0, LocalPort::Rtp, phone, &check, &mut out);
+        assert!(reply.send.is_some());
+        assert_eq!(reply.latched, Some(phone));
+        assert_eq!(leg.latched_rtp(), Some(phone));
+        assert_eq!(
+            leg.latched_rtcp(),
+            None,
+            "the RTCP stream latches on its own"
+        );
+
+        // The same nomination again answers but does not report a new latch.
+        let check = ice_check(&setup, &setup.local.pwd, true, 3);
+        let reply = leg.handle_stun(t0, LocalPort::Rtp, phone, &check, &mut out);
+        assert!(reply.send.is_some());
+        assert_eq!(reply.latched, None);
+
+        let rtcp_from = addr("203.0.113.9:40001");
+        let check = ice_check(&setup, &setup.local.pwd, true, 4);
+        let reply = leg.handle_stun(t0, LocalPort::Rtcp, rtcp_from, &check, &mut out);
+        assert_eq!(reply.latched, Some(rtcp_from));
+        assert_eq!(leg.latched_rtcp(), Some(rtcp_from));
+        assert_eq!(leg.latched_rtp(), Some(phone));
+
+        let counters = leg.ice_counters().expect("the leg has a responder");
+        assert_eq!((counters.answered, counters.nominations), (4, 3));
+        assert_eq!(leg.counters().drops, DropCounters::default());
+    }
+
+    #[test]
+    fn ice_check_with_wrong_password_is_refused_and_counted() {
+        let t0 = Instant::now();
+        let (mut leg, setup) = ice_leg(t0);
+        let stranger = addr("198.51.100.66:5000");
+        let mut out = [0u8; crate::nat::ice::MAX_RESPONSE_LEN];
+        let wrong = "x".repeat(setup.local.pwd.len());
+        let check = ice_check(&setup, &wrong, true, 9);
+        let reply = leg.handle_stun(t0, LocalPort::Rtp, stranger, &check, &mut out);
+        assert_eq!(reply, StunReply::default(), "no response, no latch");
+        assert_eq!(leg.latched_rtp(), None);
+        assert_eq!(leg.counters().drops.stray, 1);
+        assert_eq!(leg.ice_counters().map(|c| c.refused), Some(1));
+        assert_eq!(leg.ice_counters().map(|c| c.answered), Some(0));
+    }
+
+    #[test]
+    fn stun_on_a_leg_without_ice_is_a_counted_stray() {
+        let t0 = Instant::now();
+        let (_, setup) = ice_leg(t0);
+        let mut leg = plain_leg(t0, None);
+        let phone = addr("203.0.113.9:40000");
+        let mut out = [0u8; crate::nat::ice::MAX_RESPONSE_LEN];
+        let check = ice_check(&setup, &setup.local.pwd, true, 5);
+        let reply = leg.handle_stun(t0, LocalPort::Rtp, phone, &check, &mut out);
+        assert_eq!(reply, StunReply::default());
+        assert_eq!(leg.latched_rtp(), None);
+        assert_eq!(leg.counters().drops.stray, 1);
+        assert_eq!(leg.ice_counters(), None);
     }
 }

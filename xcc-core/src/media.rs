@@ -199,6 +199,18 @@ pub struct LegConfig {
     /// ([`crate::sdp::SessionDescription::audio_clock_rates`]); static types need no entry.
     /// Without a rate the leg's jitter is not measured (never guessed).
     pub clock_rates: Vec<(u8, u32)>,
+    /// ICE-lite on this leg (client legs whose offer carried `a=ice-ufrag`/`a=ice-pwd`): STUN
+    /// checks are answered and a nominated one latches the leg. `None`: STUN is a counted drop.
+    pub ice: Option<IceSetup>,
+}
+
+/// Credentials of one leg's ICE-lite agent, from signalling (the answer carries `local`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IceSetup {
+    /// XCC's credentials: they key the responses and authenticate the peer's checks.
+    pub local: crate::nat::ice::IceCredentials,
+    /// The peer's credentials from the offer; `None` accepts any remote ufrag in USERNAME.
+    pub remote: Option<crate::nat::ice::IceCredentials>,
 }
 
 /// Why a call's media ended.

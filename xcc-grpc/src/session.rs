@@ -529,6 +529,8 @@ fn plain_leg(audio: &AudioMedia) -> LegConfig {
         direction: audio.direction,
         srtp_policy: SrtpPolicy::default(),
         clock_rates: audio.clock_rates.clone(),
+        // ICE-lite is not offered to the client yet (see docs/natwire.md).
+        ice: None,
     }
 }
 

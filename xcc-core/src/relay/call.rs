@@ -116,6 +116,19 @@ impl Call {
         &self.legs[side.index()]
     }
 
+    /// Hands a STUN datagram received on `side`'s `port` to that leg's ICE-lite responder.
+    pub fn handle_stun(
+        &mut self,
+        now: Instant,
+        side: LegSide,
+        port: LocalPort,
+        from: SocketAddr,
+        pkt: &[u8],
+        out: &mut [u8],
+    ) -> crate::leg::StunReply {
+        self.legs[side.index()].handle_stun(now, port, from, pkt, out)
+    }
+
     /// Handles `len` bytes received on leg `side`'s `port` from `from`; on `send` the buffer holds
     /// what to transmit.
     pub fn handle_receive(

@@ -17,6 +17,8 @@ use mio::{Events, Interest, Poll, Token};
 use crate::ids::{CallId, LegSide};
 use crate::leg::{LatchPolicy, LocalPort};
 use crate::media::{EndReason, LegPorts, MediaEvent};
+use crate::nat::ice::MAX_RESPONSE_LEN;
+use crate::nat::stun::is_stun;
 use crate::quality::MonitorConfig;
 use crate::relay::call::{Call, CallTimers};
 use crate::relay::published::Published;
@@ -95,6 +97,8 @@ struct Worker {
     backlog_now: Vec<Token>,
     /// The receive buffer, allocated once.
     buf: Box<[u8]>,
+    /// ICE-lite responses are written here (the request stays in `buf`).
+    stun_out: [u8; MAX_RESPONSE_LEN],
     /// Stop after this loop iteration.
     stopping: bool,
 }
@@ -109,6 +113,7 @@ pub(crate) fn run(setup: WorkerSetup) {
         backlog: Vec::with_capacity(1024),
         backlog_now: Vec::with_capacity(1024),
         buf: vec![0u8; BUF_LEN].into_boxed_slice(),
+        stun_out: [0u8; MAX_RESPONSE_LEN],
         stopping: false,
     };
     tracing::debug!(worker = w.setup.index, "media worker started");
@@ -179,6 +184,28 @@ impl Worker {
                 // A pending socket error (e.g. ICMP) is consumed by this call: read on.
                 Err(_) => continue,
             };
+            // RFC 7983 demux: STUN on a leg port is an ICE check (or a stray), never media.
+            if is_stun(&self.buf[..len]) {
+                let reply = slot.call.handle_stun(
+                    now,
+                    side,
+                    port,
+                    from,
+                    &self.buf[..len],
+                    &mut self.stun_out,
+                );
+                if let Some(n) = reply.send {
+                    let _ = slot.sockets[sock_i].send_to(&self.stun_out[..n], from);
+                }
+                if let Some(addr) = reply.latched {
+                    let _ = self.setup.events.send(MediaEvent::Latched {
+                        call: slot.id,
+                        side,
+                        addr,
+                    });
+                }
+                continue;
+            }
             let step = slot
                 .call
                 .handle_receive(now, side, port, from, &mut self.buf, len);
