@@ -378,6 +378,34 @@ impl SessionDescription {
         })
     }
 
+    /// The attribute lines ICE reads for the audio stream: session level first, then the audio
+    /// section's, so [`crate::nat::candidate::RemoteIce::from_attributes`] lets a media-level
+    /// ufrag/pwd override a session-level one (RFC 8839 §5.4). Empty without an audio section.
+    pub fn audio_attribute_lines(&self) -> impl Iterator<Item = &str> {
+        let session_end = self.session_end();
+        let (start, end) = self.audio_section().unwrap_or((0, 0));
+        self.lines[..session_end]
+            .iter()
+            .chain(&self.lines[start..end])
+            .filter(|l| l.starts_with("a="))
+            .map(String::as_str)
+    }
+
+    /// Adds XCC's ICE-lite lines to a description already rewritten for the client leg
+    /// ([`Self::rewrite_audio`] strips the peer's ICE lines first): session lines go before the
+    /// first m=, media lines at the end of the audio section. Called only towards clients: the
+    /// PBX leg never does ICE.
+    pub fn add_ice_lines(&mut self, ice: &crate::nat::candidate::IceAnswerLines) -> Result<()> {
+        let (_, audio_end) = self.audio_section().ok_or(Error::SdpNoAudio)?;
+        self.lines
+            .splice(audio_end..audio_end, ice.media.iter().cloned());
+        let session_end = self.session_end();
+        self.lines
+            .splice(session_end..session_end, ice.session.iter().cloned());
+        self.numbers = (1..=self.lines.len()).collect();
+        Ok(())
+    }
+
     /// Index one past the last session-level line.
     fn session_end(&self) -> usize {
         self.lines
