@@ -14,7 +14,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use xcc_core::ids::{CallId, LegSide};
-use xcc_core::media::{LegConfig, LegPorts, SrtpKeys};
+use xcc_core::media::{IceSetup, LegConfig, LegPorts, SrtpKeys};
+use xcc_core::nat::candidate::{RemoteIce, answer_lines, leg_candidates};
+use xcc_core::nat::ice::IceCredentials;
 use xcc_core::sdes::{self, CryptoAttribute};
 use xcc_core::sdp::{AudioMedia, AudioRewrite, MediaTransport, SessionDescription};
 use xcc_core::srtp::{SrtpPolicy, SrtpSuite};
@@ -64,11 +66,15 @@ enum Pending {
         transport: MediaTransport,
         /// Whether the client offered rtcp-mux (XCC accepts it).
         rtcp_mux: bool,
+        /// XCC's ICE-lite credentials when the client offered ICE; they go into the answer.
+        ice: Option<IceCredentials>,
     },
     /// The PBX offered; XCC offered these to the client and waits for its pick.
     FromPbx {
         /// XCC's offered `a=crypto` lines.
         offered: Vec<CryptoAttribute>,
+        /// XCC's ICE-lite credentials in that offer; the client's answer may bring its own.
+        ice: IceCredentials,
     },
 }
 
@@ -105,6 +111,9 @@ struct Session {
     /// XCC's current answering/offered key on the client leg, kept across re-offers of the same
     /// suite so media continues while the re-offer is in flight.
     client_ours: Option<CryptoAttribute>,
+    /// The client leg's ICE credentials (XCC's, the client's) once negotiated: XCC's are kept
+    /// across re-offers so checks keep verifying, and replaced only on an ICE restart.
+    client_ice: Option<IceSetup>,
     /// Whether an answer ever completed offer/answer (the first one raises `CallAnswered`).
     answered: bool,
     /// o= session id XCC uses on both legs.
@@ -211,6 +220,7 @@ impl SessionTable {
             view: placeholder_view(call, key, from, allocated.ports),
             pending: None,
             client_ours: None,
+            client_ice: None,
             answered: false,
             origin_id,
             origin_version: [0, 0],
@@ -272,11 +282,12 @@ impl SessionTable {
         };
         let answer = parse(sdp)?;
         let audio = answer.audio().map_err(|e| Error::in_field("sdp", e))?;
-        let (answerer, leg_config, rewrite) = match &pending {
+        let (answerer, leg_config, rewrite, ice_to_offerer) = match &pending {
             Pending::FromClient {
                 ours,
                 transport,
                 rtcp_mux,
+                ice,
             } => {
                 // The PBX answered XCC's plain-RTP offer; the client gets XCC's SRTP answer.
                 let leg = plain_leg(&audio);
@@ -288,9 +299,9 @@ impl SessionTable {
                     crypto: vec![ours.clone()],
                     direction: None,
                 };
-                (LegSide::Pbx, leg, rw)
+                (LegSide::Pbx, leg, rw, ice.clone())
             }
-            Pending::FromPbx { offered } => {
+            Pending::FromPbx { offered, ice } => {
                 // The client answered XCC's SRTP offer; the PBX gets XCC's plain-RTP answer.
                 let answered = audio
                     .cryptos
@@ -316,6 +327,14 @@ impl SessionTable {
                 });
                 // The answer echoes the session parameters XCC offered (none): the client's say.
                 leg.srtp_policy = answered.srtp_policy();
+                // XCC offered ICE-lite; the leg answers checks only if the client does ICE.
+                leg.ice = RemoteIce::from_attributes(answer.audio_attribute_lines())
+                    .credentials
+                    .map(|remote| IceSetup {
+                        local: ice.clone(),
+                        remote: Some(remote),
+                    });
+                session.client_ice = leg.ice.clone();
                 session.client_ours = Some(ours);
                 let rw = AudioRewrite {
                     address: self.advertised.pbx,
@@ -325,11 +344,11 @@ impl SessionTable {
                     crypto: Vec::new(),
                     direction: None,
                 };
-                (LegSide::Client, leg, rw)
+                (LegSide::Client, leg, rw, None)
             }
         };
         let offerer = answerer.other();
-        let text = self.emit(session, answer, &rewrite, offerer)?;
+        let text = self.emit(session, answer, &rewrite, offerer, ice_to_offerer.as_ref())?;
         self.media.configure_leg(call, answerer, leg_config)?;
         session.pending = None;
         session.view.state = State::Active;
@@ -402,18 +421,23 @@ impl SessionTable {
         let call = session.view.call;
         let to = from.other();
         let mut leg = plain_leg(audio);
-        let (pending, rewrite) = match (from, client_answer) {
+        // Read before `offer` is consumed by the rewrite; only the client's ICE matters.
+        let remote_ice = RemoteIce::from_attributes(offer.audio_attribute_lines());
+        let (pending, rewrite, ice_to_client) = match (from, client_answer) {
             (LegSide::Client, Some((theirs, ours))) => {
                 leg.srtp = Some(SrtpKeys {
                     inbound: theirs.key.clone(),
                     outbound: ours.key.clone(),
                 });
                 leg.srtp_policy = theirs.srtp_policy();
+                leg.ice = client_offer_ice(session.client_ice.as_ref(), remote_ice);
+                session.client_ice = leg.ice.clone();
                 session.client_ours = Some(ours.clone());
                 let pending = Pending::FromClient {
                     ours,
                     transport: audio.transport.clone(),
                     rtcp_mux: audio.rtcp_mux,
+                    ice: leg.ice.as_ref().map(|setup| setup.local.clone()),
                 };
                 let rw = AudioRewrite {
                     address: self.advertised.pbx,
@@ -423,10 +447,17 @@ impl SessionTable {
                     crypto: Vec::new(),
                     direction: None,
                 };
-                (pending, rw)
+                (pending, rw, None)
             }
             _ => {
                 let offered = sdes::offer(&self.client_suites);
+                // XCC always offers ICE-lite to the client (a non-ICE client ignores the lines),
+                // keeping the credentials the leg already answers checks with.
+                let ice = session
+                    .client_ice
+                    .as_ref()
+                    .map(|setup| setup.local.clone())
+                    .unwrap_or_else(|| IceCredentials::generate(&mut rand::rng()));
                 let rw = AudioRewrite {
                     address: self.advertised.client,
                     ports: session.view.ports[LegSide::Client.index()],
@@ -435,10 +466,17 @@ impl SessionTable {
                     crypto: offered.clone(),
                     direction: None,
                 };
-                (Pending::FromPbx { offered }, rw)
+                (
+                    Pending::FromPbx {
+                        offered,
+                        ice: ice.clone(),
+                    },
+                    rw,
+                    Some(ice),
+                )
             }
         };
-        let text = self.emit(session, offer, &rewrite, to)?;
+        let text = self.emit(session, offer, &rewrite, to, ice_to_client.as_ref())?;
         self.media.configure_leg(call, from, leg)?;
         session.pending = Some(pending);
         session.view.state = State::AwaitingAnswer;
@@ -448,16 +486,26 @@ impl SessionTable {
         Ok(())
     }
 
-    /// Rewrites `sdp` for leg `to` with XCC as the session owner and a bumped origin version.
+    /// Rewrites `sdp` for leg `to` with XCC as the session owner and a bumped origin version;
+    /// `ice` (client leg only) adds XCC's ICE-lite lines with host candidates for the leg's ports
+    /// on the advertised address.
     fn emit(
         &self,
         session: &mut Session,
         mut sdp: SessionDescription,
         rw: &AudioRewrite,
         to: LegSide,
+        ice: Option<&IceCredentials>,
     ) -> Result<String> {
         sdp.rewrite_audio(rw)
             .map_err(|e| Error::in_field("sdp", e))?;
+        if let (LegSide::Client, Some(local)) = (to, ice) {
+            let rtp = SocketAddr::new(rw.address, rw.ports.rtp);
+            let rtcp = (!rw.rtcp_mux).then_some(rw.ports.rtcp);
+            let lines = answer_lines(local, &leg_candidates(rtp, rtcp, None));
+            sdp.add_ice_lines(&lines)
+                .map_err(|e| Error::in_field("sdp", e))?;
+        }
         let version = &mut session.origin_version[to.index()];
         *version += 1;
         sdp.set_origin(session.origin_id, *version, self.advertised.for_side(to));
@@ -515,6 +563,28 @@ fn choose_client_crypto(
     Ok((theirs, ours))
 }
 
+/// The client leg's ICE setup for a client offer: none unless the offer carries valid ICE
+/// credentials; XCC's credentials are kept while the client's ufrag stays the same and are
+/// fresh (CSPRNG) for a first offer or an ICE restart (RFC 8445 §9: a changed ufrag).
+fn client_offer_ice(current: Option<&IceSetup>, remote: RemoteIce) -> Option<IceSetup> {
+    let remote = remote.credentials?;
+    let same_ufrag = |setup: &&IceSetup| {
+        setup
+            .remote
+            .as_ref()
+            .is_some_and(|r| r.ufrag == remote.ufrag)
+    };
+    let local = current
+        .filter(same_ufrag)
+        .map(|setup| setup.local.clone())
+        // ThreadRng is a ChaCha CSPRNG seeded and reseeded from the OS; the pwd is a key.
+        .unwrap_or_else(|| IceCredentials::generate(&mut rand::rng()));
+    Some(IceSetup {
+        local,
+        remote: Some(remote),
+    })
+}
+
 /// Leg configuration from the peer's SDP, without keys.
 fn plain_leg(audio: &AudioMedia) -> LegConfig {
     let remote_rtp = match (audio.connection, audio.port) {
@@ -529,7 +599,7 @@ fn plain_leg(audio: &AudioMedia) -> LegConfig {
         direction: audio.direction,
         srtp_policy: SrtpPolicy::default(),
         clock_rates: audio.clock_rates.clone(),
-        // ICE-lite is not offered to the client yet (see docs/natwire.md).
+        // Set by the caller for the client leg when ICE was negotiated; never on the PBX leg.
         ice: None,
     }
 }
@@ -861,6 +931,178 @@ mod tests {
             before.key,
             "media continues on the same key"
         );
+    }
+
+    const CLIENT_ICE: &str = "a=ice-ufrag:Phn1\r\na=ice-pwd:phonepasswordphonepassword\r\n\
+                              a=candidate:1 1 UDP 2130706431 192.0.2.50 5004 typ host\r\n";
+
+    fn ice_client_offer(ufrag: &str) -> String {
+        let crypto = format!(
+            "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{}\r\n",
+            key_b64(7)
+        );
+        let ice = CLIENT_ICE.replace("Phn1", ufrag);
+        sdp(
+            "192.0.2.50",
+            5004,
+            "RTP/SAVP",
+            &format!("{crypto}{ice}a=sendrecv\r\n"),
+        )
+    }
+
+    fn has_any_ice(text: &str) -> bool {
+        ["a=ice-", "a=candidate"].iter().any(|p| text.contains(p))
+    }
+
+    /// XCC's ufrag/pwd and candidates as the client reads them from XCC's SDP.
+    fn xcc_ice(text: &str) -> RemoteIce {
+        let parsed = SessionDescription::parse(text).unwrap();
+        RemoteIce::from_attributes(parsed.audio_attribute_lines())
+    }
+
+    #[test]
+    fn ice_offer_sets_up_the_client_leg_and_the_answer_is_ice_lite() {
+        let media = Recorder::with_capacity(4);
+        let t = table(media.clone());
+        let (v, _) = t
+            .create("k", LegSide::Client, &ice_client_offer("Phn1"))
+            .unwrap();
+        assert!(!has_any_ice(&v.sdp), "the PBX never sees ICE: {}", v.sdp);
+        let setup = media
+            .leg(v.call, LegSide::Client)
+            .ice
+            .expect("client leg answers ICE checks");
+        let remote = setup.remote.clone().expect("client's credentials");
+        assert_eq!(
+            (remote.ufrag.as_str(), remote.pwd.as_str()),
+            ("Phn1", "phonepasswordphonepassword")
+        );
+        assert!(setup.local.is_valid());
+
+        let (a, _) = t.answer(v.call, &pbx_sdp(6000)).unwrap();
+        assert!(media.leg(v.call, LegSide::Pbx).ice.is_none());
+        assert!(a.sdp.contains("a=ice-lite\r\n"), "{}", a.sdp);
+        let ice_lite_at = a.sdp.find("a=ice-lite").unwrap();
+        assert!(
+            ice_lite_at < a.sdp.find("m=audio").unwrap(),
+            "session level"
+        );
+        let ours = xcc_ice(&a.sdp);
+        assert_eq!(ours.credentials, Some(setup.local.clone()));
+        let ports = a.ports[LegSide::Client.index()];
+        let mut got: Vec<(u16, SocketAddr)> = ours
+            .candidates
+            .iter()
+            .map(|c| (c.component, c.address))
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                (1, SocketAddr::new(PUBLIC, ports.rtp)),
+                (2, SocketAddr::new(PUBLIC, ports.rtcp)),
+            ]
+        );
+        assert!(
+            !a.sdp.contains("Phn1"),
+            "the client's own ICE is not echoed"
+        );
+    }
+
+    #[test]
+    fn non_ice_offer_gets_no_ice_anywhere() {
+        let media = Recorder::with_capacity(4);
+        let t = table(media.clone());
+        let (v, _) = t
+            .create("k", LegSide::Client, &client_offer(5004, "sendrecv"))
+            .unwrap();
+        let (a, _) = t.answer(v.call, &pbx_sdp(6000)).unwrap();
+        assert!(media.leg(v.call, LegSide::Client).ice.is_none());
+        assert!(media.leg(v.call, LegSide::Pbx).ice.is_none());
+        assert!(!has_any_ice(&v.sdp) && !has_any_ice(&a.sdp), "{}", a.sdp);
+    }
+
+    #[test]
+    fn reoffer_keeps_xccs_credentials_and_an_ice_restart_renews_them() {
+        let media = Recorder::with_capacity(4);
+        let t = table(media.clone());
+        let (v, _) = t
+            .create("k", LegSide::Client, &ice_client_offer("Phn1"))
+            .unwrap();
+        let (a, _) = t.answer(v.call, &pbx_sdp(6000)).unwrap();
+        let first = xcc_ice(&a.sdp).credentials.unwrap();
+        t.update(v.call, LegSide::Client, &ice_client_offer("Phn1"))
+            .unwrap();
+        let (a2, _) = t.answer(v.call, &pbx_sdp(6000)).unwrap();
+        assert_eq!(xcc_ice(&a2.sdp).credentials.as_ref(), Some(&first));
+        assert_eq!(media.leg(v.call, LegSide::Client).ice.unwrap().local, first);
+        t.update(v.call, LegSide::Client, &ice_client_offer("Phn2"))
+            .unwrap();
+        let (a3, _) = t.answer(v.call, &pbx_sdp(6000)).unwrap();
+        let restarted = xcc_ice(&a3.sdp).credentials.unwrap();
+        assert_ne!(restarted.ufrag, first.ufrag, "ICE restart: new ufrag");
+        assert_ne!(restarted.pwd, first.pwd, "ICE restart: new pwd");
+        let setup = media.leg(v.call, LegSide::Client).ice.unwrap();
+        assert_eq!(setup.local, restarted);
+        assert_eq!(setup.remote.unwrap().ufrag, "Phn2");
+    }
+
+    #[test]
+    fn pbx_offer_offers_ice_lite_to_the_client_and_takes_its_answer_credentials() {
+        let media = Recorder::with_capacity(4);
+        let t = table(media.clone());
+        let pbx_offer = format!(
+            "{}a=ice-ufrag:Pbx1\r\na=ice-pwd:pbxpasswordpbxpasswordpbx\r\n",
+            pbx_sdp(6000)
+        );
+        let (v, _) = t.create("k", LegSide::Pbx, &pbx_offer).unwrap();
+        assert!(!v.sdp.contains("Pbx1"), "the PBX's ICE lines are stripped");
+        assert!(v.sdp.contains("a=ice-lite\r\n"), "{}", v.sdp);
+        let offered_ice = xcc_ice(&v.sdp);
+        let local = offered_ice.credentials.clone().expect("XCC's credentials");
+        let ports = v.ports[LegSide::Client.index()];
+        assert!(
+            offered_ice
+                .candidates
+                .iter()
+                .any(|c| c.component == 1 && c.address == SocketAddr::new(PUBLIC, ports.rtp))
+        );
+        let offered = crypto_in(&v.sdp);
+        let answer = sdp(
+            "192.0.2.50",
+            5004,
+            "RTP/SAVP",
+            &format!(
+                "a=crypto:{} AES_CM_128_HMAC_SHA1_80 inline:{}\r\n{CLIENT_ICE}a=sendrecv\r\n",
+                offered.tag,
+                key_b64(9)
+            ),
+        );
+        let (a, _) = t.answer(v.call, &answer).unwrap();
+        assert!(!has_any_ice(&a.sdp), "the PBX never sees ICE: {}", a.sdp);
+        let setup = media.leg(v.call, LegSide::Client).ice.expect("ICE leg");
+        assert_eq!(setup.local, local);
+        assert_eq!(setup.remote.unwrap().ufrag, "Phn1");
+        assert!(media.leg(v.call, LegSide::Pbx).ice.is_none());
+        // A PBX re-offer keeps XCC's credentials, which the leg already answers checks with.
+        let (r, _) = t.update(v.call, LegSide::Pbx, &pbx_sdp(6000)).unwrap();
+        assert_eq!(xcc_ice(&r.sdp).credentials, Some(local));
+    }
+
+    #[test]
+    fn pbx_offer_answered_without_ice_leaves_the_leg_without_ice() {
+        let media = Recorder::with_capacity(4);
+        let t = table(media.clone());
+        let (v, _) = t.create("k", LegSide::Pbx, &pbx_sdp(6000)).unwrap();
+        let offered = crypto_in(&v.sdp);
+        let crypto = format!(
+            "a=crypto:{} AES_CM_128_HMAC_SHA1_80 inline:{}\r\na=sendrecv\r\n",
+            offered.tag,
+            key_b64(9)
+        );
+        t.answer(v.call, &sdp("192.0.2.50", 5004, "RTP/SAVP", &crypto))
+            .unwrap();
+        assert!(media.leg(v.call, LegSide::Client).ice.is_none());
     }
 
     #[test]
