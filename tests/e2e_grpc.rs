@@ -11,6 +11,13 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use stun_rs::attributes::ice::{IceControlling, Priority, UseCandidate};
+use stun_rs::attributes::stun::{Fingerprint, MessageIntegrity, UserName, XorMappedAddress};
+use stun_rs::methods::BINDING;
+use stun_rs::{
+    DecoderContextBuilder, HMACKey, MessageClass, MessageDecoderBuilder, MessageEncoderBuilder,
+    StunMessageBuilder, TransactionId,
+};
 use tonic::Code;
 use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -983,4 +990,156 @@ async fn sigterm_drain_ends_calls_when_the_grace_period_expires() {
             assert_eq!(ended.reason, pb::call_ended::Reason::Shutdown as i32);
         }
     }
+}
+
+/// A nominating (USE-CANDIDATE) Binding request from a controlling ICE agent, built by stun-rs.
+fn nominating_check(username: &str, pwd: &str, id: [u8; 12]) -> Vec<u8> {
+    let msg = StunMessageBuilder::new(BINDING, MessageClass::Request)
+        .with_transaction_id(TransactionId::from(id))
+        .with_attribute(UserName::new(username).unwrap())
+        .with_attribute(Priority::from(0x6e00_01ff))
+        .with_attribute(IceControlling::from(0x0bad_cafe))
+        .with_attribute(UseCandidate::default())
+        .with_attribute(MessageIntegrity::new(HMACKey::new_short_term(pwd).unwrap()))
+        .with_attribute(Fingerprint::default())
+        .build();
+    let mut buf = [0u8; 512];
+    let len = MessageEncoderBuilder::default()
+        .build()
+        .encode(&mut buf, &msg)
+        .unwrap();
+    buf[..len].to_vec()
+}
+
+/// The value of the first `a=<name>:` line.
+fn attribute_value<'a>(sdp: &'a str, name: &str) -> Option<&'a str> {
+    let prefix = format!("a={name}:");
+    sdp.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .map(str::trim)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ice_client_offer_gets_ice_lite_answer_and_a_nominated_check_routes_srtp() {
+    let d = Daemon::start("ice", 25200, 100);
+    let mut c = clients(&d).await;
+    // The phone signals a decoy port (as if behind a NAT that changes it): only its ICE check
+    // can tell XCC where it really is.
+    let decoy = phone();
+    let client = phone();
+    let pbx = phone();
+    let client_key: [u8; 30] = rand::random();
+    let (phone_ufrag, phone_pwd) = ("E2eP", "phonepasswordphonepassword");
+    let offer = sdp(
+        decoy.local_addr().unwrap().port(),
+        "RTP/SAVP",
+        &[
+            crypto_line(1, &client_key),
+            format!("a=ice-ufrag:{phone_ufrag}"),
+            format!("a=ice-pwd:{phone_pwd}"),
+            format!(
+                "a=candidate:1 1 UDP 2130706431 127.0.0.1 {} typ host",
+                client.local_addr().unwrap().port()
+            ),
+        ],
+    );
+    let s = c.create("ice-1", pb::Side::Client, &offer).await.unwrap();
+    assert!(
+        !s.sdp.contains("a=ice") && !s.sdp.contains("a=candidate"),
+        "no ICE towards the PBX:\n{}",
+        s.sdp
+    );
+    let pbx_target = media_target(&s.sdp);
+    let answer = sdp(pbx.local_addr().unwrap().port(), "RTP/AVP", &[]);
+    let a = c.answer(s.session_id, &answer).await.unwrap();
+    assert!(a.sdp.contains("a=ice-lite\r\n"), "ICE-lite:\n{}", a.sdp);
+    let xcc_ufrag = attribute_value(&a.sdp, "ice-ufrag").expect("XCC's ufrag");
+    let xcc_pwd = attribute_value(&a.sdp, "ice-pwd").expect("XCC's pwd");
+    assert_ne!(xcc_ufrag, phone_ufrag);
+    let client_target = media_target(&a.sdp);
+    let ports = a.client.as_ref().unwrap();
+    assert_eq!(u32::from(client_target.port()), ports.rtp_port);
+    for (component, port) in [(1, ports.rtp_port), (2, ports.rtcp_port)] {
+        let host = format!(" {component} UDP ");
+        let at = format!(" 127.0.0.1 {port} typ host");
+        assert!(
+            a.sdp
+                .lines()
+                .any(|l| l.starts_with("a=candidate:") && l.contains(&host) && l.ends_with(&at)),
+            "host candidate {component} on {port}:\n{}",
+            a.sdp
+        );
+    }
+    let (_, xcc_key) = crypto_of(&a.sdp);
+
+    // The ICE phone's nominating check gets a response verified under XCC's pwd.
+    let id: [u8; 12] = rand::random();
+    let check = nominating_check(&format!("{xcc_ufrag}:{phone_ufrag}"), xcc_pwd, id);
+    client.send_to(&check, client_target).unwrap();
+    let mut buf = [0u8; 1500];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let len = loop {
+        match client.recv_from(&mut buf) {
+            Ok((len, from)) => {
+                assert_eq!(from, client_target, "answered from the checked port");
+                break len;
+            }
+            Err(_) => assert!(Instant::now() < deadline, "no answer to the ICE check"),
+        }
+    };
+    let ctx = DecoderContextBuilder::default()
+        .with_key(HMACKey::new_short_term(xcc_pwd).unwrap())
+        .with_validation()
+        .build();
+    let (resp, _) = MessageDecoderBuilder::default()
+        .with_context(ctx)
+        .build()
+        .decode(&buf[..len])
+        .expect("the response verifies under XCC's pwd (MESSAGE-INTEGRITY, FINGERPRINT)");
+    assert_eq!(resp.class(), MessageClass::SuccessResponse);
+    assert_eq!(resp.transaction_id().as_bytes(), &id);
+    let mapped = resp
+        .get::<XorMappedAddress>()
+        .expect("XOR-MAPPED-ADDRESS")
+        .as_xor_mapped_address()
+        .unwrap();
+    assert_eq!(*mapped.socket_address(), client.local_addr().unwrap());
+
+    // The nomination latched the leg: the PBX's audio reaches the phone, not the decoy, before
+    // the phone sent any media.
+    let to_client = [0x33u8; 160];
+    let mut client_rx = srtp_context(&xcc_key);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut seq = 1u16;
+    loop {
+        pbx.send_to(&rtp_packet(seq, 0x2222, &to_client), pbx_target)
+            .unwrap();
+        seq += 1;
+        if let Ok((len, _)) = client.recv_from(&mut buf) {
+            let plain = client_rx
+                .decrypt_rtp(&buf[..len])
+                .expect("the phone authenticates XCC's SRTP");
+            assert_eq!(&plain[12..], &to_client);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the PBX's audio never reached the ICE phone"
+        );
+    }
+    assert!(
+        decoy.recv_from(&mut buf).is_err(),
+        "nothing went to the signalled decoy"
+    );
+
+    // Then SRTP flows both ways as for any client.
+    let phones = Phones {
+        client,
+        pbx,
+        client_target,
+        pbx_target,
+        client_key: client_key.to_vec(),
+        xcc_key,
+    };
+    exchange_media(&phones, 1000);
 }
