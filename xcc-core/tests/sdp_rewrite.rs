@@ -7,6 +7,7 @@ use std::net::IpAddr;
 
 use sdp_corpus::*;
 use xcc_core::media::{Direction, LegPorts};
+use xcc_core::nat::candidate::IceAnswerLines;
 use xcc_core::sdes::CryptoAttribute;
 use xcc_core::sdp::{AudioRewrite, MediaTransport, SessionDescription};
 use xcc_core::srtp::{KeyingMaterial, SrtpSuite};
@@ -318,4 +319,46 @@ fn set_origin_bumps_version_and_reads_back() {
         sdp.to_string()
             .contains("\r\no=- 99 3 IN IP6 2001:db8::7\r\n")
     );
+}
+
+#[test]
+fn ice_lines_replace_the_peers_at_session_level_and_in_the_audio_section_only() {
+    let text = "v=0\r\no=- 1 1 IN IP4 192.0.2.5\r\ns=-\r\na=ice-ufrag:Peer\r\nc=IN IP4 192.0.2.5\r\n\
+                t=0 0\r\nm=audio 5004 RTP/SAVP 0\r\na=ice-pwd:peerpasswordpeerpassword\r\n\
+                a=candidate:1 1 UDP 2130706431 192.0.2.5 5004 typ host\r\na=sendrecv\r\n\
+                m=video 5006 RTP/SAVP 96\r\na=rtpmap:96 VP8/90000\r\n";
+    let mut sdp = SessionDescription::parse(text).unwrap();
+    let peer: Vec<String> = sdp.audio_attribute_lines().map(str::to_owned).collect();
+    assert_eq!(
+        peer,
+        [
+            "a=ice-ufrag:Peer",
+            "a=ice-pwd:peerpasswordpeerpassword",
+            "a=candidate:1 1 UDP 2130706431 192.0.2.5 5004 typ host",
+            "a=sendrecv",
+        ],
+        "session level first, then the audio section's; video is not read"
+    );
+    sdp.rewrite_audio(&client_leg("203.0.113.7")).unwrap();
+    let lines = IceAnswerLines {
+        session: vec!["a=ice-lite".into()],
+        media: vec!["a=ice-ufrag:Xcc1".into(), "a=ice-pwd:P".into()],
+    };
+    sdp.add_ice_lines(&lines).unwrap();
+    let out = sdp.to_string();
+    assert!(
+        !out.contains("Peer") && !out.contains("peerpassword"),
+        "{out}"
+    );
+    let at = |needle: &str| {
+        out.find(needle)
+            .unwrap_or_else(|| panic!("{needle} in {out}"))
+    };
+    assert!(at("a=ice-lite\r\n") < at("m=audio"));
+    assert!(at("m=audio") < at("a=ice-ufrag:Xcc1\r\na=ice-pwd:P\r\n"));
+    assert!(
+        at("a=ice-pwd:P\r\n") < at("m=video"),
+        "not in the declined video section"
+    );
+    SessionDescription::parse(&out).expect("still valid SDP");
 }
