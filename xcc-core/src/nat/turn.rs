@@ -15,6 +15,7 @@
 //! [`TcpFramer`], which cuts it into the messages [`TurnClient::handle_datagram`] takes. Not done:
 //! TLS.
 
+use md5::Digest;
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -519,14 +520,15 @@ impl TurnClient {
                 return false;
             }
             if self.realm.as_deref() != Some(realm) {
-                let mut material =
-                    Vec::with_capacity(self.config.username.len() + realm.len() + 2 + 64);
-                material.extend_from_slice(self.config.username.as_bytes());
-                material.push(b':');
-                material.extend_from_slice(realm);
-                material.push(b':');
-                material.extend_from_slice(self.config.password.as_bytes());
-                self.key = Some(md5::compute(&material).0);
+                // RFC 5389 §15.4: key = MD5(username ":" realm ":" password).
+                let key = md5::Md5::new()
+                    .chain_update(self.config.username.as_bytes())
+                    .chain_update(b":")
+                    .chain_update(realm)
+                    .chain_update(b":")
+                    .chain_update(self.config.password.as_bytes())
+                    .finalize();
+                self.key = Some(key.into());
                 self.realm = Some(realm.to_vec());
             }
         }
@@ -833,7 +835,7 @@ mod tests {
 
     impl Server {
         fn key() -> [u8; 16] {
-            md5::compute(b"xcc:xcc.test:secret").0
+            md5::Md5::digest(b"xcc:xcc.test:secret").into()
         }
 
         fn answer(&mut self, request: &[u8]) -> Vec<u8> {
