@@ -272,3 +272,15 @@ fn trailing_blanks_after_flag_attributes_are_tolerated() {
         "kept byte for byte"
     );
 }
+
+#[test]
+fn ipv6_unspecified_connection_is_old_style_hold() {
+    let text = LINPHONE_IPV6_OFFER.replace("c=IN IP6 2001:db8::10", "c=IN IP6 ::");
+    let audio = SessionDescription::parse(&text).unwrap().audio().unwrap();
+    assert_eq!(audio.connection, None);
+    assert_eq!(audio.direction, Direction::SendOnly);
+    assert_eq!(
+        audio.rtcp, None,
+        "a=rtcp without address follows the held connection"
+    );
+}
