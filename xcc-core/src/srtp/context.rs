@@ -12,14 +12,15 @@ use super::{KeyingMaterial, SrtpError, SrtpSuite};
 const SRTCP_TRAILER_LEN: usize = 4;
 /// The E flag in the SRTCP trailer word: set when the payload is encrypted.
 const E_FLAG: u32 = 1 << 31;
-/// SRTCP tag length with the HMAC suites: 80 bits even for the _32 suites (RFC 4568 §6.2.1).
+/// SRTCP tag length with the HMAC suites: 80 bits even for the _32 suites (RFC 4568 §6.2).
 const SRTCP_HMAC_TAG_LEN: usize = 10;
 
 /// Which parts of the transform a session uses, from the RFC 4568 session parameters
 /// `UNENCRYPTED_SRTP`, `UNENCRYPTED_SRTCP` and `UNAUTHENTICATED_SRTP` (each one clears a flag).
 ///
 /// SRTCP is always authenticated (RFC 3711 §3.4). The AEAD suites always authenticate RTP too;
-/// without encryption they authenticate the whole packet as associated data (RFC 7714 §13).
+/// without encryption they authenticate the whole packet as associated data, as RFC 7714 does for
+/// tag-only SRTCP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SrtpPolicy {
     /// Encrypt RTP payloads (cleared by `UNENCRYPTED_SRTP`).
@@ -72,6 +73,22 @@ enum Sessions {
 ///
 /// A context is meant for one direction: protect on the sending side, unprotect on the receiving
 /// side. Both sides keep separate state, so using one context both ways (as tests do) also works.
+///
+/// ```
+/// use xcc_core::srtp::{KeyingMaterial, SrtpContext, SrtpPolicy, SrtpSuite};
+///
+/// let key = KeyingMaterial::generate(SrtpSuite::AesCm128HmacSha1_80);
+/// let (mut tx, mut rx) = (SrtpContext::new(&key, SrtpPolicy::default()), SrtpContext::new(&key, SrtpPolicy::default()));
+/// // A receive buffer: the packet, then room for the tag.
+/// let mut buf = [0u8; 1500];
+/// let rtp = [0x80, 0, 0, 1, 0, 0, 0, 160, 0xca, 0xfe, 0xba, 0xbe, 1, 2, 3, 4];
+/// buf[..rtp.len()].copy_from_slice(&rtp);
+/// let len = tx.protect_rtp(&mut buf, rtp.len())?;
+/// assert_eq!(len, rtp.len() + 10);
+/// let len = rx.unprotect_rtp(&mut buf, len)?;
+/// assert_eq!(buf[..len], rtp);
+/// # Ok::<(), xcc_core::srtp::SrtpError>(())
+/// ```
 pub struct SrtpContext {
     /// Negotiated suite.
     suite: SrtpSuite,
@@ -109,30 +126,30 @@ impl SrtpContext {
         let suite = key.suite;
         let prf = Prf::new(key.key());
         let (key_len, salt) = (key.key().len(), key.salt());
-        let (sessions, rtp_tag_len, rtcp_tag_len) = match suite {
-            SrtpSuite::AeadAes128Gcm | SrtpSuite::AeadAes256Gcm => (
-                Sessions::Gcm {
-                    rtp: GcmSession::new(&prf, key_len, salt, false),
-                    rtcp: GcmSession::new(&prf, key_len, salt, true),
-                },
-                GCM_TAG_LEN,
-                GCM_TAG_LEN,
-            ),
+        let sessions = match suite {
+            SrtpSuite::AeadAes128Gcm | SrtpSuite::AeadAes256Gcm => Sessions::Gcm {
+                rtp: GcmSession::new(&prf, key_len, salt, false),
+                rtcp: GcmSession::new(&prf, key_len, salt, true),
+            },
             SrtpSuite::AesCm128HmacSha1_80
             | SrtpSuite::AesCm128HmacSha1_32
             | SrtpSuite::AesCm256HmacSha1_80
-            | SrtpSuite::AesCm256HmacSha1_32 => (
-                Sessions::Cm {
-                    rtp: CmSession::new(&prf, key_len, salt, false),
-                    rtcp: CmSession::new(&prf, key_len, salt, true),
-                },
-                if policy.authenticate_rtp {
-                    suite.rtp_overhead()
-                } else {
-                    0
-                },
-                SRTCP_HMAC_TAG_LEN,
-            ),
+            | SrtpSuite::AesCm256HmacSha1_32 => Sessions::Cm {
+                rtp: CmSession::new(&prf, key_len, salt, false),
+                rtcp: CmSession::new(&prf, key_len, salt, true),
+            },
+        };
+        Self::with_sessions(suite, policy, sessions)
+    }
+
+    /// A context around already derived session keys.
+    fn with_sessions(suite: SrtpSuite, policy: SrtpPolicy, sessions: Sessions) -> Self {
+        let (rtp_tag_len, rtcp_tag_len) = match sessions {
+            Sessions::Gcm { .. } => (GCM_TAG_LEN, GCM_TAG_LEN),
+            Sessions::Cm { .. } if policy.authenticate_rtp => {
+                (suite.rtp_overhead(), SRTCP_HMAC_TAG_LEN)
+            }
+            Sessions::Cm { .. } => (0, SRTCP_HMAC_TAG_LEN),
         };
         Self {
             suite,
@@ -147,6 +164,22 @@ impl SrtpContext {
         }
     }
 
+    /// A GCM context keyed with session keys directly, for the RFC 7714 vectors (which give
+    /// session keys, not master keys). Same keys for SRTP and SRTCP, as the vectors use.
+    #[cfg(test)]
+    pub(super) fn with_gcm_session_keys(
+        suite: SrtpSuite,
+        policy: SrtpPolicy,
+        key: &[u8],
+        salt: [u8; 12],
+    ) -> Self {
+        let sessions = Sessions::Gcm {
+            rtp: GcmSession::from_session_keys(key, salt),
+            rtcp: GcmSession::from_session_keys(key, salt),
+        };
+        Self::with_sessions(suite, policy, sessions)
+    }
+
     /// The suite the context was keyed for.
     pub fn suite(&self) -> SrtpSuite {
         self.suite
@@ -155,6 +188,17 @@ impl SrtpContext {
     /// The session parameters in force.
     pub fn policy(&self) -> SrtpPolicy {
         self.policy
+    }
+
+    /// Bytes `protect_rtp` appends under this policy: the suite's tag, or 0 for an HMAC suite with
+    /// `UNAUTHENTICATED_SRTP`. Never more than `suite().rtp_overhead()`.
+    pub fn rtp_overhead(&self) -> usize {
+        self.rtp_tag_len
+    }
+
+    /// Bytes `protect_rtcp` appends: SRTCP index word and tag (`suite().rtcp_overhead()`).
+    pub fn rtcp_overhead(&self) -> usize {
+        SRTCP_TRAILER_LEN + self.rtcp_tag_len
     }
 
     /// Turns the RTP packet in `buf[..len]` into SRTP in place; returns the new length.
@@ -328,13 +372,13 @@ impl SrtpContext {
             Sessions::Gcm { rtcp, .. } => {
                 let nonce = rtcp.nonce(ssrc, index.into());
                 let tag = if encrypt {
-                    // RFC 7714 §9.2: AAD = first 8 octets || E flag and index.
+                    // RFC 7714 §9: AAD = first 8 octets || E flag and index.
                     let mut aad = [0u8; RTCP_CLEAR_HEADER + SRTCP_TRAILER_LEN];
                     aad[..RTCP_CLEAR_HEADER].copy_from_slice(&buf[..RTCP_CLEAR_HEADER]);
                     aad[RTCP_CLEAR_HEADER..].copy_from_slice(&trailer);
                     rtcp.seal(&nonce, &aad, &mut buf[RTCP_CLEAR_HEADER..len])?
                 } else {
-                    // RFC 7714 §9.2: AAD = the whole packet || E flag and index, no plaintext.
+                    // RFC 7714 §9, tag-only: AAD = the whole packet || E flag and index, no plaintext.
                     // The trailer is put right after the packet to make the AAD contiguous,
                     // then moved behind the tag.
                     buf[len..len + SRTCP_TRAILER_LEN].copy_from_slice(&trailer);
@@ -416,5 +460,46 @@ impl SrtpContext {
             }
         }
         Ok(out_len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Workers own contexts and may be handed them from the control plane.
+    #[test]
+    fn context_is_send_and_fixed_size() {
+        fn assert_send<T: Send>() {}
+        assert_send::<SrtpContext>();
+        // Everything lives inline (no heap): keep an eye on the footprint per direction.
+        assert!(
+            std::mem::size_of::<SrtpContext>() < 8 * 1024,
+            "{}",
+            std::mem::size_of::<SrtpContext>()
+        );
+    }
+
+    #[test]
+    fn overheads_follow_suite_and_policy() {
+        let unauth = SrtpPolicy {
+            authenticate_rtp: false,
+            ..SrtpPolicy::default()
+        };
+        for suite in SrtpSuite::ALL {
+            let km = KeyingMaterial::generate(suite);
+            let ctx = SrtpContext::new(&km, SrtpPolicy::default());
+            assert_eq!(ctx.rtp_overhead(), suite.rtp_overhead(), "{suite:?}");
+            assert_eq!(ctx.rtcp_overhead(), suite.rtcp_overhead(), "{suite:?}");
+            // UNAUTHENTICATED_SRTP drops the HMAC tag; AEAD always has one.
+            let ctx = SrtpContext::new(&km, unauth);
+            let expected = if suite.rtp_overhead() == GCM_TAG_LEN {
+                GCM_TAG_LEN
+            } else {
+                0
+            };
+            assert_eq!(ctx.rtp_overhead(), expected, "{suite:?}");
+            assert_eq!(ctx.rtcp_overhead(), suite.rtcp_overhead(), "{suite:?}");
+        }
     }
 }

@@ -37,6 +37,7 @@ pub(super) enum Prf {
 impl Prf {
     /// Keys the PRF; `master_key` is 16 or 32 bytes (checked by `KeyingMaterial`).
     pub fn new(master_key: &[u8]) -> Self {
+        // Invariant: 16 or 32 bytes, checked by `KeyingMaterial::new`, so `from_slice` cannot panic.
         if master_key.len() == 32 {
             Prf::Aes256(Aes256::new(GenericArray::from_slice(master_key)))
         } else {
@@ -96,5 +97,29 @@ mod tests {
              6D6E919A48B610EF17C2041E47403576 6B68642C59BBFC2F34DB60DBDFB2",
         );
         assert_eq!(auth.to_vec(), expected);
+    }
+
+    /// RFC 6188 §7.2: the AES_256_CM PRF.
+    #[test]
+    fn rfc6188_7_2_aes_256_key_derivation() {
+        let prf = Prf::new(&hex(
+            "f0f04914b513f2763a1b1fa130f10e29 98f6f6e43e4309d1e622a0e332b9f1b6",
+        ));
+        let salt = hex("3b04803de51ee7c96423ab5b78d2");
+        let mut key = [0u8; 32];
+        prf.derive(&salt, Label::RtpEncryption, &mut key);
+        assert_eq!(
+            key.to_vec(),
+            hex("5ba1064e30ec51613cad926c5a28ef73 1ec7fb397f70a960653caf06554cd8c4")
+        );
+        let mut ssalt = [0u8; 14];
+        prf.derive(&salt, Label::RtpSalt, &mut ssalt);
+        assert_eq!(ssalt.to_vec(), hex("fa31791685ca444a9e07c6c64e93"));
+        let mut auth = [0u8; 20];
+        prf.derive(&salt, Label::RtpAuthentication, &mut auth);
+        assert_eq!(
+            auth.to_vec(),
+            hex("fd9c32d39ed5fbb5a9dc96b30818454d1313dc05")
+        );
     }
 }

@@ -2,6 +2,13 @@
 //!
 //! One [`SrtpContext`] protects or unprotects one direction of one leg. webrtc-srtp stays as the
 //! test oracle (dev-dependency): it allocates per packet, which the hot path must not.
+//!
+//! A worker keeps two contexts per SRTP leg: the peer's key unprotects what arrives, XCC's key
+//! protects what leaves. Every [`SrtpError`] is a counted drop, never fatal.
+//!
+//! Inside: `kdf` derives session keys from the master key, `session` holds them expanded (AES-CM
+//! + HMAC-SHA1 or AES-GCM), `stream` keeps per-SSRC ROC and replay state in fixed tables, `packet`
+//! finds the clear header, and `context` puts them together.
 
 mod context;
 mod error;
@@ -9,6 +16,8 @@ mod kdf;
 mod packet;
 mod session;
 mod stream;
+#[cfg(test)]
+mod tests;
 
 pub use context::{SrtpContext, SrtpPolicy};
 pub use error::SrtpError;

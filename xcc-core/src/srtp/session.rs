@@ -19,7 +19,7 @@ use super::kdf::{Label, Prf};
 pub(super) const HMAC_SHA1_LEN: usize = 20;
 /// Session authentication key length for HMAC-SHA1 (RFC 3711 §4.2.1: n_a = 160).
 const AUTH_KEY_LEN: usize = 20;
-/// GCM authentication tag length (RFC 7714 §14.2: 16 octets for both suites).
+/// GCM authentication tag length (RFC 7714: 16 octets for both SDES suites).
 pub(super) const GCM_TAG_LEN: usize = 16;
 
 /// The expanded AES key of an AES-CM session.
@@ -63,18 +63,26 @@ impl CmSession {
         let mut key = [0u8; 32];
         let key = &mut key[..master_key_len];
         prf.derive(master_salt, enc, key);
+        let mut auth_key = [0u8; AUTH_KEY_LEN];
+        prf.derive(master_salt, auth, &mut auth_key);
+        let mut salt = [0u8; 14];
+        prf.derive(master_salt, salt_label, &mut salt);
+        Self::from_session_keys(key, &auth_key, salt)
+    }
+
+    /// Keys the session directly with session keys (16 or 32 byte `key`); RFC test vectors are
+    /// given at this level.
+    pub fn from_session_keys(key: &[u8], auth_key: &[u8], salt: [u8; 14]) -> Self {
+        // Invariant: `key` is 16 or 32 bytes — session keys take the master key's length, which
+        // `KeyingMaterial::new` checked against the suite — so `from_slice` cannot panic.
         let cipher = if key.len() == 32 {
             CtrKey::Aes256(Aes256::new(GenericArray::from_slice(key)))
         } else {
             CtrKey::Aes128(Aes128::new(GenericArray::from_slice(key)))
         };
-        let mut auth_key = [0u8; AUTH_KEY_LEN];
-        prf.derive(master_salt, auth, &mut auth_key);
         // Invariant: HMAC takes keys of any length (RFC 2104 §2), so this cannot fail.
         let mac =
-            <Hmac<Sha1> as Mac>::new_from_slice(&auth_key).expect("HMAC accepts any key length");
-        let mut salt = [0u8; 14];
-        prf.derive(master_salt, salt_label, &mut salt);
+            <Hmac<Sha1> as Mac>::new_from_slice(auth_key).expect("HMAC accepts any key length");
         Self { cipher, mac, salt }
     }
 
@@ -148,13 +156,19 @@ impl GcmSession {
         let mut key = [0u8; 32];
         let key = &mut key[..master_key_len];
         prf.derive(master_salt, enc, key);
+        let mut salt = [0u8; 12];
+        prf.derive(master_salt, salt_label, &mut salt);
+        Self::from_session_keys(key, salt)
+    }
+
+    /// Keys the session directly with a 16 or 32 byte session key (RFC 7714 §16-17 vectors).
+    pub fn from_session_keys(key: &[u8], salt: [u8; 12]) -> Self {
+        // Invariant: `key` is 16 or 32 bytes (see `CmSession::from_session_keys`).
         let aead = if key.len() == 32 {
             GcmKey::Aes256(Aes256Gcm::new(GenericArray::from_slice(key)))
         } else {
             GcmKey::Aes128(Aes128Gcm::new(GenericArray::from_slice(key)))
         };
-        let mut salt = [0u8; 12];
-        prf.derive(master_salt, salt_label, &mut salt);
         Self { aead, salt }
     }
 

@@ -45,7 +45,8 @@ pub fn oracle(km: &KeyingMaterial) -> webrtc_srtp::context::Context {
     .expect("valid key lengths")
 }
 
-/// A random RTP packet: random CSRC count, optional header extension (RFC 3550 generic profile),
+/// A random RTP packet: random CSRC count, optional header extension (RFC 8285 one-byte or an
+/// opaque RFC 3550 profile),
 /// optional padding, payload of 0..=200 bytes.
 pub fn rtp_packet(rng: &mut impl RngCore, ssrc: u32, seq: u16) -> Vec<u8> {
     let cc: u8 = rng.random_range(0..=4);
@@ -61,12 +62,28 @@ pub fn rtp_packet(rng: &mut impl RngCore, ssrc: u32, seq: u16) -> Vec<u8> {
         p.extend_from_slice(&rng.random::<u32>().to_be_bytes());
     }
     if extension {
-        let words: u16 = rng.random_range(0..=4);
-        // A profile outside 0xBEDE / 0x100x, so the oracle keeps it as one opaque extension.
-        p.extend_from_slice(&0x4321u16.to_be_bytes());
-        p.extend_from_slice(&words.to_be_bytes());
-        for _ in 0..words * 4 {
-            p.push(rng.random());
+        if rng.random_bool(0.5) {
+            // RFC 8285 one-byte elements (profile 0xBEDE), zero-padded to a word boundary.
+            let mut ext = Vec::new();
+            for _ in 0..rng.random_range(1..=3) {
+                let len: u8 = rng.random_range(0..=15);
+                ext.push((rng.random_range(1..=14u8) << 4) | len);
+                ext.extend((0..=len).map(|_| rng.random::<u8>()));
+            }
+            while ext.len() % 4 != 0 {
+                ext.push(0);
+            }
+            p.extend_from_slice(&0xBEDEu16.to_be_bytes());
+            p.extend_from_slice(&((ext.len() / 4) as u16).to_be_bytes());
+            p.extend_from_slice(&ext);
+        } else {
+            let words: u16 = rng.random_range(0..=4);
+            // A profile outside 0xBEDE / 0x100x: the oracle keeps it as one opaque extension.
+            p.extend_from_slice(&0x4321u16.to_be_bytes());
+            p.extend_from_slice(&words.to_be_bytes());
+            for _ in 0..words * 4 {
+                p.push(rng.random());
+            }
         }
     }
     let payload: usize = rng.random_range(0..=200);
