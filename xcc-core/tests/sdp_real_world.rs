@@ -297,3 +297,15 @@ fn malformed_rtpmap_lines_are_skipped() {
     let rates = SessionDescription::parse(sdp).unwrap().audio_clock_rates();
     assert_eq!(rates, vec![(96, 48000)]);
 }
+
+#[test]
+fn ipv6_unspecified_connection_is_old_style_hold() {
+    let text = LINPHONE_IPV6_OFFER.replace("c=IN IP6 2001:db8::10", "c=IN IP6 ::");
+    let audio = SessionDescription::parse(&text).unwrap().audio().unwrap();
+    assert_eq!(audio.connection, None);
+    assert_eq!(audio.direction, Direction::SendOnly);
+    assert_eq!(
+        audio.rtcp, None,
+        "a=rtcp without address follows the held connection"
+    );
+}
