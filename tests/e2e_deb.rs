@@ -5,6 +5,9 @@
 use std::path::Path;
 use std::process::Command;
 
+mod common;
+use common::skip;
+
 fn have(tool: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {tool}")])
@@ -119,14 +122,4 @@ fn deb_holds_binaries_unit_sysusers_and_commented_config() {
         String::from_utf8_lossy(&check.stderr)
     );
     std::fs::remove_dir_all(dir).unwrap();
-}
-
-/// Skips a test whose tools are missing, saying why; under CI (`CI` set, as `.ci/run` is run) a
-/// skip is a failure, because CI installs everything these tests need.
-fn skip(why: &str) {
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "cannot run under CI: {why}"
-    );
-    eprintln!("SKIPPED: {why}");
 }

@@ -4,6 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod common;
+use common::skip;
+
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("xcc-e2e-fw-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -150,14 +153,4 @@ fn table_and_iptables_follow_the_file_and_an_invalid_file_exits_64() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("media.port_min"));
     std::fs::remove_dir_all(dir).unwrap();
-}
-
-/// Skips a test whose tools or privileges are missing, saying why; under CI (`CI` set, as `.ci/run`
-/// is run) a skip is a failure, because CI installs everything these tests need.
-fn skip(why: &str) {
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "cannot run under CI: {why}"
-    );
-    eprintln!("SKIPPED: {why}");
 }

@@ -5,9 +5,6 @@
 //! on an sd_notify socket (READY=1), which also proves the notification protocol.
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::os::unix::net::UnixDatagram;
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -28,155 +25,8 @@ use xcc_grpc::pb;
 
 const SUITE: &str = "AES_CM_128_HMAC_SHA1_80";
 
-/// A running xccd, killed on drop if a test fails before it exits.
-struct Daemon {
-    child: Option<Child>,
-    endpoint: String,
-    dir: PathBuf,
-    notify: UnixDatagram,
-}
-
-impl Daemon {
-    /// Starts xccd with media ports `pool_min..=pool_min + pool_len - 1` and waits for READY=1.
-    /// Pools sit below the kernel's ephemeral range (32768-60999), so no test's own socket can
-    /// hold one of their ports.
-    fn start(name: &str, pool_min: u16, pool_len: u16) -> Daemon {
-        Self::start_with(name, pool_min, pool_len, "", 30)
-    }
-
-    /// Like [`Daemon::start`] with extra `[media]` keys and a drain grace period.
-    fn start_with(
-        name: &str,
-        pool_min: u16,
-        pool_len: u16,
-        media_extra: &str,
-        grace_secs: u64,
-    ) -> Daemon {
-        let dir = std::env::temp_dir().join(format!("xcc-e2e-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let control = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let config = format!(
-            "[media]\n{media_extra}bind_address = \"127.0.0.1\"\nport_min = {pool_min}\nport_max = {}\nquarantine_secs = 1\n\
-             workers = 1\n\n[control]\nlisten = \"{control}\"\ndrain_grace_secs = {grace_secs}\n\n\
-             [nat]\npublic_address = \"127.0.0.1\"\npbx_address = \"127.0.0.1\"\n\n[log]\nlevel = \"debug\"\n",
-            pool_min + pool_len - 1
-        );
-        let config_path = dir.join("xcc.toml");
-        std::fs::write(&config_path, config).unwrap();
-        let notify_path = dir.join("notify.sock");
-        let notify = UnixDatagram::bind(&notify_path).unwrap();
-        let stderr = std::fs::File::create(dir.join("stderr.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_xccd"))
-            .arg("--config")
-            .arg(&config_path)
-            .env("NOTIFY_SOCKET", &notify_path)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
-        let mut d = Daemon {
-            child: Some(child),
-            endpoint: format!("http://{control}"),
-            dir,
-            notify,
-        };
-        let ready = d.next_notification(Duration::from_secs(30));
-        assert!(
-            ready.starts_with("READY=1"),
-            "first notification was {ready:?}"
-        );
-        d
-    }
-
-    /// The next sd_notify datagram; fails the test (with xccd's log) if none arrives in time or xccd
-    /// exits first.
-    fn next_notification(&mut self, within: Duration) -> String {
-        self.notify
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        let deadline = Instant::now() + within;
-        let mut buf = [0u8; 512];
-        loop {
-            match self.notify.recv(&mut buf) {
-                Ok(len) => return String::from_utf8_lossy(&buf[..len]).into_owned(),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(e) => panic!("notify socket: {e}"),
-            }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
-                panic!(
-                    "xccd exited with {status} before notifying; log:\n{}",
-                    self.log()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no sd_notify within {within:?}; log:\n{}",
-                self.log()
-            );
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
-    }
-
-    async fn channel(&self) -> Channel {
-        Channel::from_shared(self.endpoint.clone())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
-    }
-
-    fn signal(&self, sig: i32) {
-        let pid = self.child.as_ref().expect("running").id();
-        // SAFETY: kill(2) on the pid of our own unreaped child.
-        assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0);
-    }
-
-    fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| c.try_wait().unwrap().is_none())
-    }
-
-    /// Waits (bounded) for xccd to exit, on a thread so the wait is an event, not a poll.
-    fn wait_exit(&mut self, within: Duration) -> ExitStatus {
-        let mut child = self.child.take().expect("running");
-        let pid = child.id();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || tx.send(child.wait()));
-        match rx.recv_timeout(within) {
-            Ok(status) => status.unwrap(),
-            Err(_) => {
-                // SAFETY: kill(2) on our own child, still unreaped (its waiter thread holds it).
-                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-                panic!("xccd did not exit within {within:?}; log:\n{}", self.log());
-            }
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
+mod common;
+use common::{Daemon, DaemonConfig};
 
 struct Clients {
     sessions: pb::sessions_client::SessionsClient<Channel>,
@@ -839,7 +689,10 @@ async fn sighup_reloads_the_log_level_and_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_without_media_ends_with_media_timeout_on_the_feed() {
-    let d = Daemon::start_with("timeout", 24800, 100, "media_timeout_secs = 1\n", 30);
+    let d = Daemon::start_config(&DaemonConfig {
+        media_extra: "media_timeout_secs = 1\n".into(),
+        ..DaemonConfig::new("timeout", 24800, 100)
+    });
     let mut c = clients(&d).await;
     let mut events = c
         .calls
@@ -962,7 +815,10 @@ async fn client_hold_and_resume_through_update_session() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drain_ends_calls_when_the_grace_period_expires() {
-    let mut d = Daemon::start_with("grace", 25100, 100, "", 1);
+    let mut d = Daemon::start_config(&DaemonConfig {
+        grace_secs: 1,
+        ..DaemonConfig::new("grace", 25100, 100)
+    });
     let mut c = clients(&d).await;
     let mut events = c
         .calls

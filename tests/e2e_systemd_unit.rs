@@ -5,6 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+use common::skip;
+
 fn have(tool: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {tool}")])
@@ -102,14 +105,4 @@ fn sysusers_file_parses_and_creates_the_xcc_user() {
         "{stderr}"
     );
     assert!(!stderr.contains("Failed"), "{stderr}");
-}
-
-/// Skips a test whose tools or privileges are missing, saying why; under CI (`CI` set, as `.ci/run`
-/// is run) a skip is a failure, because CI installs everything these tests need.
-fn skip(why: &str) {
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "cannot run under CI: {why}"
-    );
-    eprintln!("SKIPPED: {why}");
 }

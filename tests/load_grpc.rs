@@ -1,94 +1,20 @@
 //! xcc-load end to end: the real xccd on its own control port and media ports, the real xcc-load
 //! binary placing calls through it, and the bare forwarder reference.
 
-use std::os::unix::net::UnixDatagram;
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
-/// A running xccd, killed on drop.
-struct Daemon {
-    child: Child,
-    endpoint: String,
-    dir: PathBuf,
-}
+mod common;
+use common::{Daemon, DaemonConfig};
 
-impl Daemon {
-    /// Starts xccd with media ports `pool_min..pool_min + pool_len` and waits for READY=1.
-    fn start(name: &str, pool_min: u16, pool_len: u16) -> Daemon {
-        let dir = std::env::temp_dir().join(format!("xcc-load-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let control = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let config = format!(
-            "[media]\nbind_address = \"127.0.0.1\"\nport_min = {pool_min}\nport_max = {}\nquarantine_secs = 1\n\
-             workers = 1\n\n[control]\nlisten = \"{control}\"\ndrain_grace_secs = 5\n\n\
-             [nat]\npublic_address = \"127.0.0.1\"\npbx_address = \"127.0.0.1\"\n\n[log]\nlevel = \"info\"\n",
-            pool_min + pool_len - 1
-        );
-        let config_path = dir.join("xcc.toml");
-        std::fs::write(&config_path, config).unwrap();
-        let notify_path = dir.join("notify.sock");
-        let notify = UnixDatagram::bind(&notify_path).unwrap();
-        notify
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        let stderr = std::fs::File::create(dir.join("stderr.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_xccd"))
-            .arg("--config")
-            .arg(&config_path)
-            .env("NOTIFY_SOCKET", &notify_path)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
-        let mut d = Daemon {
-            child,
-            endpoint: format!("http://{control}"),
-            dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut buf = [0u8; 512];
-        loop {
-            if let Ok(len) = notify.recv(&mut buf)
-                && buf[..len].starts_with(b"READY=1")
-            {
-                return d;
-            }
-            if let Some(status) = d.child.try_wait().unwrap() {
-                panic!("xccd exited with {status}; log:\n{}", d.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "xccd not ready; log:\n{}",
-                d.log()
-            );
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
+/// xccd at log level info (debug logging would load the relay under test).
+fn start(name: &str, pool_min: u16, pool_len: u16) -> Daemon {
+    Daemon::start_config(&DaemonConfig {
+        log_level: "info".into(),
+        grace_secs: 5,
+        ..DaemonConfig::new(&format!("load-{name}"), pool_min, pool_len)
+    })
 }
 
 /// Runs xcc-load to completion (bounded by its own --duration; the test harness bounds the rest).
@@ -133,7 +59,7 @@ fn assert_clean_media(r: &Value, calls: u64) {
 
 #[test]
 fn grpc_calls_through_xccd_carry_srtp_and_rtp_without_loss() {
-    let d = Daemon::start("grpc", 25_000, 40);
+    let d = start("grpc", 25_000, 40);
     let pid = d.pid().to_string();
     let out = xcc_load(&[
         "grpc",
@@ -177,7 +103,7 @@ fn grpc_calls_through_xccd_carry_srtp_and_rtp_without_loss() {
 
 #[test]
 fn grpc_run_with_bare_reference_reports_cpu_ratio() {
-    let d = Daemon::start("ratio", 25_100, 40);
+    let d = start("ratio", 25_100, 40);
     let pid = d.pid().to_string();
     let out = xcc_load(&[
         "grpc",
@@ -321,7 +247,7 @@ fn argument_errors_exit_2_with_a_message() {
 
 #[test]
 fn sweep_runs_every_step_and_reports_capacity_fields() {
-    let d = Daemon::start("sweep", 25_400, 40);
+    let d = start("sweep", 25_400, 40);
     let pid = d.pid().to_string();
     let out = xcc_load(&[
         "sweep",
@@ -360,7 +286,7 @@ fn sweep_runs_every_step_and_reports_capacity_fields() {
 
 #[test]
 fn repeated_runs_report_the_spread_of_the_cpu_ratio() {
-    let d = Daemon::start("repeat", 25_500, 40);
+    let d = start("repeat", 25_500, 40);
     let pid = d.pid().to_string();
     let out = xcc_load(&[
         "grpc",
