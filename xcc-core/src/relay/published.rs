@@ -15,7 +15,7 @@ const ADDR_WORDS: usize = 3;
 /// Words per leg: counters, latched RTP, latched RTCP, quality.
 const LEG_WORDS: usize = COUNTER_WORDS + 2 * ADDR_WORDS + QUALITY_WORDS;
 /// Counter fields of [`LegCounters`] including drops.
-const COUNTER_WORDS: usize = 14;
+const COUNTER_WORDS: usize = 16;
 /// Words of a [`QualitySnapshot`]: a presence mask for the optional values, the limit sets, then
 /// one word per number (floats as their bits).
 const QUALITY_WORDS: usize = 22;
@@ -131,6 +131,8 @@ fn encode(state: &CallState) -> [u64; CALL_WORDS] {
             d.no_route,
             d.stray,
             d.send_error,
+            c.punch_sent,
+            c.punch_answered,
         ];
         chunk[..COUNTER_WORDS].copy_from_slice(&counters);
         chunk[COUNTER_WORDS..COUNTER_WORDS + ADDR_WORDS].copy_from_slice(&encode_addr(leg.latched));
@@ -166,6 +168,8 @@ fn decode(words: &[u64; CALL_WORDS]) -> CallState {
                 stray: w(12),
                 send_error: w(13),
             },
+            punch_sent: w(14),
+            punch_answered: w(15),
         };
         leg.latched = decode_addr(&chunk[COUNTER_WORDS..COUNTER_WORDS + ADDR_WORDS]);
         leg.latched_rtcp =
@@ -326,6 +330,8 @@ mod tests {
         st.legs[1].counters.drops.stranger = u64::MAX;
         st.legs[1].latched_rtcp = Some("[2001:db8::1]:65535".parse().unwrap());
         st.legs[0].counters.rtcp_malformed = 2;
+        st.legs[0].counters.punch_sent = 11;
+        st.legs[0].counters.punch_answered = 1;
         let mut broken = LimitSet::EMPTY;
         broken.insert(Limit::Jitter);
         st.legs[1].quality = QualitySnapshot {
