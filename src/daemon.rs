@@ -73,6 +73,15 @@ pub async fn run(
             source,
         }
     })?;
+    let discovery = crate::public_address::start_public_address(
+        &v,
+        advertised.client,
+        crate::public_address::Sinks {
+            sessions: sessions.clone(),
+            state: state.clone(),
+            hub: hub.clone(),
+        },
+    );
     let plane = ControlPlane {
         sessions: sessions.clone(),
         state: state.clone(),
@@ -124,6 +133,9 @@ pub async fn run(
     notifier.notify_or_log("STOPPING=1\nSTATUS=stopping");
     if let Some(w) = watchdog {
         w.abort();
+    }
+    if let Some(d) = discovery {
+        d.abort();
     }
     hub.close();
     let _ = stop_server.send(());

@@ -10,6 +10,8 @@ pub mod load;
 pub mod logging;
 pub mod netif;
 pub mod notify;
+pub mod public_address;
+pub mod stun_check;
 pub mod watchdog;
 
 pub use error::{Error, Result};

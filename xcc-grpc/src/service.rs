@@ -90,6 +90,8 @@ fn leg_to_pb(leg: &LegSnapshot, advertised: &Advertised) -> pb::Leg {
             drop_no_route: c.drops.no_route,
             drop_stray: c.drops.stray,
         }),
+        punch_probes_sent: c.punch_sent,
+        punch_answers: c.punch_answered,
     }
 }
 
@@ -329,7 +331,7 @@ impl pb::satellite_server::Satellite for ControlPlane {
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let media = self.sessions.media();
         let pool = media.pool_status();
-        Ok(Response::new(pb::StatusResponse {
+        let mut status = pb::StatusResponse {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_secs: self.state.uptime(Instant::now()).as_secs(),
             calls: media.calls().len() as u64,
@@ -339,7 +341,13 @@ impl pb::satellite_server::Satellite for ControlPlane {
             ports_quarantined: pool.quarantined as u64,
             workers: media.workers() as u64,
             draining: self.state.is_draining(),
-        }))
+            ..Default::default()
+        };
+        match self.state.public_address() {
+            Some(public) => crate::nat::fill_status(&mut status, &public),
+            None => status.public_address = self.sessions.advertised().client.to_string(),
+        }
+        Ok(Response::new(status))
     }
 
     async fn drain(
