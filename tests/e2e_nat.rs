@@ -21,7 +21,9 @@ use netns_support::{Nat, PEER, PRIVATE, PUBLIC_HOST, STUN_PRIMARY, Topology, ent
 use tonic::transport::Channel;
 use webrtc_srtp::context::Context;
 use webrtc_srtp::protection_profile::ProtectionProfile;
+use xcc_core::nat::Retransmission;
 use xcc_core::nat::stun;
+use xcc_core::nat::turn::{TurnClient, TurnConfig, TurnEvent, TurnInput, TurnTransport};
 use xcc_grpc::pb;
 
 const SUITE: &str = "AES_CM_128_HMAC_SHA1_80";
@@ -267,24 +269,48 @@ fn seq_of(p: &[u8]) -> u16 {
 }
 
 /// The phone's end: SRTP out under its key, SRTP in under XCC's; STUN is set aside (counted),
-/// as a phone's RTP stack discards it (RFC 7983).
+/// as a phone's RTP stack discards it (RFC 7983). With `turn`, everything goes through its
+/// allocation on coturn.
 struct Phone {
     tx: Context,
     rx: Context,
     stun_seen: Vec<(SocketAddr, u16)>,
+    turn: Option<TurnPhone>,
 }
 
 impl Phone {
+    /// Sends `bytes` to `to`, directly or as a TURN Send indication.
+    fn send_raw(&mut self, sock: &UdpSocket, bytes: &[u8], to: SocketAddr) {
+        match &mut self.turn {
+            None => {
+                sock.send_to(bytes, to).unwrap();
+            }
+            Some(t) => t.send(sock, bytes, to),
+        }
+    }
+
+    /// One datagram (for TURN: one Data indication's payload) within 20 ms.
+    fn recv_raw(&mut self, sock: &UdpSocket, buf: &mut [u8]) -> Option<(usize, SocketAddr)> {
+        match &mut self.turn {
+            None => sock.recv_from(buf).ok(),
+            Some(t) => {
+                let (from, payload) = t.pump(sock)?;
+                buf[..payload.len()].copy_from_slice(&payload);
+                Some((payload.len(), from))
+            }
+        }
+    }
+
     fn send(&mut self, sock: &UdpSocket, seq: u16, to: SocketAddr) {
         let wire = self.tx.encrypt_rtp(&rtp(seq, 0x1111, 0x11)).unwrap();
-        sock.send_to(&wire, to).unwrap();
+        self.send_raw(sock, &wire, to);
     }
 
     /// The next media packet's sequence number (payload checked), within 20 ms.
     fn recv(&mut self, sock: &UdpSocket) -> Option<u16> {
         let mut buf = [0u8; 1500];
         loop {
-            let (len, from) = sock.recv_from(&mut buf).ok()?;
+            let (len, from) = self.recv_raw(sock, &mut buf)?;
             if stun::is_stun(&buf[..len]) {
                 let kind = stun::Message::parse(&buf[..len]).map_or(0, |m| m.msg_type());
                 self.stun_seen.push((from, kind));
@@ -296,6 +322,91 @@ impl Phone {
                 .expect("the phone authenticates XCC's SRTP");
             assert_eq!(plain[12..], [0x22; 160], "the PBX's payload");
             return Some(seq_of(&plain));
+        }
+    }
+}
+
+/// The phone's TURN allocation on coturn (long-term credentials `xcc`/`secret`), driven on its
+/// media socket.
+struct TurnPhone {
+    turn: TurnClient,
+    relayed: Option<SocketAddr>,
+    mapped: Option<SocketAddr>,
+    permitted: bool,
+}
+
+impl TurnPhone {
+    fn new(server: SocketAddr) -> TurnPhone {
+        TurnPhone {
+            turn: TurnClient::new(
+                TurnConfig {
+                    server,
+                    transport: TurnTransport::Udp,
+                    username: "xcc".into(),
+                    password: "secret".into(),
+                    lifetime: Duration::from_secs(600),
+                    retransmission: Retransmission::FAILOVER,
+                },
+                Instant::now(),
+            ),
+            relayed: None,
+            mapped: None,
+            permitted: false,
+        }
+    }
+
+    /// Runs timers, sends what the client wants sent, takes one datagram (20 ms at most):
+    /// `Some` when it was relayed data from a peer.
+    fn pump(&mut self, sock: &UdpSocket) -> Option<(SocketAddr, Vec<u8>)> {
+        let mut rng = rand::rng();
+        self.turn.handle_timeout(Instant::now(), &mut rng);
+        while let Some((to, bytes)) = self.turn.poll_transmit() {
+            let bytes = bytes.to_vec();
+            sock.send_to(&bytes, to).unwrap();
+        }
+        while let Some(event) = self.turn.poll_event() {
+            match event {
+                TurnEvent::Allocated {
+                    relayed, mapped, ..
+                } => {
+                    self.relayed = Some(relayed);
+                    self.mapped = mapped;
+                }
+                TurnEvent::PermissionGranted { .. } => self.permitted = true,
+                TurnEvent::ChannelBound { .. } => {}
+                TurnEvent::Failed { operation, code } => {
+                    panic!("TURN {operation:?} failed: {code:?}")
+                }
+            }
+        }
+        let mut buf = [0u8; 1500];
+        let (n, from) = sock.recv_from(&mut buf).ok()?;
+        match self
+            .turn
+            .handle_datagram(Instant::now(), from, &buf[..n], &mut rng)
+        {
+            TurnInput::Data { peer, payload } => Some((peer, payload.to_vec())),
+            _ => None,
+        }
+    }
+
+    fn send(&mut self, sock: &UdpSocket, bytes: &[u8], to: SocketAddr) {
+        let mut out = [0u8; 1600];
+        let len = self.turn.wrap_send(to, bytes, &mut out).expect("fits");
+        sock.send_to(&out[..len], self.turn.server()).unwrap();
+    }
+
+    /// Allocates and permits `peer`, bounded.
+    fn allocate_for(&mut self, sock: &UdpSocket, peer: IpAddr) {
+        let deadline = Instant::now() + WAIT;
+        while self.relayed.is_none() {
+            self.pump(sock);
+            assert!(Instant::now() < deadline, "no TURN allocation");
+        }
+        assert!(self.turn.create_permission(Instant::now(), peer));
+        while !self.permitted {
+            self.pump(sock);
+            assert!(Instant::now() < deadline, "no TURN permission");
         }
     }
 }
@@ -352,6 +463,7 @@ fn new_phone(key: &[u8; 30], answer: &str) -> Phone {
         tx: srtp(key),
         rx: srtp(&crypto_of(answer)),
         stun_seen: Vec::new(),
+        turn: None,
     }
 }
 
@@ -522,10 +634,11 @@ fn srflx(sock: &UdpSocket, server: SocketAddr) -> SocketAddr {
     }
 }
 
-/// Sends nominating checks until XCC's verified answer arrives; returns XCC's answer's
-/// XOR-MAPPED-ADDRESS (the phone as XCC sees it).
+/// Sends nominating checks (directly or through TURN) until XCC's verified answer arrives;
+/// returns the answer's XOR-MAPPED-ADDRESS (the phone as XCC sees it).
 fn nominate(
     w: &World,
+    phone: &mut Phone,
     to: SocketAddr,
     xcc_ufrag: &str,
     phone_ufrag: &str,
@@ -536,8 +649,11 @@ fn nominate(
     loop {
         let id: [u8; 12] = rand::random();
         let check = nominating_check(xcc_ufrag, phone_ufrag, xcc_pwd, id);
-        w.phone.send_to(&check, to).unwrap();
-        while let Ok((n, from)) = w.phone.recv_from(&mut buf) {
+        phone.send_raw(&w.phone, &check, to);
+        for _ in 0..5 {
+            let Some((n, from)) = phone.recv_raw(&w.phone, &mut buf) else {
+                continue;
+            };
             let Ok(m) = stun::Message::parse(&buf[..n]) else {
                 continue;
             };
@@ -604,7 +720,7 @@ fn symmetric_nat_ice_phone_latches_after_authenticated_check_and_hears_the_pbx_f
     );
     let mut phone = new_phone(&key, &answer);
 
-    let seen = nominate(&w, to_xcc, xcc_ufrag, phone_ufrag, xcc_pwd);
+    let seen = nominate(&w, &mut phone, to_xcc, xcc_ufrag, phone_ufrag, xcc_pwd);
     assert_eq!(seen.ip().to_string(), NAT_PUBLIC);
     let leg = w.latched_client_leg(id);
     assert_eq!(
@@ -613,12 +729,18 @@ fn symmetric_nat_ice_phone_latches_after_authenticated_check_and_hears_the_pbx_f
         "latched on the checked mapping"
     );
 
-    // The PBX talks first; the phone has sent no media at all.
+    pbx_talks_first(&w, &mut phone, to_pbx);
+    exchange_counted(&w, &mut phone, to_xcc, to_pbx, COUNTED + 1);
+}
+
+/// The PBX talks first (the phone has sent no media at all): its first [`COUNTED`] packets, all
+/// of them, reach the phone.
+fn pbx_talks_first(w: &World, phone: &mut Phone, to_pbx: SocketAddr) {
+    let mut heard = Vec::new();
     for seq in 1..=COUNTED {
         w.pbx.send_to(&rtp(seq, 0x2222, 0x22), to_pbx).unwrap();
-        std::thread::sleep(Duration::from_millis(20));
+        heard.extend(phone.recv(&w.phone));
     }
-    let mut heard = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(2);
     while heard.len() < COUNTED as usize && Instant::now() < deadline {
         heard.extend(phone.recv(&w.phone));
@@ -628,5 +750,53 @@ fn symmetric_nat_ice_phone_latches_after_authenticated_check_and_hears_the_pbx_f
         (1..=COUNTED).collect::<Vec<_>>(),
         "the PBX's first packets, all of them, before the phone sent media"
     );
+}
+
+/// Phone behind a symmetric NAT that relays through coturn: its only candidate is its TURN
+/// relayed address (permission for XCC's address). Its checks reach XCC from the relay; XCC
+/// latches on the authenticated nominating check to the relayed address, the PBX talks first
+/// and SRTP flows both ways through the relay (Send/Data indications).
+#[test]
+fn turn_relayed_phone_latches_on_the_relay_and_srtp_flows_through_it() {
+    let Some(w) = World::build("nat-turn", Nat::Symmetric, XccSide::Public, true, 23860) else {
+        return;
+    };
+    let mut turn = TurnPhone::new(STUN_PRIMARY.parse().unwrap());
+    turn.allocate_for(&w.phone, PUBLIC_HOST.parse().unwrap());
+    let relayed = turn.relayed.expect("allocated");
+    let mapped = turn.mapped.expect("XOR-MAPPED-ADDRESS in the allocation");
+    assert_eq!(mapped.ip().to_string(), NAT_PUBLIC);
+    let key: [u8; 30] = rand::random();
+    let (phone_ufrag, phone_pwd) = ("TrnP", "phonepasswordphonepassword");
+    let offer = phone_offer(
+        relayed,
+        &key,
+        &[
+            format!("a=ice-ufrag:{phone_ufrag}"),
+            format!("a=ice-pwd:{phone_pwd}"),
+            format!(
+                "a=candidate:1 1 UDP 16777215 {} {} typ relay raddr {} rport {}",
+                relayed.ip(),
+                relayed.port(),
+                mapped.ip(),
+                mapped.port()
+            ),
+        ],
+    );
+    let (answer, to_pbx, id) = w.call(&offer);
+    let to_xcc = media_target(&answer);
+    let (xcc_ufrag, xcc_pwd) = (
+        attribute(&answer, "ice-ufrag"),
+        attribute(&answer, "ice-pwd"),
+    );
+    let mut phone = new_phone(&key, &answer);
+    phone.turn = Some(turn);
+
+    let seen = nominate(&w, &mut phone, to_xcc, xcc_ufrag, phone_ufrag, xcc_pwd);
+    assert_eq!(seen, relayed, "XCC sees the phone at its relayed address");
+    let leg = w.latched_client_leg(id);
+    assert_eq!(leg.latched, relayed.to_string(), "latched on the relay");
+
+    pbx_talks_first(&w, &mut phone, to_pbx);
     exchange_counted(&w, &mut phone, to_xcc, to_pbx, COUNTED + 1);
 }
