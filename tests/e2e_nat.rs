@@ -619,6 +619,10 @@ fn xcc_behind_cone_nat_punches_so_the_phone_can_talk_first() {
     }
     let leg = w.latched_client_leg(id);
     assert!(leg.punch_probes_sent > 0, "{leg:?}");
+    eprintln!(
+        "punching: {} probes sent before the phone's audio latched the leg",
+        leg.punch_probes_sent
+    );
     assert_eq!(leg.latched, signalled.to_string(), "no NAT on the phone");
     while pbx_recv(&w.pbx).is_some() {}
     exchange_counted(&w, &mut phone, to_xcc, to_pbx, seq);
