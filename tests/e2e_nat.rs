@@ -63,6 +63,19 @@ struct World {
 
 impl World {
     fn build(name: &str, nat: Nat, side: XccSide, turn: bool, pool_min: u16) -> Option<World> {
+        Self::build_with(name, nat, side, turn, pool_min, true)
+    }
+
+    /// [`World::build`]; `silent_first` puts a silent STUN server before coturn (xccd behind the
+    /// NAT only).
+    fn build_with(
+        name: &str,
+        nat: Nat,
+        side: XccSide,
+        turn: bool,
+        pool_min: u16,
+        silent_first: bool,
+    ) -> Option<World> {
         let topo = match Topology::build(nat, true, turn) {
             Ok(t) => t,
             Err(why) => {
@@ -84,8 +97,12 @@ impl World {
                 cfg.pbx_address = PRIVATE.into();
                 // A silent server first: xccd fails over to coturn after its retransmissions
                 // (5.5 s), long enough for the test to watch the change happen.
-                cfg.sections =
-                    format!("[stun]\nservers = [\"{SILENT_STUN}\", \"{STUN_PRIMARY}\"]\n");
+                let silent = if silent_first {
+                    format!("\"{SILENT_STUN}\", ")
+                } else {
+                    String::new()
+                };
+                cfg.sections = format!("[stun]\nservers = [{silent}\"{STUN_PRIMARY}\"]\n");
                 ("c", "p", PEER)
             }
         };
@@ -833,6 +850,101 @@ fn turn_relayed_phone_latches_on_the_relay_and_srtp_flows_through_it() {
     assert_eq!(seen, relayed, "XCC sees the phone at its relayed address");
     let leg = w.latched_client_leg(id);
     assert_eq!(leg.latched, relayed.to_string(), "latched on the relay");
+
+    pbx_talks_first(&w, &mut phone, to_pbx);
+    exchange_counted(&w, &mut phone, to_xcc, to_pbx, COUNTED + 1);
+}
+
+/// The phone's answer to XCC's hole-punching check: success, its source as XOR-MAPPED-ADDRESS,
+/// MESSAGE-INTEGRITY under the phone's pwd (the check's USERNAME is `phone:xcc`).
+fn answer_check(req: &stun::Message<'_>, from: SocketAddr, phone_pwd: &str) -> Vec<u8> {
+    let mut buf = [0u8; 256];
+    let mut w = stun::Writer::new(&mut buf, stun::BINDING_SUCCESS, req.transaction_id())
+        .expect("buffer fits a header");
+    w.xor_mapped_address(from).unwrap();
+    w.integrity(phone_pwd.as_bytes()).unwrap();
+    w.fingerprint().unwrap();
+    let len = w.finish();
+    buf[..len].to_vec()
+}
+
+/// xccd behind a port-restricted cone NAT, an ICE phone on the public side that sends nothing
+/// before it hears from XCC: XCC's hole-punching check (ICE-CONTROLLED, USERNAME `phone:xcc`,
+/// under the phone's pwd) crosses its own NAT and reaches the phone, whose authenticated answer
+/// comes back through the mapping the check opened and latches the leg. Then the PBX talks first
+/// and its first packets all reach the phone, which has sent no check and no media.
+#[test]
+fn xcc_behind_cone_nat_latches_on_the_ice_phones_answer_to_its_check_and_the_pbx_talks_first() {
+    let Some(w) = World::build_with(
+        "nat-xcc-ice",
+        Nat::PortRestrictedCone,
+        XccSide::BehindNat,
+        false,
+        23880,
+        false,
+    ) else {
+        return;
+    };
+    let deadline = Instant::now() + WAIT;
+    while w.status().public_address_source != pb::PublicAddressSource::Stun as i32 {
+        assert!(Instant::now() < deadline, "no STUN success");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let phone_at = w.phone.local_addr().unwrap();
+    let key: [u8; 30] = rand::random();
+    let (phone_ufrag, phone_pwd) = ("IceP", "phonepasswordphonepassword");
+    let offer = phone_offer(
+        phone_at,
+        &key,
+        &[
+            format!("a=ice-ufrag:{phone_ufrag}"),
+            format!("a=ice-pwd:{phone_pwd}"),
+            format!(
+                "a=candidate:1 1 UDP 2130706431 {} {} typ host",
+                phone_at.ip(),
+                phone_at.port()
+            ),
+        ],
+    );
+    let (answer, to_pbx, id) = w.call(&offer);
+    let to_xcc = media_target(&answer);
+    assert_eq!(to_xcc.ip().to_string(), NAT_PUBLIC);
+    let xcc_ufrag = attribute(&answer, "ice-ufrag");
+    let mut phone = new_phone(&key, &answer);
+
+    // The phone only answers XCC's checks.
+    let mut buf = [0u8; 1500];
+    let mut answered = 0;
+    let deadline = Instant::now() + WAIT;
+    while answered == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no check from XCC reached the phone"
+        );
+        let Ok((n, from)) = w.phone.recv_from(&mut buf) else {
+            continue;
+        };
+        assert!(stun::is_stun(&buf[..n]), "no media before the latch");
+        let req = stun::Message::parse(&buf[..n]).expect("a STUN message");
+        assert_eq!(from, to_xcc, "from XCC's public media port");
+        assert_eq!(req.msg_type(), stun::BINDING_REQUEST);
+        assert_eq!(
+            req.username(),
+            Some(format!("{phone_ufrag}:{xcc_ufrag}").as_bytes())
+        );
+        assert!(req.verify_integrity(phone_pwd.as_bytes()));
+        assert!(
+            req.ice_controlled().is_some(),
+            "XCC is ICE-lite: controlled"
+        );
+        w.phone
+            .send_to(&answer_check(&req, from, phone_pwd), from)
+            .unwrap();
+        answered += 1;
+    }
+    let leg = w.latched_client_leg(id);
+    assert_eq!(leg.latched, phone_at.to_string());
+    assert!(leg.punch_answers >= 1, "{leg:?}");
 
     pbx_talks_first(&w, &mut phone, to_pbx);
     exchange_counted(&w, &mut phone, to_xcc, to_pbx, COUNTED + 1);
