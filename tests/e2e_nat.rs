@@ -949,3 +949,65 @@ fn xcc_behind_cone_nat_latches_on_the_ice_phones_answer_to_its_check_and_the_pbx
     pbx_talks_first(&w, &mut phone, to_pbx);
     exchange_counted(&w, &mut phone, to_xcc, to_pbx, COUNTED + 1);
 }
+
+/// `xccctl` run on the private side, as an administrator would on the satellite.
+fn xccctl_in(topo: &Topology, which: &str, args: &[&str]) -> serde_json::Value {
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &topo.ns(which),
+            env!("CARGO_BIN_EXE_xccctl"),
+        ])
+        .arg("--json")
+        .args(args)
+        .output()
+        .expect("run xccctl");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{args:?}: not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// `xccctl stun-check` and `nat-type` behind each NAT: the public address is the NAT's, and the
+/// verdict is what the NAT is (cone: hole punching; symmetric: TURN), in words.
+#[test]
+fn xccctl_stun_check_and_nat_type_behind_each_nat_say_what_to_do() {
+    for (nat, mapping, recommendation, words) in [
+        (
+            Nat::PortRestrictedCone,
+            "EndpointIndependent",
+            "HolePunching",
+            "endpoint-independent mapping",
+        ),
+        (
+            Nat::Symmetric,
+            "AddressAndPortDependent",
+            "Turn",
+            "symmetric NAT",
+        ),
+    ] {
+        let topo = match Topology::build(nat, false, false) {
+            Ok(t) => t,
+            Err(why) => {
+                common::skip(&format!("network namespaces unavailable: {why}"));
+                return;
+            }
+        };
+        let check = xccctl_in(&topo, "c", &["stun-check", STUN_PRIMARY, "--bind", PRIVATE]);
+        assert_eq!(check["ok"], true, "{check}");
+        assert_eq!(check["public_ip"], NAT_PUBLIC, "{check}");
+        let verdict = xccctl_in(&topo, "c", &["nat-type", STUN_PRIMARY, "--bind", PRIVATE]);
+        assert_eq!(verdict["mapping"], mapping, "{verdict}");
+        assert_eq!(verdict["recommendation"], recommendation, "{verdict}");
+        assert!(
+            verdict["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(words)),
+            "{verdict}"
+        );
+    }
+}
