@@ -465,7 +465,8 @@ allow_insecure_control = {insecure}
 drain_grace_secs = {grace}
 
 [nat]
-# Address signalled to clients. Unset: media.bind_address if it is specific, else the first
+# Address signalled to clients; when set, [stun] is not used. Unset: learned from [stun] servers,
+# and until one answers (or without servers): media.bind_address if it is specific, else the first
 # non-loopback interface address, else 127.0.0.1 (xccd logs which it chose and why).
 {public}
 # Address signalled to the PBX. Unset: chosen the same way.
