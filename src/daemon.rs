@@ -73,6 +73,16 @@ pub async fn run(
             source,
         }
     })?;
+    state.set_log_hook(Box::new(crate::logging::apply_level));
+    let (stop_metrics, metrics_stopped) = oneshot::channel::<()>();
+    crate::metrics::start(
+        v.config.metrics.address()?,
+        crate::metrics::daemon_registry(media.clone(), state.clone(), &hub),
+        async {
+            let _ = metrics_stopped.await;
+        },
+    )
+    .await;
     let plane = ControlPlane {
         sessions: sessions.clone(),
         state: state.clone(),
@@ -127,6 +137,7 @@ pub async fn run(
     }
     hub.close();
     let _ = stop_server.send(());
+    let _ = stop_metrics.send(());
     if !graceful {
         server.abort();
     } else if !server.is_finished() {
