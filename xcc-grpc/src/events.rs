@@ -167,7 +167,7 @@ pub fn spawn_media_forwarder(
                         ended: SystemTime::now(),
                     };
                     let record = call_record(last, *reason, quality, times);
-                    log_record(*call, &record);
+                    log_record(&record);
                     hub.publish(*call, pb::event::Kind::Record(record));
                 }
             }

@@ -7,7 +7,7 @@
 use std::time::SystemTime;
 
 use serde_json::{Value, json};
-use xcc_core::ids::{CallId, LegSide};
+use xcc_core::ids::LegSide;
 use xcc_core::media::{CallQuality, CallSnapshot, EndReason};
 use xcc_core::quality::{Limit, LimitSet, QualityEvent, QualitySnapshot, VoipEvent};
 
@@ -246,15 +246,18 @@ pub fn record_json(r: &pb::CallRecord) -> Value {
 
 /// Logs the record as one line on [`CDR_TARGET`]: the message is the JSON object itself, so a
 /// text-format log line ends in parseable JSON and a JSON-format log carries it in `message`.
-pub fn log_record(call: CallId, r: &pb::CallRecord) {
+/// The call's id is in the JSON (and in the enclosing `call` span); no other field follows the
+/// message, so the line ends in the object.
+pub fn log_record(r: &pb::CallRecord) {
     let line = record_json(r).to_string();
-    tracing::info!(target: CDR_TARGET, %call, "{line}");
+    tracing::info!(target: CDR_TARGET, "{line}");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
+    use xcc_core::ids::CallId;
     use xcc_core::media::{LegCounters, LegPorts, LegSnapshot};
     use xcc_core::quality::{LegQualitySummary, LimitRecord, VoipSummary};
 
