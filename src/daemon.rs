@@ -74,10 +74,13 @@ pub async fn run(
         }
     })?;
     state.set_log_hook(Box::new(crate::logging::apply_level));
+    // Subsystems add their collectors to `metrics` (`metrics.register(..)`) before it is served;
+    // see docs/metrics.md "Plugging in a subsystem".
+    let metrics = crate::metrics::daemon_registry(media.clone(), state.clone(), &hub);
     let (stop_metrics, metrics_stopped) = oneshot::channel::<()>();
     crate::metrics::start(
         v.config.metrics.address()?,
-        crate::metrics::daemon_registry(media.clone(), state.clone(), &hub),
+        metrics.clone(),
         async {
             let _ = metrics_stopped.await;
         },
