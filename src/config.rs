@@ -362,6 +362,26 @@ rtp_learning_window_ms = {learn}
 # SO_RCVBUF / SO_SNDBUF of every media socket.
 socket_buffer_bytes = {buf}
 
+[media.quality]
+# Call quality: how often loss, jitter and MOS are sampled and the VoIP-ready limits checked
+# (durations are {{ secs, nanos }} tables; at least 100 ms).
+eval_interval = {ev}
+# A peer's RTCP report / a round-trip time older than this stops counting.
+peer_report_max_age = {pra}
+rtt_max_age = {rma}
+
+[media.quality.voip_ready]
+# A limit must stay broken (or, to recover, under limit x (1 - recover_margin)) this long before
+# the gRPC feed gets an alert.
+min_duration = {mind}
+recover_margin = {margin:?}
+
+[media.quality.voip_ready.limits]
+one_way_delay_ms = {owd:?}
+round_trip_ms = {rt:?}
+loss_percent = {loss:?}
+jitter_ms = {jit:?}
+
 [control]
 # gRPC control API. Any non-loopback address requires mutual TLS (the three tls_* keys) or
 # allow_insecure_control = true.
@@ -412,7 +432,21 @@ listen = "{metrics}"
         pbx = opt_line("pbx_address", c.nat.pbx_address, "10.0.0.5"),
         level = c.log.level,
         metrics = c.metrics.listen,
+        ev = duration_toml(m.quality.eval_interval),
+        pra = duration_toml(m.quality.peer_report_max_age),
+        rma = duration_toml(m.quality.rtt_max_age),
+        mind = duration_toml(m.quality.voip_ready.min_duration),
+        margin = m.quality.voip_ready.recover_margin,
+        owd = m.quality.voip_ready.limits.one_way_delay_ms,
+        rt = m.quality.voip_ready.limits.round_trip_ms,
+        loss = m.quality.voip_ready.limits.loss_percent,
+        jit = m.quality.voip_ready.limits.jitter_ms,
     )
+}
+
+/// A `Duration` the way serde reads it from TOML.
+fn duration_toml(d: std::time::Duration) -> String {
+    format!("{{ secs = {}, nanos = {} }}", d.as_secs(), d.subsec_nanos())
 }
 
 #[cfg(test)]

@@ -78,13 +78,9 @@ pub async fn run(
     // see docs/metrics.md "Plugging in a subsystem".
     let metrics = crate::metrics::daemon_registry(media.clone(), state.clone(), &hub);
     let (stop_metrics, metrics_stopped) = oneshot::channel::<()>();
-    crate::metrics::start(
-        v.config.metrics.address()?,
-        metrics.clone(),
-        async {
-            let _ = metrics_stopped.await;
-        },
-    )
+    crate::metrics::start(v.config.metrics.address()?, metrics.clone(), async {
+        let _ = metrics_stopped.await;
+    })
     .await;
     let plane = ControlPlane {
         sessions: sessions.clone(),
