@@ -889,3 +889,47 @@ async fn log_level_changes_live_and_junk_is_refused_and_xccctl_shows_quality() {
         "the call at warn left no record line"
     );
 }
+
+#[test]
+fn colours_only_when_stderr_is_a_terminal() {
+    if Command::new("script").arg("--version").output().is_err() {
+        common::skip("needs script(1) (bsdutils) for a pseudo-terminal");
+        return;
+    }
+    // xccd logs its start, then fails to bind a control port the test holds (exit 69): a short,
+    // deterministic run with an INFO and an ERROR line.
+    let held = std::net::TcpListener::bind("127.0.0.1:23450").unwrap();
+    let dir = std::env::temp_dir().join(format!("xcc-obs-tty-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("xcc.toml");
+    std::fs::write(
+        &cfg,
+        "[media]\nbind_address = \"127.0.0.1\"\nport_min = 23420\nport_max = 23439\n\
+         [control]\nlisten = \"127.0.0.1:23450\"\n[metrics]\nlisten = \"\"\n",
+    )
+    .unwrap();
+    let xccd = format!("{} -c {}", env!("CARGO_BIN_EXE_xccd"), cfg.display());
+    let on_tty = Command::new("script")
+        .args(["-qefc", &xccd, "/dev/null"])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let piped = Command::new(env!("CARGO_BIN_EXE_xccd"))
+        .args(["-c", cfg.to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    drop(held);
+    let _ = std::fs::remove_dir_all(&dir);
+    let tty = String::from_utf8_lossy(&on_tty.stdout);
+    let pipe = String::from_utf8_lossy(&piped.stderr);
+    assert_eq!(on_tty.status.code(), Some(69), "{tty}");
+    assert_eq!(piped.status.code(), Some(69), "{pipe}");
+    assert!(tty.contains("cannot bind control"), "{tty}");
+    assert!(tty.contains('\u{1b}'), "a terminal gets colours: {tty:?}");
+    assert!(
+        pipe.contains("cannot bind control") && pipe.contains("INFO"),
+        "{pipe}"
+    );
+    assert!(!pipe.contains('\u{1b}'), "a pipe gets none: {pipe:?}");
+}
