@@ -302,6 +302,35 @@ async fn injected_jitter_is_measured_and_crossing_the_limit_raises_alerts_both_w
         "{q:#?}"
     );
     assert!(q.broken_now.is_empty(), "{q:#?}");
+    // The crossing was logged too.
+    assert!(
+        d.log()
+            .lines()
+            .any(|l| l.contains("media quality") && l.contains("LimitCrossed")),
+        "no log line for the crossing"
+    );
+
+    // The call record says which limit was broken and for how long.
+    calls(&d)
+        .await
+        .hang_up(pb::HangUpRequest { call_id: call.id })
+        .await
+        .unwrap();
+    let e = next_event(&mut events, Duration::from_secs(10), "call record", |e| {
+        matches!(e.kind, Some(pb::event::Kind::Record(_)))
+    })
+    .await;
+    let Some(pb::event::Kind::Record(r)) = e.kind else {
+        unreachable!()
+    };
+    let breaches = r.pbx.unwrap().breaches;
+    assert_eq!(breaches.len(), 1, "{breaches:?}");
+    let b = &breaches[0];
+    assert_eq!(b.limit, pb::VoipLimit::Jitter as i32);
+    assert_eq!(b.episodes, 1, "{b:?}");
+    assert_eq!(b.broken_ms, alert.broken_ms, "{b:?}");
+    assert!(b.worst > 24.0, "{b:?}");
+    assert!(r.client.unwrap().breaches.is_empty());
 }
 
 /// Reads datagrams on `sock` (bounded) until `f` accepts one.
