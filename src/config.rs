@@ -30,6 +30,45 @@ pub struct Config {
     pub log: LogConfig,
     /// Public address discovery with STUN.
     pub stun: StunConfig,
+    /// Prometheus endpoint.
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: the Prometheus scrape endpoint (`GET /metrics`, plain HTTP).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `address:port` to listen on; `""` disables the endpoint. Loopback by default: the
+    /// figures are not secret but say how busy the satellite is, so exposing them is a choice.
+    pub listen: String,
+}
+
+/// Default metrics address: loopback, port 9480 (unassigned in the Prometheus exporter port
+/// list; 9100 belongs to node_exporter which a satellite likely runs too).
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9480";
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_METRICS_LISTEN.into(),
+        }
+    }
+}
+
+impl MetricsConfig {
+    /// The address to bind, `None` when disabled.
+    pub fn address(&self) -> Result<Option<SocketAddr>> {
+        let s = self.listen.trim();
+        if s.is_empty() {
+            return Ok(None);
+        }
+        s.parse().map(Some).map_err(|e| {
+            invalid(
+                "metrics.listen",
+                format!("{s:?} is not address:port ({e}); \"\" disables the endpoint"),
+            )
+        })
+    }
 }
 
 /// `[control]`: the gRPC port the XPhone server drives XCC through.
@@ -328,6 +367,7 @@ impl Config {
             ));
         }
         let stun_servers = self.stun_servers()?;
+        self.metrics.address()?;
         let tls = self.control_tls()?;
         let c = &self.control;
         if !c.listen.ip().is_loopback() && tls.is_none() && !c.allow_insecure_control {
@@ -453,6 +493,26 @@ rtp_learning_window_ms = {learn}
 # SO_RCVBUF / SO_SNDBUF of every media socket.
 socket_buffer_bytes = {buf}
 
+[media.quality]
+# Call quality: how often loss, jitter and MOS are sampled and the VoIP-ready limits checked
+# (durations are {{ secs, nanos }} tables; at least 100 ms).
+eval_interval = {ev}
+# A peer's RTCP report / a round-trip time older than this stops counting.
+peer_report_max_age = {pra}
+rtt_max_age = {rma}
+
+[media.quality.voip_ready]
+# A limit must stay broken (or, to recover, under limit x (1 - recover_margin)) this long before
+# the gRPC feed gets an alert.
+min_duration = {mind}
+recover_margin = {margin:?}
+
+[media.quality.voip_ready.limits]
+one_way_delay_ms = {owd:?}
+round_trip_ms = {rt:?}
+loss_percent = {loss:?}
+jitter_ms = {jit:?}
+
 [control]
 # gRPC control API. Any non-loopback address requires mutual TLS (the three tls_* keys) or
 # allow_insecure_control = true.
@@ -491,6 +551,11 @@ offer_suites = [{suites}]
 level = "{level}"
 # "text" or "json".
 format = "text"
+
+[metrics]
+# Prometheus endpoint (GET /metrics, plain HTTP); "" disables it. If the address cannot be bound
+# xccd logs an error and runs on without metrics.
+listen = "{metrics}"
 "#,
         bind = m.bind_address,
         pmin = m.port_min,
@@ -510,7 +575,22 @@ format = "text"
         level = c.log.level,
         refresh = c.stun.refresh_secs,
         retry = c.stun.retry_secs,
+        metrics = c.metrics.listen,
+        ev = duration_toml(m.quality.eval_interval),
+        pra = duration_toml(m.quality.peer_report_max_age),
+        rma = duration_toml(m.quality.rtt_max_age),
+        mind = duration_toml(m.quality.voip_ready.min_duration),
+        margin = m.quality.voip_ready.recover_margin,
+        owd = m.quality.voip_ready.limits.one_way_delay_ms,
+        rt = m.quality.voip_ready.limits.round_trip_ms,
+        loss = m.quality.voip_ready.limits.loss_percent,
+        jit = m.quality.voip_ready.limits.jitter_ms,
     )
+}
+
+/// A `Duration` the way serde reads it from TOML.
+fn duration_toml(d: std::time::Duration) -> String {
+    format!("{{ secs = {}, nanos = {} }}", d.as_secs(), d.subsec_nanos())
 }
 
 #[cfg(test)]
@@ -544,6 +624,23 @@ mod tests {
         assert!(
             text.contains("# public_address"),
             "optional keys are shown commented out"
+        );
+    }
+
+    #[test]
+    fn metrics_listen_is_checked_and_empty_disables() {
+        let c = parse("[metrics]\nlisten = \"\"\n").unwrap();
+        assert_eq!(c.metrics.address().unwrap(), None);
+        let c = parse("[metrics]\nlisten = \"[::1]:9999\"\n").unwrap();
+        assert_eq!(
+            c.metrics.address().unwrap(),
+            Some("[::1]:9999".parse().unwrap())
+        );
+        let c = parse("[metrics]\nlisten = \"localhost\"\n").unwrap();
+        assert_eq!(key_of(c.validate().unwrap_err()), "metrics.listen");
+        assert!(
+            parse("[metrics]\nport = 1\n").is_err(),
+            "unknown key refused"
         );
     }
 

@@ -82,6 +82,15 @@ pub async fn run(
             hub: hub.clone(),
         },
     );
+    state.set_log_hook(Box::new(crate::logging::apply_level));
+    // Subsystems add their collectors to `metrics` (`metrics.register(..)`) before it is served;
+    // see docs/metrics.md "Plugging in a subsystem".
+    let metrics = crate::metrics::daemon_registry(media.clone(), state.clone(), &hub);
+    let (stop_metrics, metrics_stopped) = oneshot::channel::<()>();
+    crate::metrics::start(v.config.metrics.address()?, metrics.clone(), async {
+        let _ = metrics_stopped.await;
+    })
+    .await;
     let plane = ControlPlane {
         sessions: sessions.clone(),
         state: state.clone(),
@@ -139,6 +148,7 @@ pub async fn run(
     }
     hub.close();
     let _ = stop_server.send(());
+    let _ = stop_metrics.send(());
     if !graceful {
         server.abort();
     } else if !server.is_finished() {

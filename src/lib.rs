@@ -8,6 +8,7 @@ pub mod error;
 pub mod firewall;
 pub mod load;
 pub mod logging;
+pub mod metrics;
 pub mod netif;
 pub mod notify;
 pub mod public_address;

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use xcc_grpc::pb;
+use xcc_grpc::record::{quality_json, record_json};
 
 /// Operate a running xccd.
 #[derive(Parser)]
@@ -51,8 +52,14 @@ enum Cmd {
     Drain,
     /// Accept new sessions again.
     Resume,
-    /// Print events as they happen until interrupted.
+    /// Print events as they happen until interrupted (quality alerts and call records included).
     Watch,
+    /// Change xccd's log filter at run time ("info", "debug", "warn,xcc_sip=debug", ...); the
+    /// next SIGHUP restores the configuration file's log.level.
+    LogLevel {
+        /// The new filter.
+        level: String,
+    },
     /// Print the firewall rules this satellite needs, from its configuration file (no connection).
     Firewall {
         /// Output format.
@@ -189,12 +196,24 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
                         let (cl, px) = (leg(&c.client), leg(&c.pbx));
                         let pkts =
                             |l: &pb::Leg| l.counters.map(|c| c.packets_in).unwrap_or(0).to_string();
+                        let q = |l: &pb::Leg| l.quality.clone().unwrap_or_default();
+                        let (qc, qp) = (q(&cl), q(&px));
+                        let pair = |a: Option<f64>, b: Option<f64>, digits: usize| {
+                            let f = |v: Option<f64>| {
+                                v.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"))
+                            };
+                            format!("{}/{}", f(a), f(b))
+                        };
                         vec![
                             c.call_id.to_string(),
                             format!("{}/{}", cl.rtp_port, px.rtp_port),
                             or_dash(&cl.latched),
                             or_dash(&px.latched),
                             format!("{}/{}", pkts(&cl), pkts(&px)),
+                            pair(Some(qc.loss_percent), Some(qp.loss_percent), 1),
+                            pair(qc.jitter_ms, qp.jitter_ms, 1),
+                            pair(qc.rtt_ms, qp.rtt_ms, 0),
+                            pair(qc.mos, qp.mos, 2),
                             or_dash(&cl.srtp_suite),
                             format!("{}s", c.idle_ms / 1000),
                         ]
@@ -207,6 +226,10 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
                         "client latched",
                         "pbx latched",
                         "pkts in c/p",
+                        "loss% c/p",
+                        "jitter ms c/p",
+                        "rtt ms c/p",
+                        "mos c/p",
                         "suite",
                         "idle",
                     ],
@@ -225,8 +248,17 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
             } else {
                 println!("call {} (idle {} ms)", c.call_id, c.idle_ms);
                 for (name, leg) in [("client", &v["client"]), ("pbx", &v["pbx"])] {
+                    let mut leg = leg.clone();
+                    let quality = leg
+                        .as_object_mut()
+                        .and_then(|o| o.remove("quality"))
+                        .unwrap_or(Value::Null);
                     println!("\n{name} leg");
-                    table(&["field", "value"], object_rows(leg));
+                    table(&["field", "value"], object_rows(&leg));
+                    println!(
+                        "\n{name} leg quality (of what its peer sends; null = not measurable)"
+                    );
+                    table(&["field", "value"], object_rows(&quality));
                 }
             }
         }
@@ -252,6 +284,17 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
                 cli.json,
                 json!({"draining": false}),
                 "accepting new sessions",
+            );
+        }
+        Cmd::LogLevel { level } => {
+            let r = satellite
+                .set_log_level(pb::SetLogLevelRequest { level })
+                .await?
+                .into_inner();
+            print_done(
+                cli.json,
+                json!({"log_level": r.level}),
+                &format!("log level set to {}", r.level),
             );
         }
         // Handled in `main` before any connection is made.
@@ -487,6 +530,8 @@ fn leg_json(l: &pb::Leg) -> Value {
         "drop_stranger": c.drop_stranger, "drop_malformed": c.drop_malformed,
         "drop_no_route": c.drop_no_route, "drop_stray": c.drop_stray,
         "punch_probes_sent": l.punch_probes_sent, "punch_answers": l.punch_answers,
+        "drop_send_error": c.drop_send_error, "rtcp_malformed": c.rtcp_malformed,
+        "quality": l.quality.as_ref().map(quality_json),
     })
 }
 
@@ -522,6 +567,25 @@ fn event_json(e: &pb::Event) -> Value {
             "event": "public_address_changed", "previous": p.previous, "current": p.current,
             "source": source_name(p.source), "stun_server": p.stun_server,
         }),
+        Some(Kind::Quality(a)) => {
+            let limit = match pb::VoipLimit::try_from(a.limit) {
+                Ok(pb::VoipLimit::OneWayDelay) => "one_way_delay",
+                Ok(pb::VoipLimit::RoundTrip) => "round_trip",
+                Ok(pb::VoipLimit::Loss) => "loss",
+                Ok(pb::VoipLimit::Jitter) => "jitter",
+                _ => "unspecified",
+            };
+            let kind = match pb::quality_alert::Kind::try_from(a.kind) {
+                Ok(pb::quality_alert::Kind::Crossed) => "crossed",
+                Ok(pb::quality_alert::Kind::Recovered) => "recovered",
+                _ => "unspecified",
+            };
+            json!({
+                "event": "quality", "side": side_name(a.side), "limit": limit, "kind": kind,
+                "value": a.value, "threshold": a.threshold, "broken_ms": a.broken_ms,
+            })
+        }
+        Some(Kind::Record(r)) => json!({"event": "record", "record": record_json(r)}),
         None => json!({"event": "unknown"}),
     };
     if let (Some(o), Value::Object(extra)) = (v.as_object_mut(), extra) {

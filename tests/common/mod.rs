@@ -4,6 +4,8 @@
 //! Each test binary uses a subset, hence `allow(dead_code)`.
 #![allow(dead_code)]
 
+pub mod call;
+
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -44,6 +46,9 @@ pub struct DaemonConfig {
     /// Network namespace (by `ip netns` name) xccd runs in; `None`: the test's own. The control
     /// port is then on that namespace's loopback, reachable only from a thread inside it.
     pub netns: Option<String>,
+    /// `[metrics] listen`; `""` (the default here) disables the endpoint so concurrent daemons
+    /// never compete for one port.
+    pub metrics_listen: String,
 }
 
 impl DaemonConfig {
@@ -63,6 +68,7 @@ impl DaemonConfig {
             public_address: Some("127.0.0.1".to_owned()),
             pbx_address: "127.0.0.1".to_owned(),
             netns: None,
+            metrics_listen: String::new(),
         }
     }
 
@@ -71,7 +77,8 @@ impl DaemonConfig {
         format!(
             "[media]\n{}bind_address = \"{}\"\nport_min = {}\nport_max = {}\nquarantine_secs = 1\n\
              workers = 1\n\n[control]\n{}listen = \"{control}\"\ndrain_grace_secs = {}\n\n\
-             [nat]\n{}{}pbx_address = \"{}\"\n\n[log]\nlevel = \"{}\"\n\n{}",
+             [nat]\n{}{}pbx_address = \"{}\"\n\n[log]\nlevel = \"{}\"\n\n\
+             [metrics]\nlisten = \"{}\"\n\n{}",
             self.media_extra,
             self.bind_address,
             self.pool_min,
@@ -85,6 +92,7 @@ impl DaemonConfig {
                 .unwrap_or_default(),
             self.pbx_address,
             self.log_level,
+            self.metrics_listen,
             self.sections,
         )
     }

@@ -20,6 +20,7 @@ use crate::ports::{PortPool, allocate_pairs};
 use crate::quality::{LegQualitySummary, MonitorConfig, QualityEvent, QualitySnapshot};
 use crate::relay::call::CallTimers;
 use crate::relay::published::{CallState, Published};
+use crate::relay::totals::WorkerTotals;
 use crate::relay::worker::{self, WAKER, WorkerSetup};
 use crate::relay::{Command, Freed, NewCall};
 use crate::socket::{SocketOptions, bind_media_socket};
@@ -339,6 +340,18 @@ pub struct PoolStatus {
     pub quarantined: usize,
 }
 
+/// One worker's load and traffic since the engine started ([`MediaControl::worker_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WorkerStats {
+    /// Calls the worker owns now.
+    pub calls: usize,
+    /// Calls the worker has ended since start.
+    pub calls_ended: u64,
+    /// Both legs of every call it owns or owned, summed: packets and bytes forwarded, drops by
+    /// reason. Monotonic.
+    pub counters: LegCounters,
+}
+
 /// What the media plane tells the control plane without being asked.
 #[derive(Debug, Clone, PartialEq)]
 pub enum MediaEvent {
@@ -370,6 +383,9 @@ pub enum MediaEvent {
         side: LegSide,
         /// What happened.
         event: QualityEvent,
+        /// The configured limit the event is about (ms or percent), for operators reading the
+        /// event without the configuration.
+        threshold: f64,
     },
 }
 
@@ -410,6 +426,8 @@ struct WorkerLink {
     waker: mio::Waker,
     /// Bumped by the worker on every tick: proof of life for the watchdog.
     heartbeat: Arc<AtomicU64>,
+    /// Traffic since start, published by the worker every tick.
+    totals: Arc<WorkerTotals>,
 }
 
 /// Control-plane bookkeeping.
@@ -466,10 +484,12 @@ impl MediaEngine {
             let waker = mio::Waker::new(poll.registry(), WAKER).map_err(io_err)?;
             let (tx, rx) = crossbeam_channel::unbounded();
             let heartbeat = Arc::new(AtomicU64::new(0));
+            let totals = Arc::new(WorkerTotals::default());
             links.push(WorkerLink {
                 commands: tx,
                 waker,
                 heartbeat: heartbeat.clone(),
+                totals: totals.clone(),
             });
             setups.push(WorkerSetup {
                 index,
@@ -483,6 +503,7 @@ impl MediaEngine {
                 quality: config.quality,
                 local_ip: config.bind_address,
                 heartbeat,
+                totals,
             });
         }
         let shared = Arc::new(Shared {
@@ -782,6 +803,25 @@ impl MediaControl {
     /// Number of worker threads.
     pub fn workers(&self) -> usize {
         self.shared.workers.len()
+    }
+
+    /// Per-worker load and traffic since start, in worker order: for monitoring. Counters are
+    /// monotonic (ended calls stay counted) and at most one tick (50 ms) old.
+    pub fn worker_stats(&self) -> Vec<WorkerStats> {
+        let load = self.shared.lock().load.clone();
+        self.shared
+            .workers
+            .iter()
+            .zip(load)
+            .map(|(w, calls)| {
+                let (counters, calls_ended) = w.totals.load();
+                WorkerStats {
+                    calls,
+                    calls_ended,
+                    counters,
+                }
+            })
+            .collect()
     }
 
     /// Each worker's tick counter, in worker order. A worker bumps its counter once per tick

@@ -1,5 +1,6 @@
 //! Process-wide control state: readiness, drain, uptime, and the health statuses derived from them.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,6 @@ const GATED_SERVICES: [&str; 2] = ["", "xcc.v1.Sessions"];
 const ALWAYS_SERVICES: [&str; 2] = ["xcc.v1.Calls", "xcc.v1.Satellite"];
 
 /// Shared by the gRPC services and the daemon's signal handling.
-#[derive(Debug)]
 pub struct ControlState {
     /// Process start, for `Status.uptime_secs`.
     started: Instant,
@@ -26,7 +26,33 @@ pub struct ControlState {
     health: HealthReporter,
     /// Public address discovery as last published by its driver; `None` when none runs.
     public_address: std::sync::RwLock<Option<crate::nat::PublicAddressStatus>>,
+    /// Replaces the process's log filter; installed once by the daemon, which owns logging.
+    log_level: OnceLock<LogLevelHook>,
 }
+
+impl std::fmt::Debug for ControlState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlState")
+            .field("started", &self.started)
+            .field("ready", &self.ready)
+            .field("draining", &self.draining)
+            .field("log_hook", &self.log_level.get().is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a log level change was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogLevelError {
+    /// The filter does not parse; the parser's message.
+    Invalid(String),
+    /// `RUST_LOG` pins the filter for the life of the process.
+    Pinned,
+}
+
+/// Applies a log filter at run time (`Satellite.SetLogLevel`). A hook rather than a dependency
+/// on the daemon's logging set-up, which lives in the root crate.
+pub type LogLevelHook = Box<dyn Fn(&str) -> Result<(), LogLevelError> + Send + Sync>;
 
 impl ControlState {
     /// A state that is not ready yet; `started` is when the process began (uptime counts from it).
@@ -37,7 +63,37 @@ impl ControlState {
             draining: AtomicBool::new(false),
             health,
             public_address: std::sync::RwLock::new(None),
+            log_level: OnceLock::new(),
         }
+    }
+
+    /// Installs the log-level hook (once; later calls are ignored).
+    pub fn set_log_hook(&self, hook: LogLevelHook) {
+        let _ = self.log_level.set(hook);
+    }
+
+    /// Applies `level` through the installed hook; `level` is the request's `level` field.
+    pub fn set_log_level(&self, level: &str) -> crate::Result<()> {
+        if level.is_empty() {
+            return Err(crate::Error::InvalidArgument {
+                field: "level",
+                reason: "required, e.g. \"info\" or \"warn,xcc_sip=debug\"".into(),
+            });
+        }
+        let Some(hook) = self.log_level.get() else {
+            return Err(crate::Error::Unavailable {
+                reason: "this process has no run-time log control",
+            });
+        };
+        hook(level).map_err(|e| match e {
+            LogLevelError::Invalid(reason) => crate::Error::InvalidArgument {
+                field: "level",
+                reason,
+            },
+            LogLevelError::Pinned => crate::Error::Unavailable {
+                reason: "RUST_LOG pins the log filter; unset it to change the level at run time",
+            },
+        })
     }
 
     /// Time since the process started.

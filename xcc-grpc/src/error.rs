@@ -41,6 +41,13 @@ pub enum Error {
         #[source]
         source: xcc_core::Error,
     },
+    /// The operation is not available in this process's configuration (e.g. the log level is
+    /// pinned by `RUST_LOG`).
+    #[error("{reason}")]
+    Unavailable {
+        /// Why, for the operator.
+        reason: &'static str,
+    },
     /// The gRPC transport failed (TLS material rejected, listener error).
     #[error("control transport: {source}")]
     Transport {
@@ -101,7 +108,9 @@ impl From<Error> for tonic::Status {
         let code = match &e {
             Error::InvalidArgument { .. } => Code::InvalidArgument,
             Error::NotFound { .. } => Code::NotFound,
-            Error::Draining | Error::WrongState { .. } => Code::FailedPrecondition,
+            Error::Draining | Error::WrongState { .. } | Error::Unavailable { .. } => {
+                Code::FailedPrecondition
+            }
             Error::Transport { .. } | Error::Reflection { .. } => Code::Internal,
             Error::Media { source, field } => match source {
                 Core::PoolExhausted { .. } => Code::ResourceExhausted,

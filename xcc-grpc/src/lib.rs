@@ -10,6 +10,7 @@ pub mod error;
 pub mod events;
 pub mod media;
 pub mod nat;
+pub mod record;
 pub mod server;
 pub mod service;
 pub mod session;

@@ -232,6 +232,7 @@ impl SessionTable {
         };
         let allocated = self.media.allocate()?;
         let call = allocated.call;
+        let _span = crate::service::call_span(call).entered();
         let origin_id = call.0.wrapping_add(0x5843_4300_0000_0000);
         let mut session = Session {
             request: (from, sdp.to_owned()),

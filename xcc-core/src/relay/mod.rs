@@ -7,6 +7,7 @@
 
 pub mod call;
 pub(crate) mod published;
+pub(crate) mod totals;
 pub(crate) mod worker;
 
 use std::sync::Arc;

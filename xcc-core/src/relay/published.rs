@@ -15,7 +15,7 @@ const ADDR_WORDS: usize = 3;
 /// Words per leg: counters, latched RTP, latched RTCP, quality.
 const LEG_WORDS: usize = COUNTER_WORDS + 2 * ADDR_WORDS + QUALITY_WORDS;
 /// Counter fields of [`LegCounters`] including drops.
-const COUNTER_WORDS: usize = 16;
+pub(crate) const COUNTER_WORDS: usize = 16;
 /// Words of a [`QualitySnapshot`]: a presence mask for the optional values, the limit sets, then
 /// one word per number (floats as their bits).
 const QUALITY_WORDS: usize = 22;
@@ -114,27 +114,7 @@ impl Published {
 fn encode(state: &CallState) -> [u64; CALL_WORDS] {
     let mut out = [0u64; CALL_WORDS];
     for (leg, chunk) in state.legs.iter().zip(out.chunks_exact_mut(LEG_WORDS)) {
-        let c = &leg.counters;
-        let d = &c.drops;
-        let counters = [
-            c.packets_in,
-            c.bytes_in,
-            c.packets_out,
-            c.bytes_out,
-            c.rtcp_in,
-            c.rtcp_out,
-            c.rtcp_malformed,
-            d.auth_failure,
-            d.replay,
-            d.stranger,
-            d.malformed,
-            d.no_route,
-            d.stray,
-            d.send_error,
-            c.punch_sent,
-            c.punch_answered,
-        ];
-        chunk[..COUNTER_WORDS].copy_from_slice(&counters);
+        chunk[..COUNTER_WORDS].copy_from_slice(&counter_words(&leg.counters));
         chunk[COUNTER_WORDS..COUNTER_WORDS + ADDR_WORDS].copy_from_slice(&encode_addr(leg.latched));
         chunk[COUNTER_WORDS + ADDR_WORDS..COUNTER_WORDS + 2 * ADDR_WORDS]
             .copy_from_slice(&encode_addr(leg.latched_rtcp));
@@ -144,33 +124,61 @@ fn encode(state: &CallState) -> [u64; CALL_WORDS] {
     out
 }
 
+/// [`LegCounters`] as words, in a fixed order shared with [`counters_from_words`].
+pub(crate) fn counter_words(c: &LegCounters) -> [u64; COUNTER_WORDS] {
+    let d = &c.drops;
+    [
+        c.packets_in,
+        c.bytes_in,
+        c.packets_out,
+        c.bytes_out,
+        c.rtcp_in,
+        c.rtcp_out,
+        c.rtcp_malformed,
+        d.auth_failure,
+        d.replay,
+        d.stranger,
+        d.malformed,
+        d.no_route,
+        d.stray,
+        d.send_error,
+        c.punch_sent,
+        c.punch_answered,
+    ]
+}
+
+/// Inverse of [`counter_words`]; `w` holds at least [`COUNTER_WORDS`] words.
+pub(crate) fn counters_from_words(w: &[u64]) -> LegCounters {
+    let w = |i: usize| w.get(i).copied().unwrap_or(0);
+    LegCounters {
+        packets_in: w(0),
+        bytes_in: w(1),
+        packets_out: w(2),
+        bytes_out: w(3),
+        rtcp_in: w(4),
+        rtcp_out: w(5),
+        rtcp_malformed: w(6),
+        drops: DropCounters {
+            auth_failure: w(7),
+            replay: w(8),
+            stranger: w(9),
+            malformed: w(10),
+            no_route: w(11),
+            stray: w(12),
+            send_error: w(13),
+        },
+        punch_sent: w(14),
+        punch_answered: w(15),
+    }
+}
+
 fn decode(words: &[u64; CALL_WORDS]) -> CallState {
     let mut state = CallState {
         last_media_nanos: words[CALL_WORDS - 1],
         ..CallState::default()
     };
     for (leg, chunk) in state.legs.iter_mut().zip(words.chunks_exact(LEG_WORDS)) {
-        let w = |i: usize| chunk[i];
-        leg.counters = LegCounters {
-            packets_in: w(0),
-            bytes_in: w(1),
-            packets_out: w(2),
-            bytes_out: w(3),
-            rtcp_in: w(4),
-            rtcp_out: w(5),
-            rtcp_malformed: w(6),
-            drops: DropCounters {
-                auth_failure: w(7),
-                replay: w(8),
-                stranger: w(9),
-                malformed: w(10),
-                no_route: w(11),
-                stray: w(12),
-                send_error: w(13),
-            },
-            punch_sent: w(14),
-            punch_answered: w(15),
-        };
+        leg.counters = counters_from_words(&chunk[..COUNTER_WORDS]);
         leg.latched = decode_addr(&chunk[COUNTER_WORDS..COUNTER_WORDS + ADDR_WORDS]);
         leg.latched_rtcp =
             decode_addr(&chunk[COUNTER_WORDS + ADDR_WORDS..COUNTER_WORDS + 2 * ADDR_WORDS]);
