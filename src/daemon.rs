@@ -86,6 +86,7 @@ pub async fn run(
     // Subsystems add their collectors to `metrics` (`metrics.register(..)`) before it is served;
     // see docs/metrics.md "Plugging in a subsystem".
     let metrics = crate::metrics::daemon_registry(media.clone(), state.clone(), &hub);
+    crate::public_address::register_metrics(&metrics, media.clone(), state.clone());
     let (stop_metrics, metrics_stopped) = oneshot::channel::<()>();
     crate::metrics::start(v.config.metrics.address()?, metrics.clone(), async {
         let _ = metrics_stopped.await;

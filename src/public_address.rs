@@ -275,3 +275,97 @@ impl Driver {
             .publish(Some(self.status.address), self.status.clone());
     }
 }
+
+/// Prometheus families of NAT traversal, read at scrape time (nothing is updated on the packet
+/// path): the advertised address and its source, discovery's state and last success, and the
+/// hole-punching probes and answers of all calls (from the media workers' totals, ended calls
+/// kept).
+pub struct NatCollector {
+    media: xcc_core::media::MediaControl,
+    state: Arc<ControlState>,
+}
+
+impl NatCollector {
+    /// Reads `state`'s public address status and `media`'s worker totals at every scrape.
+    pub fn new(media: xcc_core::media::MediaControl, state: Arc<ControlState>) -> Self {
+        Self { media, state }
+    }
+}
+
+/// Discovery states in label order.
+const STUN_STATES: [(DiscoveryState, &str); 4] = [
+    (DiscoveryState::Disabled, "disabled"),
+    (DiscoveryState::Discovering, "discovering"),
+    (DiscoveryState::Ok, "ok"),
+    (DiscoveryState::Failing, "failing"),
+];
+
+impl crate::metrics::Collector for NatCollector {
+    fn collect(&self, out: &mut crate::metrics::Exposition) {
+        use crate::metrics::Kind;
+        if let Some(status) = self.state.public_address() {
+            let source = match status.origin {
+                AddressOrigin::Static => "static",
+                AddressOrigin::Stun => "stun",
+                AddressOrigin::Fallback => "fallback",
+            };
+            out.family(
+                "xcc_public_address_info",
+                "Address advertised to clients and where it comes from; always 1.",
+                Kind::Gauge,
+            );
+            let address = status.address.to_string();
+            out.sample(
+                "xcc_public_address_info",
+                &[("address", &address), ("source", source)],
+                1.0,
+            );
+            out.family(
+                "xcc_stun_state",
+                "Public address discovery: 1 for the current state, 0 for the others.",
+                Kind::Gauge,
+            );
+            for (state, name) in STUN_STATES {
+                let v = if status.state == state { 1.0 } else { 0.0 };
+                out.sample("xcc_stun_state", &[("state", name)], v);
+            }
+            if let Some(at) = status.last_success {
+                let secs = at
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64());
+                out.single(
+                    "xcc_stun_last_success_timestamp_seconds",
+                    "Unix time of the last STUN answer.",
+                    Kind::Gauge,
+                    secs,
+                );
+            }
+        }
+        let (mut sent, mut answered) = (0u64, 0u64);
+        for w in self.media.worker_stats() {
+            sent += w.counters.punch_sent;
+            answered += w.counters.punch_answered;
+        }
+        out.single(
+            "xcc_hole_punch_probes_total",
+            "Hole-punching probes sent to client legs before they latched.",
+            Kind::Counter,
+            sent as f64,
+        );
+        out.single(
+            "xcc_hole_punch_answers_total",
+            "Authenticated answers to hole-punching checks (each latched a leg).",
+            Kind::Counter,
+            answered as f64,
+        );
+    }
+}
+
+/// Registers [`NatCollector`] with the daemon's metrics registry.
+pub fn register_metrics(
+    metrics: &crate::metrics::Registry,
+    media: xcc_core::media::MediaControl,
+    state: Arc<ControlState>,
+) {
+    metrics.register(Arc::new(NatCollector::new(media, state)));
+}

@@ -36,6 +36,8 @@ const PBX_PORT: u16 = 23600;
 const COUNTED: u16 = 50;
 /// A public-side address nobody holds: STUN requests to it vanish (no ARP answer, no ICMP).
 const SILENT_STUN: &str = "203.0.113.40:3478";
+/// xccd's Prometheus endpoint, on its namespace's loopback.
+const METRICS: &str = "127.0.0.1:23990";
 /// Bound of every wait.
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -112,6 +114,8 @@ impl World {
             PRIVATE
         };
         cfg.netns = Some(topo.ns(xcc_ns));
+        // Inside xccd's own namespace: no other daemon can hold the port.
+        cfg.metrics_listen = METRICS.into();
         let xccd = Daemon::start_config(&cfg);
         let phone = bind_in(&topo, phone_ns, phone_ip, PHONE_PORT);
         let pbx = bind_in(&topo, xcc_ns, pbx_ip, PBX_PORT);
@@ -137,6 +141,18 @@ impl World {
             rt,
             channel,
         })
+    }
+
+    /// One scrape of xccd's metrics endpoint (this thread is in xccd's namespace).
+    fn scrape(&self) -> String {
+        use std::io::{Read, Write};
+        let mut tcp = std::net::TcpStream::connect(METRICS).expect("metrics endpoint");
+        tcp.set_read_timeout(Some(WAIT)).unwrap();
+        tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: xcc\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut body = String::new();
+        tcp.read_to_string(&mut body).unwrap();
+        body
     }
 
     fn sessions(&self) -> pb::sessions_client::SessionsClient<Channel> {
@@ -636,6 +652,25 @@ fn xcc_behind_cone_nat_punches_so_the_phone_can_talk_first() {
     }
     let leg = w.latched_client_leg(id);
     assert!(leg.punch_probes_sent > 0, "{leg:?}");
+    // The same on the metrics endpoint (the worker totals are published every tick).
+    let deadline = Instant::now() + WAIT;
+    let metrics = loop {
+        let m = w.scrape();
+        if !m.contains("xcc_hole_punch_probes_total 0\n") {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "no probes in the metrics:\n{m}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for line in [
+        "xcc_public_address_info{address=\"203.0.113.1\",source=\"stun\"} 1\n",
+        "xcc_stun_state{state=\"ok\"} 1\n",
+        "xcc_stun_state{state=\"discovering\"} 0\n",
+        "xcc_stun_last_success_timestamp_seconds ",
+        "xcc_hole_punch_answers_total 0\n",
+    ] {
+        assert!(metrics.contains(line), "{line:?} in:\n{metrics}");
+    }
     eprintln!(
         "punching: {} probes sent before the phone's audio latched the leg",
         leg.punch_probes_sent
@@ -945,6 +980,14 @@ fn xcc_behind_cone_nat_latches_on_the_ice_phones_answer_to_its_check_and_the_pbx
     let leg = w.latched_client_leg(id);
     assert_eq!(leg.latched, phone_at.to_string());
     assert!(leg.punch_answers >= 1, "{leg:?}");
+    let deadline = Instant::now() + WAIT;
+    while w.scrape().contains("xcc_hole_punch_answers_total 0\n") {
+        assert!(
+            Instant::now() < deadline,
+            "the answer is not in the metrics"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     pbx_talks_first(&w, &mut phone, to_pbx);
     exchange_counted(&w, &mut phone, to_xcc, to_pbx, COUNTED + 1);
