@@ -19,7 +19,7 @@ mod stream;
 #[cfg(test)]
 mod tests;
 
-pub use context::{SrtpContext, SrtpPolicy};
+pub use context::{ContextProgress, RTCP_CHECKPOINT_BITS, RTP_CHECKPOINT_BITS, SrtpContext, SrtpPolicy, StreamIndex};
 pub use error::SrtpError;
 
 /// The SRTP crypto suites XCC negotiates in SDES `a=crypto` lines, best first.
