@@ -73,6 +73,21 @@ impl PortPool {
         Some(rtp)
     }
 
+    /// Takes the pair starting at `rtp` if it is free or resting in quarantine (a restart
+    /// restoring a stored call: its peers know exactly these ports). O(pairs), start-up only.
+    pub fn take_exact(&mut self, rtp: u16, now: Instant) -> bool {
+        self.thaw(now);
+        if let Some(i) = self.free.iter().position(|&p| p == rtp) {
+            self.free.remove(i);
+        } else if let Some(i) = self.quarantine.iter().position(|&(_, p)| p == rtp) {
+            self.quarantine.remove(i);
+        } else {
+            return false;
+        }
+        self.used += 1;
+        true
+    }
+
     /// Gives back a pair that was taken but not used (bind failed because another process holds
     /// it, or the call could not be completed): it goes to the end of the free list so the next
     /// allocation tries other pairs first.
@@ -282,6 +297,25 @@ mod tests {
         assert!(matches!(err, crate::Error::PoolExhausted { .. }));
         assert_eq!(tries, 5, "each free pair tried exactly once");
         assert_eq!(p.status(now).free, 10);
+    }
+
+    #[test]
+    fn exact_pair_is_taken_from_free_or_quarantine_once() {
+        let mut p = pool(40000, 40009);
+        let now = Instant::now();
+        assert!(p.take_exact(40004, now));
+        assert!(!p.take_exact(40004, now), "already used");
+        assert!(!p.take_exact(40005, now), "odd: not a pair");
+        assert!(!p.take_exact(50000, now), "outside the range");
+        p.release(40004, now);
+        assert!(
+            p.take_exact(40004, now),
+            "quarantine does not stop a restore"
+        );
+        let st = p.status(now);
+        assert_eq!((st.free, st.used, st.quarantined), (8, 2, 0));
+        let rest: Vec<u16> = std::iter::from_fn(|| p.take(now)).collect();
+        assert_eq!(rest, vec![40000, 40002, 40006, 40008]);
     }
 
     #[test]

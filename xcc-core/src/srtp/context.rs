@@ -21,7 +21,7 @@ const SRTCP_HMAC_TAG_LEN: usize = 10;
 /// SRTCP is always authenticated (RFC 3711 §3.4). The AEAD suites always authenticate RTP too;
 /// without encryption they authenticate the whole packet as associated data, as RFC 7714 does for
 /// tag-only SRTCP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SrtpPolicy {
     /// Encrypt RTP payloads (cleared by `UNENCRYPTED_SRTP`).
     pub encrypt_rtp: bool,
@@ -249,13 +249,10 @@ impl SrtpContext {
     /// Progress of the sending side (protect): what [`resume_send`](Self::resume_send) takes.
     pub fn send_progress(&self) -> ContextProgress {
         ContextProgress {
-            rtp: self
-                .send_rtp
-                .most_recent()
-                .map(|(ssrc, w)| StreamIndex {
-                    ssrc,
-                    index: w.highest,
-                }),
+            rtp: self.send_rtp.most_recent().map(|(ssrc, w)| StreamIndex {
+                ssrc,
+                index: w.highest,
+            }),
             rtcp: self.send_rtcp.most_recent().map(|(ssrc, i)| StreamIndex {
                 ssrc,
                 index: u64::from(i),
@@ -289,7 +286,9 @@ impl SrtpContext {
         }
         if let Some(s) = p.rtcp {
             let next = s.index.saturating_add(1 << RTCP_CHECKPOINT_BITS);
-            let next = u32::try_from(next).unwrap_or(MAX_SRTCP_INDEX).min(MAX_SRTCP_INDEX);
+            let next = u32::try_from(next)
+                .unwrap_or(MAX_SRTCP_INDEX)
+                .min(MAX_SRTCP_INDEX);
             self.send_rtcp.insert(s.ssrc, next);
         }
     }
@@ -685,7 +684,10 @@ mod tests {
         let policy = SrtpPolicy::default();
         let mut tx = SrtpContext::new(&km, policy);
         let mut rx = SrtpContext::new(&km, policy);
-        let rr = [0x81u8, 201, 0, 7, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let rr = [
+            0x81u8, 201, 0, 7, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            0, 0, 0, 0, 0,
+        ];
         let mut send = |tx: &mut SrtpContext| {
             let mut buf = [0u8; 96];
             buf[..32].copy_from_slice(&rr);
@@ -700,6 +702,9 @@ mod tests {
         assert_eq!(cp.rtcp.map(|s| s.index), Some(64));
         let mut resumed = SrtpContext::new(&km, policy);
         resumed.resume_send(&cp);
-        assert!(send(&mut resumed), "the next index is beyond every index sent before");
+        assert!(
+            send(&mut resumed),
+            "the next index is beyond every index sent before"
+        );
     }
 }
