@@ -28,6 +28,8 @@ pub struct Config {
     pub sdes: SdesConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Where calls are stored so they survive a restart.
+    pub state: crate::store::StateConfig,
 }
 
 /// `[control]`: the gRPC port the XPhone server drives XCC through.
@@ -229,6 +231,12 @@ impl Config {
                 "at least one suite is needed".into(),
             ));
         }
+        if !self.state.dir.is_absolute() {
+            return Err(invalid(
+                "state.dir",
+                format!("{} is not an absolute path", self.state.dir.display()),
+            ));
+        }
         let tls = self.control_tls()?;
         let c = &self.control;
         if !c.listen.ip().is_loopback() && tls.is_none() && !c.allow_insecure_control {
@@ -344,6 +352,11 @@ drain_grace_secs = {grace}
 # SRTP suites XCC offers to clients (when the PBX made the offer), best first.
 offer_suites = [{suites}]
 
+[state]
+# Calls are kept here (one file per call under calls/, owner-only) so that they survive a crash or
+# restart of xccd. The packaged unit's StateDirectory= creates /var/lib/xcc.
+dir = "{state_dir}"
+
 [log]
 # tracing filter, e.g. "info" or "xcc_grpc=debug,info"; RUST_LOG overrides it. SIGHUP re-reads it.
 level = "{level}"
@@ -366,6 +379,7 @@ format = "text"
         public = opt_line("public_address", c.nat.public_address, "203.0.113.10"),
         pbx = opt_line("pbx_address", c.nat.pbx_address, "10.0.0.5"),
         level = c.log.level,
+        state_dir = c.state.dir.display(),
     )
 }
 

@@ -61,11 +61,17 @@ pub async fn run(
 
     let (engine, media_events) = MediaEngine::start(v.config.media.clone())?;
     let media = engine.control();
+    let (store, inbox) = crate::store::StoreHandle::channel();
     let sessions = Arc::new(SessionTable::new(
-        Arc::new(media.clone()),
+        Arc::new(crate::store::Persisting {
+            inner: media.clone(),
+            store: store.clone(),
+        }),
         advertised,
         v.offer_suites.clone(),
     ));
+    // Before the control port serves: resumed calls keep their ids and ports.
+    let (_resumed, store_writer) = crate::store::start(&v.config.state, inbox, &media, &sessions);
     let hub = EventHub::new();
     spawn_media_forwarder(media_events, hub.clone(), sessions.clone()).map_err(|source| {
         Error::Runtime {
@@ -139,10 +145,31 @@ pub async fn run(
             _ => {}
         }
     }
-    // Joining worker threads blocks; keep it off the async workers.
-    let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
+    // A fast stop keeps the stored calls (they resume on the next start); after a drain the calls
+    // the engine ends now are deleted from the store by a final sync.
+    // Joining threads blocks; keep it off the async workers.
+    let _ = tokio::task::spawn_blocking(move || {
+        if !graceful {
+            crate::store::stop(&store, false);
+            join_writer(store_writer);
+            engine.shutdown();
+        } else {
+            engine.shutdown();
+            crate::store::stop(&store, true);
+            join_writer(store_writer);
+        }
+    })
+    .await;
     tracing::info!("xccd stopped");
     outcome
+}
+
+fn join_writer(writer: Option<std::thread::JoinHandle<()>>) {
+    if let Some(w) = writer
+        && w.join().is_err()
+    {
+        tracing::error!("the call store writer panicked");
+    }
 }
 
 /// Waits until no call is left, the grace period ends, or a Stop arrives (then returns false: stop

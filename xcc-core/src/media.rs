@@ -910,7 +910,15 @@ impl MediaControl {
             .min_by_key(|&w| reg.load[w])
             .unwrap_or(0);
         sh.next_call.fetch_max(point.call.0 + 1, Ordering::Relaxed);
-        let published = Arc::new(Published::new(&CallState::default()));
+        // Until the worker's first publication, readers (the store among them) see what is
+        // being restored, not an empty call.
+        let mut initial = CallState::default();
+        for (state, leg) in initial.legs.iter_mut().zip(&point.legs) {
+            state.latched = leg.latched_rtp;
+            state.latched_rtcp = leg.latched_rtcp;
+            state.srtp = leg.srtp;
+        }
+        let published = Arc::new(Published::new(&initial));
         reg.load[worker] += 1;
         let configs = [
             point.legs[0].config.clone().unwrap_or_default(),
