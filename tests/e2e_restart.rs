@@ -423,3 +423,36 @@ async fn corrupt_and_truncated_records_are_set_aside_and_xccd_starts() {
     let fresh = call(&mut c, "fresh", 1).await;
     assert!(fresh.id >= 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_call_whose_port_is_taken_is_dropped_cleanly() {
+    let mut d = Daemon::start_config(&DaemonConfig::new("restart-busy", 22300, 16));
+    let mut c = clients(&d).await;
+    let lost = call(&mut c, "lost", 1).await;
+    let store = d.store_dir();
+    wait_until("call stored", Duration::from_secs(5), || {
+        store_files(&store).len() == 1
+    });
+    d.kill9();
+    // Another process takes the call's PBX-leg RTCP port while xccd is down.
+    let squatter = UdpSocket::bind(SocketAddr::new(
+        "127.0.0.1".parse().unwrap(),
+        lost.pbx_target.port() + 1,
+    ))
+    .unwrap();
+    let d = d.restart();
+    let mut c = clients(&d).await;
+    d.wait_log("stored call cannot resume", Duration::from_secs(1));
+    assert_eq!(store_files(&store), Vec::<String>::new(), "record deleted");
+    let s = status(&mut c).await;
+    assert_eq!((s.calls, s.ports_used), (0, 0), "nothing half-restored: {s:?}");
+    let err = c
+        .sessions
+        .get_session(pb::GetSessionRequest {
+            session_id: lost.id,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    drop(squatter);
+}
