@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -16,7 +16,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::ids::{CallId, LegSide};
 use crate::leg::LatchPolicy;
-use crate::ports::{PortPool, allocate_pairs};
+use crate::ports::{PortPool, RangeChange, allocate_pairs};
 use crate::quality::{LegQualitySummary, MonitorConfig, QualityEvent, QualitySnapshot};
 use crate::relay::call::CallTimers;
 use crate::relay::published::{CallState, Published};
@@ -441,6 +441,8 @@ struct Shared {
     stopped: AtomicBool,
     /// Time origin of the instants workers publish.
     epoch: Instant,
+    /// DSCP for sockets bound from now on; a reload changes it (live calls keep theirs).
+    dscp: AtomicU8,
 }
 
 /// How the control plane reaches one worker.
@@ -528,6 +530,7 @@ impl MediaEngine {
                 heartbeat,
             });
         }
+        let dscp = config.dscp;
         let shared = Arc::new(Shared {
             registry: Mutex::new(Registry {
                 pool: PortPool::new(
@@ -544,6 +547,7 @@ impl MediaEngine {
             next_call: AtomicU64::new(1),
             stopped: AtomicBool::new(false),
             epoch,
+            dscp: AtomicU8::new(dscp),
         });
         let mut engine = MediaEngine {
             shared,
@@ -700,7 +704,7 @@ impl MediaControl {
             return Err(crate::Error::Stopped);
         }
         let opts = SocketOptions {
-            dscp: sh.config.dscp,
+            dscp: sh.dscp.load(Ordering::Relaxed),
             buffer_bytes: sh.config.socket_buffer_bytes,
         };
         let ip = sh.config.bind_address;
@@ -860,7 +864,7 @@ impl MediaControl {
             return Err(crate::Error::Stopped);
         }
         let opts = SocketOptions {
-            dscp: sh.config.dscp,
+            dscp: sh.dscp.load(Ordering::Relaxed),
             buffer_bytes: sh.config.socket_buffer_bytes,
         };
         let ip = sh.config.bind_address;
@@ -953,6 +957,63 @@ impl MediaControl {
             call: point.call,
             ports: point.ports,
         })
+    }
+
+    /// Moves the port pool to `port_min..=port_max` while calls run (configuration reload): new
+    /// ports are handed out at once; ports outside the new range stop being handed out, and those
+    /// carrying a call leave the pool (their sockets close) when that call ends.
+    pub fn resize_pool(&self, port_min: u16, port_max: u16) -> crate::Result<RangeChange> {
+        let mut probe = self.shared.config.clone();
+        probe.port_min = port_min;
+        probe.port_max = port_max;
+        probe.validate()?;
+        let mut reg = self.shared.lock();
+        let in_use: std::collections::HashSet<u16> = reg
+            .calls
+            .values()
+            .flat_map(|r| r.ports.iter().map(|p| p.rtp))
+            .collect();
+        let change = reg
+            .pool
+            .set_range(port_min, port_max, Instant::now(), |p| in_use.contains(&p));
+        tracing::info!(
+            port_min,
+            port_max,
+            added = change.added,
+            removed = change.removed,
+            retiring = change.retiring,
+            "media port pool resized"
+        );
+        Ok(change)
+    }
+
+    /// Ports held by live calls but outside the pool's range since a reload shrank it.
+    pub fn retiring_ports(&self) -> usize {
+        let reg = self.shared.lock();
+        reg.calls
+            .values()
+            .flat_map(|r| r.ports.iter())
+            .filter(|p| !reg.pool.contains(p.rtp))
+            .count()
+            * 2
+    }
+
+    /// DSCP for media sockets bound from now on (new and restored calls); live calls keep the
+    /// mark they were bound with.
+    pub fn set_dscp(&self, dscp: u8) -> crate::Result<()> {
+        if dscp > 63 {
+            return Err(crate::Error::Config {
+                key: "dscp",
+                reason: "DSCP is 6 bits (0-63)".to_owned(),
+            });
+        }
+        self.shared.dscp.store(dscp, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// DSCP that new calls get.
+    pub fn dscp(&self) -> u8 {
+        self.shared.dscp.load(Ordering::Relaxed)
     }
 
     /// Pool occupancy.
