@@ -346,7 +346,7 @@ async fn a_call_ended_before_the_crash_stays_ended() {
     let ended = call(&mut c, "ended", 1).await;
     let store = d.store_dir();
     wait_until("both calls stored", Duration::from_secs(5), || {
-        store_files(&store).len() == 2
+        stored(&store, kept.id).is_some() && stored(&store, ended.id).is_some()
     });
     c.sessions
         .delete_session(pb::DeleteSessionRequest {
@@ -390,8 +390,9 @@ async fn corrupt_and_truncated_records_are_set_aside_and_xccd_starts() {
     let flipped = call(&mut c, "flipped", 1).await;
     let cut = call(&mut c, "cut", 1).await;
     let store = d.store_dir();
+    // Both records renamed into place (a `.tmp` still being written does not count).
     wait_until("both calls stored", Duration::from_secs(5), || {
-        store_files(&store).len() == 2
+        stored(&store, flipped.id).is_some() && stored(&store, cut.id).is_some()
     });
     d.kill9();
     let path = store.join(format!("{}.call", flipped.id));
@@ -431,7 +432,7 @@ async fn a_stored_call_whose_port_is_taken_is_dropped_cleanly() {
     let lost = call(&mut c, "lost", 1).await;
     let store = d.store_dir();
     wait_until("call stored", Duration::from_secs(5), || {
-        store_files(&store).len() == 1
+        stored(&store, lost.id).is_some()
     });
     d.kill9();
     // Another process takes the call's PBX-leg RTCP port while xccd is down.
@@ -445,7 +446,11 @@ async fn a_stored_call_whose_port_is_taken_is_dropped_cleanly() {
     d.wait_log("stored call cannot resume", Duration::from_secs(1));
     assert_eq!(store_files(&store), Vec::<String>::new(), "record deleted");
     let s = status(&mut c).await;
-    assert_eq!((s.calls, s.ports_used), (0, 0), "nothing half-restored: {s:?}");
+    assert_eq!(
+        (s.calls, s.ports_used),
+        (0, 0),
+        "nothing half-restored: {s:?}"
+    );
     let err = c
         .sessions
         .get_session(pb::GetSessionRequest {
