@@ -635,6 +635,9 @@ impl MediaPlane for Persisting {
     fn workers(&self) -> usize {
         self.inner.workers()
     }
+    fn retiring_ports(&self) -> usize {
+        self.inner.retiring_ports()
+    }
 }
 
 #[cfg(test)]

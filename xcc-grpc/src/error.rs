@@ -41,6 +41,16 @@ pub enum Error {
         #[source]
         source: xcc_core::Error,
     },
+    /// A configuration reload was refused (invalid file, unreadable file, a value that cannot be
+    /// applied live); the running configuration stays. The reason names the key.
+    #[error("reload refused, running configuration kept: {reason}")]
+    ReloadRefused {
+        /// Why, naming the key or the file.
+        reason: String,
+    },
+    /// This process has no reload wiring (an embedded control plane without a configuration file).
+    #[error("reload is not available in this process")]
+    ReloadUnavailable,
     /// The gRPC transport failed (TLS material rejected, listener error).
     #[error("control transport: {source}")]
     Transport {
@@ -101,7 +111,10 @@ impl From<Error> for tonic::Status {
         let code = match &e {
             Error::InvalidArgument { .. } => Code::InvalidArgument,
             Error::NotFound { .. } => Code::NotFound,
-            Error::Draining | Error::WrongState { .. } => Code::FailedPrecondition,
+            Error::Draining | Error::WrongState { .. } | Error::ReloadRefused { .. } => {
+                Code::FailedPrecondition
+            }
+            Error::ReloadUnavailable => Code::Unimplemented,
             Error::Transport { .. } | Error::Reflection { .. } => Code::Internal,
             Error::Media { source, field } => match source {
                 Core::PoolExhausted { .. } => Code::ResourceExhausted,
