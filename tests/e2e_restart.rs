@@ -291,9 +291,11 @@ async fn kill9_mid_call_media_resumes_with_its_roc_and_the_call_ends_normally() 
         },
     );
 
+    let killed = Instant::now();
     d.kill9();
     let d = d.restart();
     let ready = Instant::now();
+    eprintln!("kill -9 to READY of the new process: {:?}", ready - killed);
     let mut c = clients(&d).await;
     // 50 packets a second, like a phone.
     let after = call.exchange(50, Duration::from_millis(20));
