@@ -454,7 +454,9 @@ pub fn spawn_writer(
         store,
         media,
         sessions,
-        written: HashMap::new(),
+        // Resumed calls have a record on disk: known here, so a call that ends before its first
+        // rewrite still has its record deleted (an empty entry never equals a real encoding).
+        written: resumed.calls.iter().map(|&c| (c, Vec::new())).collect(),
         released: HashSet::new(),
         signalling: resumed.signalling.clone(),
     };
@@ -711,6 +713,80 @@ mod tests {
         store.remove(CallId(42)).unwrap();
         let (_, found) = Store::open(&dir).unwrap();
         assert!(found.is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The SIP hook end to end with a real media plane: a blob set for a call is written with it,
+    /// comes back in `Resumed::signalling` after a restart (with the call forwarding again), and a
+    /// finished drain deletes the record. Ports 22900-22915 (ops range).
+    #[test]
+    fn the_signalling_blob_survives_a_restart_with_its_call() {
+        use xcc_core::media::{MediaConfig, MediaEngine};
+        use xcc_grpc::session::Advertised;
+
+        let dir = std::env::temp_dir().join(format!("xcc-store-sip-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let state = StateConfig { dir: dir.clone() };
+        let media_config = MediaConfig {
+            bind_address: [127, 0, 0, 1].into(),
+            port_min: 22900,
+            port_max: 22915,
+            workers: 1,
+            ..MediaConfig::default()
+        };
+        let boot = || {
+            let (engine, _events) = MediaEngine::start(media_config.clone()).unwrap();
+            let media = engine.control();
+            let (handle, inbox) = StoreHandle::channel();
+            let sessions = Arc::new(SessionTable::new(
+                Arc::new(Persisting {
+                    inner: media.clone(),
+                    store: handle.clone(),
+                }),
+                Advertised {
+                    client: [127, 0, 0, 1].into(),
+                    pbx: [127, 0, 0, 1].into(),
+                },
+                Vec::new(),
+            ));
+            let (resumed, writer) = start(&state, inbox, &media, &sessions);
+            (engine, media, handle, resumed, writer.unwrap())
+        };
+
+        let (engine, media, handle, resumed, writer) = boot();
+        assert!(resumed.calls.is_empty());
+        let call = media.allocate().unwrap().call;
+        handle.set_signalling(call, Some(b"dialog state".to_vec()));
+        handle.poke();
+        let file = dir.join("calls").join(format!("{}.call", call.0));
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while read_call(&file)
+            .map(|r| r.signalling)
+            .ok()
+            .flatten()
+            .as_deref()
+            != Some(b"dialog state".as_slice())
+        {
+            assert!(std::time::Instant::now() < deadline, "blob not written");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // A crash-like stop: records kept.
+        stop(&handle, false);
+        writer.join().unwrap();
+        engine.shutdown();
+
+        let (engine, media, handle, resumed, writer) = boot();
+        assert_eq!(resumed.calls, vec![call]);
+        assert_eq!(
+            resumed.signalling.get(&call).map(Vec::as_slice),
+            Some(b"dialog state".as_slice())
+        );
+        assert_eq!(media.calls().len(), 1, "the call runs again");
+        // A drain's end: the engine ends the call and the final sync deletes its record.
+        engine.shutdown();
+        stop(&handle, true);
+        writer.join().unwrap();
+        assert!(!file.exists(), "record deleted after the call ended");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
