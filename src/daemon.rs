@@ -76,6 +76,8 @@ pub async fn run(
         v.offer_suites.clone(),
     ));
     // Before the control port serves: resumed calls keep their ids and ports.
+    // `resumed.signalling` holds the SIP layer's dialog blobs of the resumed calls: the B2BUA's
+    // `start_sip` takes `&resumed` when it is wired in (docs/ops.md, "SIP hook").
     let (_resumed, store_writer) = crate::store::start(&v.config.state, inbox, &media, &sessions);
     let grace = DrainGrace::new(v.config.control.drain_grace_secs);
     let reloader = crate::reload::start_reload(reload, &v, &media, &grace);

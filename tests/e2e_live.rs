@@ -146,6 +146,71 @@ impl Call {
     }
 }
 
+/// The DSCP of the next packet on `sock` (IP_RECVTOS must be on), waiting up to 2 s.
+fn next_dscp(sock: &UdpSocket) -> Option<u8> {
+    use std::os::fd::AsRawFd;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut buf = [0u8; 1500];
+    // Room for one cmsghdr with a one-byte payload, aligned.
+    let mut control = [0u64; 8];
+    while Instant::now() < deadline {
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: msghdr is plain data; every pointer below outlives the recvmsg call.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control) as _;
+        // SAFETY: a valid socket and a msghdr whose buffers are live and sized as declared.
+        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, 0) };
+        if n < 0 {
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        }
+        // SAFETY: walking the control buffer recvmsg filled, with the libc CMSG helpers.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&msg);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::IPPROTO_IP && (*c).cmsg_type == libc::IP_TOS {
+                    return Some(*libc::CMSG_DATA(c) >> 2);
+                }
+                c = libc::CMSG_NXTHDR(&msg, c);
+            }
+        }
+        return None;
+    }
+    None
+}
+
+fn recv_tos(sock: &UdpSocket) {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt with a live fd and an int option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_RECVTOS,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "IP_RECVTOS");
+}
+
+/// Sends one PBX packet and returns the DSCP XCC put on what reached the client.
+fn dscp_towards_client(call: &mut Call) -> Option<u8> {
+    let mut pkt = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x22, 0x22];
+    pkt[2..4].copy_from_slice(&call.seq.to_be_bytes());
+    pkt.extend_from_slice(&[0x22; 160]);
+    call.seq = call.seq.wrapping_add(1);
+    call.pbx.send_to(&pkt, call.pbx_target).unwrap();
+    next_dscp(&call.client)
+}
+
 /// Rewrites the daemon's config file with `edit` (on the text as the harness wrote it).
 fn edit_config(d: &Daemon, edit: impl FnOnce(String) -> String) {
     let path = d.config_path();
@@ -241,7 +306,13 @@ async fn growing_the_pool_on_sighup_hands_out_the_new_ports_at_once() {
     // 4 ports: one call.
     let d = Daemon::start_config(&DaemonConfig::new("live-grow", 22700, 4));
     let mut c = clients(&d).await;
-    let _a = call(&mut c, "a").await;
+    let mut a = call(&mut c, "a").await;
+    recv_tos(&a.client);
+    assert_eq!(
+        dscp_towards_client(&mut a),
+        Some(46),
+        "EF before the reload"
+    );
     let err = try_call(&mut c, "b").await.err().expect("pool full");
     assert_eq!(err.code(), tonic::Code::ResourceExhausted);
 
@@ -262,6 +333,17 @@ async fn growing_the_pool_on_sighup_hands_out_the_new_ports_at_once() {
     }
     let mut b = call(&mut c, "b").await;
     assert_eq!(b.client_port, 22704, "a new port, at once");
+    recv_tos(&b.client);
+    assert_eq!(
+        dscp_towards_client(&mut b),
+        Some(34),
+        "the new call has the new DSCP"
+    );
+    assert_eq!(
+        dscp_towards_client(&mut a),
+        Some(46),
+        "the running call keeps its DSCP"
+    );
     assert!(b.pbx_to_client(20) >= 15, "media on the new ports");
     let s = status(&mut c).await;
     assert_eq!((s.ports_total, s.ports_used), (8, 8), "{s:?}");
