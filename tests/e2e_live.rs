@@ -452,6 +452,12 @@ async fn drain_wait_prints_progress_and_exit_stops_xccd_when_idle() {
     assert_eq!(s.calls, 2);
     let refused = try_call(&mut c, "late").await.err().expect("refused");
     assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    let resume = c
+        .satellite
+        .resume(pb::ResumeRequest {})
+        .await
+        .expect_err("an exit cannot be resumed");
+    assert_eq!(resume.code(), tonic::Code::FailedPrecondition, "{resume:?}");
 
     c.calls
         .hang_up(pb::HangUpRequest { call_id: a.id })

@@ -41,6 +41,9 @@ pub enum Error {
         #[source]
         source: xcc_core::Error,
     },
+    /// An exit-when-idle drain (or SIGTERM) is under way: it cannot be undone by Resume.
+    #[error("xccd is stopping once its calls end (drain with exit); Resume cannot undo that")]
+    Exiting,
     /// A configuration reload was refused (invalid file, unreadable file, a value that cannot be
     /// applied live); the running configuration stays. The reason names the key.
     #[error("reload refused, running configuration kept: {reason}")]
@@ -111,9 +114,10 @@ impl From<Error> for tonic::Status {
         let code = match &e {
             Error::InvalidArgument { .. } => Code::InvalidArgument,
             Error::NotFound { .. } => Code::NotFound,
-            Error::Draining | Error::WrongState { .. } | Error::ReloadRefused { .. } => {
-                Code::FailedPrecondition
-            }
+            Error::Draining
+            | Error::Exiting
+            | Error::WrongState { .. }
+            | Error::ReloadRefused { .. } => Code::FailedPrecondition,
             Error::ReloadUnavailable => Code::Unimplemented,
             Error::Transport { .. } | Error::Reflection { .. } => Code::Internal,
             Error::Media { source, field } => match source {

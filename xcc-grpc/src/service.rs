@@ -366,6 +366,9 @@ impl pb::satellite_server::Satellite for ControlPlane {
         &self,
         _req: Request<pb::ResumeRequest>,
     ) -> Result<Response<pb::ResumeResponse>, Status> {
+        if self.state.exit_when_idle() {
+            return Err(Error::Exiting.into());
+        }
         self.state.resume().await;
         Ok(Response::new(pb::ResumeResponse {}))
     }
