@@ -367,6 +367,11 @@ async fn an_invalid_reload_is_refused_with_the_key_and_the_running_config_stays(
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
     assert!(err.message().contains("media.dscp"), "{err:?}");
     d.wait_log("reload refused", Duration::from_secs(5));
+    // The same through xccctl: exit 1, the reason on stderr.
+    let out = wait_output(xccctl(&d, &["reload"]), Duration::from_secs(20));
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("media.dscp"), "{stderr}");
     let after = status(&mut c).await;
     assert_eq!(
         after.ports_total, before.ports_total,
@@ -388,6 +393,19 @@ async fn an_invalid_reload_is_refused_with_the_key_and_the_running_config_stays(
         .unwrap()
         .into_inner();
     assert_eq!(r.restart_required, vec!["media.workers"], "{r:?}");
+    let out = wait_output(xccctl(&d, &["--json", "reload"]), Duration::from_secs(20));
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["restart_required"],
+        serde_json::json!(["media.workers"]),
+        "{v}"
+    );
+    assert_eq!(
+        v["applied"],
+        serde_json::json!([]),
+        "nothing new to apply: {v}"
+    );
     assert_eq!(status(&mut c).await.workers, 1);
     assert!(r.applied.iter().any(|l| l.contains("22750-22799")), "{r:?}");
 }
