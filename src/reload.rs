@@ -259,6 +259,10 @@ impl Applier for PoolApplier {
     fn keys(&self) -> &'static [&'static str] {
         &["media.port_min", "media.port_max"]
     }
+    /// The media plane's own rules for a range (what `resize_pool` checks), before anything moves.
+    fn check(&self, _running: &Config, next: &Config) -> Result<(), String> {
+        next.media.validate().map_err(|e| e.to_string())
+    }
     fn apply(&self, running: &Config, next: &Config) -> Vec<String> {
         let (o, n) = (&running.media, &next.media);
         if (o.port_min, o.port_max) == (n.port_min, n.port_max) {
