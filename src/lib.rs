@@ -11,6 +11,8 @@ pub mod logging;
 pub mod metrics;
 pub mod netif;
 pub mod notify;
+pub mod reload;
+pub mod store;
 pub mod watchdog;
 
 pub use error::{Error, Result};
