@@ -69,3 +69,11 @@ impl B2buaConfig {
         }
     }
 }
+
+/// The configuration of one side.
+pub(super) fn side_of(cfg: &B2buaConfig, side: super::Side) -> &SideConfig {
+    match side {
+        super::Side::Server => &cfg.server,
+        super::Side::Pbx => &cfg.pbx,
+    }
+}
