@@ -126,13 +126,15 @@ impl MediaSessions for FakeMedia {
     fn answer(&mut self, call: CallId, _sdp: &str) -> Result<String, MediaRefusal> {
         self.log.push(format!("answer {}", call.0));
         self.check_live("answer", call)?;
-        if !self.pending.remove(&call.0) {
+        if !self.pending.contains(&call.0) {
             self.violations
                 .push(format!("answer without a pending offer on {}", call.0));
         }
+        // Like the session table: a refused answer leaves the offer pending.
         if let Some(r) = self.refuse_answer.clone() {
             return Err(r);
         }
+        self.pending.remove(&call.0);
         Ok(Self::sdp(call.0, "answer"))
     }
 
