@@ -181,6 +181,10 @@ pub struct Harness {
     pub outbox: VecDeque<(Side, Peer, Message)>,
     /// Events not yet looked at.
     pub events: Vec<B2buaEvent>,
+    /// When set, every message in and out is copied to `wire` (bench reference).
+    pub record: bool,
+    /// Messages in and out, in order, while `record`.
+    pub wire: Vec<Vec<u8>>,
     /// Sent messages that do not parse (400s echoing a broken header).
     pub unparseable: usize,
     branch: u64,
@@ -202,6 +206,8 @@ impl Harness {
             now,
             outbox: VecDeque::new(),
             events: Vec::new(),
+            record: false,
+            wire: Vec::new(),
             unparseable: 0,
             branch: 0,
         }
@@ -221,6 +227,9 @@ impl Harness {
 
     fn collect(&mut self) {
         while let Some((side, t)) = self.b2bua.poll_transmit() {
+            if self.record {
+                self.wire.push(t.bytes.clone());
+            }
             let Target::Peer(p) = t.target else {
                 panic!("the harness uses IP literals only: {:?}", t.target);
             };
@@ -238,6 +247,9 @@ impl Harness {
 
     /// Raw bytes from `side`'s peer.
     pub fn inject_bytes(&mut self, side: Side, bytes: &[u8]) {
+        if self.record {
+            self.wire.push(bytes.to_vec());
+        }
         self.b2bua
             .handle_bytes(self.now, side, peer(side), bytes, &mut self.media);
         self.collect();
