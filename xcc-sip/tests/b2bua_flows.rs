@@ -966,3 +966,48 @@ fn routes_and_record_route_are_followed_on_the_callers_dialog() {
     h.clear();
     h.settle_and_check();
 }
+
+#[test]
+fn cancelled_reinvite_is_487_cancelled_onwards_and_the_call_goes_on() {
+    let mut h = Harness::default();
+    let (mut server, mut pbx) = established(&mut h, "c1");
+    let via = h.via(Side::Server);
+    let re = server.new_request(Method::Invite, via, Bytes::from(SERVER_OFFER));
+    h.send(Side::Server, &re);
+    let out = h.request(Side::Pbx, Method::Invite);
+    pbx.handle_request(&out).unwrap();
+    h.reply(Side::Pbx, &out, 100, None, None);
+    let mut cancel = re.clone();
+    cancel.method = Method::Cancel;
+    cancel.headers.cseq.method = "CANCEL".into();
+    cancel.body = Bytes::new();
+    cancel.headers.content_type = None;
+    h.send(Side::Server, &cancel);
+    h.response(Side::Server, 487);
+    assert!(h.media.log.contains(&"abandon 1".to_owned()));
+    let c = h.request(Side::Pbx, Method::Cancel);
+    h.reply(Side::Pbx, &c, 200, None, None);
+    // The PBX had already accepted: its 200 is ACKed, nothing more reaches the server.
+    h.reply(Side::Pbx, &out, 200, None, Some(PBX_ANSWER));
+    h.request(Side::Pbx, Method::Ack);
+    assert_eq!(
+        h.count(
+            Side::Server,
+            |m| matches!(m, Message::Response(r) if r.status == 200)
+        ),
+        1,
+        "only the CANCEL's 200: {}",
+        h.dump()
+    );
+    assert_eq!(h.b2bua.calls(), 1);
+    assert!(h.media.pending.is_empty());
+    // A later re-INVITE works.
+    let via = h.via(Side::Server);
+    let re = server.new_request(Method::Invite, via, Bytes::from(SERVER_OFFER));
+    h.send(Side::Server, &re);
+    let out = h.request(Side::Pbx, Method::Invite);
+    h.reply(Side::Pbx, &out, 200, None, Some(PBX_ANSWER));
+    h.response(Side::Server, 200);
+    h.hangup(1, HangupReason::Api);
+    h.settle_and_check();
+}

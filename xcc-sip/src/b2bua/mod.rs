@@ -406,8 +406,9 @@ impl B2bua {
             }
             EndpointEvent::Cancel { invite, .. } => {
                 self.count_request_in(side, &Method::Cancel);
-                if let Some(id) = self.invites_in.get(&(side, invite)).copied() {
-                    self.cancel_call(now, id, EndReason::Cancelled, media);
+                match self.invites_in.get(&(side, invite.clone())).copied() {
+                    Some(id) => self.cancel_call(now, id, EndReason::Cancelled, media),
+                    None => self.cancel_reinvite(now, side, &invite, media),
                 }
             }
             EndpointEvent::Ack { request, .. } => {
