@@ -1011,3 +1011,23 @@ fn cancelled_reinvite_is_487_cancelled_onwards_and_the_call_goes_on() {
     h.hangup(1, HangupReason::Api);
     h.settle_and_check();
 }
+
+#[test]
+fn merged_invite_with_a_new_branch_is_482_and_the_call_goes_on() {
+    let mut h = Harness::default();
+    let inv = h.invite(Side::Server, "m1", Some(SERVER_OFFER), "");
+    h.request(Side::Pbx, Method::Invite);
+    let mut again = inv.clone();
+    again.headers.via[0] = h.via(Side::Server);
+    h.send(Side::Server, &again);
+    h.response(Side::Server, 482);
+    assert_eq!(
+        h.count(Side::Pbx, |_| true),
+        0,
+        "nothing new towards the PBX"
+    );
+    assert_eq!(h.b2bua.calls(), 1);
+    assert_eq!(h.media.live.len(), 1, "the live call keeps its media");
+    h.hangup(1, HangupReason::Api);
+    h.settle_and_check();
+}

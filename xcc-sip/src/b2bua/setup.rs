@@ -83,9 +83,11 @@ impl B2bua {
         };
         let id = offer.call;
         if self.calls.contains_key(&id) {
-            // The media plane handed out a live id: a bug there; do not release the other call.
-            tracing::error!(%id, "media plane returned the id of a live call");
-            return refuse(self, 500, Vec::new());
+            // The media plane replayed the session of `media_key` (same Call-ID and From tag as
+            // a live call): a merged request, the same INVITE reaching XCC by another path with
+            // a new branch (RFC 3261 §8.2.2.2). Refuse it; the live call keeps its media.
+            tracing::info!(%id, %side, "merged INVITE refused");
+            return refuse(self, 482, Vec::new());
         }
         let far = side.other();
         let invite_out = NewInvite {
