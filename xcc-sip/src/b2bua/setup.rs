@@ -381,6 +381,7 @@ impl B2bua {
                 give_up: now + t.t1x64(),
             });
         }
+        self.schedule_call(id);
     }
 
     /// Answers a 401/407 from the called side once with the configured credentials; false when
@@ -508,6 +509,7 @@ impl B2bua {
             call.cancel_wanted = !sent;
             call.phase = Phase::Cancelling { until };
         }
+        self.schedule_call(id);
     }
 
     /// A call timer fired: 2xx retransmission or its give-up, or the end of a cancelled call's

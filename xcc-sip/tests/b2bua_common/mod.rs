@@ -460,6 +460,7 @@ impl Harness {
         assert_eq!(self.b2bua.calls(), 0, "calls left");
         assert_eq!(self.b2bua.table_sizes(), [0; 5], "B2BUA tables not empty");
         assert_eq!(self.b2bua.transactions(), [0, 0], "transactions left");
+        assert_eq!(self.b2bua.poll_timeout(), None, "timers left");
         assert!(
             self.media.live.is_empty(),
             "media not released: {:?}",
