@@ -1171,3 +1171,30 @@ fn bye_on_the_early_dialog_acts_as_cancel() {
     assert_eq!(ended(&h), [EndReason::Cancelled]);
     h.settle_and_check();
 }
+
+#[test]
+fn a_forked_second_2xx_is_acked_and_byed_and_the_call_keeps_the_first() {
+    let mut h = Harness::default();
+    h.invite(Side::Server, "c1", Some(SERVER_OFFER), "");
+    let out = h.request(Side::Pbx, Method::Invite);
+    h.reply(Side::Pbx, &out, 200, Some("fork-a"), Some(PBX_ANSWER));
+    h.request(Side::Pbx, Method::Ack);
+    h.response(Side::Server, 200);
+    h.reply(Side::Pbx, &out, 200, Some("fork-b"), Some(PBX_ANSWER));
+    let ack = h.request(Side::Pbx, Method::Ack);
+    let bye = h.request(Side::Pbx, Method::Bye);
+    assert_eq!(ack.headers.to.tag(), Some("fork-b"));
+    assert_eq!(bye.headers.to.tag(), Some("fork-b"));
+    assert_eq!(h.b2bua.calls(), 1, "the first answer keeps the call");
+    assert_eq!(
+        h.count(
+            Side::Server,
+            |m| matches!(m, Message::Response(r) if r.status == 200)
+        ),
+        0
+    );
+    h.hangup(1, HangupReason::Api);
+    let bye_a = h.request(Side::Pbx, Method::Bye);
+    assert_eq!(bye_a.headers.to.tag(), Some("fork-a"));
+    h.settle_and_check();
+}
