@@ -32,6 +32,8 @@ pub struct Config {
     pub stun: StunConfig,
     /// Prometheus endpoint.
     pub metrics: MetricsConfig,
+    /// Where calls are stored so they survive a restart.
+    pub state: crate::store::StateConfig,
 }
 
 /// `[metrics]`: the Prometheus scrape endpoint (`GET /metrics`, plain HTTP).
@@ -85,7 +87,8 @@ pub struct ControlConfig {
     pub tls_client_ca: Option<PathBuf>,
     /// Accept plaintext control on a non-loopback address (a trusted management network only).
     pub allow_insecure_control: bool,
-    /// On SIGTERM, how long running calls may continue before XCC exits anyway.
+    /// On SIGTERM (or an exit-when-idle drain), how long running calls may continue before XCC
+    /// exits anyway. Live on reload.
     pub drain_grace_secs: u64,
 }
 
@@ -368,6 +371,12 @@ impl Config {
         }
         let stun_servers = self.stun_servers()?;
         self.metrics.address()?;
+        if !self.state.dir.is_absolute() {
+            return Err(invalid(
+                "state.dir",
+                format!("{} is not an absolute path", self.state.dir.display()),
+            ));
+        }
         let tls = self.control_tls()?;
         let c = &self.control;
         if !c.listen.ip().is_loopback() && tls.is_none() && !c.allow_insecure_control {
@@ -477,13 +486,14 @@ pub fn default_toml() -> String {
 # Address the media sockets bind to. 0.0.0.0 = all IPv4 interfaces.
 bind_address = "{bind}"
 # UDP port pool (inclusive). Each call takes four ports: two even RTP ports and their RTCP (RTP + 1).
+# Live on reload: new ports are handed out at once; removed ports stay with their calls, then close.
 port_min = {pmin}
 port_max = {pmax}
 # Seconds a freed port rests before reuse, so late packets never reach a new call.
 quarantine_secs = {quar}
 # Forwarding threads; 0 = one per CPU core.
 workers = {workers}
-# DSCP mark on media packets (46 = EF).
+# DSCP mark on media packets (46 = EF). Live on reload for new calls.
 dscp = {dscp}
 # A call with no media for this long is ended (seconds); the longer limit applies while on hold.
 media_timeout_secs = {mto}
@@ -521,7 +531,8 @@ listen = "{listen}"
 # tls_key = "/etc/xcc/control.key"
 # tls_client_ca = "/etc/xcc/clients-ca.crt"
 allow_insecure_control = {insecure}
-# SIGTERM drains: no new sessions, running calls continue up to this many seconds.
+# SIGTERM (or xccctl drain --exit) drains: no new sessions, running calls continue up to this
+# many seconds. Live on reload, also for a drain already running.
 drain_grace_secs = {grace}
 
 [nat]
@@ -546,8 +557,14 @@ retry_secs = {retry}
 # SRTP suites XCC offers to clients (when the PBX made the offer), best first.
 offer_suites = [{suites}]
 
+[state]
+# Calls are kept here (one file per call under calls/, owner-only) so that they survive a crash or
+# restart of xccd. The packaged unit's StateDirectory= creates /var/lib/xcc. Changing it needs a
+# restart (the calls stored in the old directory are not moved).
+dir = "{state_dir}"
+
 [log]
-# tracing filter, e.g. "info" or "xcc_grpc=debug,info"; RUST_LOG overrides it. SIGHUP re-reads it.
+# tracing filter, e.g. "info" or "xcc_grpc=debug,info"; RUST_LOG overrides it. Live on reload.
 level = "{level}"
 # "text" or "json".
 format = "text"
@@ -585,6 +602,7 @@ listen = "{metrics}"
         rt = m.quality.voip_ready.limits.round_trip_ms,
         loss = m.quality.voip_ready.limits.loss_percent,
         jit = m.quality.voip_ready.limits.jitter_ms,
+        state_dir = c.state.dir.display(),
     )
 }
 

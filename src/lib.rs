@@ -12,6 +12,8 @@ pub mod metrics;
 pub mod netif;
 pub mod notify;
 pub mod public_address;
+pub mod reload;
+pub mod store;
 pub mod stun_check;
 pub mod watchdog;
 

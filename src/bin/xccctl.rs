@@ -49,7 +49,19 @@ enum Cmd {
         id: u64,
     },
     /// Refuse new sessions; running calls continue.
-    Drain,
+    Drain {
+        /// Print the calls left whenever the number changes, until none is left.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this many seconds (exit 75); xccd keeps draining.
+        #[arg(long, default_value_t = 600, requires = "wait")]
+        timeout: u64,
+        /// Also stop xccd once no call is left (or when its drain grace ends).
+        #[arg(long)]
+        exit: bool,
+    },
+    /// Re-read xccd's configuration file and apply what can change live (as SIGHUP does).
+    Reload,
     /// Accept new sessions again.
     Resume,
     /// Print events as they happen until interrupted (quality alerts and call records included).
@@ -102,6 +114,8 @@ enum CtlError {
     Transport(#[from] tonic::transport::Error),
     #[error("{}: {}", .0.code(), .0.message())]
     Status(#[from] tonic::Status),
+    #[error("{calls} calls still running after {secs} s; xccd keeps draining")]
+    DrainTimeout { calls: u64, secs: u64 },
     #[error("{path}: {source}")]
     Read {
         path: PathBuf,
@@ -137,6 +151,11 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e @ CtlError::DrainTimeout { .. }) => {
+            eprintln!("xccctl: {e}");
+            // EX_TEMPFAIL: try again later.
+            ExitCode::from(75)
+        }
         Err(e) => {
             eprintln!("xccctl: {e}");
             ExitCode::FAILURE
@@ -270,13 +289,46 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
                 &format!("call {id} hung up"),
             );
         }
-        Cmd::Drain => {
-            let r = satellite.drain(pb::DrainRequest {}).await?.into_inner();
+        Cmd::Drain {
+            wait,
+            timeout,
+            exit,
+        } => {
+            let r = satellite
+                .drain(pb::DrainRequest {
+                    exit_when_idle: exit,
+                })
+                .await?
+                .into_inner();
+            let then = if exit { "; xccd exits when idle" } else { "" };
             print_done(
                 cli.json,
-                json!({"draining": true, "calls": r.calls}),
-                &format!("draining; {} calls still running", r.calls),
+                json!({"draining": true, "calls": r.calls, "exit_when_idle": exit}),
+                &format!("draining; {} calls still running{then}", r.calls),
             );
+            if wait {
+                wait_drained(&mut satellite, cli.json, r.calls, timeout, exit).await?;
+            }
+        }
+        Cmd::Reload => {
+            let r = satellite.reload(pb::ReloadRequest {}).await?.into_inner();
+            if cli.json {
+                println!(
+                    "{}",
+                    json!({"path": r.path, "applied": r.applied, "restart_required": r.restart_required})
+                );
+            } else {
+                println!("reloaded {}", or_dash(&r.path));
+                if r.applied.is_empty() {
+                    println!("  nothing changed live");
+                }
+                for line in &r.applied {
+                    println!("  applied: {line}");
+                }
+                for key in &r.restart_required {
+                    println!("  restart required: {key}");
+                }
+            }
         }
         Cmd::Resume => {
             satellite.resume(pb::ResumeRequest {}).await?;
@@ -466,6 +518,57 @@ fn nat_type(
     }
 }
 
+/// Polls `Status` until no call is left, printing the count when it changes. xccd going away (an
+/// exit-when-idle drain, or its grace ending) also ends the wait.
+async fn wait_drained(
+    satellite: &mut pb::satellite_client::SatelliteClient<Channel>,
+    json_out: bool,
+    mut last: u64,
+    timeout_secs: u64,
+    exit: bool,
+) -> Result<(), CtlError> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(timeout_secs);
+    loop {
+        let s = match satellite.status(pb::StatusRequest {}).await {
+            Ok(s) => s.into_inner(),
+            // After an exit-when-idle drain, losing the connection means xccd is gone.
+            Err(e) if exit && e.code() != tonic::Code::FailedPrecondition => {
+                print_done(
+                    json_out,
+                    json!({"exited": true, "calls_at_last_look": last}),
+                    &format!("xccd exited ({last} calls at the last look)"),
+                );
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if s.calls == 0 {
+            print_done(json_out, json!({"calls": 0}), "drained: no calls left");
+            return Ok(());
+        }
+        if s.calls != last {
+            let grace = if s.drain_grace_left_secs > 0 {
+                format!(" ({} s of grace left)", s.drain_grace_left_secs)
+            } else {
+                String::new()
+            };
+            print_done(
+                json_out,
+                json!({"calls": s.calls, "drain_grace_left_secs": s.drain_grace_left_secs}),
+                &format!("{} calls still running{grace}", s.calls),
+            );
+            last = s.calls;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(CtlError::DrainTimeout {
+                calls: s.calls,
+                secs: timeout_secs,
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
 fn print_done(json_out: bool, v: Value, text: &str) {
     if json_out {
         println!("{v}");
@@ -496,6 +599,8 @@ fn status_json(s: &pb::StatusResponse) -> Value {
         "stun_state": stun_state_name(s.stun_state), "stun_server": s.stun_server,
         "stun_last_success_unix_ms": s.stun_last_success_unix_ms,
         "stun_last_error": s.stun_last_error,
+        "ports_retiring": s.ports_retiring, "exit_when_idle": s.exit_when_idle,
+        "drain_grace_left_secs": s.drain_grace_left_secs,
     })
 }
 

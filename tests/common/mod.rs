@@ -127,7 +127,15 @@ impl Daemon {
             .unwrap()
             .local_addr()
             .unwrap();
-        std::fs::write(dir.join("xcc.toml"), cfg.toml(control)).unwrap();
+        let mut text = cfg.toml(control);
+        if !cfg.sections.contains("[state]") {
+            // Never the system's /var/lib/xcc: each daemon keeps its calls in its own directory.
+            text.push_str(&format!(
+                "\n[state]\ndir = \"{}\"\n",
+                dir.join("state").display()
+            ));
+        }
+        std::fs::write(dir.join("xcc.toml"), text).unwrap();
         Self::spawn_in(dir, control, cfg.netns.clone())
     }
 
@@ -186,6 +194,11 @@ impl Daemon {
             "first notification was {ready:?}"
         );
         d
+    }
+
+    /// The call store's directory (`[state] dir`): one `<call>.call` file per stored call.
+    pub fn store_dir(&self) -> PathBuf {
+        self.dir.join("state").join("calls")
     }
 
     /// The config file, for tests that edit it and reload.

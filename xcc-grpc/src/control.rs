@@ -1,8 +1,11 @@
 //! Process-wide control state: readiness, drain, uptime, and the health statuses derived from them.
 
-use std::sync::OnceLock;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
 
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -28,6 +31,32 @@ pub struct ControlState {
     public_address: std::sync::RwLock<Option<crate::nat::PublicAddressStatus>>,
     /// Replaces the process's log filter; installed once by the daemon, which owns logging.
     log_level: OnceLock<LogLevelHook>,
+    /// A drain was asked to stop the process once idle (`Drain{exit_when_idle}`).
+    exit_when_idle: AtomicBool,
+    /// Wakes the daemon when `exit_when_idle` is set.
+    exit_wake: Notify,
+    /// When the running drain's grace ends (set by the daemon while it waits for calls to end).
+    drain_deadline: Mutex<Option<Instant>>,
+    /// The daemon's configuration reload, for `Satellite.Reload`.
+    reloader: OnceLock<Arc<dyn Reload>>,
+}
+
+/// What a configuration reload did; see `Satellite.Reload`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// One line per change applied live.
+    pub applied: Vec<String>,
+    /// Keys that differ from what runs but only take effect on a restart.
+    pub restart_required: Vec<String>,
+    /// The file read, if any.
+    pub path: Option<PathBuf>,
+}
+
+/// The daemon's reload, reachable from the control API. Blocking (reads a file); the service calls
+/// it off the async workers.
+pub trait Reload: std::fmt::Debug + Send + Sync + 'static {
+    /// Re-reads, validates and applies. `Err(reason)`: refused, nothing changed.
+    fn reload(&self) -> Result<ReloadReport, String>;
 }
 
 impl std::fmt::Debug for ControlState {
@@ -37,6 +66,8 @@ impl std::fmt::Debug for ControlState {
             .field("ready", &self.ready)
             .field("draining", &self.draining)
             .field("log_hook", &self.log_level.get().is_some())
+            .field("exit_when_idle", &self.exit_when_idle)
+            .field("reloader", &self.reloader.get().is_some())
             .finish_non_exhaustive()
     }
 }
@@ -64,6 +95,10 @@ impl ControlState {
             health,
             public_address: std::sync::RwLock::new(None),
             log_level: OnceLock::new(),
+            exit_when_idle: AtomicBool::new(false),
+            exit_wake: Notify::new(),
+            drain_deadline: Mutex::new(None),
+            reloader: OnceLock::new(),
         }
     }
 
@@ -94,6 +129,59 @@ impl ControlState {
                 reason: "RUST_LOG pins the log filter; unset it to change the level at run time",
             },
         })
+    }
+
+    /// Installs the reload `Satellite.Reload` runs (once; later calls are ignored).
+    pub fn set_reloader(&self, reloader: Arc<dyn Reload>) {
+        let _ = self.reloader.set(reloader);
+    }
+
+    /// The installed reload, if any.
+    pub fn reloader(&self) -> Option<Arc<dyn Reload>> {
+        self.reloader.get().cloned()
+    }
+
+    /// Asks the daemon to exit once no call is left (drains too). Returns whether this changed it.
+    pub async fn drain_and_exit(&self) -> bool {
+        self.drain().await;
+        let changed = !self.exit_when_idle.swap(true, Ordering::AcqRel);
+        if changed {
+            tracing::info!("drain: xccd exits once no call is left");
+        }
+        self.exit_wake.notify_one();
+        changed
+    }
+
+    /// True once an exit-when-idle drain was asked for (gRPC or SIGTERM).
+    pub fn exit_when_idle(&self) -> bool {
+        self.exit_when_idle.load(Ordering::Acquire)
+    }
+
+    /// Resolves once [`ControlState::drain_and_exit`] ran (at once if it already did).
+    pub async fn exit_requested(&self) {
+        loop {
+            let notified = self.exit_wake.notified();
+            if self.exit_when_idle() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Records when the running drain's grace ends (`None`: no deadline running).
+    pub fn set_drain_deadline(&self, at: Option<Instant>) {
+        *self
+            .drain_deadline
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = at;
+    }
+
+    /// Time left of the running drain's grace, if one runs.
+    pub fn drain_grace_left(&self, now: Instant) -> Option<Duration> {
+        self.drain_deadline
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .map(|d| d.saturating_duration_since(now))
     }
 
     /// Time since the process started.

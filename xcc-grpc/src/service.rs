@@ -360,6 +360,12 @@ impl pb::satellite_server::Satellite for ControlPlane {
             ports_quarantined: pool.quarantined as u64,
             workers: media.workers() as u64,
             draining: self.state.is_draining(),
+            ports_retiring: media.retiring_ports() as u64,
+            exit_when_idle: self.state.exit_when_idle(),
+            drain_grace_left_secs: self
+                .state
+                .drain_grace_left(Instant::now())
+                .map_or(0, |d| d.as_secs()),
             ..Default::default()
         };
         match self.state.public_address() {
@@ -371,9 +377,13 @@ impl pb::satellite_server::Satellite for ControlPlane {
 
     async fn drain(
         &self,
-        _req: Request<pb::DrainRequest>,
+        req: Request<pb::DrainRequest>,
     ) -> Result<Response<pb::DrainResponse>, Status> {
-        self.state.drain().await;
+        if req.into_inner().exit_when_idle {
+            self.state.drain_and_exit().await;
+        } else {
+            self.state.drain().await;
+        }
         Ok(Response::new(pb::DrainResponse {
             calls: self.sessions.media().calls().len() as u64,
         }))
@@ -383,6 +393,9 @@ impl pb::satellite_server::Satellite for ControlPlane {
         &self,
         _req: Request<pb::ResumeRequest>,
     ) -> Result<Response<pb::ResumeResponse>, Status> {
+        if self.state.exit_when_idle() {
+            return Err(Error::Exiting.into());
+        }
         self.state.resume().await;
         Ok(Response::new(pb::ResumeResponse {}))
     }
@@ -395,6 +408,29 @@ impl pb::satellite_server::Satellite for ControlPlane {
         self.state.set_log_level(level.trim())?;
         Ok(Response::new(pb::SetLogLevelResponse {
             level: level.trim().to_owned(),
+        }))
+    }
+
+    async fn reload(
+        &self,
+        _req: Request<pb::ReloadRequest>,
+    ) -> Result<Response<pb::ReloadResponse>, Status> {
+        let Some(reloader) = self.state.reloader() else {
+            return Err(Error::ReloadUnavailable.into());
+        };
+        let outcome = tokio::task::spawn_blocking(move || reloader.reload())
+            .await
+            .map_err(|e| Error::ReloadRefused {
+                reason: format!("reload task failed: {e}"),
+            })?;
+        let report = outcome.map_err(|reason| Error::ReloadRefused { reason })?;
+        Ok(Response::new(pb::ReloadResponse {
+            applied: report.applied,
+            restart_required: report.restart_required,
+            path: report
+                .path
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
         }))
     }
 }

@@ -29,6 +29,8 @@ pub(crate) struct NewCall {
     pub created: SystemTime,
     /// Where the control plane reads the worker's counters.
     pub published: Arc<published::Published>,
+    /// For a call restored after a restart: configuration, latches and SRTP progress per leg.
+    pub resume: Option<Box<[crate::media::LegResume; 2]>>,
 }
 
 /// Control plane to worker.

@@ -7,13 +7,19 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 
-use crate::media::{DropCounters, LegCounters};
+use crate::media::{DropCounters, LegCounters, LegSrtpProgress};
 use crate::quality::{Limit, LimitSet, PeerView, QualitySnapshot};
+use crate::srtp::{ContextProgress, StreamIndex};
 
 /// Words per published address: tag and port, then up to 128 bits of IP.
 const ADDR_WORDS: usize = 3;
-/// Words per leg: counters, latched RTP, latched RTCP, quality.
-const LEG_WORDS: usize = COUNTER_WORDS + 2 * ADDR_WORDS + QUALITY_WORDS;
+/// Words per leg: counters, latched RTP, latched RTCP, quality, SRTP progress.
+const LEG_WORDS: usize = COUNTER_WORDS + 2 * ADDR_WORDS + QUALITY_WORDS + SRTP_WORDS;
+/// SRTP progress: four streams (inbound RTP/RTCP, outbound RTP/RTCP), each a presence-and-SSRC
+/// word and an index word.
+const SRTP_WORDS: usize = 8;
+/// Where the SRTP words start inside a leg.
+const SRTP_AT: usize = COUNTER_WORDS + 2 * ADDR_WORDS + QUALITY_WORDS;
 /// Counter fields of [`LegCounters`] including drops.
 pub(crate) const COUNTER_WORDS: usize = 16;
 /// Words of a [`QualitySnapshot`]: a presence mask for the optional values, the limit sets, then
@@ -33,6 +39,8 @@ pub(crate) struct LegState {
     pub latched_rtcp: Option<SocketAddr>,
     /// The leg monitor's figures.
     pub quality: QualitySnapshot,
+    /// Where the SRTP contexts stand (ROC and index per direction), for the store.
+    pub srtp: LegSrtpProgress,
 }
 
 /// What the worker publishes about one call.
@@ -118,7 +126,9 @@ fn encode(state: &CallState) -> [u64; CALL_WORDS] {
         chunk[COUNTER_WORDS..COUNTER_WORDS + ADDR_WORDS].copy_from_slice(&encode_addr(leg.latched));
         chunk[COUNTER_WORDS + ADDR_WORDS..COUNTER_WORDS + 2 * ADDR_WORDS]
             .copy_from_slice(&encode_addr(leg.latched_rtcp));
-        chunk[COUNTER_WORDS + 2 * ADDR_WORDS..].copy_from_slice(&encode_quality(&leg.quality));
+        chunk[COUNTER_WORDS + 2 * ADDR_WORDS..SRTP_AT]
+            .copy_from_slice(&encode_quality(&leg.quality));
+        chunk[SRTP_AT..].copy_from_slice(&encode_srtp(&leg.srtp));
     }
     out[CALL_WORDS - 1] = state.last_media_nanos;
     out
@@ -182,7 +192,8 @@ fn decode(words: &[u64; CALL_WORDS]) -> CallState {
         leg.latched = decode_addr(&chunk[COUNTER_WORDS..COUNTER_WORDS + ADDR_WORDS]);
         leg.latched_rtcp =
             decode_addr(&chunk[COUNTER_WORDS + ADDR_WORDS..COUNTER_WORDS + 2 * ADDR_WORDS]);
-        leg.quality = decode_quality(&chunk[COUNTER_WORDS + 2 * ADDR_WORDS..]);
+        leg.quality = decode_quality(&chunk[COUNTER_WORDS + 2 * ADDR_WORDS..SRTP_AT]);
+        leg.srtp = decode_srtp(&chunk[SRTP_AT..]);
     }
     state
 }
@@ -295,6 +306,45 @@ fn decode_quality(w: &[u64]) -> QualitySnapshot {
     }
 }
 
+/// Presence bit of a stream in its SSRC word.
+const STREAM_PRESENT: u64 = 1 << 32;
+
+fn encode_srtp(p: &LegSrtpProgress) -> [u64; SRTP_WORDS] {
+    let streams = [
+        p.inbound.rtp,
+        p.inbound.rtcp,
+        p.outbound.rtp,
+        p.outbound.rtcp,
+    ];
+    let mut out = [0u64; SRTP_WORDS];
+    for (w, s) in out.chunks_exact_mut(2).zip(streams) {
+        if let Some(s) = s {
+            w[0] = STREAM_PRESENT | u64::from(s.ssrc);
+            w[1] = s.index;
+        }
+    }
+    out
+}
+
+fn decode_srtp(w: &[u64]) -> LegSrtpProgress {
+    let stream = |i: usize| {
+        (w[2 * i] & STREAM_PRESENT != 0).then(|| StreamIndex {
+            ssrc: w[2 * i] as u32,
+            index: w[2 * i + 1],
+        })
+    };
+    LegSrtpProgress {
+        inbound: ContextProgress {
+            rtp: stream(0),
+            rtcp: stream(1),
+        },
+        outbound: ContextProgress {
+            rtp: stream(2),
+            rtcp: stream(3),
+        },
+    }
+}
+
 fn encode_addr(addr: Option<SocketAddr>) -> [u64; ADDR_WORDS] {
     match addr {
         None => [0; ADDR_WORDS],
@@ -340,6 +390,14 @@ mod tests {
         st.legs[0].counters.rtcp_malformed = 2;
         st.legs[0].counters.punch_sent = 11;
         st.legs[0].counters.punch_answered = 1;
+        st.legs[1].srtp.outbound.rtp = Some(StreamIndex {
+            ssrc: 0,
+            index: (7 << 16) | 65535,
+        });
+        st.legs[1].srtp.inbound.rtcp = Some(StreamIndex {
+            ssrc: u32::MAX,
+            index: 64,
+        });
         let mut broken = LimitSet::EMPTY;
         broken.insert(Limit::Jitter);
         st.legs[1].quality = QualitySnapshot {

@@ -281,6 +281,7 @@ impl Worker {
             ports,
             created,
             published,
+            resume,
         } = new;
         let i = self.free_slots.pop().unwrap_or_else(|| {
             self.slots.push(None);
@@ -292,12 +293,20 @@ impl Worker {
                 tracing::error!(call = %id, error = %e, "cannot register media socket");
             }
         }
-        let call = Call::with_quality(
+        let mut call = Call::with_quality(
             now,
             self.setup.timers,
             self.setup.policy,
             self.setup.quality,
         );
+        if let Some(legs) = resume {
+            for (side, leg) in [LegSide::Client, LegSide::Pbx].into_iter().zip(legs.iter()) {
+                if let Some(config) = &leg.config {
+                    call.configure(side, config.clone(), now);
+                    call.resume_leg(side, (leg.latched_rtp, leg.latched_rtcp), &leg.srtp);
+                }
+            }
+        }
         published.write(&call.state(self.setup.epoch));
         self.slots[i] = Some(Slot {
             id,
