@@ -28,6 +28,8 @@ pub struct Config {
     pub sdes: SdesConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Public address discovery with STUN.
+    pub stun: StunConfig,
     /// Prometheus endpoint.
     pub metrics: MetricsConfig,
     /// Where calls are stored so they survive a restart.
@@ -113,6 +115,100 @@ pub struct NatConfig {
     pub pbx_address: Option<IpAddr>,
 }
 
+/// `[stun]`: how XCC learns the public address it advertises to clients, when `[nat]
+/// public_address` is not set. No servers (the default): no STUN traffic, the fallback address is
+/// advertised.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StunConfig {
+    /// STUN servers in order of preference: `"IP"`, `"IP:PORT"`, `"[IPv6]:PORT"`, `"HOST"` or
+    /// `"HOST:PORT"`; the port defaults to 3478. The next one is asked when one does not answer.
+    pub servers: Vec<String>,
+    /// Seconds between checks once the address is known (a NAT may change its public IP).
+    pub refresh_secs: u64,
+    /// Seconds to wait after every server failed before trying again.
+    pub retry_secs: u64,
+}
+
+impl Default for StunConfig {
+    fn default() -> Self {
+        Self {
+            servers: Vec::new(),
+            refresh_secs: 60,
+            retry_secs: 10,
+        }
+    }
+}
+
+/// The STUN port used when a `[stun] servers` entry names none.
+pub const DEFAULT_STUN_PORT: u16 = 3478;
+
+/// One `[stun] servers` entry, split into host and port (names are resolved by the driver, so a
+/// DNS outage at start-up does not stop xccd).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StunServer {
+    /// IP literal or DNS name.
+    pub host: String,
+    /// UDP port.
+    pub port: u16,
+}
+
+impl std::fmt::Display for StunServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl StunServer {
+    /// Parses one entry; the error says what is wrong with it.
+    pub fn parse(entry: &str) -> std::result::Result<Self, String> {
+        let entry = entry.trim();
+        if let Ok(sa) = entry.parse::<SocketAddr>() {
+            return Self::checked(sa.ip().to_string(), sa.port(), entry);
+        }
+        if let Ok(ip) = entry.parse::<IpAddr>() {
+            return Self::checked(ip.to_string(), DEFAULT_STUN_PORT, entry);
+        }
+        let (host, port) = match entry.rsplit_once(':') {
+            Some((h, p)) => (
+                h,
+                p.parse::<u16>()
+                    .map_err(|_| format!("{entry:?}: port {p:?} is not a number 1-65535"))?,
+            ),
+            None => (entry, DEFAULT_STUN_PORT),
+        };
+        let valid_name = !host.is_empty()
+            && host.len() <= 253
+            && host.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !valid_name {
+            return Err(format!(
+                "{entry:?} is neither an IP address nor a host name"
+            ));
+        }
+        Self::checked(host.to_owned(), port, entry)
+    }
+
+    fn checked(host: String, port: u16, entry: &str) -> std::result::Result<Self, String> {
+        if port == 0 {
+            return Err(format!("{entry:?}: port 0"));
+        }
+        if let Ok(ip) = host.parse::<IpAddr>()
+            && (ip.is_unspecified() || ip.is_multicast())
+        {
+            return Err(format!("{entry:?} cannot be a STUN server"));
+        }
+        Ok(Self { host, port })
+    }
+}
+
 /// `[sdes]`: SRTP suites XCC offers when it sends the offer to a client.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -170,6 +266,8 @@ pub struct Validated {
     pub tls: Option<TlsMaterial>,
     /// Suites offered to clients, parsed.
     pub offer_suites: Vec<SrtpSuite>,
+    /// `[stun] servers`, parsed, in order.
+    pub stun_servers: Vec<StunServer>,
 }
 
 impl Config {
@@ -271,6 +369,7 @@ impl Config {
                 "at least one suite is needed".into(),
             ));
         }
+        let stun_servers = self.stun_servers()?;
         self.metrics.address()?;
         if !self.state.dir.is_absolute() {
             return Err(invalid(
@@ -294,7 +393,39 @@ impl Config {
             config: self,
             tls,
             offer_suites,
+            stun_servers,
         })
+    }
+
+    fn stun_servers(&self) -> Result<Vec<StunServer>> {
+        let s = &self.stun;
+        if s.servers.len() > 16 {
+            return Err(invalid(
+                "stun.servers",
+                format!("{} servers listed; at most 16", s.servers.len()),
+            ));
+        }
+        let mut servers = Vec::new();
+        for entry in &s.servers {
+            let server = StunServer::parse(entry).map_err(|r| invalid("stun.servers", r))?;
+            if servers.contains(&server) {
+                return Err(invalid("stun.servers", format!("{server} listed twice")));
+            }
+            servers.push(server);
+        }
+        if !(5..=86_400).contains(&s.refresh_secs) {
+            return Err(invalid(
+                "stun.refresh_secs",
+                format!("{} is outside 5-86400", s.refresh_secs),
+            ));
+        }
+        if !(1..=3_600).contains(&s.retry_secs) {
+            return Err(invalid(
+                "stun.retry_secs",
+                format!("{} is outside 1-3600", s.retry_secs),
+            ));
+        }
+        Ok(servers)
     }
 
     fn control_tls(&self) -> Result<Option<TlsMaterial>> {
@@ -405,11 +536,22 @@ allow_insecure_control = {insecure}
 drain_grace_secs = {grace}
 
 [nat]
-# Address signalled to clients. Unset: media.bind_address if it is specific, else the first
+# Address signalled to clients; when set, [stun] is not used. Unset: learned from [stun] servers,
+# and until one answers (or without servers): media.bind_address if it is specific, else the first
 # non-loopback interface address, else 127.0.0.1 (xccd logs which it chose and why).
 {public}
 # Address signalled to the PBX. Unset: chosen the same way.
 {pbx}
+
+[stun]
+# STUN servers XCC asks for its public address (used unless nat.public_address is set), in order
+# of preference, failing over to the next: "IP", "IP:PORT", "[IPv6]:PORT", "HOST" or "HOST:PORT"
+# (port 3478 when omitted). Empty: no STUN; the fallback address above is advertised.
+servers = []
+# Seconds between checks once the address is known; a change is re-advertised without a restart.
+refresh_secs = {refresh}
+# Seconds to wait after every server failed in a row before asking again.
+retry_secs = {retry}
 
 [sdes]
 # SRTP suites XCC offers to clients (when the PBX made the offer), best first.
@@ -448,6 +590,8 @@ listen = "{metrics}"
         public = opt_line("public_address", c.nat.public_address, "203.0.113.10"),
         pbx = opt_line("pbx_address", c.nat.pbx_address, "10.0.0.5"),
         level = c.log.level,
+        refresh = c.stun.refresh_secs,
+        retry = c.stun.retry_secs,
         metrics = c.metrics.listen,
         ev = duration_toml(m.quality.eval_interval),
         pra = duration_toml(m.quality.peer_report_max_age),
@@ -602,6 +746,44 @@ mod tests {
         assert_eq!(key_of(c.validate().unwrap_err()), "sdes.offer_suites");
         let c = parse("[sdes]\noffer_suites = []\n").unwrap();
         assert_eq!(key_of(c.validate().unwrap_err()), "sdes.offer_suites");
+    }
+
+    #[test]
+    fn stun_servers_parse_with_default_port_and_bad_ones_are_named() {
+        let c = parse(
+            "[stun]\nservers = [\"203.0.113.10\", \"203.0.113.11:3479\", \"[2001:db8::1]:5349\", \"stun.example.net\", \"stun2.example.net:19302\"]\n",
+        )
+        .unwrap();
+        let v = c.validate().unwrap();
+        let shown: Vec<String> = v.stun_servers.iter().map(|s| s.to_string()).collect();
+        assert_eq!(
+            shown,
+            [
+                "203.0.113.10:3478",
+                "203.0.113.11:3479",
+                "[2001:db8::1]:5349",
+                "stun.example.net:3478",
+                "stun2.example.net:19302"
+            ]
+        );
+        for bad in [
+            "\"0.0.0.0\"",
+            "\"host:0\"",
+            "\"bad host\"",
+            "\"a:b:c\"",
+            "\"\"",
+        ] {
+            let c = parse(&format!("[stun]\nservers = [{bad}]\n")).unwrap();
+            assert_eq!(key_of(c.validate().unwrap_err()), "stun.servers", "{bad}");
+        }
+        let c = parse("[stun]\nservers = [\"203.0.113.10\", \"203.0.113.10:3478\"]\n").unwrap();
+        assert_eq!(key_of(c.validate().unwrap_err()), "stun.servers");
+        let c = parse("[stun]\nrefresh_secs = 1\n").unwrap();
+        assert_eq!(key_of(c.validate().unwrap_err()), "stun.refresh_secs");
+        let c = parse("[stun]\nretry_secs = 0\n").unwrap();
+        assert_eq!(key_of(c.validate().unwrap_err()), "stun.retry_secs");
+        let e = parse("[stun]\nserver = []\n").unwrap_err();
+        assert!(e.to_string().contains("server"), "{e}");
     }
 
     #[test]

@@ -89,10 +89,20 @@ pub async fn run(
             source,
         }
     })?;
+    let discovery = crate::public_address::start_public_address(
+        &v,
+        advertised.client,
+        crate::public_address::Sinks {
+            sessions: sessions.clone(),
+            state: state.clone(),
+            hub: hub.clone(),
+        },
+    );
     state.set_log_hook(Box::new(crate::logging::apply_level));
     // Subsystems add their collectors to `metrics` (`metrics.register(..)`) before it is served;
     // see docs/metrics.md "Plugging in a subsystem".
     let metrics = crate::metrics::daemon_registry(media.clone(), state.clone(), &hub);
+    crate::public_address::register_metrics(&metrics, media.clone(), state.clone());
     let (stop_metrics, metrics_stopped) = oneshot::channel::<()>();
     crate::metrics::start(v.config.metrics.address()?, metrics.clone(), async {
         let _ = metrics_stopped.await;
@@ -160,6 +170,9 @@ pub async fn run(
     notifier.notify_or_log("STOPPING=1\nSTATUS=stopping");
     if let Some(w) = watchdog {
         w.abort();
+    }
+    if let Some(d) = discovery {
+        d.abort();
     }
     hub.close();
     let _ = stop_server.send(());

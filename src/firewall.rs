@@ -240,16 +240,31 @@ pub fn ruleset(config: &Config) -> Ruleset {
         let p = PortRange::single(DEFAULT_SERVER_SIP_OUT_PORT);
         rule(Out, t, p, None, "SIP to the XPhone server", doc);
     }
-    // STUN and TURN share 3478/udp: one rule for both, never a duplicate.
-    for port in DEFAULT_STUN_PORTS {
+    // STUN: the ports of `[stun] servers` when configured (xccd asks them), else the documented
+    // defaults (`xccctl stun-check` / `nat-type` use 3478). STUN and TURN share 3478/udp: one
+    // rule for both, never a duplicate.
+    let stun_ports = configured_stun_ports(config);
+    let (stun_ports, stun_origin) = if stun_ports.is_empty() {
+        (DEFAULT_STUN_PORTS.to_vec(), doc)
+    } else {
+        (stun_ports, Origin::Config("stun.servers"))
+    };
+    for &port in &stun_ports {
         let purpose = if port == DEFAULT_TURN_UDP_PORT {
             "STUN: public address; TURN relay (UDP)"
         } else {
             "STUN: public address"
         };
-        rule(Out, Udp, PortRange::single(port), None, purpose, doc);
+        rule(
+            Out,
+            Udp,
+            PortRange::single(port),
+            None,
+            purpose,
+            stun_origin,
+        );
     }
-    if !DEFAULT_STUN_PORTS.contains(&DEFAULT_TURN_UDP_PORT) {
+    if !stun_ports.contains(&DEFAULT_TURN_UDP_PORT) {
         let p = PortRange::single(DEFAULT_TURN_UDP_PORT);
         rule(Out, Udp, p, None, "TURN relay (UDP)", doc);
     }
@@ -279,6 +294,20 @@ pub fn ruleset(config: &Config) -> Ruleset {
         origin: Origin::Config("media.port_min..media.port_max"),
     });
     Ruleset { rules, notes }
+}
+
+/// The distinct UDP ports of `[stun] servers`, in order (entries that do not parse are left to
+/// validation, which runs before any rule is printed).
+fn configured_stun_ports(config: &Config) -> Vec<u16> {
+    let mut ports = Vec::new();
+    for entry in &config.stun.servers {
+        if let Ok(server) = crate::config::StunServer::parse(entry)
+            && !ports.contains(&server.port)
+        {
+            ports.push(server.port);
+        }
+    }
+    ports
 }
 
 impl Ruleset {
@@ -484,6 +513,35 @@ out  udp   any         192.0.2.10      media to clients and the PBX (from the po
 note: media towards clients and the PBX goes to whatever port the peer uses: allow established flows out and, if the output policy drops, UDP from the media pool
 ";
         assert_eq!(got, want, "\n{got}");
+    }
+
+    #[test]
+    fn stun_rules_follow_the_configured_servers() {
+        let c = Config::parse(
+            "[stun]\nservers = [\"203.0.113.10\", \"stun.example.net:19302\", \"203.0.113.11:19302\"]\n",
+            Path::new("test.toml"),
+        )
+        .unwrap();
+        let stun: Vec<_> = ruleset(&c)
+            .rules
+            .into_iter()
+            .filter(|r| r.purpose.starts_with("STUN"))
+            .map(|r| (r.ports, r.origin))
+            .collect();
+        let origin = Origin::Config("stun.servers");
+        assert_eq!(
+            stun,
+            [
+                (Ports::Destination(PortRange::single(3478)), origin),
+                (Ports::Destination(PortRange::single(19302)), origin),
+            ]
+        );
+        let table = ruleset(&c).render(Format::Table);
+        assert!(
+            table.contains("out  udp   19302       any             STUN: public address                            config stun.servers"),
+            "{table}"
+        );
+        assert!(!table.contains("3479"), "{table}");
     }
 
     #[test]

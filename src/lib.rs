@@ -11,8 +11,10 @@ pub mod logging;
 pub mod metrics;
 pub mod netif;
 pub mod notify;
+pub mod public_address;
 pub mod reload;
 pub mod store;
+pub mod stun_check;
 pub mod watchdog;
 
 pub use error::{Error, Result};

@@ -321,10 +321,12 @@ async fn kill9_mid_call_media_resumes_with_its_roc_and_the_call_ends_normally() 
         .await
         .unwrap()
         .into_inner();
-    // Counters start again from zero in the new process; everything else is as it was.
+    // Counters and quality measurements start again from zero in the new process; everything
+    // else is as it was.
     let without_counters = |mut s: pb::Session| {
         for leg in [s.client.as_mut(), s.pbx.as_mut()].into_iter().flatten() {
             leg.counters = None;
+            leg.quality = None;
         }
         s
     };

@@ -81,6 +81,31 @@ enum Cmd {
         #[arg(long, default_value = "/etc/xcc/xcc.toml")]
         config: PathBuf,
     },
+    /// Ask one STUN server for this satellite's public address, from the media bind address
+    /// (no connection to xccd): mapped address, round-trip time, or why it failed.
+    StunCheck {
+        /// `HOST[:PORT]` or `IP[:PORT]` (port 3478 when omitted).
+        server: String,
+        /// Local address to send from; default: `media.bind_address` of the configuration.
+        #[arg(long)]
+        bind: Option<std::net::IpAddr>,
+        /// Configuration file read for the bind address.
+        #[arg(long, default_value = "/etc/xcc/xcc.toml")]
+        config: PathBuf,
+    },
+    /// Classify the NAT in front of the media ports (RFC 5780 tests, or two servers compared)
+    /// and say what to do about it (no connection to xccd).
+    NatType {
+        /// STUN servers: the first is asked for RFC 5780 support; a second one is used for the
+        /// comparison when it has none. Default: `[stun] servers` of the configuration.
+        servers: Vec<String>,
+        /// Local address to send from; default: `media.bind_address` of the configuration.
+        #[arg(long)]
+        bind: Option<std::net::IpAddr>,
+        /// Configuration file read for the servers and the bind address.
+        #[arg(long, default_value = "/etc/xcc/xcc.toml")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,8 +125,19 @@ enum CtlError {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Cmd::Firewall { format, config } = &cli.command {
-        return xcc::firewall::print(*format, config);
+    match &cli.command {
+        Cmd::Firewall { format, config } => return xcc::firewall::print(*format, config),
+        Cmd::StunCheck {
+            server,
+            bind,
+            config,
+        } => return stun_check(cli.json, server, *bind, config),
+        Cmd::NatType {
+            servers,
+            bind,
+            config,
+        } => return nat_type(cli.json, servers, *bind, config),
+        _ => {}
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -314,7 +350,7 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
             );
         }
         // Handled in `main` before any connection is made.
-        Cmd::Firewall { .. } => {}
+        Cmd::Firewall { .. } | Cmd::StunCheck { .. } | Cmd::NatType { .. } => {}
         Cmd::Watch => {
             let mut stream = calls
                 .watch_events(pb::WatchEventsRequest {})
@@ -338,6 +374,148 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
         }
     }
     Ok(())
+}
+
+/// The configuration for the local diagnostics (defaults when the file is missing).
+fn local_config(path: &std::path::Path) -> Result<xcc::config::Validated, ExitCode> {
+    let loaded = xcc::config::Config::load(path).and_then(|(c, _)| c.validate());
+    loaded.map_err(|e| {
+        eprintln!("xccctl: {e}");
+        ExitCode::from(64)
+    })
+}
+
+fn stun_check(
+    json_out: bool,
+    server: &str,
+    bind: Option<std::net::IpAddr>,
+    config: &std::path::Path,
+) -> ExitCode {
+    let bind = match bind {
+        Some(b) => b,
+        None => match local_config(config) {
+            Ok(v) => v.config.media.bind_address,
+            Err(code) => return code,
+        },
+    };
+    let report =
+        match xcc::stun_check::stun_check(server, bind, xcc_core::nat::Retransmission::FAILOVER) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("xccctl: {e}");
+                return ExitCode::from(2);
+            }
+        };
+    if json_out {
+        use xcc::stun_check::CheckOutcome as O;
+        let mut v = json!({
+            "server": report.server, "address": report.address.to_string(),
+            "local": report.local.to_string(), "ok": report.is_ok(), "message": report.describe(),
+        });
+        let extra = match &report.outcome {
+            O::Answered {
+                mapped,
+                rtt,
+                transmissions,
+            } => json!({
+                "mapped": mapped.to_string(), "public_ip": mapped.ip().to_string(),
+                "rtt_ms": rtt.as_secs_f64() * 1000.0, "transmissions": transmissions,
+            }),
+            O::ErrorResponse { code } => json!({"error": "error_response", "code": code}),
+            O::Refused => json!({"error": "refused"}),
+            O::Silent {
+                transmissions,
+                waited,
+            } => json!({
+                "error": "no_answer", "transmissions": transmissions,
+                "waited_ms": waited.as_millis() as u64,
+            }),
+        };
+        if let (Some(o), Value::Object(extra)) = (v.as_object_mut(), extra) {
+            o.extend(extra);
+        }
+        println!("{v}");
+    } else {
+        println!("{}", report.describe());
+    }
+    if report.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn nat_type(
+    json_out: bool,
+    servers: &[String],
+    bind: Option<std::net::IpAddr>,
+    config: &std::path::Path,
+) -> ExitCode {
+    let (bind, servers) = if bind.is_some() && !servers.is_empty() {
+        (bind, servers.to_vec())
+    } else {
+        match local_config(config) {
+            Ok(v) => {
+                let listed = if servers.is_empty() {
+                    v.stun_servers.iter().map(|s| s.to_string()).collect()
+                } else {
+                    servers.to_vec()
+                };
+                (bind.or(Some(v.config.media.bind_address)), listed)
+            }
+            Err(code) => return code,
+        }
+    };
+    let bind = bind.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    let Some(first) = servers.first() else {
+        eprintln!("xccctl: no STUN server given and none in [stun] servers");
+        return ExitCode::from(64);
+    };
+    let resolve = |s: &String| xcc::stun_check::resolve(s, bind);
+    let primary = match resolve(first) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("xccctl: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let secondary = match servers.get(1).map(resolve).transpose() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("xccctl: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let report = match xcc::stun_check::nat_type(
+        primary,
+        secondary,
+        bind,
+        xcc_core::nat::Retransmission::FAILOVER,
+    ) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("xccctl: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if json_out {
+        let v = json!({
+            "public": report.public.map(|p| p.to_string()),
+            "mapping": format!("{:?}", report.mapping),
+            "filtering": report.filtering.map(|f| format!("{f:?}")),
+            "port_preserved": report.port_preserved,
+            "recommendation": format!("{:?}", report.recommendation()),
+            "message": report.to_string(),
+        });
+        println!("{v}");
+    } else {
+        println!("{report}");
+    }
+    if report.is_blocked() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 /// Polls `Status` until no call is left, printing the count when it changes. xccd going away (an
@@ -416,9 +594,33 @@ fn status_json(s: &pb::StatusResponse) -> Value {
         "version": s.version, "uptime_secs": s.uptime_secs, "calls": s.calls,
         "ports_total": s.ports_total, "ports_free": s.ports_free, "ports_used": s.ports_used,
         "ports_quarantined": s.ports_quarantined, "workers": s.workers, "draining": s.draining,
+        "public_address": s.public_address,
+        "public_address_source": source_name(s.public_address_source),
+        "stun_state": stun_state_name(s.stun_state), "stun_server": s.stun_server,
+        "stun_last_success_unix_ms": s.stun_last_success_unix_ms,
+        "stun_last_error": s.stun_last_error,
         "ports_retiring": s.ports_retiring, "exit_when_idle": s.exit_when_idle,
         "drain_grace_left_secs": s.drain_grace_left_secs,
     })
+}
+
+fn source_name(v: i32) -> &'static str {
+    match pb::PublicAddressSource::try_from(v) {
+        Ok(pb::PublicAddressSource::Static) => "static",
+        Ok(pb::PublicAddressSource::Stun) => "stun",
+        Ok(pb::PublicAddressSource::Fallback) => "fallback",
+        _ => "unspecified",
+    }
+}
+
+fn stun_state_name(v: i32) -> &'static str {
+    match pb::StunState::try_from(v) {
+        Ok(pb::StunState::Disabled) => "disabled",
+        Ok(pb::StunState::Discovering) => "discovering",
+        Ok(pb::StunState::Ok) => "ok",
+        Ok(pb::StunState::Failing) => "failing",
+        _ => "unspecified",
+    }
 }
 
 fn leg_json(l: &pb::Leg) -> Value {
@@ -432,6 +634,7 @@ fn leg_json(l: &pb::Leg) -> Value {
         "drop_auth_failure": c.drop_auth_failure, "drop_replay": c.drop_replay,
         "drop_stranger": c.drop_stranger, "drop_malformed": c.drop_malformed,
         "drop_no_route": c.drop_no_route, "drop_stray": c.drop_stray,
+        "punch_probes_sent": l.punch_probes_sent, "punch_answers": l.punch_answers,
         "drop_send_error": c.drop_send_error, "rtcp_malformed": c.rtcp_malformed,
         "quality": l.quality.as_ref().map(quality_json),
     })
@@ -465,6 +668,10 @@ fn event_json(e: &pb::Event) -> Value {
             json!({"event": "ended", "reason": reason, "last": x.last.as_ref().map(call_json)})
         }
         Some(Kind::Lagged(l)) => json!({"event": "lagged", "missed": l.missed}),
+        Some(Kind::PublicAddressChanged(p)) => json!({
+            "event": "public_address_changed", "previous": p.previous, "current": p.current,
+            "source": source_name(p.source), "stun_server": p.stun_server,
+        }),
         Some(Kind::Quality(a)) => {
             let limit = match pb::VoipLimit::try_from(a.limit) {
                 Ok(pb::VoipLimit::OneWayDelay) => "one_way_delay",

@@ -443,6 +443,11 @@ fn receive(
                     foreign += 1;
                     continue;
                 }
+                // XCC's hole-punching probes reach the client until its leg latches; a phone's
+                // RTP stack discards STUN (RFC 7983), and so does this one.
+                if !to_pbx && xcc_core::nat::stun::is_stun(&buf[..len]) {
+                    continue;
+                }
                 let len = match (to_pbx, call.srtp.as_mut()) {
                     (false, Some(ctx)) => match ctx.unprotect_rtp(&mut buf, len) {
                         Ok(len) => len,

@@ -37,6 +37,15 @@ pub struct DaemonConfig {
     pub log_level: String,
     /// Whole further sections appended verbatim (e.g. a `[sip]` table).
     pub sections: String,
+    /// `[media] bind_address` (default 127.0.0.1).
+    pub bind_address: String,
+    /// `[nat] public_address`; `None` leaves it out (then `[stun]` or the fallback decide).
+    pub public_address: Option<String>,
+    /// `[nat] pbx_address`.
+    pub pbx_address: String,
+    /// Network namespace (by `ip netns` name) xccd runs in; `None`: the test's own. The control
+    /// port is then on that namespace's loopback, reachable only from a thread inside it.
+    pub netns: Option<String>,
     /// `[metrics] listen`; `""` (the default here) disables the endpoint so concurrent daemons
     /// never compete for one port.
     pub metrics_listen: String,
@@ -55,6 +64,10 @@ impl DaemonConfig {
             grace_secs: 30,
             log_level: "debug".to_owned(),
             sections: String::new(),
+            bind_address: "127.0.0.1".to_owned(),
+            public_address: Some("127.0.0.1".to_owned()),
+            pbx_address: "127.0.0.1".to_owned(),
+            netns: None,
             metrics_listen: String::new(),
         }
     }
@@ -62,16 +75,22 @@ impl DaemonConfig {
     /// The TOML for this config with the control port `control`.
     pub fn toml(&self, control: std::net::SocketAddr) -> String {
         format!(
-            "[media]\n{}bind_address = \"127.0.0.1\"\nport_min = {}\nport_max = {}\nquarantine_secs = 1\n\
+            "[media]\n{}bind_address = \"{}\"\nport_min = {}\nport_max = {}\nquarantine_secs = 1\n\
              workers = 1\n\n[control]\n{}listen = \"{control}\"\ndrain_grace_secs = {}\n\n\
-             [nat]\n{}public_address = \"127.0.0.1\"\npbx_address = \"127.0.0.1\"\n\n[log]\nlevel = \"{}\"\n\n\
+             [nat]\n{}{}pbx_address = \"{}\"\n\n[log]\nlevel = \"{}\"\n\n\
              [metrics]\nlisten = \"{}\"\n\n{}",
             self.media_extra,
+            self.bind_address,
             self.pool_min,
             self.pool_min + self.pool_len - 1,
             self.control_extra,
             self.grace_secs,
             self.nat_extra,
+            self.public_address
+                .as_ref()
+                .map(|a| format!("public_address = \"{a}\"\n"))
+                .unwrap_or_default(),
+            self.pbx_address,
             self.log_level,
             self.metrics_listen,
             self.sections,
@@ -90,6 +109,7 @@ pub struct Daemon {
     /// The daemon's directory: `xcc.toml`, `stderr.log`, `notify.sock`.
     pub dir: PathBuf,
     notify: UnixDatagram,
+    netns: Option<String>,
 }
 
 impl Daemon {
@@ -116,7 +136,7 @@ impl Daemon {
             ));
         }
         std::fs::write(dir.join("xcc.toml"), text).unwrap();
-        Self::spawn_in(dir, control)
+        Self::spawn_in(dir, control, cfg.netns.clone())
     }
 
     /// Starts xccd again in this daemon's directory with the same config (after it exited or was
@@ -128,11 +148,12 @@ impl Daemon {
         }
         let dir = std::mem::take(&mut self.dir);
         let control = self.control;
+        let netns = self.netns.take();
         drop(self);
-        Self::spawn_in(dir, control)
+        Self::spawn_in(dir, control, netns)
     }
 
-    fn spawn_in(dir: PathBuf, control: std::net::SocketAddr) -> Daemon {
+    fn spawn_in(dir: PathBuf, control: std::net::SocketAddr, netns: Option<String>) -> Daemon {
         let notify_path = dir.join("notify.sock");
         let _ = std::fs::remove_file(&notify_path);
         let notify = UnixDatagram::bind(&notify_path).unwrap();
@@ -141,7 +162,16 @@ impl Daemon {
             .append(true)
             .open(dir.join("stderr.log"))
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_xccd"))
+        // `ip netns exec` execs xccd in place: the child's pid is xccd's.
+        let mut command = match &netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_xccd")]);
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_xccd")),
+        };
+        let child = command
             .arg("--config")
             .arg(dir.join("xcc.toml"))
             .env("NOTIFY_SOCKET", &notify_path)
@@ -156,6 +186,7 @@ impl Daemon {
             control,
             dir,
             notify,
+            netns,
         };
         let ready = d.next_notification(READY_WITHIN);
         assert!(

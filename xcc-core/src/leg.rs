@@ -16,7 +16,9 @@ use crate::ids::LegSide;
 use crate::media::{
     Direction, DropCounters, IceSetup, LegConfig, LegCounters, LegSrtpProgress, SrtpKeys,
 };
+use crate::nat::candidate::{COMPONENT_RTP, Candidate, CandidateType};
 use crate::nat::ice::{CheckLimits, CheckOutcome, IceLite};
+use crate::nat::punch::{ProbeKind, PunchSchedule, Puncher};
 use crate::quality::{ClockRates, LegMonitor, MonitorConfig};
 use crate::rtp::{self, PacketClass};
 use crate::srtp::{SrtpContext, SrtpError, SrtpPolicy};
@@ -195,6 +197,21 @@ pub struct Leg {
     monitor: LegMonitor,
     /// ICE-lite responder, when signalling set one up.
     ice: Option<IceLite>,
+    /// Hole punching towards the client until the leg latches (client legs only).
+    punch: Punch,
+}
+
+/// Hole-punching state of a leg: a configuration asks for it, the next worker tick starts it (it
+/// needs the worker's RNG for the tie-breaker and transaction ids), latching ends it.
+#[derive(Debug, Default)]
+enum Punch {
+    /// Nothing to do (PBX leg, no destination, already latched, or finished).
+    #[default]
+    Idle,
+    /// (Re)configured with a destination and not latched: start at the next tick.
+    Requested,
+    /// Probing.
+    Running(Box<Puncher>),
 }
 
 /// What [`Leg::handle_stun`] did with a STUN datagram.
@@ -224,6 +241,7 @@ impl Leg {
             crypto: None,
             counters: LegCounters::default(),
             ice: None,
+            punch: Punch::Idle,
             monitor: LegMonitor::new(quality, now),
         }
     }
@@ -244,11 +262,11 @@ impl Leg {
         self.ice = match (config.ice.as_ref(), self.ice.take()) {
             (None, _) => None,
             // Same local credentials (a re-INVITE without ICE restart): keep the rate limiter.
-            (Some(IceSetup { local, remote }), Some(mut ice)) if ice.local() == local => {
+            (Some(IceSetup { local, remote, .. }), Some(mut ice)) if ice.local() == local => {
                 ice.set_remote(remote.as_ref());
                 Some(ice)
             }
-            (Some(IceSetup { local, remote }), _) => Some(IceLite::new(
+            (Some(IceSetup { local, remote, .. }), _) => Some(IceLite::new(
                 local.clone(),
                 remote.as_ref(),
                 CheckLimits::default(),
@@ -268,6 +286,88 @@ impl Leg {
         self.rtp_latch.signalled_seen = false;
         self.rtcp_latch.signalled_seen = false;
         self.configured = true;
+        // Every configuration of an unlatched client leg (its offer, then again with XCC's answer)
+        // restarts punching, so a long ringing phase does not use the schedule up before the
+        // answer reaches the client.
+        let has_target = self.config.remote_rtp.is_some()
+            || self
+                .config
+                .ice
+                .as_ref()
+                .is_some_and(|i| !i.candidates.is_empty());
+        self.punch = if self.side == LegSide::Client && has_target && self.rtp_latch.addr.is_none()
+        {
+            Punch::Requested
+        } else {
+            Punch::Idle
+        };
+    }
+
+    /// Advances hole punching on the worker tick: starts a requested puncher (`rng` draws its
+    /// tie-breaker and transaction ids), ends it once the leg latched or the schedule is used up.
+    pub fn handle_punch_timeout(&mut self, now: Instant, rng: &mut impl rand::RngCore) {
+        if self.rtp_latch.addr.is_some() {
+            self.punch = Punch::Idle;
+            return;
+        }
+        if matches!(self.punch, Punch::Requested) {
+            // Signalled address first, then candidates; the puncher keeps the first MAX_TARGETS
+            // distinct ones. Once per configuration, never per tick.
+            let ice = self.config.ice.as_ref();
+            let candidates = ice.map(|i| i.candidates.as_slice()).unwrap_or_default();
+            let mut targets = [SocketAddr::from(([0, 0, 0, 0], 0)); crate::nat::punch::MAX_TARGETS];
+            let mut n = 0;
+            for (slot, t) in targets
+                .iter_mut()
+                .zip(self.config.remote_rtp.iter().chain(candidates))
+            {
+                *slot = *t;
+                n += 1;
+            }
+            let targets = &targets[..n];
+            let kind = match ice {
+                Some(IceSetup {
+                    local,
+                    remote: Some(remote),
+                    ..
+                }) => ProbeKind::Ice {
+                    local: local.clone(),
+                    remote: remote.clone(),
+                    tie_breaker: rng.next_u64(),
+                    priority: Candidate::priority_for(CandidateType::PeerReflexive, COMPONENT_RTP),
+                },
+                _ => ProbeKind::Keepalive,
+            };
+            self.punch = Punch::Running(Box::new(Puncher::new(
+                now,
+                targets,
+                kind,
+                PunchSchedule::default(),
+            )));
+        }
+        if let Punch::Running(p) = &mut self.punch {
+            p.handle_timeout(now, rng);
+        }
+    }
+
+    /// The next hole-punching probe, written into `buf` (at least 128 bytes): destination and
+    /// length, to send from the leg's RTP socket. Counted as sent.
+    pub fn poll_punch(&mut self, buf: &mut [u8]) -> Option<(SocketAddr, usize)> {
+        let Punch::Running(p) = &mut self.punch else {
+            return None;
+        };
+        let probe = p.poll_transmit(buf);
+        if probe.is_some() {
+            self.counters.punch_sent += 1;
+        } else if p.is_done() {
+            self.punch = Punch::Idle;
+        }
+        probe
+    }
+
+    /// Whether the leg is punching (or will at the next tick).
+    pub fn is_punching(&self) -> bool {
+        !matches!(self.punch, Punch::Idle)
     }
 
     /// Which side this leg faces.
@@ -384,6 +484,20 @@ impl Leg {
         pkt: &[u8],
         out: &mut [u8],
     ) -> StunReply {
+        // An authenticated answer to one of XCC's own probes proves the client is reachable at
+        // `from`: latch there, as a nominated check would.
+        if let Punch::Running(p) = &self.punch
+            && port == LocalPort::Rtp
+            && p.handle_response(from, pkt)
+        {
+            self.counters.punch_answered += 1;
+            self.punch = Punch::Idle;
+            let latched = self.latch_authenticated(port, from).then_some(from);
+            return StunReply {
+                send: None,
+                latched,
+            };
+        }
         let Some(ice) = self.ice.as_mut().filter(|_| self.configured) else {
             DropReason::Stray.count(&mut self.counters.drops);
             return StunReply::default();
@@ -1225,6 +1339,7 @@ mod tests {
         let setup = IceSetup {
             local: crate::nat::ice::IceCredentials::generate(&mut rng),
             remote: Some(crate::nat::ice::IceCredentials::generate(&mut rng)),
+            candidates: Vec::new(),
         };
         let mut leg = Leg::new(LegSide::Client, now);
         leg.configure(
@@ -1340,5 +1455,157 @@ mod tests {
         assert_eq!(leg.latched_rtp(), None);
         assert_eq!(leg.counters().drops.stray, 1);
         assert_eq!(leg.ice_counters(), None);
+    }
+    /// The client leg of a phone signalled at `signalled`, with ICE (credentials and candidates)
+    /// when `ice` is set.
+    fn punching_leg(now: Instant, signalled: &str, ice: Option<IceSetup>) -> Leg {
+        let mut leg = Leg::new(LegSide::Client, now);
+        leg.configure(
+            LegConfig {
+                remote_rtp: Some(addr(signalled)),
+                ice,
+                ..LegConfig::default()
+            },
+            POLICY,
+            now,
+        );
+        leg
+    }
+
+    #[test]
+    fn unlatched_client_leg_sends_bounded_keepalives_that_stop_at_latch() {
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let t0 = Instant::now();
+        let phone = addr("203.0.113.9:40000");
+        let mut leg = punching_leg(t0, "203.0.113.9:40000", None);
+        assert!(leg.is_punching());
+        let mut buf = [0u8; 256];
+        leg.handle_punch_timeout(t0, &mut rng);
+        let (to, len) = leg.poll_punch(&mut buf).expect("a probe at once");
+        assert_eq!(to, phone);
+        let msg = crate::nat::stun::Message::parse(&buf[..len]).unwrap();
+        assert_eq!(msg.msg_type(), crate::nat::stun::BINDING_INDICATION);
+        assert_eq!(
+            buf[0], 0,
+            "first byte 0: RTP version 0, discarded by RTP stacks"
+        );
+        assert_eq!(
+            leg.poll_punch(&mut buf),
+            None,
+            "one target, one probe per round"
+        );
+        assert_eq!(leg.counters().punch_sent, 1);
+
+        // The whole schedule is bounded: 50 rounds (about 16 s), then nothing, however long.
+        let mut now = t0;
+        for _ in 0..600 {
+            now += Duration::from_millis(50);
+            leg.handle_punch_timeout(now, &mut rng);
+            while leg.poll_punch(&mut buf).is_some() {}
+        }
+        assert_eq!(leg.counters().punch_sent, 50);
+        assert!(!leg.is_punching());
+
+        // A re-configuration (XCC's answer went out) restarts it; latching stops it.
+        leg.configure(leg.config().clone(), POLICY, now);
+        leg.handle_punch_timeout(now, &mut rng);
+        assert!(leg.poll_punch(&mut buf).is_some());
+        assert!(leg.latch_authenticated(LocalPort::Rtp, phone));
+        leg.handle_punch_timeout(now + Duration::from_millis(50), &mut rng);
+        assert_eq!(leg.poll_punch(&mut buf), None);
+        assert!(!leg.is_punching());
+        // A latched leg reconfigured (re-INVITE) does not punch again.
+        leg.configure(leg.config().clone(), POLICY, now);
+        assert!(!leg.is_punching());
+    }
+
+    #[test]
+    fn pbx_leg_and_leg_without_destination_never_punch() {
+        let t0 = Instant::now();
+        let mut pbx = Leg::new(LegSide::Pbx, t0);
+        pbx.configure(
+            LegConfig {
+                remote_rtp: Some(addr("10.0.0.1:4000")),
+                ..LegConfig::default()
+            },
+            POLICY,
+            t0,
+        );
+        assert!(!pbx.is_punching());
+        let (leg, _) = ice_leg(t0);
+        assert!(!leg.is_punching(), "no signalled address, no candidates");
+    }
+
+    /// The phone's answer to XCC's probe `probe`: success with XOR-MAPPED-ADDRESS, integrity
+    /// under `pwd` (the phone's own password, as RFC 8445 §7.2.5 requires).
+    fn probe_answer(probe: &[u8], pwd: &str, mapped: SocketAddr) -> Vec<u8> {
+        use crate::nat::stun::{BINDING_SUCCESS, Message, Writer};
+        let id = Message::parse(probe).unwrap().transaction_id();
+        let mut buf = [0u8; 128];
+        let mut w = Writer::new(&mut buf, BINDING_SUCCESS, id).unwrap();
+        w.xor_mapped_address(mapped).unwrap();
+        w.integrity(pwd.as_bytes()).unwrap();
+        w.fingerprint().unwrap();
+        let len = w.finish();
+        buf[..len].to_vec()
+    }
+
+    #[test]
+    fn ice_probe_to_a_candidate_answered_with_the_phones_password_latches_there() {
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let t0 = Instant::now();
+        let srflx = addr("203.0.113.1:50000");
+        let setup = IceSetup {
+            local: crate::nat::ice::IceCredentials::generate(&mut rng),
+            remote: Some(crate::nat::ice::IceCredentials::generate(&mut rng)),
+            candidates: vec![srflx, addr("198.51.100.2:40000")],
+        };
+        let remote = setup.remote.clone().unwrap();
+        // c= holds the phone's private address (unreachable); the srflx candidate is the way in.
+        let mut leg = punching_leg(t0, "198.51.100.2:40000", Some(setup.clone()));
+        let mut buf = [0u8; 256];
+        leg.handle_punch_timeout(t0, &mut rng);
+        let mut probes = Vec::new();
+        while let Some((to, len)) = leg.poll_punch(&mut buf) {
+            probes.push((to, buf[..len].to_vec()));
+        }
+        let dests: Vec<SocketAddr> = probes.iter().map(|p| p.0).collect();
+        assert_eq!(
+            dests,
+            [addr("198.51.100.2:40000"), srflx],
+            "deduplicated, signalled first"
+        );
+        let (_, probe) = &probes[1];
+        let msg = crate::nat::stun::Message::parse(probe).unwrap();
+        assert_eq!(msg.msg_type(), crate::nat::stun::BINDING_REQUEST);
+        let username = format!("{}:{}", remote.ufrag, setup.local.ufrag);
+        assert_eq!(msg.username(), Some(username.as_bytes()));
+        assert!(msg.verify_integrity(remote.pwd.as_bytes()));
+
+        let mut out = [0u8; crate::nat::ice::MAX_RESPONSE_LEN];
+        // A forged answer (wrong password) proves nothing: no latch, a counted stray.
+        let forged = probe_answer(probe, "wrong-password-0123456789", srflx);
+        let reply = leg.handle_stun(t0, LocalPort::Rtp, srflx, &forged, &mut out);
+        assert_eq!(reply, StunReply::default());
+        assert_eq!(leg.latched_rtp(), None);
+        assert_eq!(leg.counters().drops.stray, 1);
+        // The right answer from a source that was not probed proves nothing either.
+        let good = probe_answer(probe, &remote.pwd, srflx);
+        let other = addr("203.0.113.66:50000");
+        assert_eq!(
+            leg.handle_stun(t0, LocalPort::Rtp, other, &good, &mut out)
+                .latched,
+            None
+        );
+        // From the probed candidate it latches, and punching ends.
+        let reply = leg.handle_stun(t0, LocalPort::Rtp, srflx, &good, &mut out);
+        assert_eq!(reply.latched, Some(srflx));
+        assert_eq!(reply.send, None);
+        assert_eq!(leg.latched_rtp(), Some(srflx));
+        assert_eq!(leg.counters().punch_answered, 1);
+        assert_eq!(leg.counters().punch_sent, 2);
+        assert!(!leg.is_punching());
     }
 }

@@ -213,6 +213,10 @@ pub struct IceSetup {
     pub local: crate::nat::ice::IceCredentials,
     /// The peer's credentials from the offer; `None` accepts any remote ufrag in USERNAME.
     pub remote: Option<crate::nat::ice::IceCredentials>,
+    /// The peer's RTP-component candidates, highest priority first
+    /// ([`crate::nat::candidate::RemoteIce::rtp_targets`]): hole-punching targets after the
+    /// signalled address.
+    pub candidates: Vec<SocketAddr>,
 }
 
 /// Where one leg's SRTP contexts stand: the ROC and packet index per direction. The worker
@@ -326,6 +330,10 @@ pub struct LegCounters {
     pub rtcp_malformed: u64,
     /// Drops by reason.
     pub drops: DropCounters,
+    /// Hole-punching probes sent towards the client before it latched.
+    pub punch_sent: u64,
+    /// Authenticated answers to those probes (ICE clients only).
+    pub punch_answered: u64,
 }
 
 /// A leg as last published by its worker.

@@ -88,6 +88,7 @@ fn nominated_check_is_answered_and_latches_a_wrong_password_gets_nothing() {
     let setup = IceSetup {
         local: IceCredentials::generate(&mut rng),
         remote: Some(IceCredentials::generate(&mut rng)),
+        candidates: Vec::new(),
     };
     let pbx = Phone::new();
     // The client's address is unknown (behind a NAT): only ICE can tell XCC where it is.

@@ -13,13 +13,12 @@
 //! assertion fails. Without root or `ip netns`, or without coturn, each test prints why and passes
 //! without checking anything.
 
-use std::fs::File;
 use std::io::{ErrorKind, Write};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+mod netns_support;
+use netns_support::*;
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -35,260 +34,12 @@ use xcc_core::nat::turn::{
     TcpFramer, TurnClient, TurnConfig, TurnEvent, TurnInput, TurnTransport, is_data_indication,
 };
 
-const PRIVATE: &str = "198.51.100.2";
-const NAT_PUBLIC: &str = "203.0.113.1";
-const STUN_PRIMARY: &str = "203.0.113.10:3478";
-const PEER: &str = "203.0.113.20";
-
 /// Short retransmissions: the namespaces' links are lossless and filtering tests wait for silence.
 const FAST: Retransmission = Retransmission {
     rto: Duration::from_millis(100),
     max_transmits: 3,
     last_wait_factor: 4,
 };
-
-/// Upper bound of any one drive loop.
-const DEADLINE: Duration = Duration::from_secs(15);
-
-/// How the NAT maps.
-#[derive(Clone, Copy)]
-enum Nat {
-    /// `masquerade`: endpoint-independent mapping, port-restricted filtering (conntrack).
-    PortRestrictedCone,
-    /// `masquerade random`: a new random port per destination (symmetric NAT).
-    Symmetric,
-}
-
-/// The three namespaces, coturn, and their removal.
-struct Topology {
-    /// Namespace name prefix (unique per test and process).
-    prefix: String,
-    /// Namespaces created so far (removed on drop).
-    created: Vec<String>,
-    /// coturn, killed on drop.
-    coturn: Option<Child>,
-}
-
-impl Topology {
-    fn ns(&self, which: &str) -> String {
-        format!("{}{which}", self.prefix)
-    }
-
-    /// Builds the topology, or says why it cannot (then the test skips).
-    fn build(nat: Nat, peer: bool, turn: bool) -> Result<Topology, String> {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        if Command::new("turnserver")
-            .arg("--version")
-            .output()
-            .is_err()
-        {
-            return Err("coturn (turnserver) not installed".into());
-        }
-        let prefix = format!(
-            "xccnat{}x{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        let mut topo = Topology {
-            prefix,
-            created: Vec::new(),
-            coturn: None,
-        };
-        for which in ["c", "n", "p"] {
-            let name = topo.ns(which);
-            run("ip", &["netns", "add", &name])?;
-            topo.created.push(name);
-        }
-        let (c, n, p) = (topo.ns("c"), topo.ns("n"), topo.ns("p"));
-        let peer_addr = format!("{PEER}/24");
-        let mut steps: Vec<Vec<&str>> = vec![
-            vec![
-                "-n", &c, "link", "add", "c0", "type", "veth", "peer", "name", "n0", "netns", &n,
-            ],
-            vec![
-                "-n", &n, "link", "add", "n1", "type", "veth", "peer", "name", "p0", "netns", &p,
-            ],
-            vec!["-n", &c, "addr", "add", "198.51.100.2/24", "dev", "c0"],
-            vec!["-n", &n, "addr", "add", "198.51.100.1/24", "dev", "n0"],
-            vec!["-n", &n, "addr", "add", "203.0.113.1/24", "dev", "n1"],
-            vec!["-n", &p, "addr", "add", "203.0.113.10/24", "dev", "p0"],
-            vec!["-n", &p, "addr", "add", "203.0.113.11/24", "dev", "p0"],
-        ];
-        if peer {
-            steps.push(vec!["-n", &p, "addr", "add", &peer_addr, "dev", "p0"]);
-        }
-        for (ns, dev) in [(&c, "c0"), (&c, "lo"), (&n, "n0"), (&n, "n1"), (&n, "lo")] {
-            steps.push(vec!["-n", ns, "link", "set", dev, "up"]);
-        }
-        steps.push(vec!["-n", &p, "link", "set", "p0", "up"]);
-        steps.push(vec!["-n", &p, "link", "set", "lo", "up"]);
-        steps.push(vec![
-            "-n",
-            &c,
-            "route",
-            "add",
-            "default",
-            "via",
-            "198.51.100.1",
-        ]);
-        for step in steps {
-            run("ip", &step)?;
-        }
-        run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &n,
-                "sysctl",
-                "-qw",
-                "net.ipv4.ip_forward=1",
-            ],
-        )?;
-        let rule = match nat {
-            Nat::PortRestrictedCone => "masquerade",
-            Nat::Symmetric => "masquerade random",
-        };
-        let ruleset = format!(
-            "table ip xccnat {{\n chain post {{\n  type nat hook postrouting priority srcnat;\n  \
-             oifname \"n1\" {rule}\n }}\n}}\n"
-        );
-        let mut nft = Command::new("ip")
-            .args(["netns", "exec", &n, "nft", "-f", "-"])
-            .stdin(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("nft: {e}"))?;
-        nft.stdin
-            .take()
-            .ok_or("nft stdin")?
-            .write_all(ruleset.as_bytes())
-            .map_err(|e| format!("nft stdin: {e}"))?;
-        let status = nft.wait().map_err(|e| format!("nft: {e}"))?;
-        if !status.success() {
-            return Err(format!("nft -f failed: {status}"));
-        }
-        let pidfile = format!("/tmp/{}.coturn.pid", topo.prefix);
-        let mode: &[&str] = if turn {
-            &[
-                "--lt-cred-mech",
-                "--user",
-                "xcc:secret",
-                "--realm",
-                "xcc.test",
-            ]
-        } else {
-            &["--stun-only"]
-        };
-        let args = [
-            "netns",
-            "exec",
-            &p,
-            "turnserver",
-            "-n",
-            "--no-cli",
-            "--no-tls",
-            "--no-dtls",
-        ];
-        let listen = [
-            "-L",
-            "203.0.113.10",
-            "-L",
-            "203.0.113.11",
-            "--listening-port",
-            "3478",
-        ];
-        let ports = ["--min-port", "49152", "--max-port", "49300"];
-        let coturn = Command::new("ip")
-            .args(args)
-            .args(listen)
-            .args(mode)
-            .args(ports)
-            .args(["--pidfile", &pidfile, "--log-file", "stdout"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("turnserver: {e}"))?;
-        topo.coturn = Some(coturn);
-        topo.wait_for_coturn()?;
-        Ok(topo)
-    }
-
-    /// Waits until coturn answers on its primary and alternate addresses, asking from inside the
-    /// public namespace (bounded by [`DEADLINE`]).
-    fn wait_for_coturn(&self) -> Result<(), String> {
-        self.inside("p", || {
-            let sock = UdpSocket::bind(("203.0.113.10", 0)).map_err(|e| format!("bind: {e}"))?;
-            let start = Instant::now();
-            let mut buf = [0u8; 1500];
-            for server in [STUN_PRIMARY, "203.0.113.11:3479"] {
-                let server: SocketAddr = server.parse().expect("literal");
-                loop {
-                    if start.elapsed() > DEADLINE {
-                        return Err(format!("coturn did not answer on {server}"));
-                    }
-                    let mut req = [0u8; 20];
-                    let id = stun::TransactionId([start.elapsed().subsec_nanos() as u8; 12]);
-                    let len = stun::Writer::new(&mut req, stun::BINDING_REQUEST, id)
-                        .expect("20-byte buffer fits a header")
-                        .finish();
-                    sock.send_to(&req[..len], server)
-                        .map_err(|e| format!("send: {e}"))?;
-                    let until = Instant::now() + Duration::from_millis(100);
-                    if let Some((n, from)) = recv_until(&sock, &mut buf, until)
-                        && from == server
-                        && stun::Message::parse(&buf[..n]).is_ok()
-                    {
-                        break;
-                    }
-                }
-            }
-            Ok(())
-        })
-    }
-
-    /// Runs `f` on a thread inside namespace `which` (`c` or `p`).
-    fn inside<T: Send + 'static>(&self, which: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{}", self.ns(which));
-        std::thread::spawn(move || {
-            let file = File::open(&path).expect("namespace created by this test");
-            // SAFETY: setns only changes this thread's network namespace; the fd is open.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .expect("namespace thread")
-    }
-}
-
-impl Drop for Topology {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.coturn.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = std::fs::remove_file(format!("/tmp/{}.coturn.pid", self.prefix));
-        for name in self.created.drain(..).rev() {
-            let _ = Command::new("ip").args(["netns", "del", &name]).status();
-        }
-    }
-}
-
-fn run(cmd: &str, args: &[&str]) -> Result<(), String> {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .map_err(|e| format!("{cmd}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{cmd} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
 
 /// Builds the topology or prints why the test is skipped.
 fn topology(nat: Nat, peer: bool) -> Option<Topology> {
@@ -313,21 +64,6 @@ fn topology_with(nat: Nat, peer: bool, turn: bool) -> Option<Topology> {
             skip(&format!("network namespaces unavailable: {why}"));
             None
         }
-    }
-}
-
-/// Receives into `buf` until `until`; `None` on timeout.
-fn recv_until(sock: &UdpSocket, buf: &mut [u8], until: Instant) -> Option<(usize, SocketAddr)> {
-    let wait = until
-        .saturating_duration_since(Instant::now())
-        .clamp(Duration::from_millis(1), Duration::from_millis(200));
-    sock.set_read_timeout(Some(wait)).expect("set timeout");
-    match sock.recv_from(buf) {
-        Ok(r) => Some(r),
-        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => None,
-        // ICMP port unreachable surfaces as ECONNREFUSED on Linux: treat as silence.
-        Err(e) if e.kind() == ErrorKind::ConnectionRefused => None,
-        Err(e) => panic!("recv: {e}"),
     }
 }
 
@@ -456,14 +192,6 @@ fn peer_check(xcc: &IceCredentials, peer: &IceCredentials, id: u8, buf: &mut [u8
     w.integrity(xcc.pwd.as_bytes()).unwrap();
     w.fingerprint().unwrap();
     w.finish()
-}
-
-/// Enters namespace `path` on the current thread.
-fn enter(path: &str) {
-    let file = File::open(path).expect("namespace created by this test");
-    // SAFETY: setns only changes this thread's network namespace; the fd is open for the call.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
 }
 
 /// XCC sits behind the port-restricted NAT (masquerade keeps its media port); an ICE peer on the

@@ -27,6 +27,8 @@ pub struct ControlState {
     draining: AtomicBool,
     /// The grpc.health.v1 statuses this state publishes.
     health: HealthReporter,
+    /// Public address discovery as last published by its driver; `None` when none runs.
+    public_address: std::sync::RwLock<Option<crate::nat::PublicAddressStatus>>,
     /// Replaces the process's log filter; installed once by the daemon, which owns logging.
     log_level: OnceLock<LogLevelHook>,
     /// A drain was asked to stop the process once idle (`Drain{exit_when_idle}`).
@@ -91,6 +93,7 @@ impl ControlState {
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             health,
+            public_address: std::sync::RwLock::new(None),
             log_level: OnceLock::new(),
             exit_when_idle: AtomicBool::new(false),
             exit_wake: Notify::new(),
@@ -194,6 +197,23 @@ impl ControlState {
     /// True once [`ControlState::set_ready`] ran.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// Records public address discovery's latest state (for `Status`).
+    pub fn set_public_address(&self, status: crate::nat::PublicAddressStatus) {
+        // A poisoned lock only means a reader panicked; the value is replaced whole.
+        *self
+            .public_address
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some(status);
+    }
+
+    /// Public address discovery's latest state, if a driver published one.
+    pub fn public_address(&self) -> Option<crate::nat::PublicAddressStatus> {
+        self.public_address
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Marks the process ready: health turns SERVING unless draining.

@@ -140,8 +140,9 @@ pub fn spawn_media_forwarder(
     std::thread::Builder::new()
         .name("xcc-events".into())
         .spawn(move || {
-            let advertised = sessions.advertised();
             while let Ok(event) = events.recv() {
+                // Read per event: discovery may have changed the client address.
+                let advertised = sessions.advertised();
                 let call = match &event {
                     MediaEvent::Latched { call, .. }
                     | MediaEvent::Ended { call, .. }

@@ -98,6 +98,8 @@ fn leg_to_pb(leg: &LegSnapshot, advertised: &Advertised) -> pb::Leg {
         direction: direction_name(leg.direction).to_owned(),
         counters: Some(counters_to_pb(&leg.counters)),
         quality: Some(quality_to_pb(&leg.quality)),
+        punch_probes_sent: leg.counters.punch_sent,
+        punch_answers: leg.counters.punch_answered,
     }
 }
 
@@ -348,7 +350,7 @@ impl pb::satellite_server::Satellite for ControlPlane {
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let media = self.sessions.media();
         let pool = media.pool_status();
-        Ok(Response::new(pb::StatusResponse {
+        let mut status = pb::StatusResponse {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_secs: self.state.uptime(Instant::now()).as_secs(),
             calls: media.calls().len() as u64,
@@ -364,7 +366,13 @@ impl pb::satellite_server::Satellite for ControlPlane {
                 .state
                 .drain_grace_left(Instant::now())
                 .map_or(0, |d| d.as_secs()),
-        }))
+            ..Default::default()
+        };
+        match self.state.public_address() {
+            Some(public) => crate::nat::fill_status(&mut status, &public),
+            None => status.public_address = self.sessions.advertised().client.to_string(),
+        }
+        Ok(Response::new(status))
     }
 
     async fn drain(

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use xcc_core::ids::{CallId, LegSide};
 use xcc_core::media::{IceSetup, LegConfig, LegPorts, SrtpKeys};
@@ -114,6 +114,10 @@ struct Session {
     /// The client leg's ICE credentials (XCC's, the client's) once negotiated: XCC's are kept
     /// across re-offers so checks keep verifying, and replaced only on an ICE restart.
     client_ice: Option<IceSetup>,
+    /// The client leg's configuration as last sent to the media plane: sent again when the PBX
+    /// answers a client's offer, so the leg's hole punching restarts once XCC's answer (with its
+    /// ICE credentials) goes to the client, however long the PBX rang.
+    client_leg: Option<LegConfig>,
     /// Whether an answer ever completed offer/answer (the first one raises `CallAnswered`).
     answered: bool,
     /// o= session id XCC uses on both legs.
@@ -132,8 +136,12 @@ struct Table {
 pub struct SessionTable {
     /// The media plane the sessions drive.
     media: Arc<dyn MediaPlane>,
-    /// What XCC signals on each leg.
-    advertised: Advertised,
+    /// What XCC signals on each leg now; the client address follows public address discovery
+    /// ([`SessionTable::set_client_address`]). Read once per request, never on the packet path.
+    advertised: RwLock<Advertised>,
+    /// The client address the table was built with (bind or interface address): XCC's host
+    /// candidate, beside the server-reflexive one once discovery learned a different public IP.
+    client_host: IpAddr,
     /// Suites XCC offers to clients, best first.
     client_suites: Vec<SrtpSuite>,
     table: Mutex<Table>,
@@ -249,6 +257,9 @@ impl Session {
             pending,
             client_ours: s.client_ours.as_deref().map(crypto_from_text).transpose()?,
             client_ice: s.client_ice,
+            // Not stored: the media plane restores the leg itself; a call restored while ringing
+            // just does not restart hole punching when the PBX answers.
+            client_leg: None,
             answered: s.answered,
             origin_id: s.origin_id,
             origin_version: s.origin_version,
@@ -278,7 +289,8 @@ impl SessionTable {
     ) -> Self {
         Self {
             media,
-            advertised,
+            client_host: advertised.client,
+            advertised: RwLock::new(advertised),
             client_suites,
             table: Mutex::new(Table::default()),
         }
@@ -289,9 +301,19 @@ impl SessionTable {
         &self.media
     }
 
-    /// The addresses XCC advertises.
+    /// The addresses XCC advertises now.
     pub fn advertised(&self) -> Advertised {
+        // A poisoned lock still holds a valid Copy value: the writer cannot panic mid-store.
+        *self.advertised.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Changes the address signalled to clients from now on (public address discovery learned
+    /// or lost one). Sessions already answered keep what they were told until their next offer.
+    pub fn set_client_address(&self, client: IpAddr) {
         self.advertised
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .client = client;
     }
 
     fn lock(&self) -> MutexGuard<'_, Table> {
@@ -339,6 +361,7 @@ impl SessionTable {
             pending: None,
             client_ours: None,
             client_ice: None,
+            client_leg: None,
             answered: false,
             origin_id,
             origin_version: [0, 0],
@@ -400,6 +423,7 @@ impl SessionTable {
         };
         let answer = parse(sdp)?;
         let audio = answer.audio().map_err(|e| Error::in_field("sdp", e))?;
+        let advertised = self.advertised();
         let (answerer, leg_config, rewrite, ice_to_offerer) = match &pending {
             Pending::FromClient {
                 ours,
@@ -410,7 +434,7 @@ impl SessionTable {
                 // The PBX answered XCC's plain-RTP offer; the client gets XCC's SRTP answer.
                 let leg = plain_leg(&audio);
                 let rw = AudioRewrite {
-                    address: self.advertised.client,
+                    address: advertised.client,
                     ports: session.view.ports[LegSide::Client.index()],
                     transport: transport.clone(),
                     rtcp_mux: *rtcp_mux,
@@ -446,16 +470,17 @@ impl SessionTable {
                 // The answer echoes the session parameters XCC offered (none): the client's say.
                 leg.srtp_policy = answered.srtp_policy();
                 // XCC offered ICE-lite; the leg answers checks only if the client does ICE.
-                leg.ice = RemoteIce::from_attributes(answer.audio_attribute_lines())
-                    .credentials
-                    .map(|remote| IceSetup {
-                        local: ice.clone(),
-                        remote: Some(remote),
-                    });
+                let remote_ice = RemoteIce::from_attributes(answer.audio_attribute_lines());
+                let candidates = remote_ice.rtp_targets();
+                leg.ice = remote_ice.credentials.map(|remote| IceSetup {
+                    local: ice.clone(),
+                    remote: Some(remote),
+                    candidates,
+                });
                 session.client_ice = leg.ice.clone();
                 session.client_ours = Some(ours);
                 let rw = AudioRewrite {
-                    address: self.advertised.pbx,
+                    address: advertised.pbx,
                     ports: session.view.ports[LegSide::Pbx.index()],
                     transport: MediaTransport::RtpAvp,
                     rtcp_mux: false,
@@ -467,7 +492,13 @@ impl SessionTable {
         };
         let offerer = answerer.other();
         let text = self.emit(session, answer, &rewrite, offerer, ice_to_offerer.as_ref())?;
+        if answerer == LegSide::Client {
+            session.client_leg = Some(leg_config.clone());
+        }
         self.media.configure_leg(call, answerer, leg_config)?;
+        if let (LegSide::Pbx, Some(client)) = (answerer, session.client_leg.clone()) {
+            self.media.configure_leg(call, LegSide::Client, client)?;
+        }
         session.pending = None;
         session.view.state = State::Active;
         session.view.sdp = text;
@@ -556,6 +587,7 @@ impl SessionTable {
     ) -> Result<()> {
         let call = session.view.call;
         let to = from.other();
+        let advertised = self.advertised();
         let mut leg = plain_leg(audio);
         // Read before `offer` is consumed by the rewrite; only the client's ICE matters.
         let remote_ice = RemoteIce::from_attributes(offer.audio_attribute_lines());
@@ -576,7 +608,7 @@ impl SessionTable {
                     ice: leg.ice.as_ref().map(|setup| setup.local.clone()),
                 };
                 let rw = AudioRewrite {
-                    address: self.advertised.pbx,
+                    address: advertised.pbx,
                     ports: session.view.ports[LegSide::Pbx.index()],
                     transport: MediaTransport::RtpAvp,
                     rtcp_mux: false,
@@ -595,7 +627,7 @@ impl SessionTable {
                     .map(|setup| setup.local.clone())
                     .unwrap_or_else(|| IceCredentials::generate(&mut rand::rng()));
                 let rw = AudioRewrite {
-                    address: self.advertised.client,
+                    address: advertised.client,
                     ports: session.view.ports[LegSide::Client.index()],
                     transport: MediaTransport::RtpSavp,
                     rtcp_mux: false,
@@ -613,6 +645,9 @@ impl SessionTable {
             }
         };
         let text = self.emit(session, offer, &rewrite, to, ice_to_client.as_ref())?;
+        if from == LegSide::Client {
+            session.client_leg = Some(leg.clone());
+        }
         self.media.configure_leg(call, from, leg)?;
         session.pending = Some(pending);
         session.view.state = State::AwaitingAnswer;
@@ -636,15 +671,18 @@ impl SessionTable {
         sdp.rewrite_audio(rw)
             .map_err(|e| Error::in_field("sdp", e))?;
         if let (LegSide::Client, Some(local)) = (to, ice) {
-            let rtp = SocketAddr::new(rw.address, rw.ports.rtp);
             let rtcp = (!rw.rtcp_mux).then_some(rw.ports.rtcp);
-            let lines = answer_lines(local, &leg_candidates(rtp, rtcp, None));
+            // Host candidate on the local address, server-reflexive on the public one when
+            // discovery learned a different one.
+            let host = SocketAddr::new(self.client_host, rw.ports.rtp);
+            let public = Some(rw.address).filter(|ip| *ip != self.client_host);
+            let lines = answer_lines(local, &leg_candidates(host, rtcp, public));
             sdp.add_ice_lines(&lines)
                 .map_err(|e| Error::in_field("sdp", e))?;
         }
         let version = &mut session.origin_version[to.index()];
         *version += 1;
-        sdp.set_origin(session.origin_id, *version, self.advertised.for_side(to));
+        sdp.set_origin(session.origin_id, *version, rw.address);
         Ok(sdp.to_string())
     }
 }
@@ -702,8 +740,9 @@ fn choose_client_crypto(
 /// The client leg's ICE setup for a client offer: none unless the offer carries valid ICE
 /// credentials; XCC's credentials are kept while the client's ufrag stays the same and are
 /// fresh (CSPRNG) for a first offer or an ICE restart (RFC 8445 §9: a changed ufrag).
-fn client_offer_ice(current: Option<&IceSetup>, remote: RemoteIce) -> Option<IceSetup> {
-    let remote = remote.credentials?;
+fn client_offer_ice(current: Option<&IceSetup>, offer: RemoteIce) -> Option<IceSetup> {
+    let candidates = offer.rtp_targets();
+    let remote = offer.credentials?;
     let same_ufrag = |setup: &&IceSetup| {
         setup
             .remote
@@ -718,6 +757,7 @@ fn client_offer_ice(current: Option<&IceSetup>, remote: RemoteIce) -> Option<Ice
     Some(IceSetup {
         local,
         remote: Some(remote),
+        candidates,
     })
 }
 

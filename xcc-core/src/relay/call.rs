@@ -230,6 +230,22 @@ impl Call {
         }
     }
 
+    /// Advances the client leg's hole punching (worker tick); probes then come from
+    /// [`Call::poll_punch`].
+    pub fn handle_punch_timeout(&mut self, now: Instant, rng: &mut impl rand::RngCore) {
+        let leg = &mut self.legs[LegSide::Client.index()];
+        if leg.is_punching() {
+            leg.handle_punch_timeout(now, rng);
+            self.dirty = true;
+        }
+    }
+
+    /// The client leg's next hole-punching probe in `buf`: destination and length, to send from
+    /// the client RTP socket.
+    pub fn poll_punch(&mut self, buf: &mut [u8]) -> Option<(SocketAddr, usize)> {
+        self.legs[LegSide::Client.index()].poll_punch(buf)
+    }
+
     /// Next quality event of either leg (VoIP-ready limit crossed or recovered).
     pub fn poll_quality_event(&mut self) -> Option<(LegSide, QualityEvent)> {
         self.legs

@@ -21,7 +21,7 @@ const SRTP_WORDS: usize = 8;
 /// Where the SRTP words start inside a leg.
 const SRTP_AT: usize = COUNTER_WORDS + 2 * ADDR_WORDS + QUALITY_WORDS;
 /// Counter fields of [`LegCounters`] including drops.
-pub(crate) const COUNTER_WORDS: usize = 14;
+pub(crate) const COUNTER_WORDS: usize = 16;
 /// Words of a [`QualitySnapshot`]: a presence mask for the optional values, the limit sets, then
 /// one word per number (floats as their bits).
 const QUALITY_WORDS: usize = 22;
@@ -152,6 +152,8 @@ pub(crate) fn counter_words(c: &LegCounters) -> [u64; COUNTER_WORDS] {
         d.no_route,
         d.stray,
         d.send_error,
+        c.punch_sent,
+        c.punch_answered,
     ]
 }
 
@@ -175,6 +177,8 @@ pub(crate) fn counters_from_words(w: &[u64]) -> LegCounters {
             stray: w(12),
             send_error: w(13),
         },
+        punch_sent: w(14),
+        punch_answered: w(15),
     }
 }
 
@@ -384,6 +388,8 @@ mod tests {
         st.legs[1].counters.drops.stranger = u64::MAX;
         st.legs[1].latched_rtcp = Some("[2001:db8::1]:65535".parse().unwrap());
         st.legs[0].counters.rtcp_malformed = 2;
+        st.legs[0].counters.punch_sent = 11;
+        st.legs[0].counters.punch_answered = 1;
         st.legs[1].srtp.outbound.rtp = Some(StreamIndex {
             ssrc: 0,
             index: (7 << 16) | 65535,

@@ -73,6 +73,8 @@ mod tests {
                 stray: 13,
                 send_error: 14,
             },
+            punch_sent: 15,
+            punch_answered: 16,
         };
         let t = WorkerTotals::default();
         t.store(&a, 42);

@@ -35,6 +35,8 @@ const MAX_DATAGRAM: usize = 2048;
 const BUF_LEN: usize = MAX_DATAGRAM + 64;
 /// Packets read from one socket before others get a turn; the rest waits in the backlog.
 const BURST: usize = 64;
+/// Room for one hole-punching probe (the puncher needs at least 128 bytes).
+const PUNCH_BUF_LEN: usize = 640;
 
 /// What a worker thread starts with.
 pub(crate) struct WorkerSetup {
@@ -103,6 +105,11 @@ struct Worker {
     buf: Box<[u8]>,
     /// ICE-lite responses are written here (the request stays in `buf`).
     stun_out: [u8; MAX_RESPONSE_LEN],
+    /// Hole-punching probes are written here (an ICE check with USERNAME of two 256-byte ufrags
+    /// at most fits; a probe that does not is skipped by the puncher, never truncated).
+    punch_out: [u8; PUNCH_BUF_LEN],
+    /// Transaction ids and tie-breakers of hole-punching probes (thread-local CSPRNG).
+    rng: rand::rngs::ThreadRng,
     /// Stop after this loop iteration.
     stopping: bool,
     /// Final counters (both legs) of every call this worker ended.
@@ -122,6 +129,8 @@ pub(crate) fn run(setup: WorkerSetup) {
         backlog_now: Vec::with_capacity(1024),
         buf: vec![0u8; BUF_LEN].into_boxed_slice(),
         stun_out: [0u8; MAX_RESPONSE_LEN],
+        punch_out: [0u8; PUNCH_BUF_LEN],
+        rng: rand::rng(),
         stopping: false,
         retired: LegCounters::default(),
         calls_ended: 0,
@@ -322,6 +331,12 @@ impl Worker {
                 continue;
             }
             slot.call.handle_timeout(now);
+            // Hole punching: a few probes per leg per tick at most, from the client RTP socket.
+            slot.call.handle_punch_timeout(now, &mut self.rng);
+            let client_rtp = socket_index(LegSide::Client, LocalPort::Rtp);
+            while let Some((to, len)) = slot.call.poll_punch(&mut self.punch_out) {
+                let _ = slot.sockets[client_rtp].send_to(&self.punch_out[..len], to);
+            }
             while let Some((side, event)) = slot.call.poll_quality_event() {
                 let _span = tracing::info_span!("call", id = slot.id.0).entered();
                 tracing::info!(?side, ?event, "media quality");

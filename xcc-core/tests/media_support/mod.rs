@@ -51,22 +51,39 @@ impl Phone {
     }
 }
 
-/// Receives one datagram within the socket's read timeout.
+/// Receives one datagram within the socket's read timeout (hole-punching keepalives aside).
 pub fn recv(sock: &UdpSocket) -> (Vec<u8>, SocketAddr) {
     let mut buf = [0u8; 2048];
-    let (n, from) = sock
-        .recv_from(&mut buf)
-        .expect("datagram within the read timeout");
-    (buf[..n].to_vec(), from)
+    loop {
+        let (n, from) = sock
+            .recv_from(&mut buf)
+            .expect("datagram within the read timeout");
+        if !is_punch_keepalive(&buf[..n]) {
+            return (buf[..n].to_vec(), from);
+        }
+    }
 }
 
-/// Whether a datagram is waiting, without blocking.
+/// Whether a datagram is waiting, without blocking (hole-punching keepalives aside).
 pub fn pending(sock: &UdpSocket) -> bool {
     sock.set_nonblocking(true).unwrap();
     let mut buf = [0u8; 2048];
-    let got = sock.recv_from(&mut buf).is_ok();
+    let got = loop {
+        match sock.recv_from(&mut buf) {
+            Ok((n, _)) if is_punch_keepalive(&buf[..n]) => continue,
+            Ok(_) => break true,
+            Err(_) => break false,
+        }
+    };
     sock.set_nonblocking(false).unwrap();
     got
+}
+
+/// A STUN Binding indication: the hole-punching keepalive XCC sends to a non-ICE client leg's
+/// signalled address until it latches. A phone's RTP stack discards it (RFC 7983), and so do
+/// these tests' phones; everything else (responses to ICE checks included) is kept.
+pub fn is_punch_keepalive(datagram: &[u8]) -> bool {
+    datagram.len() >= 20 && datagram[..2] == [0x00, 0x11]
 }
 
 /// A 172-byte RTP packet (12-byte header + 160 bytes of G.711-sized payload).

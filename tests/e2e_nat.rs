@@ -1,0 +1,1056 @@
+//! Calls through the real xccd across real NATs: network namespaces built by the shared topology
+//! of the NAT core tests (`xcc-core/tests/netns_support`), an nftables masquerade (port-restricted
+//! cone) or `masquerade random` (symmetric), coturn on the public side, xccd itself inside a
+//! namespace (`ip netns exec`), an SDES-SRTP phone and a plain-RTP PBX as UDP sockets created
+//! inside the namespaces. The test thread enters xccd's namespace to speak gRPC to its control
+//! port on that namespace's loopback; nothing is sent from the root namespace.
+//!
+//! Each call: SRTP both ways, every packet after setup counted at the far end (none lost).
+//! Without root, `ip netns`, nft or coturn, each test skips (`common::skip`).
+
+mod common;
+#[path = "../xcc-core/tests/netns_support/mod.rs"]
+mod netns_support;
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use common::{Daemon, DaemonConfig};
+use netns_support::{Nat, PEER, PRIVATE, PUBLIC_HOST, STUN_PRIMARY, Topology, enter};
+use tonic::transport::Channel;
+use webrtc_srtp::context::Context;
+use webrtc_srtp::protection_profile::ProtectionProfile;
+use xcc_core::nat::Retransmission;
+use xcc_core::nat::stun;
+use xcc_core::nat::turn::{TurnClient, TurnConfig, TurnEvent, TurnInput, TurnTransport};
+use xcc_grpc::pb;
+
+const SUITE: &str = "AES_CM_128_HMAC_SHA1_80";
+/// The NAT's public address (masquerade source).
+const NAT_PUBLIC: &str = netns_support::NAT_PUBLIC;
+/// Media sockets of the phone and the PBX (inside their namespaces).
+const PHONE_PORT: u16 = 23700;
+const PBX_PORT: u16 = 23600;
+/// Packets counted each way after setup.
+const COUNTED: u16 = 50;
+/// A public-side address nobody holds: STUN requests to it vanish (no ARP answer, no ICMP).
+const SILENT_STUN: &str = "203.0.113.40:3478";
+/// xccd's Prometheus endpoint, on its namespace's loopback.
+const METRICS: &str = "127.0.0.1:23990";
+/// Bound of every wait.
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Where xccd runs.
+#[derive(Clone, Copy, PartialEq)]
+enum XccSide {
+    /// On the public side at [`PUBLIC_HOST`] (static `public_address`), the PBX at [`PEER`]; the
+    /// phone behind the NAT.
+    Public,
+    /// Behind the NAT with the PBX (a satellite behind its uplink's NAT), public address learned
+    /// from coturn (`[stun] servers`); the phone on the public side at [`PEER`].
+    BehindNat,
+}
+
+/// One test's world: namespaces, coturn, xccd, the two media sockets.
+struct World {
+    xccd: Daemon,
+    phone: UdpSocket,
+    pbx: UdpSocket,
+    rt: tokio::runtime::Runtime,
+    channel: Channel,
+    /// Dropped last (fields drop in order): coturn and the namespaces go after xccd.
+    _topo: Topology,
+}
+
+impl World {
+    fn build(name: &str, nat: Nat, side: XccSide, turn: bool, pool_min: u16) -> Option<World> {
+        Self::build_with(name, nat, side, turn, pool_min, true)
+    }
+
+    /// [`World::build`]; `silent_first` puts a silent STUN server before coturn (xccd behind the
+    /// NAT only).
+    fn build_with(
+        name: &str,
+        nat: Nat,
+        side: XccSide,
+        turn: bool,
+        pool_min: u16,
+        silent_first: bool,
+    ) -> Option<World> {
+        let topo = match Topology::build(nat, true, turn) {
+            Ok(t) => t,
+            Err(why) => {
+                common::skip(&format!("network namespaces unavailable: {why}"));
+                return None;
+            }
+        };
+        let mut cfg = DaemonConfig::new(name, pool_min, 20);
+        let (xcc_ns, phone_ns, phone_ip) = match side {
+            XccSide::Public => {
+                cfg.bind_address = PUBLIC_HOST.into();
+                cfg.public_address = Some(PUBLIC_HOST.into());
+                cfg.pbx_address = PUBLIC_HOST.into();
+                ("p", "c", PRIVATE)
+            }
+            XccSide::BehindNat => {
+                cfg.bind_address = PRIVATE.into();
+                cfg.public_address = None;
+                cfg.pbx_address = PRIVATE.into();
+                // A silent server first: xccd fails over to coturn after its retransmissions
+                // (5.5 s), long enough for the test to watch the change happen.
+                let silent = if silent_first {
+                    format!("\"{SILENT_STUN}\", ")
+                } else {
+                    String::new()
+                };
+                cfg.sections = format!("[stun]\nservers = [{silent}\"{STUN_PRIMARY}\"]\n");
+                ("c", "p", PEER)
+            }
+        };
+        let pbx_ip = if side == XccSide::Public {
+            PEER
+        } else {
+            PRIVATE
+        };
+        cfg.netns = Some(topo.ns(xcc_ns));
+        // Inside xccd's own namespace: no other daemon can hold the port.
+        cfg.metrics_listen = METRICS.into();
+        let xccd = Daemon::start_config(&cfg);
+        let phone = bind_in(&topo, phone_ns, phone_ip, PHONE_PORT);
+        let pbx = bind_in(&topo, xcc_ns, pbx_ip, PBX_PORT);
+        // This test's thread joins xccd's namespace for gRPC (its control port is on that
+        // namespace's loopback); the thread ends with the test.
+        enter(&topo.ns_path(xcc_ns));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let channel = rt.block_on(async {
+            Channel::from_shared(xccd.endpoint.clone())
+                .unwrap()
+                .connect()
+                .await
+                .unwrap()
+        });
+        Some(World {
+            _topo: topo,
+            xccd,
+            phone,
+            pbx,
+            rt,
+            channel,
+        })
+    }
+
+    /// One scrape of xccd's metrics endpoint (this thread is in xccd's namespace).
+    fn scrape(&self) -> String {
+        use std::io::{Read, Write};
+        let mut tcp = std::net::TcpStream::connect(METRICS).expect("metrics endpoint");
+        tcp.set_read_timeout(Some(WAIT)).unwrap();
+        tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: xcc\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut body = String::new();
+        tcp.read_to_string(&mut body).unwrap();
+        body
+    }
+
+    fn sessions(&self) -> pb::sessions_client::SessionsClient<Channel> {
+        pb::sessions_client::SessionsClient::new(self.channel.clone())
+    }
+
+    fn status(&self) -> pb::StatusResponse {
+        let mut c = pb::satellite_client::SatelliteClient::new(self.channel.clone());
+        self.rt
+            .block_on(c.status(pb::StatusRequest {}))
+            .unwrap()
+            .into_inner()
+    }
+
+    /// Client offer `offer`, PBX answer on [`PBX_PORT`]: returns (answer for the phone, where the
+    /// PBX sends, session id).
+    fn call(&self, offer: &str) -> (String, SocketAddr, u64) {
+        let mut s = self.sessions();
+        let pbx_ip = self.pbx.local_addr().unwrap().ip();
+        let created = self
+            .rt
+            .block_on(s.create_session(pb::CreateSessionRequest {
+                idempotency_key: format!("{}-1", self.xccd.dir.display()),
+                offer_from: pb::Side::Client as i32,
+                sdp: offer.into(),
+            }))
+            .unwrap_or_else(|e| panic!("create: {e}; log:\n{}", self.xccd.log()))
+            .into_inner();
+        let pbx_target = media_target(&created.sdp);
+        let answered = self
+            .rt
+            .block_on(s.answer_session(pb::AnswerSessionRequest {
+                session_id: created.session_id,
+                sdp: sdp(pbx_ip, PBX_PORT, "RTP/AVP", &[]),
+            }))
+            .unwrap_or_else(|e| panic!("answer: {e}; log:\n{}", self.xccd.log()))
+            .into_inner();
+        (answered.sdp, pbx_target, created.session_id)
+    }
+
+    /// The client leg once its snapshot shows a latch (snapshots are published by the worker
+    /// after the packet that latched; polled, bounded).
+    fn latched_client_leg(&self, session_id: u64) -> pb::Leg {
+        let mut s = self.sessions();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let leg = self
+                .rt
+                .block_on(s.get_session(pb::GetSessionRequest { session_id }))
+                .unwrap()
+                .into_inner()
+                .client
+                .expect("client leg");
+            if !leg.latched.is_empty() {
+                return leg;
+            }
+            assert!(Instant::now() < deadline, "never latched: {leg:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A UDP socket bound to `ip:port` inside namespace `which`.
+fn bind_in(topo: &Topology, which: &str, ip: &str, port: u16) -> UdpSocket {
+    let addr = SocketAddr::new(ip.parse().unwrap(), port);
+    topo.inside(which, move || {
+        let s = UdpSocket::bind(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        s
+    })
+}
+
+fn sdp(ip: IpAddr, port: u16, transport: &str, extra: &[String]) -> String {
+    let mut lines = vec![
+        "v=0".to_owned(),
+        format!("o=- 4242 1 IN IP4 {ip}"),
+        "s=-".into(),
+        format!("c=IN IP4 {ip}"),
+        "t=0 0".into(),
+        format!("m=audio {port} {transport} 0"),
+        "a=rtpmap:0 PCMU/8000".into(),
+    ];
+    lines.extend(extra.iter().cloned());
+    lines.push("a=sendrecv".into());
+    lines.join("\r\n") + "\r\n"
+}
+
+fn crypto_line(key: &[u8; 30]) -> String {
+    format!(
+        "a=crypto:1 {SUITE} inline:{}",
+        base64::engine::general_purpose::STANDARD.encode(key)
+    )
+}
+
+/// The c= address and m=audio port of an SDP.
+fn media_target(sdp: &str) -> SocketAddr {
+    let ip = sdp
+        .lines()
+        .find_map(|l| l.strip_prefix("c=IN IP4 "))
+        .expect("c= line");
+    let port = sdp
+        .lines()
+        .find_map(|l| l.strip_prefix("m=audio "))
+        .and_then(|r| r.split(' ').next())
+        .expect("m=audio line");
+    SocketAddr::new(ip.trim().parse().unwrap(), port.parse().unwrap())
+}
+
+/// The key+salt of the answer's `a=crypto` line.
+fn crypto_of(sdp: &str) -> Vec<u8> {
+    let inline = sdp
+        .lines()
+        .filter_map(|l| l.strip_prefix("a=crypto:"))
+        .find(|l| l.contains(SUITE))
+        .and_then(|l| l.split("inline:").nth(1))
+        .expect("a=crypto line");
+    base64::engine::general_purpose::STANDARD
+        .decode(inline.split('|').next().unwrap().trim())
+        .unwrap()
+}
+
+fn attribute<'a>(sdp: &'a str, name: &str) -> &'a str {
+    let prefix = format!("a={name}:");
+    sdp.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no a={name} in:\n{sdp}"))
+}
+
+fn srtp(key_salt: &[u8]) -> Context {
+    Context::new(
+        &key_salt[..16],
+        &key_salt[16..30],
+        ProtectionProfile::Aes128CmHmacSha1_80,
+        None,
+        None,
+    )
+    .unwrap()
+}
+
+fn rtp(seq: u16, ssrc: u32, fill: u8) -> Vec<u8> {
+    let mut p = vec![0x80, 0];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+    p.extend_from_slice(&ssrc.to_be_bytes());
+    p.extend_from_slice(&[fill; 160]);
+    p
+}
+
+fn seq_of(p: &[u8]) -> u16 {
+    u16::from_be_bytes([p[2], p[3]])
+}
+
+/// The phone's end: SRTP out under its key, SRTP in under XCC's; STUN is set aside (counted),
+/// as a phone's RTP stack discards it (RFC 7983). With `turn`, everything goes through its
+/// allocation on coturn.
+struct Phone {
+    tx: Context,
+    rx: Context,
+    stun_seen: Vec<(SocketAddr, u16)>,
+    turn: Option<TurnPhone>,
+}
+
+impl Phone {
+    /// Sends `bytes` to `to`, directly or as a TURN Send indication.
+    fn send_raw(&mut self, sock: &UdpSocket, bytes: &[u8], to: SocketAddr) {
+        match &mut self.turn {
+            None => {
+                sock.send_to(bytes, to).unwrap();
+            }
+            Some(t) => t.send(sock, bytes, to),
+        }
+    }
+
+    /// One datagram (for TURN: one Data indication's payload) within 20 ms.
+    fn recv_raw(&mut self, sock: &UdpSocket, buf: &mut [u8]) -> Option<(usize, SocketAddr)> {
+        match &mut self.turn {
+            None => sock.recv_from(buf).ok(),
+            Some(t) => {
+                let (from, payload) = t.pump(sock)?;
+                buf[..payload.len()].copy_from_slice(&payload);
+                Some((payload.len(), from))
+            }
+        }
+    }
+
+    fn send(&mut self, sock: &UdpSocket, seq: u16, to: SocketAddr) {
+        let wire = self.tx.encrypt_rtp(&rtp(seq, 0x1111, 0x11)).unwrap();
+        self.send_raw(sock, &wire, to);
+    }
+
+    /// The next media packet's sequence number (payload checked), within 20 ms.
+    fn recv(&mut self, sock: &UdpSocket) -> Option<u16> {
+        let mut buf = [0u8; 1500];
+        loop {
+            let (len, from) = self.recv_raw(sock, &mut buf)?;
+            if stun::is_stun(&buf[..len]) {
+                let kind = stun::Message::parse(&buf[..len]).map_or(0, |m| m.msg_type());
+                self.stun_seen.push((from, kind));
+                continue;
+            }
+            let plain = self
+                .rx
+                .decrypt_rtp(&buf[..len])
+                .expect("the phone authenticates XCC's SRTP");
+            assert_eq!(plain[12..], [0x22; 160], "the PBX's payload");
+            return Some(seq_of(&plain));
+        }
+    }
+}
+
+/// The phone's TURN allocation on coturn (long-term credentials `xcc`/`secret`), driven on its
+/// media socket.
+struct TurnPhone {
+    turn: TurnClient,
+    relayed: Option<SocketAddr>,
+    mapped: Option<SocketAddr>,
+    permitted: bool,
+}
+
+impl TurnPhone {
+    fn new(server: SocketAddr) -> TurnPhone {
+        TurnPhone {
+            turn: TurnClient::new(
+                TurnConfig {
+                    server,
+                    transport: TurnTransport::Udp,
+                    username: "xcc".into(),
+                    password: "secret".into(),
+                    lifetime: Duration::from_secs(600),
+                    retransmission: Retransmission::FAILOVER,
+                },
+                Instant::now(),
+            ),
+            relayed: None,
+            mapped: None,
+            permitted: false,
+        }
+    }
+
+    /// Runs timers, sends what the client wants sent, takes one datagram (20 ms at most):
+    /// `Some` when it was relayed data from a peer.
+    fn pump(&mut self, sock: &UdpSocket) -> Option<(SocketAddr, Vec<u8>)> {
+        let mut rng = rand::rng();
+        self.turn.handle_timeout(Instant::now(), &mut rng);
+        while let Some((to, bytes)) = self.turn.poll_transmit() {
+            let bytes = bytes.to_vec();
+            sock.send_to(&bytes, to).unwrap();
+        }
+        while let Some(event) = self.turn.poll_event() {
+            match event {
+                TurnEvent::Allocated {
+                    relayed, mapped, ..
+                } => {
+                    self.relayed = Some(relayed);
+                    self.mapped = mapped;
+                }
+                TurnEvent::PermissionGranted { .. } => self.permitted = true,
+                TurnEvent::ChannelBound { .. } => {}
+                TurnEvent::Failed { operation, code } => {
+                    panic!("TURN {operation:?} failed: {code:?}")
+                }
+            }
+        }
+        let mut buf = [0u8; 1500];
+        let (n, from) = sock.recv_from(&mut buf).ok()?;
+        match self
+            .turn
+            .handle_datagram(Instant::now(), from, &buf[..n], &mut rng)
+        {
+            TurnInput::Data { peer, payload } => Some((peer, payload.to_vec())),
+            _ => None,
+        }
+    }
+
+    fn send(&mut self, sock: &UdpSocket, bytes: &[u8], to: SocketAddr) {
+        let mut out = [0u8; 1600];
+        let len = self.turn.wrap_send(to, bytes, &mut out).expect("fits");
+        sock.send_to(&out[..len], self.turn.server()).unwrap();
+    }
+
+    /// Allocates and permits `peer`, bounded.
+    fn allocate_for(&mut self, sock: &UdpSocket, peer: IpAddr) {
+        let deadline = Instant::now() + WAIT;
+        while self.relayed.is_none() {
+            self.pump(sock);
+            assert!(Instant::now() < deadline, "no TURN allocation");
+        }
+        assert!(self.turn.create_permission(Instant::now(), peer));
+        while !self.permitted {
+            self.pump(sock);
+            assert!(Instant::now() < deadline, "no TURN permission");
+        }
+    }
+}
+
+fn pbx_recv(sock: &UdpSocket) -> Option<u16> {
+    let mut buf = [0u8; 1500];
+    let (len, _) = sock.recv_from(&mut buf).ok()?;
+    assert_eq!(
+        buf[12..len],
+        [0x11; 160],
+        "the phone's payload, decrypted by XCC"
+    );
+    Some(seq_of(&buf[..len]))
+}
+
+/// Both ways at once, [`COUNTED`] packets each, 20 ms apart, sequence numbers from `first`;
+/// every one must arrive (the path is set up: nothing may be lost).
+fn exchange_counted(
+    w: &World,
+    phone: &mut Phone,
+    to_xcc: SocketAddr,
+    to_pbx: SocketAddr,
+    first: u16,
+) {
+    let (mut at_pbx, mut at_phone) = (Vec::new(), Vec::new());
+    for seq in first..first + COUNTED {
+        phone.send(&w.phone, seq, to_xcc);
+        w.pbx.send_to(&rtp(seq, 0x2222, 0x22), to_pbx).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        at_pbx.extend(pbx_recv(&w.pbx));
+        at_phone.extend(phone.recv(&w.phone));
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while (at_pbx.len() < COUNTED as usize || at_phone.len() < COUNTED as usize)
+        && Instant::now() < deadline
+    {
+        at_pbx.extend(pbx_recv(&w.pbx));
+        at_phone.extend(phone.recv(&w.phone));
+    }
+    let want: Vec<u16> = (first..first + COUNTED).collect();
+    assert_eq!(at_pbx, want, "phone -> PBX: every packet, in order");
+    assert_eq!(at_phone, want, "PBX -> phone: every packet, in order");
+}
+
+/// The phone's offer: its key, SRTP, `c=`/port as given, plus `extra` lines.
+fn phone_offer(at: SocketAddr, key: &[u8; 30], extra: &[String]) -> String {
+    let mut lines = vec![crypto_line(key)];
+    lines.extend(extra.iter().cloned());
+    sdp(at.ip(), at.port(), "RTP/SAVP", &lines)
+}
+
+fn new_phone(key: &[u8; 30], answer: &str) -> Phone {
+    Phone {
+        tx: srtp(key),
+        rx: srtp(&crypto_of(answer)),
+        stun_seen: Vec::new(),
+        turn: None,
+    }
+}
+
+/// Phone behind a port-restricted cone NAT, no ICE, signalling its private address (what a phone
+/// without STUN does): XCC latches on its first authenticated SRTP packet, from the NAT's public
+/// address, and sends the PBX's audio back there.
+#[test]
+fn cone_nat_phone_talks_first_and_xcc_latches_on_its_srtp() {
+    let Some(w) = World::build(
+        "nat-cone-first",
+        Nat::PortRestrictedCone,
+        XccSide::Public,
+        false,
+        23800,
+    ) else {
+        return;
+    };
+    let key: [u8; 30] = rand::random();
+    let signalled = w.phone.local_addr().unwrap();
+    let (answer, to_pbx, id) = w.call(&phone_offer(signalled, &key, &[]));
+    let to_xcc = media_target(&answer);
+    assert_eq!(
+        to_xcc.ip().to_string(),
+        PUBLIC_HOST,
+        "static public address"
+    );
+    let mut phone = new_phone(&key, &answer);
+
+    // Setup: the phone talks until the PBX hears it.
+    let mut seq = 1;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        phone.send(&w.phone, seq, to_xcc);
+        seq += 1;
+        if pbx_recv(&w.pbx).is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the phone never reached the PBX");
+    }
+    let leg = w.latched_client_leg(id);
+    assert_eq!(leg.signalled, signalled.to_string());
+    let latched: SocketAddr = leg.latched.parse().expect("latched");
+    assert_eq!(
+        latched.ip().to_string(),
+        NAT_PUBLIC,
+        "latched on the NAT's mapping"
+    );
+    while pbx_recv(&w.pbx).is_some() {}
+    exchange_counted(&w, &mut phone, to_xcc, to_pbx, seq);
+}
+
+/// xccd behind a port-restricted cone NAT (a satellite behind its uplink): it learns its public
+/// address from coturn and advertises it; the phone (public, no ICE) talks first while the PBX
+/// is silent. The NAT drops whatever comes from an address XCC has not sent to, so only XCC's
+/// hole punching (STUN Binding indications to the signalled address, from the leg's port) lets
+/// the phone's audio in: the phone sees a probe from XCC's public port before it sends anything.
+#[test]
+fn xcc_behind_cone_nat_punches_so_the_phone_can_talk_first() {
+    let Some(w) = World::build(
+        "nat-xcc-behind",
+        Nat::PortRestrictedCone,
+        XccSide::BehindNat,
+        false,
+        23820,
+    ) else {
+        return;
+    };
+    // Discovery through the NAT, after failing over from the silent server: an event says the
+    // advertised address changed from the fallback (the bind address) to the NAT's public one,
+    // and the status says where it comes from.
+    let mut calls = pb::calls_client::CallsClient::new(w.channel.clone());
+    let mut events =
+        w.rt.block_on(calls.watch_events(pb::WatchEventsRequest {}))
+            .unwrap()
+            .into_inner();
+    let before = w.status();
+    let changed = w.rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                let event = events.message().await.unwrap().expect("event stream open");
+                if let Some(pb::event::Kind::PublicAddressChanged(c)) = event.kind {
+                    return c;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no PublicAddressChanged; status before: {before:?}"))
+    });
+    if before.public_address_source == pb::PublicAddressSource::Fallback as i32 {
+        assert_eq!(
+            before.public_address, PRIVATE,
+            "the fallback is the bind address"
+        );
+        assert_eq!(before.stun_state, pb::StunState::Discovering as i32);
+    }
+    assert_eq!(changed.previous, PRIVATE);
+    assert_eq!(changed.current, NAT_PUBLIC);
+    assert_eq!(changed.source, pb::PublicAddressSource::Stun as i32);
+    assert_eq!(changed.stun_server, STUN_PRIMARY);
+    let status = w.status();
+    assert_eq!(status.public_address, NAT_PUBLIC);
+    assert_eq!(
+        status.public_address_source,
+        pb::PublicAddressSource::Stun as i32
+    );
+    assert_eq!(status.stun_state, pb::StunState::Ok as i32);
+    assert_eq!(status.stun_server, STUN_PRIMARY);
+
+    let key: [u8; 30] = rand::random();
+    let signalled = w.phone.local_addr().unwrap();
+    let (answer, to_pbx, id) = w.call(&phone_offer(signalled, &key, &[]));
+    let to_xcc = media_target(&answer);
+    assert_eq!(
+        to_xcc.ip().to_string(),
+        NAT_PUBLIC,
+        "the learned address is advertised"
+    );
+    let mut phone = new_phone(&key, &answer);
+
+    // XCC sends first: a probe from its public media port reaches the phone.
+    let deadline = Instant::now() + WAIT;
+    while !phone.stun_seen.iter().any(|(from, _)| *from == to_xcc) {
+        assert_eq!(phone.recv(&w.phone), None, "no media: the PBX is silent");
+        assert!(
+            Instant::now() < deadline,
+            "no hole-punching probe from {to_xcc}"
+        );
+    }
+    assert!(
+        phone
+            .stun_seen
+            .iter()
+            .all(|(_, kind)| *kind == stun::BINDING_INDICATION),
+        "a non-ICE phone gets Binding indications: {:?}",
+        phone.stun_seen
+    );
+
+    // Now the phone talks first, the PBX still silent: its audio gets through.
+    let mut seq = 1;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        phone.send(&w.phone, seq, to_xcc);
+        seq += 1;
+        if pbx_recv(&w.pbx).is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the phone never reached the PBX");
+    }
+    let leg = w.latched_client_leg(id);
+    assert!(leg.punch_probes_sent > 0, "{leg:?}");
+    // The same on the metrics endpoint (the worker totals are published every tick).
+    let deadline = Instant::now() + WAIT;
+    let metrics = loop {
+        let m = w.scrape();
+        if !m.contains("xcc_hole_punch_probes_total 0\n") {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "no probes in the metrics:\n{m}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for line in [
+        "xcc_public_address_info{address=\"203.0.113.1\",source=\"stun\"} 1\n",
+        "xcc_stun_state{state=\"ok\"} 1\n",
+        "xcc_stun_state{state=\"discovering\"} 0\n",
+        "xcc_stun_last_success_timestamp_seconds ",
+        "xcc_hole_punch_answers_total 0\n",
+    ] {
+        assert!(metrics.contains(line), "{line:?} in:\n{metrics}");
+    }
+    eprintln!(
+        "punching: {} probes sent before the phone's audio latched the leg",
+        leg.punch_probes_sent
+    );
+    assert_eq!(leg.latched, signalled.to_string(), "no NAT on the phone");
+    while pbx_recv(&w.pbx).is_some() {}
+    exchange_counted(&w, &mut phone, to_xcc, to_pbx, seq);
+}
+
+/// A nominating ICE check from the phone (controlling) to XCC's ICE-lite port.
+fn nominating_check(xcc_ufrag: &str, phone_ufrag: &str, xcc_pwd: &str, id: [u8; 12]) -> Vec<u8> {
+    let mut buf = [0u8; 256];
+    let mut w = stun::Writer::new(&mut buf, stun::BINDING_REQUEST, stun::TransactionId(id))
+        .expect("buffer fits a header");
+    w.attribute(
+        stun::attr::USERNAME,
+        format!("{xcc_ufrag}:{phone_ufrag}").as_bytes(),
+    )
+    .unwrap();
+    w.attribute(stun::attr::PRIORITY, &1_845_501_695u32.to_be_bytes())
+        .unwrap();
+    w.attribute(stun::attr::ICE_CONTROLLING, &7u64.to_be_bytes())
+        .unwrap();
+    w.attribute(stun::attr::USE_CANDIDATE, &[]).unwrap();
+    w.integrity(xcc_pwd.as_bytes()).unwrap();
+    w.fingerprint().unwrap();
+    let len = w.finish();
+    buf[..len].to_vec()
+}
+
+/// The phone's server-reflexive address, asked from its media socket.
+fn srflx(sock: &UdpSocket, server: SocketAddr) -> SocketAddr {
+    let mut req = [0u8; 20];
+    let id = stun::TransactionId(rand::random());
+    let len = stun::Writer::new(&mut req, stun::BINDING_REQUEST, id)
+        .unwrap()
+        .finish();
+    let mut buf = [0u8; 1500];
+    let deadline = Instant::now() + WAIT;
+    loop {
+        sock.send_to(&req[..len], server).unwrap();
+        if let Ok((n, from)) = sock.recv_from(&mut buf)
+            && from == server
+            && let Ok(m) = stun::Message::parse(&buf[..n])
+            && m.transaction_id() == id
+        {
+            return m.xor_mapped_address().expect("XOR-MAPPED-ADDRESS");
+        }
+        assert!(Instant::now() < deadline, "coturn never answered");
+    }
+}
+
+/// Sends nominating checks (directly or through TURN) until XCC's verified answer arrives;
+/// returns the answer's XOR-MAPPED-ADDRESS (the phone as XCC sees it).
+fn nominate(
+    w: &World,
+    phone: &mut Phone,
+    to: SocketAddr,
+    xcc_ufrag: &str,
+    phone_ufrag: &str,
+    xcc_pwd: &str,
+) -> SocketAddr {
+    let mut buf = [0u8; 1500];
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let id: [u8; 12] = rand::random();
+        let check = nominating_check(xcc_ufrag, phone_ufrag, xcc_pwd, id);
+        phone.send_raw(&w.phone, &check, to);
+        for _ in 0..5 {
+            let Some((n, from)) = phone.recv_raw(&w.phone, &mut buf) else {
+                continue;
+            };
+            let Ok(m) = stun::Message::parse(&buf[..n]) else {
+                continue;
+            };
+            if from == to && m.msg_type() == stun::BINDING_SUCCESS && m.transaction_id().0 == id {
+                assert!(
+                    m.verify_integrity(xcc_pwd.as_bytes()),
+                    "answer under XCC's pwd"
+                );
+                assert!(m.verify_fingerprint());
+                return m.xor_mapped_address().expect("XOR-MAPPED-ADDRESS");
+            }
+        }
+        assert!(Instant::now() < deadline, "no verified answer to the check");
+    }
+}
+
+/// Phone behind a symmetric NAT (`masquerade random`): the srflx it learned from coturn is not
+/// the mapping the NAT picks towards XCC. It signals ICE (host + srflx) and nominates; XCC latches
+/// to the authenticated check's source. Then the PBX talks first: its very first packets reach
+/// the phone, which has not sent any media yet.
+#[test]
+fn symmetric_nat_ice_phone_latches_after_authenticated_check_and_hears_the_pbx_first() {
+    let Some(w) = World::build(
+        "nat-symmetric",
+        Nat::Symmetric,
+        XccSide::Public,
+        false,
+        23840,
+    ) else {
+        return;
+    };
+    let server: SocketAddr = STUN_PRIMARY.parse().unwrap();
+    let reflexive = srflx(&w.phone, server);
+    assert_eq!(reflexive.ip().to_string(), NAT_PUBLIC);
+    let host = w.phone.local_addr().unwrap();
+    let key: [u8; 30] = rand::random();
+    let (phone_ufrag, phone_pwd) = ("NatP", "phonepasswordphonepassword");
+    let offer = phone_offer(
+        reflexive,
+        &key,
+        &[
+            format!("a=ice-ufrag:{phone_ufrag}"),
+            format!("a=ice-pwd:{phone_pwd}"),
+            format!(
+                "a=candidate:1 1 UDP 2130706431 {} {} typ host",
+                host.ip(),
+                host.port()
+            ),
+            format!(
+                "a=candidate:2 1 UDP 1694498815 {} {} typ srflx raddr {} rport {}",
+                reflexive.ip(),
+                reflexive.port(),
+                host.ip(),
+                host.port()
+            ),
+        ],
+    );
+    let (answer, to_pbx, id) = w.call(&offer);
+    assert!(answer.contains("a=ice-lite\r\n"), "{answer}");
+    let to_xcc = media_target(&answer);
+    let (xcc_ufrag, xcc_pwd) = (
+        attribute(&answer, "ice-ufrag"),
+        attribute(&answer, "ice-pwd"),
+    );
+    let mut phone = new_phone(&key, &answer);
+
+    let seen = nominate(&w, &mut phone, to_xcc, xcc_ufrag, phone_ufrag, xcc_pwd);
+    assert_eq!(seen.ip().to_string(), NAT_PUBLIC);
+    let leg = w.latched_client_leg(id);
+    assert_eq!(
+        leg.latched,
+        seen.to_string(),
+        "latched on the checked mapping"
+    );
+
+    pbx_talks_first(&w, &mut phone, to_pbx);
+    exchange_counted(&w, &mut phone, to_xcc, to_pbx, COUNTED + 1);
+}
+
+/// The PBX talks first (the phone has sent no media at all): its first [`COUNTED`] packets, all
+/// of them, reach the phone.
+fn pbx_talks_first(w: &World, phone: &mut Phone, to_pbx: SocketAddr) {
+    let mut heard = Vec::new();
+    for seq in 1..=COUNTED {
+        w.pbx.send_to(&rtp(seq, 0x2222, 0x22), to_pbx).unwrap();
+        heard.extend(phone.recv(&w.phone));
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while heard.len() < COUNTED as usize && Instant::now() < deadline {
+        heard.extend(phone.recv(&w.phone));
+    }
+    assert_eq!(
+        heard,
+        (1..=COUNTED).collect::<Vec<_>>(),
+        "the PBX's first packets, all of them, before the phone sent media"
+    );
+}
+
+/// Phone behind a symmetric NAT that relays through coturn: its only candidate is its TURN
+/// relayed address (permission for XCC's address). Its checks reach XCC from the relay; XCC
+/// latches on the authenticated nominating check to the relayed address, the PBX talks first
+/// and SRTP flows both ways through the relay (Send/Data indications).
+#[test]
+fn turn_relayed_phone_latches_on_the_relay_and_srtp_flows_through_it() {
+    let Some(w) = World::build("nat-turn", Nat::Symmetric, XccSide::Public, true, 23860) else {
+        return;
+    };
+    let mut turn = TurnPhone::new(STUN_PRIMARY.parse().unwrap());
+    turn.allocate_for(&w.phone, PUBLIC_HOST.parse().unwrap());
+    let relayed = turn.relayed.expect("allocated");
+    let mapped = turn.mapped.expect("XOR-MAPPED-ADDRESS in the allocation");
+    assert_eq!(mapped.ip().to_string(), NAT_PUBLIC);
+    let key: [u8; 30] = rand::random();
+    let (phone_ufrag, phone_pwd) = ("TrnP", "phonepasswordphonepassword");
+    let offer = phone_offer(
+        relayed,
+        &key,
+        &[
+            format!("a=ice-ufrag:{phone_ufrag}"),
+            format!("a=ice-pwd:{phone_pwd}"),
+            format!(
+                "a=candidate:1 1 UDP 16777215 {} {} typ relay raddr {} rport {}",
+                relayed.ip(),
+                relayed.port(),
+                mapped.ip(),
+                mapped.port()
+            ),
+        ],
+    );
+    let (answer, to_pbx, id) = w.call(&offer);
+    let to_xcc = media_target(&answer);
+    let (xcc_ufrag, xcc_pwd) = (
+        attribute(&answer, "ice-ufrag"),
+        attribute(&answer, "ice-pwd"),
+    );
+    let mut phone = new_phone(&key, &answer);
+    phone.turn = Some(turn);
+
+    let seen = nominate(&w, &mut phone, to_xcc, xcc_ufrag, phone_ufrag, xcc_pwd);
+    assert_eq!(seen, relayed, "XCC sees the phone at its relayed address");
+    let leg = w.latched_client_leg(id);
+    assert_eq!(leg.latched, relayed.to_string(), "latched on the relay");
+
+    pbx_talks_first(&w, &mut phone, to_pbx);
+    exchange_counted(&w, &mut phone, to_xcc, to_pbx, COUNTED + 1);
+}
+
+/// The phone's answer to XCC's hole-punching check: success, its source as XOR-MAPPED-ADDRESS,
+/// MESSAGE-INTEGRITY under the phone's pwd (the check's USERNAME is `phone:xcc`).
+fn answer_check(req: &stun::Message<'_>, from: SocketAddr, phone_pwd: &str) -> Vec<u8> {
+    let mut buf = [0u8; 256];
+    let mut w = stun::Writer::new(&mut buf, stun::BINDING_SUCCESS, req.transaction_id())
+        .expect("buffer fits a header");
+    w.xor_mapped_address(from).unwrap();
+    w.integrity(phone_pwd.as_bytes()).unwrap();
+    w.fingerprint().unwrap();
+    let len = w.finish();
+    buf[..len].to_vec()
+}
+
+/// xccd behind a port-restricted cone NAT, an ICE phone on the public side that sends nothing
+/// before it hears from XCC: XCC's hole-punching check (ICE-CONTROLLED, USERNAME `phone:xcc`,
+/// under the phone's pwd) crosses its own NAT and reaches the phone, whose authenticated answer
+/// comes back through the mapping the check opened and latches the leg. Then the PBX talks first
+/// and its first packets all reach the phone, which has sent no check and no media.
+#[test]
+fn xcc_behind_cone_nat_latches_on_the_ice_phones_answer_to_its_check_and_the_pbx_talks_first() {
+    let Some(w) = World::build_with(
+        "nat-xcc-ice",
+        Nat::PortRestrictedCone,
+        XccSide::BehindNat,
+        false,
+        23880,
+        false,
+    ) else {
+        return;
+    };
+    let deadline = Instant::now() + WAIT;
+    while w.status().public_address_source != pb::PublicAddressSource::Stun as i32 {
+        assert!(Instant::now() < deadline, "no STUN success");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let phone_at = w.phone.local_addr().unwrap();
+    let key: [u8; 30] = rand::random();
+    let (phone_ufrag, phone_pwd) = ("IceP", "phonepasswordphonepassword");
+    let offer = phone_offer(
+        phone_at,
+        &key,
+        &[
+            format!("a=ice-ufrag:{phone_ufrag}"),
+            format!("a=ice-pwd:{phone_pwd}"),
+            format!(
+                "a=candidate:1 1 UDP 2130706431 {} {} typ host",
+                phone_at.ip(),
+                phone_at.port()
+            ),
+        ],
+    );
+    let (answer, to_pbx, id) = w.call(&offer);
+    let to_xcc = media_target(&answer);
+    assert_eq!(to_xcc.ip().to_string(), NAT_PUBLIC);
+    let xcc_ufrag = attribute(&answer, "ice-ufrag");
+    let mut phone = new_phone(&key, &answer);
+
+    // The phone only answers XCC's checks.
+    let mut buf = [0u8; 1500];
+    let mut answered = 0;
+    let deadline = Instant::now() + WAIT;
+    while answered == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no check from XCC reached the phone"
+        );
+        let Ok((n, from)) = w.phone.recv_from(&mut buf) else {
+            continue;
+        };
+        assert!(stun::is_stun(&buf[..n]), "no media before the latch");
+        let req = stun::Message::parse(&buf[..n]).expect("a STUN message");
+        assert_eq!(from, to_xcc, "from XCC's public media port");
+        assert_eq!(req.msg_type(), stun::BINDING_REQUEST);
+        assert_eq!(
+            req.username(),
+            Some(format!("{phone_ufrag}:{xcc_ufrag}").as_bytes())
+        );
+        assert!(req.verify_integrity(phone_pwd.as_bytes()));
+        assert!(
+            req.ice_controlled().is_some(),
+            "XCC is ICE-lite: controlled"
+        );
+        w.phone
+            .send_to(&answer_check(&req, from, phone_pwd), from)
+            .unwrap();
+        answered += 1;
+    }
+    let leg = w.latched_client_leg(id);
+    assert_eq!(leg.latched, phone_at.to_string());
+    assert!(leg.punch_answers >= 1, "{leg:?}");
+    let deadline = Instant::now() + WAIT;
+    while w.scrape().contains("xcc_hole_punch_answers_total 0\n") {
+        assert!(
+            Instant::now() < deadline,
+            "the answer is not in the metrics"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    pbx_talks_first(&w, &mut phone, to_pbx);
+    exchange_counted(&w, &mut phone, to_xcc, to_pbx, COUNTED + 1);
+}
+
+/// `xccctl` run on the private side, as an administrator would on the satellite.
+fn xccctl_in(topo: &Topology, which: &str, args: &[&str]) -> serde_json::Value {
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &topo.ns(which),
+            env!("CARGO_BIN_EXE_xccctl"),
+        ])
+        .arg("--json")
+        .args(args)
+        .output()
+        .expect("run xccctl");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{args:?}: not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// `xccctl stun-check` and `nat-type` behind each NAT: the public address is the NAT's, and the
+/// verdict is what the NAT is (cone: hole punching; symmetric: TURN), in words.
+#[test]
+fn xccctl_stun_check_and_nat_type_behind_each_nat_say_what_to_do() {
+    for (nat, mapping, recommendation, words) in [
+        (
+            Nat::PortRestrictedCone,
+            "EndpointIndependent",
+            "HolePunching",
+            "endpoint-independent mapping",
+        ),
+        (
+            Nat::Symmetric,
+            "AddressAndPortDependent",
+            "Turn",
+            "symmetric NAT",
+        ),
+    ] {
+        let topo = match Topology::build(nat, false, false) {
+            Ok(t) => t,
+            Err(why) => {
+                common::skip(&format!("network namespaces unavailable: {why}"));
+                return;
+            }
+        };
+        let check = xccctl_in(&topo, "c", &["stun-check", STUN_PRIMARY, "--bind", PRIVATE]);
+        assert_eq!(check["ok"], true, "{check}");
+        assert_eq!(check["public_ip"], NAT_PUBLIC, "{check}");
+        let verdict = xccctl_in(&topo, "c", &["nat-type", STUN_PRIMARY, "--bind", PRIVATE]);
+        assert_eq!(verdict["mapping"], mapping, "{verdict}");
+        assert_eq!(verdict["recommendation"], recommendation, "{verdict}");
+        assert!(
+            verdict["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(words)),
+            "{verdict}"
+        );
+    }
+}

@@ -1,0 +1,315 @@
+//! Network-namespace topology shared by the NAT tests of xcc-core (`nat_netns.rs`) and the
+//! end-to-end calls through xccd (`tests/e2e_nat.rs`, which includes this file by path): a private
+//! side (198.51.100.0/24) behind an nftables masquerade, a public side (203.0.113.0/24) with
+//! coturn, removed on drop (also when an assertion fails).
+//!
+//! ```text
+//!  ns "c" (private)            ns "n" (NAT)                        ns "p" (public)
+//!  c0 198.51.100.2  ------  n0 198.51.100.1 | n1 203.0.113.1  ------  p0 203.0.113.10, .11 (coturn)
+//!                                  masquerade out of n1                    203.0.113.20 (peer), .30
+//! ```
+//!
+//! Each test binary uses a subset, hence `allow(dead_code)`.
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::io::{ErrorKind, Write};
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use xcc_core::nat::stun;
+
+pub const PRIVATE: &str = "198.51.100.2";
+pub const NAT_PUBLIC: &str = "203.0.113.1";
+pub const STUN_PRIMARY: &str = "203.0.113.10:3478";
+pub const PEER: &str = "203.0.113.20";
+/// A second public host (with `peer`): xccd when it sits on the public side.
+pub const PUBLIC_HOST: &str = "203.0.113.30";
+
+/// Upper bound of any one drive loop.
+pub const DEADLINE: Duration = Duration::from_secs(15);
+
+/// How the NAT maps.
+#[derive(Clone, Copy)]
+pub enum Nat {
+    /// `masquerade`: endpoint-independent mapping, port-restricted filtering (conntrack).
+    PortRestrictedCone,
+    /// `masquerade random`: a new random port per destination (symmetric NAT).
+    Symmetric,
+}
+
+/// The three namespaces, coturn, and their removal.
+pub struct Topology {
+    /// Namespace name prefix (unique per test and process).
+    prefix: String,
+    /// Namespaces created so far (removed on drop).
+    created: Vec<String>,
+    /// coturn, killed on drop.
+    coturn: Option<Child>,
+}
+
+impl Topology {
+    /// The `/run/netns` path of namespace `which` (for `setns`, or `ip netns exec` by name).
+    pub fn ns_path(&self, which: &str) -> String {
+        format!("/run/netns/{}", self.ns(which))
+    }
+
+    /// The name of namespace `which` (`c`, `n` or `p`).
+    pub fn ns(&self, which: &str) -> String {
+        format!("{}{which}", self.prefix)
+    }
+
+    /// Builds the topology, or says why it cannot (then the test skips).
+    pub fn build(nat: Nat, peer: bool, turn: bool) -> Result<Topology, String> {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        if Command::new("turnserver")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            return Err("coturn (turnserver) not installed".into());
+        }
+        let prefix = format!(
+            "xccnat{}x{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut topo = Topology {
+            prefix,
+            created: Vec::new(),
+            coturn: None,
+        };
+        for which in ["c", "n", "p"] {
+            let name = topo.ns(which);
+            run("ip", &["netns", "add", &name])?;
+            topo.created.push(name);
+        }
+        let (c, n, p) = (topo.ns("c"), topo.ns("n"), topo.ns("p"));
+        let peer_addr = format!("{PEER}/24");
+        let mut steps: Vec<Vec<&str>> = vec![
+            vec![
+                "-n", &c, "link", "add", "c0", "type", "veth", "peer", "name", "n0", "netns", &n,
+            ],
+            vec![
+                "-n", &n, "link", "add", "n1", "type", "veth", "peer", "name", "p0", "netns", &p,
+            ],
+            vec!["-n", &c, "addr", "add", "198.51.100.2/24", "dev", "c0"],
+            vec!["-n", &n, "addr", "add", "198.51.100.1/24", "dev", "n0"],
+            vec!["-n", &n, "addr", "add", "203.0.113.1/24", "dev", "n1"],
+            vec!["-n", &p, "addr", "add", "203.0.113.10/24", "dev", "p0"],
+            vec!["-n", &p, "addr", "add", "203.0.113.11/24", "dev", "p0"],
+        ];
+        if peer {
+            steps.push(vec!["-n", &p, "addr", "add", &peer_addr, "dev", "p0"]);
+            steps.push(vec![
+                "-n",
+                &p,
+                "addr",
+                "add",
+                "203.0.113.30/24",
+                "dev",
+                "p0",
+            ]);
+        }
+        for (ns, dev) in [(&c, "c0"), (&c, "lo"), (&n, "n0"), (&n, "n1"), (&n, "lo")] {
+            steps.push(vec!["-n", ns, "link", "set", dev, "up"]);
+        }
+        steps.push(vec!["-n", &p, "link", "set", "p0", "up"]);
+        steps.push(vec!["-n", &p, "link", "set", "lo", "up"]);
+        steps.push(vec![
+            "-n",
+            &c,
+            "route",
+            "add",
+            "default",
+            "via",
+            "198.51.100.1",
+        ]);
+        for step in steps {
+            run("ip", &step)?;
+        }
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &n,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ],
+        )?;
+        let rule = match nat {
+            Nat::PortRestrictedCone => "masquerade",
+            Nat::Symmetric => "masquerade random",
+        };
+        let ruleset = format!(
+            "table ip xccnat {{\n chain post {{\n  type nat hook postrouting priority srcnat;\n  \
+             oifname \"n1\" {rule}\n }}\n}}\n"
+        );
+        let mut nft = Command::new("ip")
+            .args(["netns", "exec", &n, "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("nft: {e}"))?;
+        nft.stdin
+            .take()
+            .ok_or("nft stdin")?
+            .write_all(ruleset.as_bytes())
+            .map_err(|e| format!("nft stdin: {e}"))?;
+        let status = nft.wait().map_err(|e| format!("nft: {e}"))?;
+        if !status.success() {
+            return Err(format!("nft -f failed: {status}"));
+        }
+        let pidfile = format!("/tmp/{}.coturn.pid", topo.prefix);
+        let mode: &[&str] = if turn {
+            &[
+                "--lt-cred-mech",
+                "--user",
+                "xcc:secret",
+                "--realm",
+                "xcc.test",
+            ]
+        } else {
+            &["--stun-only"]
+        };
+        let args = [
+            "netns",
+            "exec",
+            &p,
+            "turnserver",
+            "-n",
+            "--no-cli",
+            "--no-tls",
+            "--no-dtls",
+        ];
+        let listen = [
+            "-L",
+            "203.0.113.10",
+            "-L",
+            "203.0.113.11",
+            "--listening-port",
+            "3478",
+        ];
+        let ports = ["--min-port", "49152", "--max-port", "49300"];
+        let coturn = Command::new("ip")
+            .args(args)
+            .args(listen)
+            .args(mode)
+            .args(ports)
+            .args(["--pidfile", &pidfile, "--log-file", "stdout"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("turnserver: {e}"))?;
+        topo.coturn = Some(coturn);
+        topo.wait_for_coturn()?;
+        Ok(topo)
+    }
+
+    /// Waits until coturn answers on its primary and alternate addresses, asking from inside the
+    /// public namespace (bounded by [`DEADLINE`]).
+    pub fn wait_for_coturn(&self) -> Result<(), String> {
+        self.inside("p", || {
+            let sock = UdpSocket::bind(("203.0.113.10", 0)).map_err(|e| format!("bind: {e}"))?;
+            let start = Instant::now();
+            let mut buf = [0u8; 1500];
+            for server in [STUN_PRIMARY, "203.0.113.11:3479"] {
+                let server: SocketAddr = server.parse().expect("literal");
+                loop {
+                    if start.elapsed() > DEADLINE {
+                        return Err(format!("coturn did not answer on {server}"));
+                    }
+                    let mut req = [0u8; 20];
+                    let id = stun::TransactionId([start.elapsed().subsec_nanos() as u8; 12]);
+                    let len = stun::Writer::new(&mut req, stun::BINDING_REQUEST, id)
+                        .expect("20-byte buffer fits a header")
+                        .finish();
+                    sock.send_to(&req[..len], server)
+                        .map_err(|e| format!("send: {e}"))?;
+                    let until = Instant::now() + Duration::from_millis(100);
+                    if let Some((n, from)) = recv_until(&sock, &mut buf, until)
+                        && from == server
+                        && stun::Message::parse(&buf[..n]).is_ok()
+                    {
+                        break;
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Runs `f` on a thread inside namespace `which` (`c` or `p`).
+    pub fn inside<T: Send + 'static>(
+        &self,
+        which: &str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> T {
+        let path = format!("/run/netns/{}", self.ns(which));
+        std::thread::spawn(move || {
+            let file = File::open(&path).expect("namespace created by this test");
+            // SAFETY: setns only changes this thread's network namespace; the fd is open.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("namespace thread")
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.coturn.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(format!("/tmp/{}.coturn.pid", self.prefix));
+        for name in self.created.drain(..).rev() {
+            let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        }
+    }
+}
+
+pub fn run(cmd: &str, args: &[&str]) -> Result<(), String> {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .map_err(|e| format!("{cmd}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{cmd} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Receives into `buf` until `until`; `None` on timeout.
+pub fn recv_until(sock: &UdpSocket, buf: &mut [u8], until: Instant) -> Option<(usize, SocketAddr)> {
+    let wait = until
+        .saturating_duration_since(Instant::now())
+        .clamp(Duration::from_millis(1), Duration::from_millis(200));
+    sock.set_read_timeout(Some(wait)).expect("set timeout");
+    match sock.recv_from(buf) {
+        Ok(r) => Some(r),
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => None,
+        // ICMP port unreachable surfaces as ECONNREFUSED on Linux: treat as silence.
+        Err(e) if e.kind() == ErrorKind::ConnectionRefused => None,
+        Err(e) => panic!("recv: {e}"),
+    }
+}
+
+/// Enters namespace `path` on the current thread.
+pub fn enter(path: &str) {
+    let file = File::open(path).expect("namespace created by this test");
+    // SAFETY: setns only changes this thread's network namespace; the fd is open for the call.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+}
