@@ -1,0 +1,257 @@
+//! SIP through a real xccd, with SIPp as the controlling server and as the PBX, and a test-owned
+//! SDES-SRTP phone on the client leg. Ports 20000-21999 (each test owns 100 from its base).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tonic::transport::Channel;
+use xcc_grpc::pb;
+
+mod common;
+use common::phone::{self, Phone};
+use common::sipp::{self, Outcome, Sipp};
+use common::{Daemon, DaemonConfig};
+
+/// One test's ports, all on 127.0.0.1.
+#[derive(Debug, Clone, Copy)]
+struct Ports {
+    base: u16,
+}
+
+impl Ports {
+    fn new(index: u16) -> Self {
+        Ports {
+            base: 20000 + index * 100,
+        }
+    }
+    /// XCC's server-side listener (4901's stand-in).
+    fn xcc_server(self) -> SocketAddr {
+        addr(self.base)
+    }
+    /// XCC's trunk listener (5060's stand-in).
+    fn xcc_trunk(self) -> SocketAddr {
+        addr(self.base + 1)
+    }
+    /// SIPp as the controlling server (4900's stand-in).
+    fn server(self) -> SocketAddr {
+        addr(self.base + 2)
+    }
+    /// SIPp as the PBX.
+    fn pbx(self) -> SocketAddr {
+        addr(self.base + 3)
+    }
+    fn server_cp(self) -> u16 {
+        self.base + 4
+    }
+    fn pbx_cp(self) -> u16 {
+        self.base + 5
+    }
+    fn server_media(self) -> u16 {
+        self.base + 10
+    }
+    fn pbx_media(self) -> u16 {
+        self.base + 30
+    }
+    fn phone(self) -> SocketAddr {
+        addr(self.base + 50)
+    }
+    /// xccd's media pool: base+60..base+99 (10 calls).
+    fn pool(self) -> (u16, u16) {
+        (self.base + 60, 40)
+    }
+}
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// xccd with SIP between SIPp-server and SIPp-PBX over UDP.
+fn sip_daemon(name: &str, p: Ports, extra: &str) -> DaemonConfig {
+    let (min, len) = p.pool();
+    let mut cfg = DaemonConfig::new(name, min, len);
+    cfg.sections = format!(
+        "[sip]\nserver_listen = \"{}\"\ntrunk_listen = \"{}\"\nserver_target = \"{}\"\n\
+         server_transport = \"udp\"\npbx_target = \"{}\"\npbx_transport = \"udp\"\n\
+         options_interval_secs = 0\n{extra}",
+        p.xcc_server(),
+        p.xcc_trunk(),
+        p.server(),
+        p.pbx(),
+    );
+    cfg
+}
+
+fn run_dir(d: &Daemon) -> PathBuf {
+    d.dir.join("sipp")
+}
+
+/// Skips (or fails under CI) when SIPp is missing.
+fn have_sipp() -> bool {
+    if sipp::available() {
+        return true;
+    }
+    common::skip("sipp (Debian sip-tester) is not installed");
+    false
+}
+
+struct Grpc {
+    sessions: pb::sessions_client::SessionsClient<Channel>,
+    calls: pb::calls_client::CallsClient<Channel>,
+    satellite: pb::satellite_client::SatelliteClient<Channel>,
+}
+
+async fn grpc(d: &Daemon) -> Grpc {
+    let ch = d.channel().await;
+    Grpc {
+        sessions: pb::sessions_client::SessionsClient::new(ch.clone()),
+        calls: pb::calls_client::CallsClient::new(ch.clone()),
+        satellite: pb::satellite_client::SatelliteClient::new(ch),
+    }
+}
+
+impl Grpc {
+    async fn status(&mut self) -> pb::StatusResponse {
+        self.satellite
+            .status(pb::StatusRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    async fn sessions(&mut self) -> Vec<pb::Session> {
+        self.sessions
+            .list_sessions(pb::ListSessionsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .sessions
+    }
+
+    async fn calls(&mut self) -> Vec<pb::Call> {
+        self.calls
+            .list_calls(pb::ListCallsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .calls
+    }
+
+    /// Waits (bounded) for one session in state ACTIVE and returns it.
+    async fn active_session(&mut self) -> pb::Session {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let all = self.sessions().await;
+            if let Some(s) = all
+                .iter()
+                .find(|s| s.state == pb::session::State::Active as i32)
+            {
+                return s.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no active session in time: {all:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits (bounded) until every media port is back in the pool and no call is left.
+    async fn ports_back(&mut self) -> pb::StatusResponse {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let s = self.status().await;
+            if s.ports_free == s.ports_total && s.calls == 0 {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ports not back in the pool: {s:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+async fn wait(run: sipp::Running) -> Outcome {
+    tokio::task::spawn_blocking(move || run.wait())
+        .await
+        .unwrap()
+}
+
+fn assert_clean(name: &str, o: &Outcome, calls: u64) {
+    assert!(o.status.success(), "{name}: SIPp failed\n{}", o.report());
+    assert_eq!(
+        o.stat("SuccessfulCall(C)"),
+        calls,
+        "{name}: successful calls\n{}",
+        o.report()
+    );
+    assert_eq!(o.stat("FailedCall(C)"), 0, "{name}\n{}", o.report());
+}
+
+/// The server (SIPp UAC) calls through XCC to the PBX (SIPp UAS); the phone on the client leg
+/// talks SRTP, the PBX plays g711a.pcap and echoes what it gets; the server hangs up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_originated_call_relays_media_both_ways_and_bye_frees_ports() {
+    if !have_sipp() {
+        return;
+    }
+    let p = Ports::new(0);
+    let d = Daemon::start_config(&sip_daemon("sip-server-call", p, ""));
+    let mut g = grpc(&d).await;
+    let dir = run_dir(&d);
+    let pbx = Sipp::new("pbx_uas.xml", p.pbx(), p.pbx_media(), p.pbx_cp())
+        .arg("-rtp_echo")
+        .spawn(&dir);
+    let phone = Phone::bind(p.phone());
+    let mut server = Sipp::new(
+        "server_uac.xml",
+        p.server(),
+        p.server_media(),
+        p.server_cp(),
+    )
+    .key("phone_port", phone.port())
+    .key("phone_key", phone::encode_key(&phone.key))
+    .arg("-d")
+    .arg("6000");
+    server.remote = Some(p.xcc_server());
+    let server = server.spawn(&dir);
+
+    let session = g.active_session().await;
+    assert_eq!(session.sdp_for, pb::Side::Client as i32, "{session:?}");
+    assert!(session.sdp.contains("RTP/SAVP"), "{}", session.sdp);
+    let (tag, xcc_key) = phone::crypto_of(&session.sdp);
+    assert_eq!(tag, 1);
+    let target = phone::media_target(&session.sdp);
+    assert_eq!(
+        g.calls().await.len(),
+        1,
+        "the SIP call is a call in ListCalls"
+    );
+
+    let heard = tokio::task::spawn_blocking(move || {
+        phone.talk(target, &xcc_key, Duration::from_secs(5), |h| {
+            h.echoes >= 5 && h.far_audio >= 5
+        })
+    })
+    .await
+    .unwrap();
+    assert!(
+        heard.far_audio >= 5,
+        "the PBX's audio reaches the phone: {heard:?}"
+    );
+    assert!(
+        heard.echoes >= 5,
+        "the phone's audio reaches the PBX (and its echo comes back): {heard:?}"
+    );
+    assert_eq!(heard.bad, 0, "{heard:?}");
+
+    let s = wait(server).await;
+    assert_clean("server", &s, 1);
+    let b = wait(pbx).await;
+    assert_clean("pbx", &b, 1);
+    let after = g.ports_back().await;
+    assert_eq!(after.ports_used, 0);
+    d.wait_log("SIP call ended", Duration::from_secs(5));
+}
