@@ -255,3 +255,77 @@ async fn server_originated_call_relays_media_both_ways_and_bye_frees_ports() {
     assert_eq!(after.ports_used, 0);
     d.wait_log("SIP call ended", Duration::from_secs(5));
 }
+
+/// Waits (bounded) for SIPp's `<log>` line `xcc_port=P xcc_key=K end` and returns XCC's media
+/// address (loopback) and key for the phone.
+fn logged_xcc_media(run: &sipp::Running) -> (SocketAddr, Vec<u8>) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = std::fs::read_to_string(run.dir.join("logs.log")).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains(" end")) {
+            let field = |name: &str| {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix(name))
+                    .unwrap_or_else(|| panic!("{name} in {line:?}"))
+                    .to_owned()
+            };
+            let port: u16 = field("xcc_port=").parse().unwrap();
+            return (addr(port), phone::decode_key(&field("xcc_key=")));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "SIPp never logged XCC's offer in {}",
+            run.dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The PBX (SIPp UAC) calls through XCC to the server (SIPp UAS), which answers XCC's SRTP offer
+/// for the phone; media flows both ways; the PBX hangs up and XCC's BYE reaches the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pbx_originated_call_gets_srtp_offer_media_flows_and_pbx_bye_ends_both() {
+    if !have_sipp() {
+        return;
+    }
+    let p = Ports::new(1);
+    let d = Daemon::start_config(&sip_daemon("sip-pbx-call", p, ""));
+    let mut g = grpc(&d).await;
+    let dir = run_dir(&d);
+    let phone = Phone::bind(p.phone());
+    let server = Sipp::new(
+        "server_uas.xml",
+        p.server(),
+        p.server_media(),
+        p.server_cp(),
+    )
+    .key("phone_port", phone.port())
+    .key("phone_key", phone::encode_key(&phone.key))
+    .spawn(&dir);
+    let mut pbx = Sipp::new("pbx_uac.xml", p.pbx(), p.pbx_media(), p.pbx_cp())
+        .arg("-rtp_echo")
+        .arg("-d")
+        .arg("6000");
+    pbx.remote = Some(p.xcc_trunk());
+    let pbx = pbx.spawn(&dir);
+
+    let (target, xcc_key) = logged_xcc_media(&server);
+    let session = g.active_session().await;
+    assert_eq!(session.offer_from, pb::Side::Pbx as i32, "{session:?}");
+    let heard = tokio::task::spawn_blocking(move || {
+        phone.talk(target, &xcc_key, Duration::from_secs(5), |h| {
+            h.echoes >= 5 && h.far_audio >= 5
+        })
+    })
+    .await
+    .unwrap();
+    assert!(heard.far_audio >= 5, "PBX audio at the phone: {heard:?}");
+    assert!(heard.echoes >= 5, "phone audio at the PBX: {heard:?}");
+    assert_eq!(heard.bad, 0, "{heard:?}");
+
+    let b = wait(pbx).await;
+    assert_clean("pbx", &b, 1);
+    let s = wait(server).await;
+    assert_clean("server", &s, 1);
+    g.ports_back().await;
+}
