@@ -329,3 +329,31 @@ async fn pbx_originated_call_gets_srtp_offer_media_flows_and_pbx_bye_ends_both()
     assert_clean("server", &s, 1);
     g.ports_back().await;
 }
+
+/// The server cancels while the PBX rings: XCC answers the CANCEL, cancels towards the PBX,
+/// relays its 487, and frees the ports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_cancel_while_ringing_cancels_the_pbx_leg_and_frees_ports() {
+    if !have_sipp() {
+        return;
+    }
+    let p = Ports::new(2);
+    let d = Daemon::start_config(&sip_daemon("sip-cancel", p, ""));
+    let mut g = grpc(&d).await;
+    let dir = run_dir(&d);
+    let pbx = Sipp::new("pbx_uas_cancel.xml", p.pbx(), p.pbx_media(), p.pbx_cp()).spawn(&dir);
+    let mut server = Sipp::new(
+        "server_uac_cancel.xml",
+        p.server(),
+        p.server_media(),
+        p.server_cp(),
+    );
+    server.remote = Some(p.xcc_server());
+    let server = server.spawn(&dir);
+    let s = wait(server).await;
+    assert_clean("server", &s, 1);
+    let b = wait(pbx).await;
+    assert_clean("pbx", &b, 1);
+    assert_eq!(g.ports_back().await.ports_used, 0);
+    d.wait_log("Cancelled", Duration::from_secs(5));
+}
