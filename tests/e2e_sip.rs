@@ -357,3 +357,106 @@ async fn server_cancel_while_ringing_cancels_the_pbx_leg_and_frees_ports() {
     assert_eq!(g.ports_back().await.ports_used, 0);
     d.wait_log("Cancelled", Duration::from_secs(5));
 }
+
+/// The PBX never answers (nothing listens at its address): XCC gives up after timer B (T1 is
+/// 50 ms here, so 3.2 s) with 408 (or 503 once it knows the PBX is unreachable), and the media
+/// ports allocated for the call are back in the pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pbx_timeout_answers_the_server_408_or_503_and_frees_ports() {
+    if !have_sipp() {
+        return;
+    }
+    let p = Ports::new(3);
+    let d = Daemon::start_config(&sip_daemon("sip-timeout", p, "t1_ms = 50\n"));
+    let mut g = grpc(&d).await;
+    let dir = run_dir(&d);
+    let mut server = Sipp::new(
+        "server_uac_timeout.xml",
+        p.server(),
+        p.server_media(),
+        p.server_cp(),
+    );
+    server.remote = Some(p.xcc_server());
+    let server = server.spawn(&dir);
+    // The call holds its ports while XCC retries the INVITE.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while g.status().await.ports_used == 0 {
+        assert!(Instant::now() < deadline, "the call never took ports");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let s = wait(server).await;
+    assert_clean("server", &s, 1);
+    let logs = s.logs();
+    assert!(
+        logs.contains("final=408") || logs.contains("final=503"),
+        "{logs}"
+    );
+    assert_eq!(g.ports_back().await.ports_used, 0);
+}
+
+/// Every media port is taken (by a gRPC session): a SIP INVITE gets 503 with Retry-After (the
+/// configured value), and the pool is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_exhaustion_answers_503_with_retry_after() {
+    if !have_sipp() {
+        return;
+    }
+    let p = Ports::new(4);
+    let mut cfg = sip_daemon("sip-exhausted", p, "retry_after_secs = 17\n");
+    cfg.pool_len = 4;
+    let d = Daemon::start_config(&cfg);
+    let mut g = grpc(&d).await;
+    let offer = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+                 m=audio 20490 RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n";
+    let held = g
+        .sessions
+        .create_session(pb::CreateSessionRequest {
+            idempotency_key: "hog".into(),
+            offer_from: pb::Side::Pbx as i32,
+            sdp: offer.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(g.status().await.ports_free, 0);
+    let dir = run_dir(&d);
+    let mut server = Sipp::new(
+        "server_uac_503.xml",
+        p.server(),
+        p.server_media(),
+        p.server_cp(),
+    );
+    server.remote = Some(p.xcc_server());
+    let s = wait(server.spawn(&dir)).await;
+    assert_clean("server", &s, 1);
+    assert!(s.logs().contains("retry_after=17 end"), "{}", s.logs());
+    assert_eq!(
+        g.sessions().await.len(),
+        1,
+        "no session for the refused call"
+    );
+    g.sessions
+        .delete_session(pb::DeleteSessionRequest {
+            session_id: held.session_id,
+        })
+        .await
+        .unwrap();
+    g.ports_back().await;
+}
+
+/// A BYE that matches no dialog, on either listener, is answered 481.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bye_for_an_unknown_dialog_gets_481_on_both_listeners() {
+    if !have_sipp() {
+        return;
+    }
+    let p = Ports::new(5);
+    let d = Daemon::start_config(&sip_daemon("sip-481", p, ""));
+    let dir = run_dir(&d);
+    for (i, target) in [p.xcc_trunk(), p.xcc_server()].into_iter().enumerate() {
+        let mut bye = Sipp::new("bye_unknown.xml", p.pbx(), p.pbx_media(), p.pbx_cp());
+        bye.remote = Some(target);
+        let o = wait(bye.spawn(&dir.join(i.to_string()))).await;
+        assert_clean("bye", &o, 1);
+    }
+}
