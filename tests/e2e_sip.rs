@@ -460,3 +460,43 @@ async fn bye_for_an_unknown_dialog_gets_481_on_both_listeners() {
         assert_clean("bye", &o, 1);
     }
 }
+
+/// The server holds (re-INVITE a=sendonly) and resumes (a=sendrecv): XCC relays each re-offer to
+/// the PBX with the same direction and each answer back (recvonly, then sendrecv), both checked
+/// by the SIPp scenarios; the call then ends normally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_hold_and_resume_reinvites_are_relayed_with_their_directions() {
+    if !have_sipp() {
+        return;
+    }
+    let p = Ports::new(6);
+    let d = Daemon::start_config(&sip_daemon("sip-hold", p, ""));
+    let mut g = grpc(&d).await;
+    let dir = run_dir(&d);
+    let pbx = Sipp::new("pbx_uas_hold.xml", p.pbx(), p.pbx_media(), p.pbx_cp()).spawn(&dir);
+    let key: [u8; 30] = rand::random();
+    let mut server = Sipp::new(
+        "server_uac_hold.xml",
+        p.server(),
+        p.server_media(),
+        p.server_cp(),
+    )
+    .key("phone_port", p.phone().port())
+    .key("phone_key", phone::encode_key(&key));
+    server.remote = Some(p.xcc_server());
+    let s = wait(server.spawn(&dir)).await;
+    assert_clean("server", &s, 1);
+    assert!(
+        s.logs().contains("answer2=a=recvonly") && s.logs().contains("answer3=a=sendrecv"),
+        "{}",
+        s.logs()
+    );
+    let b = wait(pbx).await;
+    assert_clean("pbx", &b, 1);
+    assert!(
+        b.logs().contains("offer1=a=sendonly") && b.logs().contains("offer2=a=sendrecv"),
+        "{}",
+        b.logs()
+    );
+    g.ports_back().await;
+}
