@@ -500,3 +500,67 @@ async fn server_hold_and_resume_reinvites_are_relayed_with_their_directions() {
     );
     g.ports_back().await;
 }
+
+/// gRPC `HangUp` of a SIP call ends it in SIP: BYE to the server and to the PBX (both SIPp
+/// scenarios wait for it), ports freed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_hangup_sends_bye_to_both_sides() {
+    if !have_sipp() {
+        return;
+    }
+    let p = Ports::new(7);
+    let d = Daemon::start_config(&sip_daemon("sip-hangup", p, ""));
+    let mut g = grpc(&d).await;
+    let dir = run_dir(&d);
+    let pbx = Sipp::new("pbx_uas.xml", p.pbx(), p.pbx_media(), p.pbx_cp()).spawn(&dir);
+    let key: [u8; 30] = rand::random();
+    let mut server = Sipp::new(
+        "server_uac_byed.xml",
+        p.server(),
+        p.server_media(),
+        p.server_cp(),
+    )
+    .key("phone_port", p.phone().port())
+    .key("phone_key", phone::encode_key(&key));
+    server.remote = Some(p.xcc_server());
+    let server = server.spawn(&dir);
+    let session = g.active_session().await;
+    // The answer reached the server once the session is active; let the ACK land (bounded).
+    d.wait_log("SIP call answered", Duration::from_secs(5));
+    g.calls
+        .hang_up(pb::HangUpRequest {
+            call_id: session.session_id,
+        })
+        .await
+        .unwrap();
+    let s = wait(server).await;
+    assert_clean("server", &s, 1);
+    let b = wait(pbx).await;
+    assert_clean("pbx", &b, 1);
+    g.ports_back().await;
+    d.wait_log("Hangup(Api)", Duration::from_secs(5));
+}
+
+/// While draining (gRPC `Drain`), a new INVITE is refused 503 with Retry-After.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_refuses_new_invites_with_503_retry_after() {
+    if !have_sipp() {
+        return;
+    }
+    let p = Ports::new(8);
+    let d = Daemon::start_config(&sip_daemon("sip-drain", p, "retry_after_secs = 17\n"));
+    let mut g = grpc(&d).await;
+    g.satellite.drain(pb::DrainRequest {}).await.unwrap();
+    let dir = run_dir(&d);
+    let mut server = Sipp::new(
+        "server_uac_503.xml",
+        p.server(),
+        p.server_media(),
+        p.server_cp(),
+    );
+    server.remote = Some(p.xcc_server());
+    let s = wait(server.spawn(&dir)).await;
+    assert_clean("server", &s, 1);
+    assert!(s.logs().contains("retry_after=17 end"), "{}", s.logs());
+    assert_eq!(g.status().await.ports_used, 0);
+}
