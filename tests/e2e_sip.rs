@@ -564,3 +564,36 @@ async fn draining_refuses_new_invites_with_503_retry_after() {
     assert!(s.logs().contains("retry_after=17 end"), "{}", s.logs());
     assert_eq!(g.status().await.ports_used, 0);
 }
+
+/// The server side over TCP (the product default): SIPp connects to XCC's server-side TCP
+/// listener, the call is relayed to the PBX over UDP, and the BYE comes back on the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_call_over_tcp_is_relayed_to_a_udp_pbx() {
+    if !have_sipp() {
+        return;
+    }
+    let p = Ports::new(9);
+    let mut cfg = sip_daemon("sip-tcp", p, "");
+    cfg.sections = cfg
+        .sections
+        .replace("server_transport = \"udp\"", "server_transport = \"tcp\"");
+    let d = Daemon::start_config(&cfg);
+    let mut g = grpc(&d).await;
+    let dir = run_dir(&d);
+    let pbx = Sipp::new("pbx_uas.xml", p.pbx(), p.pbx_media(), p.pbx_cp()).spawn(&dir);
+    let key: [u8; 30] = rand::random();
+    let mut server = Sipp::new("server_uac.xml", p.server(), p.server_media(), p.server_cp())
+        .key("phone_port", p.phone().port())
+        .key("phone_key", phone::encode_key(&key))
+        .arg("-t")
+        .arg("t1")
+        .arg("-d")
+        .arg("500");
+    server.remote = Some(p.xcc_server());
+    let s = wait(server.spawn(&dir)).await;
+    assert_clean("server", &s, 1);
+    assert!(s.messages().contains("TCP message received"), "{}", s.report());
+    let b = wait(pbx).await;
+    assert_clean("pbx", &b, 1);
+    g.ports_back().await;
+}
