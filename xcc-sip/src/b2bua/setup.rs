@@ -177,14 +177,17 @@ impl B2bua {
         match (phase, status) {
             (_, 100) => {}
             (Phase::Early, 101..=199) => self.relay_provisional(now, id, &resp, media),
-            (Phase::Cancelling { .. }, 101..=199) => {
-                if call.cancel_wanted {
-                    let key = call.invite_out_key.clone();
-                    if let Ok(Some(k)) = self.endpoints[side.index()].cancel(now, &key) {
-                        self.clients.insert((side, k), Client::Fire);
-                        if let Some(c) = self.calls.get_mut(&id) {
-                            c.cancel_wanted = false;
-                        }
+            (Phase::Cancelling { .. }, 101..=199) if call.cancel_wanted => {
+                // The provisional RFC 3261 §9.1 waits for: the deferred CANCEL goes now.
+                let key = call.invite_out_key.clone();
+                if let Ok(Some(k)) = self.endpoints[side.index()].cancel(now, &key) {
+                    *self.counters.sides[side.index()]
+                        .requests_out
+                        .entry("CANCEL".to_owned())
+                        .or_default() += 1;
+                    self.clients.insert((side, k), Client::Fire);
+                    if let Some(c) = self.calls.get_mut(&id) {
+                        c.cancel_wanted = false;
                     }
                 }
             }
