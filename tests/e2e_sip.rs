@@ -582,18 +582,59 @@ async fn server_call_over_tcp_is_relayed_to_a_udp_pbx() {
     let dir = run_dir(&d);
     let pbx = Sipp::new("pbx_uas.xml", p.pbx(), p.pbx_media(), p.pbx_cp()).spawn(&dir);
     let key: [u8; 30] = rand::random();
-    let mut server = Sipp::new("server_uac.xml", p.server(), p.server_media(), p.server_cp())
-        .key("phone_port", p.phone().port())
-        .key("phone_key", phone::encode_key(&key))
-        .arg("-t")
-        .arg("t1")
-        .arg("-d")
-        .arg("500");
+    let mut server = Sipp::new(
+        "server_uac.xml",
+        p.server(),
+        p.server_media(),
+        p.server_cp(),
+    )
+    .key("phone_port", p.phone().port())
+    .key("phone_key", phone::encode_key(&key))
+    .arg("-t")
+    .arg("t1")
+    .arg("-d")
+    .arg("500");
     server.remote = Some(p.xcc_server());
     let s = wait(server.spawn(&dir)).await;
     assert_clean("server", &s, 1);
-    assert!(s.messages().contains("TCP message received"), "{}", s.report());
+    assert!(
+        s.messages().contains("TCP message received"),
+        "{}",
+        s.report()
+    );
     let b = wait(pbx).await;
     assert_clean("pbx", &b, 1);
     g.ports_back().await;
+}
+
+/// A SIP call with no media at all ends on the media timeout (1 s here): XCC sends BYE to the
+/// server and to the PBX (both scenarios wait for it) and frees the ports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_timeout_sends_bye_to_both_sides() {
+    if !have_sipp() {
+        return;
+    }
+    let p = Ports::new(10);
+    let mut cfg = sip_daemon("sip-media-timeout", p, "");
+    cfg.media_extra = "media_timeout_secs = 1\n".into();
+    let d = Daemon::start_config(&cfg);
+    let mut g = grpc(&d).await;
+    let dir = run_dir(&d);
+    let pbx = Sipp::new("bench_pbx_uas.xml", p.pbx(), p.pbx_media(), p.pbx_cp()).spawn(&dir);
+    let key: [u8; 30] = rand::random();
+    let mut server = Sipp::new(
+        "server_uac_byed.xml",
+        p.server(),
+        p.server_media(),
+        p.server_cp(),
+    )
+    .key("phone_port", p.phone().port())
+    .key("phone_key", phone::encode_key(&key));
+    server.remote = Some(p.xcc_server());
+    let s = wait(server.spawn(&dir)).await;
+    assert_clean("server", &s, 1);
+    let b = wait(pbx).await;
+    assert_clean("pbx", &b, 1);
+    g.ports_back().await;
+    d.wait_log("Hangup(MediaTimeout)", Duration::from_secs(5));
 }
