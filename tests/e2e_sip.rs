@@ -638,3 +638,36 @@ async fn media_timeout_sends_bye_to_both_sides() {
     g.ports_back().await;
     d.wait_log("Hangup(MediaTimeout)", Duration::from_secs(5));
 }
+
+/// xccd stopping (SIGINT) with a SIP call up hangs it up in SIP first: BYE to both sides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_xccd_sends_bye_to_both_sides_of_live_calls() {
+    if !have_sipp() {
+        return;
+    }
+    let p = Ports::new(11);
+    let mut d = Daemon::start_config(&sip_daemon("sip-stop", p, ""));
+    let mut g = grpc(&d).await;
+    let dir = run_dir(&d);
+    let pbx = Sipp::new("bench_pbx_uas.xml", p.pbx(), p.pbx_media(), p.pbx_cp()).spawn(&dir);
+    let key: [u8; 30] = rand::random();
+    let mut server = Sipp::new(
+        "server_uac_byed.xml",
+        p.server(),
+        p.server_media(),
+        p.server_cp(),
+    )
+    .key("phone_port", p.phone().port())
+    .key("phone_key", phone::encode_key(&key));
+    server.remote = Some(p.xcc_server());
+    let server = server.spawn(&dir);
+    g.active_session().await;
+    d.wait_log("SIP call answered", Duration::from_secs(5));
+    d.signal(libc::SIGINT);
+    let status = d.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "{status:?}\n{}", d.log());
+    let s = wait(server).await;
+    assert_clean("server", &s, 1);
+    let b = wait(pbx).await;
+    assert_clean("pbx", &b, 1);
+}
