@@ -3,7 +3,7 @@
 # against a reference from the same run: SIPp UAC straight to SIPp UAS without XCC.
 #
 # Each step places RATE calls/s for STEP_SECS seconds (server -> XCC -> PBX, 200 ms hold, BYE);
-# a step passes when every call succeeded. Loopback only, ports 21000-21999 (sipwire's bench
+# a step passes when every call succeeded. Loopback only, ports 21300-21999 (sipwire's bench
 # range), every SIPp run bounded by -timeout. Prints one line per step and the highest passing
 # rate for each path.
 #
@@ -24,8 +24,8 @@ RATES=${RATES:-"50 100 200 400 800"}
 STEP_SECS=${STEP_SECS:-5}
 HOLD_MS=${HOLD_MS:-200}
 ip=127.0.0.1
-xcc_server=21000 xcc_trunk=21001 sipp_server=21002 sipp_pbx=21003 cp_server=21004 cp_pbx=21005
-control=21050 pool_min=21100 pool_max=21999
+xcc_server=21300 xcc_trunk=21301 sipp_server=21302 sipp_pbx=21303 cp_server=21304 cp_pbx=21305
+control=21350 pool_min=21400 pool_max=21999
 
 work=$(mktemp -d /tmp/xcc-sip-bench.XXXXXX)
 xpid=
@@ -71,14 +71,14 @@ run_step() {
     local calls=$((rate * STEP_SECS)) dir=$work/$name-$rate
     mkdir -p "$dir"
     (cd "$dir" && timeout $((STEP_SECS + 40)) sipp -sf "$scen/bench_pbx_uas.xml" -i $ip -p $sipp_pbx \
-        -mi $ip -mp 21030 -cp $cp_pbx -m "$calls" -timeout $((STEP_SECS + 30))s -timeout_error \
+        -mi $ip -mp 21330 -cp $cp_pbx -m "$calls" -timeout $((STEP_SECS + 30))s -timeout_error \
         -nostdin -trace_stat -stf "$dir/uas.csv" -fd 1 -max_socket 4096 >/dev/null 2>"$dir/uas.err") &
     local uas=$!
     sleep 0.3  # let the UAS bind before the first INVITE; UDP retransmission covers a miss anyway
     (cd "$dir" && timeout $((STEP_SECS + 40)) sipp "$target" -sf "$scen/server_uac.xml" -i $ip \
-        -p $sipp_server -mi $ip -mp 21010 -cp $cp_server -m "$calls" -r "$rate" -d "$HOLD_MS" \
+        -p $sipp_server -mi $ip -mp 21310 -cp $cp_server -m "$calls" -r "$rate" -d "$HOLD_MS" \
         -l $((rate * 2 + 50)) -timeout $((STEP_SECS + 30))s -timeout_error -nostdin \
-        -key phone_port 21060 -key phone_key "$key" -trace_stat -stf "$dir/uac.csv" -fd 1 \
+        -key phone_port 21360 -key phone_key "$key" -trace_stat -stf "$dir/uac.csv" -fd 1 \
         >/dev/null 2>"$dir/uac.err") || true
     wait "$uas" || true
     awk -F';' 'NR==1{for(i=1;i<=NF;i++)h[$i]=i} END{print $h["SuccessfulCall(C)"]+0, $h["FailedCall(C)"]+0}' "$dir/uac.csv"

@@ -1,5 +1,6 @@
 //! SIP through a real xccd, with SIPp as the controlling server and as the PBX, and a test-owned
-//! SDES-SRTP phone on the client leg. Ports 20000-21999 (each test owns 100 from its base).
+//! SDES-SRTP phone on the client leg. Ports 20000-21299 (each test owns 100 from its base);
+//! benches/sip_setup.sh uses 21300-21999.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -670,4 +671,41 @@ async fn stopping_xccd_sends_bye_to_both_sides_of_live_calls() {
     assert_clean("server", &s, 1);
     let b = wait(pbx).await;
     assert_clean("pbx", &b, 1);
+}
+
+/// A SIP listener that cannot be bound is a start-up error naming it (exit 69), not a daemon
+/// that reports READY without SIP.
+#[test]
+fn a_taken_sip_port_stops_startup_with_69_naming_the_listener() {
+    let p = Ports::new(12);
+    let _taken = std::net::UdpSocket::bind(p.xcc_trunk()).unwrap();
+    let dir = std::env::temp_dir().join(format!("xcc-e2e-sip-taken-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let control = addr(p.base + 51);
+    let cfg = sip_daemon("sip-taken", p, "");
+    std::fs::write(dir.join("xcc.toml"), cfg.toml(control)).unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_xccd"))
+        .arg("--config")
+        .arg(dir.join("xcc.toml"))
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    let out = match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            // SAFETY: kill(2) on the pid of the child this test spawned and has not reaped.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            panic!("xccd kept running without its SIP trunk listener");
+        }
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{stderr}");
+    assert!(stderr.contains("cannot bind SIP trunk UDP"), "{stderr}");
+    assert!(!stderr.contains("xccd ready"), "{stderr}");
+    std::fs::remove_dir_all(dir).unwrap();
 }
