@@ -213,15 +213,7 @@ impl TableMedia {
     /// The session-table key for a SIP call key: `sip:` + the key, or a keyed hash of it when
     /// too long (Call-IDs are unbounded; the table stores at most 128 bytes).
     fn table_key(&self, key: &str) -> String {
-        let plain = format!("sip:{key}");
-        if plain.len() <= xcc_grpc::session::MAX_IDEMPOTENCY_KEY {
-            return plain;
-        }
-        let mut h = self.hasher.build_hasher();
-        h.write(key.as_bytes());
-        let a = h.finish();
-        h.write_u8(0xff);
-        format!("sip#{a:016x}{:016x}", h.finish())
+        table_key(&self.hasher, key)
     }
 
     fn announce(&self, call: CallId, outcome: Outcome, from: xcc_core::ids::LegSide) {
@@ -238,6 +230,19 @@ impl TableMedia {
             Outcome::Replayed | Outcome::Updated => {}
         }
     }
+}
+
+/// See [`TableMedia::table_key`].
+fn table_key(hasher: &impl BuildHasher, key: &str) -> String {
+    let plain = format!("sip:{key}");
+    if plain.len() <= xcc_grpc::session::MAX_IDEMPOTENCY_KEY {
+        return plain;
+    }
+    let mut h = hasher.build_hasher();
+    h.write(key.as_bytes());
+    let a = h.finish();
+    h.write_u8(0xff);
+    format!("sip#{a:016x}{:016x}", h.finish())
 }
 
 /// The session table's errors as the B2BUA's refusals.
@@ -632,4 +637,101 @@ async fn serve_conn(
     }
     writer.abort();
     let _ = conns.send(Conn::Down(side, addr)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Secret, SipTransport};
+
+    fn settings() -> SipSettings {
+        SipSettings {
+            trunk_listen: "0.0.0.0:5060".parse().unwrap(),
+            server_listen: "10.1.1.1:4901".parse().unwrap(),
+            server_target: "10.9.9.9:4900".parse().unwrap(),
+            server_transport: SipTransport::Tcp,
+            pbx_target: "10.8.8.8:5060".parse().unwrap(),
+            pbx_transport: SipTransport::Udp,
+            trunk_advertised: None,
+            server_advertised: None,
+            pbx_credentials: Some(("xcc".into(), Secret("pw".into()))),
+            options_interval: Some(Duration::from_secs(30)),
+            dscp: 24,
+            retry_after_secs: 17,
+            t1: Duration::from_millis(100),
+        }
+    }
+
+    fn advertised() -> Advertised {
+        Advertised {
+            client: "203.0.113.5".parse().unwrap(),
+            pbx: "10.0.0.5".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn via_contact_addresses_follow_advertised_then_listener_then_pbx_leg() {
+        let mut s = settings();
+        let cfg = b2bua_config(&s, advertised(), 4901, 5060);
+        assert_eq!(
+            cfg.pbx.local,
+            "10.0.0.5:5060".parse().unwrap(),
+            "wildcard listener"
+        );
+        assert_eq!(
+            cfg.server.local,
+            "10.1.1.1:4901".parse().unwrap(),
+            "specific listener"
+        );
+        s.trunk_advertised = Some("198.51.100.7".parse().unwrap());
+        let cfg = b2bua_config(&s, advertised(), 4901, 5061);
+        assert_eq!(cfg.pbx.local, "198.51.100.7:5061".parse().unwrap());
+        assert_eq!(cfg.server.peer.transport, Transport::Tcp);
+        assert_eq!(cfg.pbx.peer.addr, s.pbx_target);
+        assert_eq!(cfg.pbx.credentials.as_ref().unwrap().username, "xcc");
+        assert!(cfg.server.credentials.is_none());
+        assert_eq!(cfg.retry_after, 17);
+        assert_eq!(cfg.timers.t1, Duration::from_millis(100));
+    }
+
+    #[test]
+    fn long_call_keys_are_hashed_to_fit_the_table() {
+        let h = std::collections::hash_map::RandomState::new();
+        assert_eq!(table_key(&h, "pbx/abc/tag"), "sip:pbx/abc/tag");
+        let long_a = format!("server/{}/t", "a".repeat(300));
+        let long_b = format!("server/{}/t", "b".repeat(300));
+        let ka = table_key(&h, &long_a);
+        assert!(ka.len() <= xcc_grpc::session::MAX_IDEMPOTENCY_KEY);
+        assert_eq!(
+            ka,
+            table_key(&h, &long_a),
+            "a retried INVITE maps to the same key"
+        );
+        assert_ne!(ka, table_key(&h, &long_b));
+    }
+
+    #[test]
+    fn table_errors_map_to_sip_statuses() {
+        let exhausted = xcc_grpc::Error::Media {
+            field: None,
+            source: xcc_core::Error::PoolExhausted { free: 0, needed: 4 },
+        };
+        assert_eq!(refusal(exhausted), MediaRefusal::Exhausted);
+        assert_eq!(refusal(xcc_grpc::Error::Draining).status(), 503);
+        let bad = xcc_grpc::Error::InvalidArgument {
+            field: "sdp",
+            reason: "no audio".into(),
+        };
+        assert_eq!(refusal(bad).status(), 488);
+        let gone = xcc_grpc::Error::NotFound {
+            field: "session_id",
+            call: CallId(7),
+        };
+        assert_eq!(refusal(gone), MediaRefusal::UnknownCall);
+        let pending = xcc_grpc::Error::WrongState {
+            call: CallId(7),
+            reason: "pending",
+        };
+        assert_eq!(refusal(pending).status(), 491);
+    }
 }
