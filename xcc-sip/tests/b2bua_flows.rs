@@ -10,6 +10,7 @@ use bytes::Bytes;
 use xcc_sip::auth::Credentials;
 use xcc_sip::b2bua::{B2buaEvent, EndReason, HangupReason, MediaRefusal, Side};
 use xcc_sip::monitor::Health;
+use xcc_sip::transport::Transport;
 use xcc_sip::{Message, Method, Response};
 
 fn ended(h: &Harness) -> Vec<EndReason> {
@@ -873,4 +874,95 @@ fn options_monitor_reports_peer_health() {
         side: Side::Pbx,
         health: Health::Down
     }));
+}
+
+#[test]
+fn tcp_pbx_gets_no_retransmissions_and_tcp_everywhere() {
+    let mut cfg = config();
+    cfg.pbx.peer.transport = Transport::Tcp;
+    let mut h = Harness::new(cfg);
+    h.transports[Side::Pbx.index()] = Transport::Tcp;
+    let inv = h.invite(Side::Pbx, "t1", Some(PBX_ANSWER), "");
+    let out = h.request(Side::Server, Method::Invite);
+    h.reply(Side::Server, &out, 200, Some("s1"), Some(SERVER_OFFER));
+    let ok = h.response(Side::Pbx, 200);
+    assert!(ok.headers.contact[0].uri.ends_with(";transport=tcp"));
+    h.clear();
+    // Over TCP XCC's 200 is not retransmitted (RFC 3261 §13.3.1.4), but the ACK is still awaited.
+    h.advance(Duration::from_secs(10));
+    assert_eq!(h.statuses(Side::Pbx), Vec::<u16>::new(), "{}", h.dump());
+    let pbx = uac_dialog(Side::Pbx, &inv, &ok);
+    let via = h.via(Side::Pbx);
+    h.send(Side::Pbx, &pbx.ack(1, via, Bytes::new()));
+    // The server hangs up: the BYE to the PBX goes over TCP with a TCP Via.
+    let mut server = uas_dialog(Side::Server, &out, "s1");
+    let via = h.via(Side::Server);
+    h.send(
+        Side::Server,
+        &server.new_request(Method::Bye, via, Bytes::new()),
+    );
+    let bye = h.request(Side::Pbx, Method::Bye);
+    assert_eq!(bye.headers.via[0].transport, "TCP");
+    h.reply(Side::Pbx, &bye, 200, None, None);
+    h.settle_and_check();
+}
+
+#[test]
+fn tcp_caller_that_never_acks_is_hung_up() {
+    let mut cfg = config();
+    cfg.server.peer.transport = Transport::Tcp;
+    let mut h = Harness::new(cfg);
+    h.transports[Side::Server.index()] = Transport::Tcp;
+    h.invite(Side::Server, "t2", Some(SERVER_OFFER), "");
+    let out = h.request(Side::Pbx, Method::Invite);
+    h.reply(Side::Pbx, &out, 200, Some("p1"), Some(PBX_ANSWER));
+    h.response(Side::Server, 200);
+    h.advance(Duration::from_secs(33));
+    assert_eq!(
+        h.statuses(Side::Server),
+        [100],
+        "no retransmission over TCP"
+    );
+    h.request(Side::Server, Method::Bye);
+    h.request(Side::Pbx, Method::Bye);
+    assert_eq!(ended(&h), [EndReason::AckTimeout]);
+    h.settle_and_check();
+}
+
+#[test]
+fn routes_and_record_route_are_followed_on_the_callers_dialog() {
+    let mut h = Harness::default();
+    let extra = "Record-Route: <sip:127.0.0.9:20999;lr>\r\n";
+    h.invite(Side::Server, "rr", Some(SERVER_OFFER), extra);
+    let out = h.request(Side::Pbx, Method::Invite);
+    assert!(
+        out.headers.route.is_empty(),
+        "the far dialog has its own route set"
+    );
+    h.reply(Side::Pbx, &out, 200, Some("p1"), Some(PBX_ANSWER));
+    let ok = h.response(Side::Server, 200);
+    assert_eq!(
+        ok.headers.record_route.len(),
+        1,
+        "Record-Route echoed in the 2xx"
+    );
+    h.hangup(1, HangupReason::Api);
+    // The BYE to the server goes through the recorded proxy.
+    let (s, p, m) = h
+        .outbox
+        .iter()
+        .find(|(s, _, m)| {
+            *s == Side::Server && matches!(m, Message::Request(r) if r.method == Method::Bye)
+        })
+        .cloned()
+        .expect("BYE to the server");
+    assert_eq!(s, Side::Server);
+    assert_eq!(p.addr.to_string(), "127.0.0.9:20999");
+    let Message::Request(bye) = m else {
+        unreachable!()
+    };
+    assert_eq!(bye.headers.route[0].uri, "sip:127.0.0.9:20999;lr");
+    assert_eq!(bye.uri, format!("sip:alice@{SERVER_PEER}"));
+    h.clear();
+    h.settle_and_check();
 }

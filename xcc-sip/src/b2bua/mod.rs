@@ -669,6 +669,16 @@ impl B2bua {
         let contact = (req.method == Method::Invite && (101..300).contains(&status))
             .then(|| compose::contact(self.side_cfg(side)));
         let mut resp = compose::response(req, status, tag, contact, body, &self.cfg.user_agent);
+        if req.method == Method::Invite
+            && (101..300).contains(&status)
+            && req.headers.to.tag().is_none()
+        {
+            // Dialog-creating responses echo Record-Route (RFC 3261 §12.1.1), so the caller's
+            // route set matches ours and its ACK/BYE reach XCC through the same proxies.
+            resp.headers
+                .record_route
+                .clone_from(&req.headers.record_route);
+        }
         resp.headers.other.extend(extra);
         match self.endpoints[side.index()].send_response(now, key, resp.clone()) {
             Ok(()) => {

@@ -181,6 +181,12 @@ pub struct Harness {
     pub outbox: VecDeque<(Side, Peer, Message)>,
     /// Events not yet looked at.
     pub events: Vec<B2buaEvent>,
+    /// When set, every message in and out is copied to `wire` (bench reference).
+    pub record: bool,
+    /// Messages in and out, in order, while `record`.
+    pub wire: Vec<Vec<u8>>,
+    /// Transport of each side's peer (by `Side::index`); UDP unless a test says otherwise.
+    pub transports: [Transport; 2],
     /// Sent messages that do not parse (400s echoing a broken header).
     pub unparseable: usize,
     branch: u64,
@@ -202,6 +208,9 @@ impl Harness {
             now,
             outbox: VecDeque::new(),
             events: Vec::new(),
+            transports: [Transport::Udp; 2],
+            record: false,
+            wire: Vec::new(),
             unparseable: 0,
             branch: 0,
         }
@@ -214,6 +223,14 @@ impl Harness {
         self.collect();
     }
 
+    /// Where `side`'s peer sends from (and XCC sends to), with its transport.
+    pub fn source(&self, side: Side) -> Peer {
+        Peer {
+            transport: self.transports[side.index()],
+            ..peer(side)
+        }
+    }
+
     /// Picks up what the B2BUA sent and reported after a direct call into it.
     pub fn collect_now(&mut self) {
         self.collect();
@@ -221,6 +238,9 @@ impl Harness {
 
     fn collect(&mut self) {
         while let Some((side, t)) = self.b2bua.poll_transmit() {
+            if self.record {
+                self.wire.push(t.bytes.clone());
+            }
             let Target::Peer(p) = t.target else {
                 panic!("the harness uses IP literals only: {:?}", t.target);
             };
@@ -238,8 +258,11 @@ impl Harness {
 
     /// Raw bytes from `side`'s peer.
     pub fn inject_bytes(&mut self, side: Side, bytes: &[u8]) {
+        if self.record {
+            self.wire.push(bytes.to_vec());
+        }
         self.b2bua
-            .handle_bytes(self.now, side, peer(side), bytes, &mut self.media);
+            .handle_bytes(self.now, side, self.source(side), bytes, &mut self.media);
         self.collect();
     }
 
@@ -272,7 +295,7 @@ impl Harness {
     /// The driver reports that `side`'s peer is unreachable.
     pub fn transport_error(&mut self, side: Side) {
         self.b2bua
-            .handle_transport_error(self.now, side, peer(side), &mut self.media);
+            .handle_transport_error(self.now, side, self.source(side), &mut self.media);
         self.collect();
     }
 
@@ -280,7 +303,11 @@ impl Harness {
     pub fn via(&mut self, side: Side) -> Via {
         self.branch += 1;
         let p = peer(side).addr;
-        Via::parse(&format!("SIP/2.0/UDP {p};branch=z9hG4bK-h{}", self.branch)).expect("valid Via")
+        let t = match self.source(side).transport {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+        };
+        Via::parse(&format!("SIP/2.0/{t} {p};branch=z9hG4bK-h{}", self.branch)).expect("valid Via")
     }
 
     /// `side`'s peer's Contact.
@@ -340,7 +367,7 @@ impl Harness {
             .position(|(s, _, m)| *s == side && pred(m))
             .unwrap_or_else(|| panic!("no {what} sent to {side}; outbox:\n{}", self.dump()));
         let (_, p, m) = self.outbox.remove(i).expect("position is in range");
-        assert_eq!(p, peer(side), "{what} went to the wrong address");
+        assert_eq!(p, self.source(side), "{what} went to the wrong address");
         m
     }
 
