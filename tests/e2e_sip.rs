@@ -677,12 +677,22 @@ async fn stopping_xccd_sends_bye_to_both_sides_of_live_calls() {
 /// that reports READY without SIP.
 #[test]
 fn a_taken_sip_port_stops_startup_with_69_naming_the_listener() {
-    let p = Ports::new(12);
-    let _taken = std::net::UdpSocket::bind(p.xcc_trunk()).unwrap();
+    // Ports 20520-20527: unused by the 481 test that owns 20500-20599 (it needs no xccd pool
+    // ports there and no SIPp media below base+30).
+    let base = 20520;
+    let _taken = std::net::UdpSocket::bind(addr(base)).unwrap();
     let dir = std::env::temp_dir().join(format!("xcc-e2e-sip-taken-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let control = addr(p.base + 51);
-    let cfg = sip_daemon("sip-taken", p, "");
+    let control = addr(base + 2);
+    let mut cfg = DaemonConfig::new("sip-taken", base + 4, 4);
+    cfg.sections = format!(
+        "[sip]\ntrunk_listen = \"{}\"\nserver_listen = \"{}\"\nserver_target = \"{}\"\n\
+         pbx_target = \"{}\"\noptions_interval_secs = 0\n",
+        addr(base),
+        addr(base + 1),
+        addr(base + 3),
+        addr(base + 3),
+    );
     std::fs::write(dir.join("xcc.toml"), cfg.toml(control)).unwrap();
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_xccd"))
         .arg("--config")
@@ -708,4 +718,48 @@ fn a_taken_sip_port_stops_startup_with_69_naming_the_listener() {
     assert!(stderr.contains("cannot bind SIP trunk UDP"), "{stderr}");
     assert!(!stderr.contains("xccd ready"), "{stderr}");
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// The PBX challenges with 401 Digest: XCC retries the INVITE with the configured credentials
+/// (SIPp's `verifyauth` checks them) and the call completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pbx_digest_challenge_is_answered_with_the_configured_credentials() {
+    if !have_sipp() {
+        return;
+    }
+    let p = Ports::new(12);
+    let d = Daemon::start_config(&sip_daemon(
+        "sip-auth",
+        p,
+        "pbx_user = \"xcc\"\npbx_password = \"s3cret\"\n",
+    ));
+    let mut g = grpc(&d).await;
+    let dir = run_dir(&d);
+    let pbx = Sipp::new("pbx_uas_auth.xml", p.pbx(), p.pbx_media(), p.pbx_cp())
+        .key("pbx_user", "xcc")
+        .key("pbx_password", "s3cret")
+        .spawn(&dir);
+    let key: [u8; 30] = rand::random();
+    let mut server = Sipp::new(
+        "server_uac.xml",
+        p.server(),
+        p.server_media(),
+        p.server_cp(),
+    )
+    .key("phone_port", p.phone().port())
+    .key("phone_key", phone::encode_key(&key))
+    .arg("-d")
+    .arg("300");
+    server.remote = Some(p.xcc_server());
+    let s = wait(server.spawn(&dir)).await;
+    assert_clean("server", &s, 1);
+    let b = wait(pbx).await;
+    assert_clean("pbx", &b, 1);
+    assert!(
+        b.logs().contains("auth=good") && !b.logs().contains("auth=bad"),
+        "{}\n{}",
+        b.logs(),
+        b.report()
+    );
+    g.ports_back().await;
 }
