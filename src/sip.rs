@@ -352,6 +352,8 @@ async fn run(
     let mut streams = Streams::default();
     let mut bufs = [vec![0u8; MAX_DATAGRAM], vec![0u8; MAX_DATAGRAM]];
     let mut stopping: Option<Instant> = None;
+    // A closed feed returns at once forever: stop polling it rather than spin.
+    let mut feed_open = true;
     loop {
         flush(&mut b2bua, &io, &mut streams, &conn_tx).await;
         log_events(&mut b2bua);
@@ -388,7 +390,12 @@ async fn run(
             r = io.tcp[0].accept() => accept(Side::Server, r, &conn_tx),
             r = io.tcp[1].accept() => accept(Side::Pbx, r, &conn_tx),
             Some(c) = conn_rx.recv() => conn_event(&mut b2bua, &mut media, &mut streams, c),
-            ev = feed.recv() => media_event(&mut b2bua, &mut media, ev),
+            ev = feed.recv(), if feed_open => {
+                if matches!(ev, Err(broadcast::error::RecvError::Closed)) {
+                    feed_open = false;
+                }
+                media_event(&mut b2bua, &mut media, ev);
+            }
             _ = stop.recv(), if stopping.is_none() => {
                 let now = Instant::now();
                 let calls: Vec<CallId> = media.ours.iter().copied().collect();
