@@ -30,6 +30,47 @@ pub struct Config {
     pub log: LogConfig,
     /// SIP B2BUA: listeners, peers, credentials.
     pub sip: SipConfig,
+    /// Prometheus endpoint.
+    pub metrics: MetricsConfig,
+    /// Where calls are stored so they survive a restart.
+    pub state: crate::store::StateConfig,
+}
+
+/// `[metrics]`: the Prometheus scrape endpoint (`GET /metrics`, plain HTTP).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `address:port` to listen on; `""` disables the endpoint. Loopback by default: the
+    /// figures are not secret but say how busy the satellite is, so exposing them is a choice.
+    pub listen: String,
+}
+
+/// Default metrics address: loopback, port 9480 (unassigned in the Prometheus exporter port
+/// list; 9100 belongs to node_exporter which a satellite likely runs too).
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9480";
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_METRICS_LISTEN.into(),
+        }
+    }
+}
+
+impl MetricsConfig {
+    /// The address to bind, `None` when disabled.
+    pub fn address(&self) -> Result<Option<SocketAddr>> {
+        let s = self.listen.trim();
+        if s.is_empty() {
+            return Ok(None);
+        }
+        s.parse().map(Some).map_err(|e| {
+            invalid(
+                "metrics.listen",
+                format!("{s:?} is not address:port ({e}); \"\" disables the endpoint"),
+            )
+        })
+    }
 }
 
 /// `[control]`: the gRPC port the XPhone server drives XCC through.
@@ -46,7 +87,8 @@ pub struct ControlConfig {
     pub tls_client_ca: Option<PathBuf>,
     /// Accept plaintext control on a non-loopback address (a trusted management network only).
     pub allow_insecure_control: bool,
-    /// On SIGTERM, how long running calls may continue before XCC exits anyway.
+    /// On SIGTERM (or an exit-when-idle drain), how long running calls may continue before XCC
+    /// exits anyway. Live on reload.
     pub drain_grace_secs: u64,
 }
 
@@ -567,6 +609,13 @@ impl Config {
                 "at least one suite is needed".into(),
             ));
         }
+        self.metrics.address()?;
+        if !self.state.dir.is_absolute() {
+            return Err(invalid(
+                "state.dir",
+                format!("{} is not an absolute path", self.state.dir.display()),
+            ));
+        }
         let tls = self.control_tls()?;
         let sip = self.sip.validate()?;
         let c = &self.control;
@@ -646,13 +695,14 @@ pub fn default_toml() -> String {
 # Address the media sockets bind to. 0.0.0.0 = all IPv4 interfaces.
 bind_address = "{bind}"
 # UDP port pool (inclusive). Each call takes four ports: two even RTP ports and their RTCP (RTP + 1).
+# Live on reload: new ports are handed out at once; removed ports stay with their calls, then close.
 port_min = {pmin}
 port_max = {pmax}
 # Seconds a freed port rests before reuse, so late packets never reach a new call.
 quarantine_secs = {quar}
 # Forwarding threads; 0 = one per CPU core.
 workers = {workers}
-# DSCP mark on media packets (46 = EF).
+# DSCP mark on media packets (46 = EF). Live on reload for new calls.
 dscp = {dscp}
 # A call with no media for this long is ended (seconds); the longer limit applies while on hold.
 media_timeout_secs = {mto}
@@ -662,6 +712,26 @@ rtp_learning_window_ms = {learn}
 # SO_RCVBUF / SO_SNDBUF of every media socket.
 socket_buffer_bytes = {buf}
 
+[media.quality]
+# Call quality: how often loss, jitter and MOS are sampled and the VoIP-ready limits checked
+# (durations are {{ secs, nanos }} tables; at least 100 ms).
+eval_interval = {ev}
+# A peer's RTCP report / a round-trip time older than this stops counting.
+peer_report_max_age = {pra}
+rtt_max_age = {rma}
+
+[media.quality.voip_ready]
+# A limit must stay broken (or, to recover, under limit x (1 - recover_margin)) this long before
+# the gRPC feed gets an alert.
+min_duration = {mind}
+recover_margin = {margin:?}
+
+[media.quality.voip_ready.limits]
+one_way_delay_ms = {owd:?}
+round_trip_ms = {rt:?}
+loss_percent = {loss:?}
+jitter_ms = {jit:?}
+
 [control]
 # gRPC control API. Any non-loopback address requires mutual TLS (the three tls_* keys) or
 # allow_insecure_control = true.
@@ -670,7 +740,8 @@ listen = "{listen}"
 # tls_key = "/etc/xcc/control.key"
 # tls_client_ca = "/etc/xcc/clients-ca.crt"
 allow_insecure_control = {insecure}
-# SIGTERM drains: no new sessions, running calls continue up to this many seconds.
+# SIGTERM (or xccctl drain --exit) drains: no new sessions, running calls continue up to this
+# many seconds. Live on reload, also for a drain already running.
 drain_grace_secs = {grace}
 
 [nat]
@@ -684,8 +755,14 @@ drain_grace_secs = {grace}
 # SRTP suites XCC offers to clients (when the PBX made the offer), best first.
 offer_suites = [{suites}]
 
+[state]
+# Calls are kept here (one file per call under calls/, owner-only) so that they survive a crash or
+# restart of xccd. The packaged unit's StateDirectory= creates /var/lib/xcc. Changing it needs a
+# restart (the calls stored in the old directory are not moved).
+dir = "{state_dir}"
+
 [log]
-# tracing filter, e.g. "info" or "xcc_grpc=debug,info"; RUST_LOG overrides it. SIGHUP re-reads it.
+# tracing filter, e.g. "info" or "xcc_grpc=debug,info"; RUST_LOG overrides it. Live on reload.
 level = "{level}"
 # "text" or "json".
 format = "text"
@@ -718,6 +795,11 @@ dscp = {sip_dscp}
 retry_after_secs = {retry_after}
 # RFC 3261 T1 (ms): retransmissions start here; an unanswered INVITE times out after 64*T1.
 t1_ms = {t1}
+
+[metrics]
+# Prometheus endpoint (GET /metrics, plain HTTP); "" disables it. If the address cannot be bound
+# xccd logs an error and runs on without metrics.
+listen = "{metrics}"
 "#,
         bind = m.bind_address,
         pmin = m.port_min,
@@ -745,7 +827,23 @@ t1_ms = {t1}
         sip_dscp = c.sip.dscp,
         retry_after = c.sip.retry_after_secs,
         t1 = c.sip.t1_ms,
+        metrics = c.metrics.listen,
+        ev = duration_toml(m.quality.eval_interval),
+        pra = duration_toml(m.quality.peer_report_max_age),
+        rma = duration_toml(m.quality.rtt_max_age),
+        mind = duration_toml(m.quality.voip_ready.min_duration),
+        margin = m.quality.voip_ready.recover_margin,
+        owd = m.quality.voip_ready.limits.one_way_delay_ms,
+        rt = m.quality.voip_ready.limits.round_trip_ms,
+        loss = m.quality.voip_ready.limits.loss_percent,
+        jit = m.quality.voip_ready.limits.jitter_ms,
+        state_dir = c.state.dir.display(),
     )
+}
+
+/// A `Duration` the way serde reads it from TOML.
+fn duration_toml(d: std::time::Duration) -> String {
+    format!("{{ secs = {}, nanos = {} }}", d.as_secs(), d.subsec_nanos())
 }
 
 #[cfg(test)]
@@ -779,6 +877,23 @@ mod tests {
         assert!(
             text.contains("# public_address"),
             "optional keys are shown commented out"
+        );
+    }
+
+    #[test]
+    fn metrics_listen_is_checked_and_empty_disables() {
+        let c = parse("[metrics]\nlisten = \"\"\n").unwrap();
+        assert_eq!(c.metrics.address().unwrap(), None);
+        let c = parse("[metrics]\nlisten = \"[::1]:9999\"\n").unwrap();
+        assert_eq!(
+            c.metrics.address().unwrap(),
+            Some("[::1]:9999".parse().unwrap())
+        );
+        let c = parse("[metrics]\nlisten = \"localhost\"\n").unwrap();
+        assert_eq!(key_of(c.validate().unwrap_err()), "metrics.listen");
+        assert!(
+            parse("[metrics]\nport = 1\n").is_err(),
+            "unknown key refused"
         );
     }
 

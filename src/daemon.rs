@@ -17,6 +17,7 @@ use crate::config::Validated;
 use crate::error::{Error, Result};
 use crate::netif;
 use crate::notify::Notifier;
+use crate::reload::DrainGrace;
 
 /// What the outside world (signals) asks of a running daemon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +26,8 @@ pub enum Command {
     Drain,
     /// SIGINT: exit now; running calls end with reason SHUTDOWN.
     Stop,
+    /// SIGHUP: re-read the configuration file and apply what can change live.
+    Reload,
 }
 
 /// The addresses XCC advertises, chosen per `[nat]` with the reason logged.
@@ -46,12 +49,14 @@ pub fn advertised_addresses(v: &Validated) -> Advertised {
     Advertised { client, pbx }
 }
 
-/// Runs until a [`Command::Stop`], a finished drain, or the command channel closing.
+/// Runs until a [`Command::Stop`], a finished drain, or the command channel closing. `reload`
+/// says where the configuration came from, for SIGHUP and `Satellite.Reload`.
 pub async fn run(
     v: Validated,
     control: tokio::net::TcpListener,
     notifier: Notifier,
     mut commands: mpsc::Receiver<Command>,
+    reload: crate::reload::Source,
 ) -> Result<()> {
     let started = Instant::now();
     let advertised = advertised_addresses(&v);
@@ -61,11 +66,22 @@ pub async fn run(
 
     let (engine, media_events) = MediaEngine::start(v.config.media.clone())?;
     let media = engine.control();
+    let (store, inbox) = crate::store::StoreHandle::channel();
     let sessions = Arc::new(SessionTable::new(
-        Arc::new(media.clone()),
+        Arc::new(crate::store::Persisting {
+            inner: media.clone(),
+            store: store.clone(),
+        }),
         advertised,
         v.offer_suites.clone(),
     ));
+    // Before the control port serves: resumed calls keep their ids and ports.
+    // `resumed.signalling` holds the SIP layer's dialog blobs of the resumed calls: the B2BUA's
+    // `start_sip` takes `&resumed` when it is wired in (docs/ops.md, "SIP hook").
+    let (_resumed, store_writer) = crate::store::start(&v.config.state, inbox, &media, &sessions);
+    let grace = DrainGrace::new(v.config.control.drain_grace_secs);
+    let reloader = crate::reload::start_reload(reload, &v, &media, &grace);
+    state.set_reloader(reloader.clone());
     let hub = EventHub::new();
     spawn_media_forwarder(media_events, hub.clone(), sessions.clone()).map_err(|source| {
         Error::Runtime {
@@ -73,6 +89,15 @@ pub async fn run(
             source,
         }
     })?;
+    state.set_log_hook(Box::new(crate::logging::apply_level));
+    // Subsystems add their collectors to `metrics` (`metrics.register(..)`) before it is served;
+    // see docs/metrics.md "Plugging in a subsystem".
+    let metrics = crate::metrics::daemon_registry(media.clone(), state.clone(), &hub);
+    let (stop_metrics, metrics_stopped) = oneshot::channel::<()>();
+    crate::metrics::start(v.config.metrics.address()?, metrics.clone(), async {
+        let _ = metrics_stopped.await;
+    })
+    .await;
     let plane = ControlPlane {
         sessions: sessions.clone(),
         state: state.clone(),
@@ -112,24 +137,35 @@ pub async fn run(
         notifier.clone(),
     );
 
-    let grace = Duration::from_secs(v.config.control.drain_grace_secs);
+    let drain = Drain {
+        media: &media,
+        hub: &hub,
+        state: &state,
+        grace: &grace,
+        reloader: &reloader,
+    };
     // `graceful`: let in-flight control requests finish (drain); a stop ends them at once.
-    let (outcome, graceful) = tokio::select! {
-        cmd = commands.recv() => {
-            let graceful = if cmd == Some(Command::Drain) {
-                state.drain().await;
+    let (outcome, graceful) = loop {
+        tokio::select! {
+            cmd = commands.recv() => match cmd {
+                Some(Command::Reload) => crate::reload::run_blocking(&reloader).await,
+                Some(Command::Drain) => {
+                    state.drain_and_exit().await;
+                    notifier.notify_or_log("STOPPING=1\nSTATUS=draining");
+                    break (Ok(()), drain.wait(&mut commands).await);
+                }
+                Some(Command::Stop) | None => break (Ok(()), false),
+            },
+            _ = state.exit_requested() => {
                 notifier.notify_or_log("STOPPING=1\nSTATUS=draining");
-                wait_drained(&media, &hub, grace, &mut commands).await
-            } else {
-                false
-            };
-            (Ok(()), graceful)
+                break (Ok(()), drain.wait(&mut commands).await);
+            }
+            result = &mut server => break (match result {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(Error::Control(e)),
+                Err(join) => Err(Error::Runtime { what: "control server task", source: std::io::Error::other(join) }),
+            }, false),
         }
-        result = &mut server => (match result {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Error::Control(e)),
-            Err(join) => Err(Error::Runtime { what: "control server task", source: std::io::Error::other(join) }),
-        }, false),
     };
 
     notifier.notify_or_log("STOPPING=1\nSTATUS=stopping");
@@ -141,6 +177,7 @@ pub async fn run(
     }
     hub.close();
     let _ = stop_server.send(());
+    let _ = stop_metrics.send(());
     if !graceful {
         server.abort();
     } else if !server.is_finished() {
@@ -153,42 +190,81 @@ pub async fn run(
             _ => {}
         }
     }
-    // Joining worker threads blocks; keep it off the async workers.
-    let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
+    // A fast stop keeps the stored calls (they resume on the next start); after a drain the calls
+    // the engine ends now are deleted from the store by a final sync.
+    // Joining threads blocks; keep it off the async workers.
+    let _ = tokio::task::spawn_blocking(move || {
+        if !graceful {
+            crate::store::stop(&store, false);
+            join_writer(store_writer);
+            engine.shutdown();
+        } else {
+            engine.shutdown();
+            crate::store::stop(&store, true);
+            join_writer(store_writer);
+        }
+    })
+    .await;
     tracing::info!("xccd stopped");
     outcome
 }
 
-/// Waits until no call is left, the grace period ends, or a Stop arrives (then returns false: stop
-/// fast). Woken by call-ended events rather than polling.
-async fn wait_drained(
-    media: &xcc_core::media::MediaControl,
-    hub: &EventHub,
-    grace: Duration,
-    commands: &mut mpsc::Receiver<Command>,
-) -> bool {
-    let mut events = hub.subscribe();
-    let deadline = tokio::time::Instant::now() + grace;
-    loop {
-        let left = media.calls().len();
-        if left == 0 {
-            tracing::info!("drain complete: no calls left");
-            return true;
-        }
-        tracing::info!(calls = left, "draining");
-        tokio::select! {
-            _ = events.recv() => {}
-            _ = tokio::time::sleep_until(deadline) => {
-                tracing::warn!(calls = left, grace_secs = grace.as_secs(), "drain grace expired; ending remaining calls");
-                return true;
+fn join_writer(writer: Option<std::thread::JoinHandle<()>>) {
+    if let Some(w) = writer
+        && w.join().is_err()
+    {
+        tracing::error!("the call store writer panicked");
+    }
+}
+
+/// What a drain watches.
+struct Drain<'a> {
+    media: &'a xcc_core::media::MediaControl,
+    hub: &'a EventHub,
+    state: &'a ControlState,
+    grace: &'a DrainGrace,
+    reloader: &'a Arc<crate::reload::Reloader>,
+}
+
+impl Drain<'_> {
+    /// Waits until no call is left, the grace period ends (a reload may move it), or a Stop
+    /// arrives (then returns false: stop fast). Woken by call-ended events rather than polling;
+    /// the remaining count and deadline are in `Satellite.Status` meanwhile.
+    async fn wait(&self, commands: &mut mpsc::Receiver<Command>) -> bool {
+        let mut events = self.hub.subscribe();
+        let started = Instant::now();
+        let mut logged = None;
+        let finished = loop {
+            let grace = self.grace.get();
+            let deadline = started + grace;
+            self.state.set_drain_deadline(Some(deadline));
+            let left = self.media.calls().len();
+            if left == 0 {
+                tracing::info!("drain complete: no calls left");
+                break true;
             }
-            cmd = commands.recv() => match cmd {
-                Some(Command::Stop) | None => {
-                    tracing::info!(calls = left, "stop requested while draining");
-                    return false;
+            if logged != Some(left) {
+                tracing::info!(calls = left, "draining");
+                logged = Some(left);
+            }
+            tokio::select! {
+                _ = events.recv() => {}
+                _ = self.grace.changed() => {}
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    tracing::warn!(calls = left, grace_secs = grace.as_secs(), "drain grace expired; ending remaining calls");
+                    break true;
                 }
-                Some(Command::Drain) => {}
-            },
-        }
+                cmd = commands.recv() => match cmd {
+                    Some(Command::Stop) | None => {
+                        tracing::info!(calls = left, "stop requested while draining");
+                        break false;
+                    }
+                    Some(Command::Reload) => crate::reload::run_blocking(self.reloader).await,
+                    Some(Command::Drain) => {}
+                },
+            }
+        };
+        self.state.set_drain_deadline(None);
+        finished
     }
 }

@@ -8,9 +8,12 @@ pub mod error;
 pub mod firewall;
 pub mod load;
 pub mod logging;
+pub mod metrics;
 pub mod netif;
 pub mod notify;
 pub mod sip;
+pub mod reload;
+pub mod store;
 pub mod watchdog;
 
 pub use error::{Error, Result};

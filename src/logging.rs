@@ -1,10 +1,51 @@
-//! tracing set-up with a filter that SIGHUP can replace at run time.
+//! tracing set-up with a filter that SIGHUP and `Satellite.SetLogLevel` can replace at run time.
+
+use std::sync::OnceLock;
 
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Registry, fmt, reload};
 
+use xcc_grpc::control::LogLevelError;
+
 use crate::config::{LogConfig, LogFormat};
+
+/// The process's log control, set once by [`init`] (the subscriber is process-global too).
+static CONTROL: OnceLock<LogControl> = OnceLock::new();
+
+/// Level names a bare directive may be (anything else without `=` would silently become a target
+/// filter: `inf` would hide every line).
+const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// Checks a filter more strictly than `EnvFilter` does: a directive without `=` or a span filter
+/// must be a level name.
+pub fn check_level(level: &str) -> Result<EnvFilter, String> {
+    for d in level.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        if !d.contains('=')
+            && !d.contains('[')
+            && !LEVELS.contains(&d.to_ascii_lowercase().as_str())
+        {
+            return Err(format!(
+                "{d:?} is neither a level ({}) nor target=level",
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    level.parse::<EnvFilter>().map_err(|e| e.to_string())
+}
+
+/// Applies `level` at run time (the gRPC hook): validated with [`check_level`], refused while
+/// `RUST_LOG` pins the filter or before [`init`].
+pub fn apply_level(level: &str) -> Result<(), LogLevelError> {
+    let filter = check_level(level).map_err(LogLevelError::Invalid)?;
+    let Some(handle) = CONTROL.get().and_then(|c| c.handle.as_ref()) else {
+        return Err(LogLevelError::Pinned);
+    };
+    tracing::info!(level, "log level set over the control API");
+    handle
+        .reload(filter)
+        .map_err(|e| LogLevelError::Invalid(e.to_string()))
+}
 
 /// Replaces the active filter (SIGHUP). `None` when `RUST_LOG` pins the filter.
 #[derive(Clone)]
@@ -62,7 +103,24 @@ pub fn init(config: &LogConfig) -> LogControl {
     if let Err(e) = result {
         eprintln!("xccd: logging already initialised: {e}");
     }
-    LogControl {
+    let control = LogControl {
         handle: (!pinned).then_some(handle),
+    };
+    let _ = CONTROL.set(control.clone());
+    control
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bare_words_must_be_levels() {
+        assert!(check_level("info").is_ok());
+        assert!(check_level("WARN,xcc_sip=debug").is_ok());
+        assert!(check_level("xcc::cdr=info,off").is_ok());
+        let e = check_level("inf").unwrap_err();
+        assert!(e.contains("\"inf\""), "{e}");
+        assert!(check_level("info,=[").is_err());
     }
 }

@@ -603,7 +603,10 @@ async fn drain_flips_health_and_refuses_new_sessions_until_resume() {
     );
     let mut c = clients(&d).await;
     assert_eq!(c.health("").await, ServingStatus::Serving as i32);
-    c.satellite.drain(pb::DrainRequest {}).await.unwrap();
+    c.satellite
+        .drain(pb::DrainRequest::default())
+        .await
+        .unwrap();
     assert_eq!(c.health("").await, ServingStatus::NotServing as i32);
     assert_eq!(
         c.health("xcc.v1.Sessions").await,

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use xcc_grpc::pb;
+use xcc_grpc::record::{quality_json, record_json};
 
 /// Operate a running xccd.
 #[derive(Parser)]
@@ -48,11 +49,29 @@ enum Cmd {
         id: u64,
     },
     /// Refuse new sessions; running calls continue.
-    Drain,
+    Drain {
+        /// Print the calls left whenever the number changes, until none is left.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this many seconds (exit 75); xccd keeps draining.
+        #[arg(long, default_value_t = 600, requires = "wait")]
+        timeout: u64,
+        /// Also stop xccd once no call is left (or when its drain grace ends).
+        #[arg(long)]
+        exit: bool,
+    },
+    /// Re-read xccd's configuration file and apply what can change live (as SIGHUP does).
+    Reload,
     /// Accept new sessions again.
     Resume,
-    /// Print events as they happen until interrupted.
+    /// Print events as they happen until interrupted (quality alerts and call records included).
     Watch,
+    /// Change xccd's log filter at run time ("info", "debug", "warn,xcc_sip=debug", ...); the
+    /// next SIGHUP restores the configuration file's log.level.
+    LogLevel {
+        /// The new filter.
+        level: String,
+    },
     /// Print the firewall rules this satellite needs, from its configuration file (no connection).
     Firewall {
         /// Output format.
@@ -70,6 +89,8 @@ enum CtlError {
     Transport(#[from] tonic::transport::Error),
     #[error("{}: {}", .0.code(), .0.message())]
     Status(#[from] tonic::Status),
+    #[error("{calls} calls still running after {secs} s; xccd keeps draining")]
+    DrainTimeout { calls: u64, secs: u64 },
     #[error("{path}: {source}")]
     Read {
         path: PathBuf,
@@ -94,6 +115,11 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e @ CtlError::DrainTimeout { .. }) => {
+            eprintln!("xccctl: {e}");
+            // EX_TEMPFAIL: try again later.
+            ExitCode::from(75)
+        }
         Err(e) => {
             eprintln!("xccctl: {e}");
             ExitCode::FAILURE
@@ -153,12 +179,24 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
                         let (cl, px) = (leg(&c.client), leg(&c.pbx));
                         let pkts =
                             |l: &pb::Leg| l.counters.map(|c| c.packets_in).unwrap_or(0).to_string();
+                        let q = |l: &pb::Leg| l.quality.clone().unwrap_or_default();
+                        let (qc, qp) = (q(&cl), q(&px));
+                        let pair = |a: Option<f64>, b: Option<f64>, digits: usize| {
+                            let f = |v: Option<f64>| {
+                                v.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"))
+                            };
+                            format!("{}/{}", f(a), f(b))
+                        };
                         vec![
                             c.call_id.to_string(),
                             format!("{}/{}", cl.rtp_port, px.rtp_port),
                             or_dash(&cl.latched),
                             or_dash(&px.latched),
                             format!("{}/{}", pkts(&cl), pkts(&px)),
+                            pair(Some(qc.loss_percent), Some(qp.loss_percent), 1),
+                            pair(qc.jitter_ms, qp.jitter_ms, 1),
+                            pair(qc.rtt_ms, qp.rtt_ms, 0),
+                            pair(qc.mos, qp.mos, 2),
                             or_dash(&cl.srtp_suite),
                             format!("{}s", c.idle_ms / 1000),
                         ]
@@ -171,6 +209,10 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
                         "client latched",
                         "pbx latched",
                         "pkts in c/p",
+                        "loss% c/p",
+                        "jitter ms c/p",
+                        "rtt ms c/p",
+                        "mos c/p",
                         "suite",
                         "idle",
                     ],
@@ -189,8 +231,17 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
             } else {
                 println!("call {} (idle {} ms)", c.call_id, c.idle_ms);
                 for (name, leg) in [("client", &v["client"]), ("pbx", &v["pbx"])] {
+                    let mut leg = leg.clone();
+                    let quality = leg
+                        .as_object_mut()
+                        .and_then(|o| o.remove("quality"))
+                        .unwrap_or(Value::Null);
                     println!("\n{name} leg");
-                    table(&["field", "value"], object_rows(leg));
+                    table(&["field", "value"], object_rows(&leg));
+                    println!(
+                        "\n{name} leg quality (of what its peer sends; null = not measurable)"
+                    );
+                    table(&["field", "value"], object_rows(&quality));
                 }
             }
         }
@@ -202,13 +253,46 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
                 &format!("call {id} hung up"),
             );
         }
-        Cmd::Drain => {
-            let r = satellite.drain(pb::DrainRequest {}).await?.into_inner();
+        Cmd::Drain {
+            wait,
+            timeout,
+            exit,
+        } => {
+            let r = satellite
+                .drain(pb::DrainRequest {
+                    exit_when_idle: exit,
+                })
+                .await?
+                .into_inner();
+            let then = if exit { "; xccd exits when idle" } else { "" };
             print_done(
                 cli.json,
-                json!({"draining": true, "calls": r.calls}),
-                &format!("draining; {} calls still running", r.calls),
+                json!({"draining": true, "calls": r.calls, "exit_when_idle": exit}),
+                &format!("draining; {} calls still running{then}", r.calls),
             );
+            if wait {
+                wait_drained(&mut satellite, cli.json, r.calls, timeout, exit).await?;
+            }
+        }
+        Cmd::Reload => {
+            let r = satellite.reload(pb::ReloadRequest {}).await?.into_inner();
+            if cli.json {
+                println!(
+                    "{}",
+                    json!({"path": r.path, "applied": r.applied, "restart_required": r.restart_required})
+                );
+            } else {
+                println!("reloaded {}", or_dash(&r.path));
+                if r.applied.is_empty() {
+                    println!("  nothing changed live");
+                }
+                for line in &r.applied {
+                    println!("  applied: {line}");
+                }
+                for key in &r.restart_required {
+                    println!("  restart required: {key}");
+                }
+            }
         }
         Cmd::Resume => {
             satellite.resume(pb::ResumeRequest {}).await?;
@@ -216,6 +300,17 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
                 cli.json,
                 json!({"draining": false}),
                 "accepting new sessions",
+            );
+        }
+        Cmd::LogLevel { level } => {
+            let r = satellite
+                .set_log_level(pb::SetLogLevelRequest { level })
+                .await?
+                .into_inner();
+            print_done(
+                cli.json,
+                json!({"log_level": r.level}),
+                &format!("log level set to {}", r.level),
             );
         }
         // Handled in `main` before any connection is made.
@@ -245,6 +340,57 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
     Ok(())
 }
 
+/// Polls `Status` until no call is left, printing the count when it changes. xccd going away (an
+/// exit-when-idle drain, or its grace ending) also ends the wait.
+async fn wait_drained(
+    satellite: &mut pb::satellite_client::SatelliteClient<Channel>,
+    json_out: bool,
+    mut last: u64,
+    timeout_secs: u64,
+    exit: bool,
+) -> Result<(), CtlError> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(timeout_secs);
+    loop {
+        let s = match satellite.status(pb::StatusRequest {}).await {
+            Ok(s) => s.into_inner(),
+            // After an exit-when-idle drain, losing the connection means xccd is gone.
+            Err(e) if exit && e.code() != tonic::Code::FailedPrecondition => {
+                print_done(
+                    json_out,
+                    json!({"exited": true, "calls_at_last_look": last}),
+                    &format!("xccd exited ({last} calls at the last look)"),
+                );
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if s.calls == 0 {
+            print_done(json_out, json!({"calls": 0}), "drained: no calls left");
+            return Ok(());
+        }
+        if s.calls != last {
+            let grace = if s.drain_grace_left_secs > 0 {
+                format!(" ({} s of grace left)", s.drain_grace_left_secs)
+            } else {
+                String::new()
+            };
+            print_done(
+                json_out,
+                json!({"calls": s.calls, "drain_grace_left_secs": s.drain_grace_left_secs}),
+                &format!("{} calls still running{grace}", s.calls),
+            );
+            last = s.calls;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(CtlError::DrainTimeout {
+                calls: s.calls,
+                secs: timeout_secs,
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
 fn print_done(json_out: bool, v: Value, text: &str) {
     if json_out {
         println!("{v}");
@@ -270,6 +416,8 @@ fn status_json(s: &pb::StatusResponse) -> Value {
         "version": s.version, "uptime_secs": s.uptime_secs, "calls": s.calls,
         "ports_total": s.ports_total, "ports_free": s.ports_free, "ports_used": s.ports_used,
         "ports_quarantined": s.ports_quarantined, "workers": s.workers, "draining": s.draining,
+        "ports_retiring": s.ports_retiring, "exit_when_idle": s.exit_when_idle,
+        "drain_grace_left_secs": s.drain_grace_left_secs,
     })
 }
 
@@ -284,6 +432,8 @@ fn leg_json(l: &pb::Leg) -> Value {
         "drop_auth_failure": c.drop_auth_failure, "drop_replay": c.drop_replay,
         "drop_stranger": c.drop_stranger, "drop_malformed": c.drop_malformed,
         "drop_no_route": c.drop_no_route, "drop_stray": c.drop_stray,
+        "drop_send_error": c.drop_send_error, "rtcp_malformed": c.rtcp_malformed,
+        "quality": l.quality.as_ref().map(quality_json),
     })
 }
 
@@ -315,6 +465,25 @@ fn event_json(e: &pb::Event) -> Value {
             json!({"event": "ended", "reason": reason, "last": x.last.as_ref().map(call_json)})
         }
         Some(Kind::Lagged(l)) => json!({"event": "lagged", "missed": l.missed}),
+        Some(Kind::Quality(a)) => {
+            let limit = match pb::VoipLimit::try_from(a.limit) {
+                Ok(pb::VoipLimit::OneWayDelay) => "one_way_delay",
+                Ok(pb::VoipLimit::RoundTrip) => "round_trip",
+                Ok(pb::VoipLimit::Loss) => "loss",
+                Ok(pb::VoipLimit::Jitter) => "jitter",
+                _ => "unspecified",
+            };
+            let kind = match pb::quality_alert::Kind::try_from(a.kind) {
+                Ok(pb::quality_alert::Kind::Crossed) => "crossed",
+                Ok(pb::quality_alert::Kind::Recovered) => "recovered",
+                _ => "unspecified",
+            };
+            json!({
+                "event": "quality", "side": side_name(a.side), "limit": limit, "kind": kind,
+                "value": a.value, "threshold": a.threshold, "broken_ms": a.broken_ms,
+            })
+        }
+        Some(Kind::Record(r)) => json!({"event": "record", "record": record_json(r)}),
         None => json!({"event": "unknown"}),
     };
     if let (Some(o), Value::Object(extra)) = (v.as_object_mut(), extra) {

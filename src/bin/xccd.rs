@@ -104,32 +104,27 @@ async fn serve(v: Validated, config_path: Option<PathBuf>, log: LogControl) -> R
             source,
         })?;
     let (tx, rx) = mpsc::channel(8);
-    spawn_signal_handlers(tx, v.clone(), config_path, log)?;
-    daemon::run(v, control, Notifier::from_env(), rx).await
+    spawn_signal_handlers(tx)?;
+    let source = xcc::reload::Source {
+        path: config_path,
+        log,
+    };
+    daemon::run(v, control, Notifier::from_env(), rx, source).await
 }
 
 /// SIGTERM -> drain, SIGINT -> stop, SIGHUP -> reload. Registered before readiness so no signal is
 /// lost to the default action.
-fn spawn_signal_handlers(
-    tx: mpsc::Sender<Command>,
-    current: Validated,
-    config_path: Option<PathBuf>,
-    log: LogControl,
-) -> Result<(), Error> {
+fn spawn_signal_handlers(tx: mpsc::Sender<Command>) -> Result<(), Error> {
     let sig = |kind, what| signal(kind).map_err(|source| Error::Runtime { what, source });
     let mut term = sig(SignalKind::terminate(), "SIGTERM handler")?;
     let mut int = sig(SignalKind::interrupt(), "SIGINT handler")?;
     let mut hup = sig(SignalKind::hangup(), "SIGHUP handler")?;
     tokio::spawn(async move {
-        let mut current = current;
         loop {
             let cmd = tokio::select! {
                 _ = term.recv() => { tracing::info!("SIGTERM: draining"); Command::Drain }
                 _ = int.recv() => { tracing::info!("SIGINT: stopping"); Command::Stop }
-                _ = hup.recv() => {
-                    current = reload(current, config_path.as_ref(), &log);
-                    continue;
-                }
+                _ = hup.recv() => { tracing::info!("SIGHUP: reloading the configuration"); Command::Reload }
             };
             if tx.send(cmd).await.is_err() {
                 return;
@@ -137,41 +132,4 @@ fn spawn_signal_handlers(
         }
     });
     Ok(())
-}
-
-/// Re-reads the file. Live: `log.level`. Everything else needs a restart and is reported as such.
-fn reload(current: Validated, path: Option<&PathBuf>, log: &LogControl) -> Validated {
-    let Some(path) = path else {
-        tracing::info!("SIGHUP: no --config file to reload");
-        return current;
-    };
-    let next = match Config::load(path).and_then(|(c, _)| c.validate()) {
-        Ok(next) => next,
-        Err(e) => {
-            tracing::error!(error = %e, config = %path.display(), "SIGHUP: configuration rejected; keeping the running one");
-            return current;
-        }
-    };
-    let (old, new) = (&current.config, &next.config);
-    if old.log.level != new.log.level {
-        log.set_level(&new.log.level);
-    }
-    let restart = [
-        ("media", old.media != new.media),
-        ("control", old.control != new.control),
-        ("nat", old.nat != new.nat),
-        ("sdes", old.sdes != new.sdes),
-        ("log.format", old.log.format != new.log.format),
-    ];
-    for (section, changed) in restart {
-        if changed {
-            tracing::warn!(section, "SIGHUP: change needs a restart to take effect");
-        }
-    }
-    tracing::info!(config = %path.display(), "SIGHUP: configuration reloaded");
-    // Keep the running values for sections that did not change live, so the next diff is against
-    // what actually runs.
-    let mut running = current;
-    running.config.log.level = next.config.log.level;
-    running
 }

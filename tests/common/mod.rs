@@ -6,6 +6,7 @@
 
 pub mod phone;
 pub mod sipp;
+pub mod call;
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -38,6 +39,9 @@ pub struct DaemonConfig {
     pub log_level: String,
     /// Whole further sections appended verbatim (e.g. a `[sip]` table).
     pub sections: String,
+    /// `[metrics] listen`; `""` (the default here) disables the endpoint so concurrent daemons
+    /// never compete for one port.
+    pub metrics_listen: String,
 }
 
 impl DaemonConfig {
@@ -53,6 +57,7 @@ impl DaemonConfig {
             grace_secs: 30,
             log_level: "debug".to_owned(),
             sections: String::new(),
+            metrics_listen: String::new(),
         }
     }
 
@@ -61,7 +66,8 @@ impl DaemonConfig {
         format!(
             "[media]\n{}bind_address = \"127.0.0.1\"\nport_min = {}\nport_max = {}\nquarantine_secs = 1\n\
              workers = 1\n\n[control]\n{}listen = \"{control}\"\ndrain_grace_secs = {}\n\n\
-             [nat]\n{}public_address = \"127.0.0.1\"\npbx_address = \"127.0.0.1\"\n\n[log]\nlevel = \"{}\"\n\n{}",
+             [nat]\n{}public_address = \"127.0.0.1\"\npbx_address = \"127.0.0.1\"\n\n[log]\nlevel = \"{}\"\n\n\
+             [metrics]\nlisten = \"{}\"\n\n{}",
             self.media_extra,
             self.pool_min,
             self.pool_min + self.pool_len - 1,
@@ -69,6 +75,7 @@ impl DaemonConfig {
             self.grace_secs,
             self.nat_extra,
             self.log_level,
+            self.metrics_listen,
             self.sections,
         )
     }
@@ -102,7 +109,15 @@ impl Daemon {
             .unwrap()
             .local_addr()
             .unwrap();
-        std::fs::write(dir.join("xcc.toml"), cfg.toml(control)).unwrap();
+        let mut text = cfg.toml(control);
+        if !cfg.sections.contains("[state]") {
+            // Never the system's /var/lib/xcc: each daemon keeps its calls in its own directory.
+            text.push_str(&format!(
+                "\n[state]\ndir = \"{}\"\n",
+                dir.join("state").display()
+            ));
+        }
+        std::fs::write(dir.join("xcc.toml"), text).unwrap();
         Self::spawn_in(dir, control)
     }
 
@@ -150,6 +165,11 @@ impl Daemon {
             "first notification was {ready:?}"
         );
         d
+    }
+
+    /// The call store's directory (`[state] dir`): one `<call>.call` file per stored call.
+    pub fn store_dir(&self) -> PathBuf {
+        self.dir.join("state").join("calls")
     }
 
     /// The config file, for tests that edit it and reload.

@@ -38,6 +38,15 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A stored call's port cannot be taken again after a restart (outside the pool now, already
+    /// used, or bound by another process): the call cannot resume.
+    #[error("port {port} unavailable: {reason}")]
+    PortUnavailable {
+        /// The RTP port of the pair.
+        port: u16,
+        /// Why.
+        reason: &'static str,
+    },
     /// An `a=crypto` attribute value is malformed (RFC 4568 §9.2 grammar).
     #[error("a=crypto: {reason}")]
     CryptoParse {

@@ -13,7 +13,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::ids::LegSide;
-use crate::media::{Direction, DropCounters, IceSetup, LegConfig, LegCounters, SrtpKeys};
+use crate::media::{
+    Direction, DropCounters, IceSetup, LegConfig, LegCounters, LegSrtpProgress, SrtpKeys,
+};
 use crate::nat::ice::{CheckLimits, CheckOutcome, IceLite};
 use crate::quality::{ClockRates, LegMonitor, MonitorConfig};
 use crate::rtp::{self, PacketClass};
@@ -317,6 +319,35 @@ impl Leg {
                 .remote_rtp
                 .and_then(|a| Some(SocketAddr::new(a.ip(), a.port().checked_add(1)?)))
         })
+    }
+
+    /// Where this leg's SRTP contexts stand (default on a plain leg): the store checkpoints it so a
+    /// restarted xccd resumes with the right ROC and never reuses a packet index.
+    pub fn srtp_progress(&self) -> LegSrtpProgress {
+        self.crypto
+            .as_ref()
+            .map_or_else(LegSrtpProgress::default, |c| LegSrtpProgress {
+                inbound: c.inbound.recv_progress(),
+                outbound: c.outbound.send_progress(),
+            })
+    }
+
+    /// Restores what a restart would otherwise lose, after [`Leg::configure`] with the stored
+    /// configuration: the latched addresses and the SRTP progress of both directions.
+    pub fn resume(
+        &mut self,
+        latched_rtp: Option<SocketAddr>,
+        latched_rtcp: Option<SocketAddr>,
+        srtp: &LegSrtpProgress,
+    ) {
+        self.rtp_latch.addr = latched_rtp;
+        if !self.config.rtcp_mux {
+            self.rtcp_latch.addr = latched_rtcp;
+        }
+        if let Some(c) = self.crypto.as_mut() {
+            c.inbound.resume_recv(&srtp.inbound);
+            c.outbound.resume_send(&srtp.outbound);
+        }
     }
 
     /// ICE-lite counters, when the leg has a responder.

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -16,14 +16,15 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::ids::{CallId, LegSide};
 use crate::leg::LatchPolicy;
-use crate::ports::{PortPool, allocate_pairs};
+use crate::ports::{PortPool, RangeChange, allocate_pairs};
 use crate::quality::{LegQualitySummary, MonitorConfig, QualityEvent, QualitySnapshot};
 use crate::relay::call::CallTimers;
 use crate::relay::published::{CallState, Published};
+use crate::relay::totals::WorkerTotals;
 use crate::relay::worker::{self, WAKER, WorkerSetup};
 use crate::relay::{Command, Freed, NewCall};
 use crate::socket::{SocketOptions, bind_media_socket};
-use crate::srtp::{KeyingMaterial, SrtpPolicy, SrtpSuite};
+use crate::srtp::{ContextProgress, KeyingMaterial, SrtpPolicy, SrtpSuite};
 
 /// Media-plane settings; every field has a default that runs on a fresh machine.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -172,7 +173,7 @@ pub enum Direction {
 }
 
 /// SRTP keys of one leg, one per direction.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SrtpKeys {
     /// The peer's key (from its `a=crypto`): decrypts what the peer sends to XCC.
     pub inbound: KeyingMaterial,
@@ -180,8 +181,9 @@ pub struct SrtpKeys {
     pub outbound: KeyingMaterial,
 }
 
-/// Where a leg's peer is and how to talk to it, learned from signalling.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// Where a leg's peer is and how to talk to it, learned from signalling. Serializable: the call
+/// store keeps it (keys included) so a restarted xccd resumes the leg.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct LegConfig {
     /// Signalled RTP address; `None` when unknown (XCC waits to latch).
     pub remote_rtp: Option<SocketAddr>,
@@ -205,12 +207,60 @@ pub struct LegConfig {
 }
 
 /// Credentials of one leg's ICE-lite agent, from signalling (the answer carries `local`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct IceSetup {
     /// XCC's credentials: they key the responses and authenticate the peer's checks.
     pub local: crate::nat::ice::IceCredentials,
     /// The peer's credentials from the offer; `None` accepts any remote ufrag in USERNAME.
     pub remote: Option<crate::nat::ice::IceCredentials>,
+}
+
+/// Where one leg's SRTP contexts stand: the ROC and packet index per direction. The worker
+/// publishes it lock-free with the counters; a store persists its
+/// [`checkpoint`](ContextProgress::checkpoint) so a restarted xccd resumes SRTP where it was.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LegSrtpProgress {
+    /// Receiving side (what the peer sends, unprotected with its key).
+    pub inbound: ContextProgress,
+    /// Sending side (what XCC sends, protected with XCC's key).
+    pub outbound: ContextProgress,
+}
+
+impl LegSrtpProgress {
+    /// Both directions rounded down to their checkpoints.
+    pub fn checkpoint(&self) -> Self {
+        Self {
+            inbound: self.inbound.checkpoint(),
+            outbound: self.outbound.checkpoint(),
+        }
+    }
+}
+
+/// One leg's part of a [`ResumePoint`].
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct LegResume {
+    /// The last configuration; `None` while signalling has not configured the leg.
+    pub config: Option<LegConfig>,
+    /// Latched RTP source.
+    pub latched_rtp: Option<SocketAddr>,
+    /// Latched RTCP source.
+    pub latched_rtcp: Option<SocketAddr>,
+    /// SRTP progress (as published: a store keeps its checkpoint).
+    pub srtp: LegSrtpProgress,
+}
+
+/// Everything the media plane needs to take a call over again after a restart
+/// ([`MediaControl::restore`]); read from a running engine with [`MediaControl::resume_points`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumePoint {
+    /// The call keeps its id (signalling and the gRPC session refer to it).
+    pub call: CallId,
+    /// When it was first allocated.
+    pub created: SystemTime,
+    /// The exact ports: peers were told them, so only these will do.
+    pub ports: [LegPorts; 2],
+    /// Per leg, indexed by [`LegSide::index`].
+    pub legs: [LegResume; 2],
 }
 
 /// Why a call's media ended.
@@ -331,6 +381,18 @@ pub struct PoolStatus {
     pub quarantined: usize,
 }
 
+/// One worker's load and traffic since the engine started ([`MediaControl::worker_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WorkerStats {
+    /// Calls the worker owns now.
+    pub calls: usize,
+    /// Calls the worker has ended since start.
+    pub calls_ended: u64,
+    /// Both legs of every call it owns or owned, summed: packets and bytes forwarded, drops by
+    /// reason. Monotonic.
+    pub counters: LegCounters,
+}
+
 /// What the media plane tells the control plane without being asked.
 #[derive(Debug, Clone, PartialEq)]
 pub enum MediaEvent {
@@ -362,6 +424,9 @@ pub enum MediaEvent {
         side: LegSide,
         /// What happened.
         event: QualityEvent,
+        /// The configured limit the event is about (ms or percent), for operators reading the
+        /// event without the configuration.
+        threshold: f64,
     },
 }
 
@@ -392,6 +457,8 @@ struct Shared {
     stopped: AtomicBool,
     /// Time origin of the instants workers publish.
     epoch: Instant,
+    /// DSCP for sockets bound from now on; a reload changes it (live calls keep theirs).
+    dscp: AtomicU8,
 }
 
 /// How the control plane reaches one worker.
@@ -402,6 +469,8 @@ struct WorkerLink {
     waker: mio::Waker,
     /// Bumped by the worker on every tick: proof of life for the watchdog.
     heartbeat: Arc<AtomicU64>,
+    /// Traffic since start, published by the worker every tick.
+    totals: Arc<WorkerTotals>,
 }
 
 /// Control-plane bookkeeping.
@@ -424,6 +493,8 @@ struct CallRecord {
     created: SystemTime,
     /// Last configuration per leg.
     configs: [LegConfig; 2],
+    /// Whether each leg was configured at all (an unconfigured leg accepts nothing).
+    configured: [bool; 2],
     /// The worker's lock-free record.
     published: Arc<Published>,
 }
@@ -458,10 +529,12 @@ impl MediaEngine {
             let waker = mio::Waker::new(poll.registry(), WAKER).map_err(io_err)?;
             let (tx, rx) = crossbeam_channel::unbounded();
             let heartbeat = Arc::new(AtomicU64::new(0));
+            let totals = Arc::new(WorkerTotals::default());
             links.push(WorkerLink {
                 commands: tx,
                 waker,
                 heartbeat: heartbeat.clone(),
+                totals: totals.clone(),
             });
             setups.push(WorkerSetup {
                 index,
@@ -475,8 +548,10 @@ impl MediaEngine {
                 quality: config.quality,
                 local_ip: config.bind_address,
                 heartbeat,
+                totals,
             });
         }
+        let dscp = config.dscp;
         let shared = Arc::new(Shared {
             registry: Mutex::new(Registry {
                 pool: PortPool::new(
@@ -493,6 +568,7 @@ impl MediaEngine {
             next_call: AtomicU64::new(1),
             stopped: AtomicBool::new(false),
             epoch,
+            dscp: AtomicU8::new(dscp),
         });
         let mut engine = MediaEngine {
             shared,
@@ -649,7 +725,7 @@ impl MediaControl {
             return Err(crate::Error::Stopped);
         }
         let opts = SocketOptions {
-            dscp: sh.config.dscp,
+            dscp: sh.dscp.load(Ordering::Relaxed),
             buffer_bytes: sh.config.socket_buffer_bytes,
         };
         let ip = sh.config.bind_address;
@@ -686,6 +762,7 @@ impl MediaControl {
                 ports,
                 created,
                 configs: Default::default(),
+                configured: [false; 2],
                 published: published.clone(),
             },
         );
@@ -696,6 +773,7 @@ impl MediaControl {
             ports,
             created,
             published,
+            resume: None,
         };
         sh.send(worker, Command::Add(Box::new(new)))?;
         tracing::debug!(%call, worker, client = crtp, pbx = prtp, "call allocated");
@@ -717,6 +795,7 @@ impl MediaControl {
             .filter(|r| !r.published.is_ended())
             .ok_or(crate::Error::UnknownCall(call))?;
         rec.configs[side.index()] = config.clone();
+        rec.configured[side.index()] = true;
         let worker = rec.worker;
         drop(reg);
         self.shared.send(
@@ -766,6 +845,198 @@ impl MediaControl {
         out
     }
 
+    /// What every live call needs to resume after a restart: configuration from the registry,
+    /// latches and SRTP progress from what the workers last published (no worker is asked).
+    pub fn resume_points(&self) -> Vec<ResumePoint> {
+        let reg = self.shared.lock();
+        let mut out: Vec<ResumePoint> = reg
+            .calls
+            .iter()
+            .filter(|(_, rec)| !rec.published.is_ended())
+            .filter_map(|(&call, rec)| {
+                let state = rec.published.read(100_000)?;
+                let leg = |i: usize| LegResume {
+                    config: rec.configured[i].then(|| rec.configs[i].clone()),
+                    latched_rtp: state.legs[i].latched,
+                    latched_rtcp: state.legs[i].latched_rtcp,
+                    srtp: state.legs[i].srtp,
+                };
+                Some(ResumePoint {
+                    call,
+                    created: rec.created,
+                    ports: rec.ports,
+                    legs: [leg(0), leg(1)],
+                })
+            })
+            .collect();
+        out.sort_by_key(|p| p.call);
+        out
+    }
+
+    /// Takes a call over again after a restart: binds exactly its stored ports (the pool marks
+    /// them used), configures its legs, restores latches and SRTP progress, and hands it to a
+    /// worker, which forwards at once. The call keeps its id; later allocations get higher ids.
+    ///
+    /// Fails with [`crate::Error::PortUnavailable`] when a stored port is outside the pool or
+    /// cannot be bound (another process took it): the caller reports and drops the call.
+    pub fn restore(&self, point: ResumePoint) -> crate::Result<AllocatedCall> {
+        let sh = &self.shared;
+        if sh.stopped.load(Ordering::Acquire) {
+            return Err(crate::Error::Stopped);
+        }
+        let opts = SocketOptions {
+            dscp: sh.dscp.load(Ordering::Relaxed),
+            buffer_bytes: sh.config.socket_buffer_bytes,
+        };
+        let ip = sh.config.bind_address;
+        let now = Instant::now();
+        let mut reg = sh.lock();
+        if reg.calls.contains_key(&point.call) {
+            return Err(crate::Error::PortUnavailable {
+                port: point.ports[0].rtp,
+                reason: "a live call already has this id",
+            });
+        }
+        let mut taken: Vec<u16> = Vec::with_capacity(2);
+        let mut sockets = Vec::with_capacity(4);
+        for p in point.ports {
+            let fail = |reg: &mut Registry, taken: &[u16], reason| {
+                for &rtp in taken {
+                    reg.pool.put_back(rtp);
+                }
+                crate::Error::PortUnavailable {
+                    port: p.rtp,
+                    reason,
+                }
+            };
+            if p.rtcp != p.rtp.wrapping_add(1) || !reg.pool.take_exact(p.rtp, now) {
+                return Err(fail(&mut reg, &taken, "not a free pair of the pool"));
+            }
+            taken.push(p.rtp);
+            let bound = bind_media_socket(SocketAddr::new(ip, p.rtp), opts)
+                .and_then(|a| bind_media_socket(SocketAddr::new(ip, p.rtcp), opts).map(|b| (a, b)));
+            match bound {
+                Ok((a, b)) => {
+                    sockets.push(a);
+                    sockets.push(b);
+                }
+                Err(e) => {
+                    let busy = matches!(e, crate::ports::BindError::Busy);
+                    tracing::warn!(call = %point.call, port = p.rtp, busy, "stored port cannot be bound");
+                    return Err(fail(&mut reg, &taken, "cannot be bound"));
+                }
+            }
+        }
+        let Ok(sockets) = <[mio::net::UdpSocket; 4]>::try_from(sockets) else {
+            // Two pairs were bound above, two sockets each.
+            return Err(crate::Error::Stopped);
+        };
+        let worker = (0..reg.load.len())
+            .min_by_key(|&w| reg.load[w])
+            .unwrap_or(0);
+        sh.next_call.fetch_max(point.call.0 + 1, Ordering::Relaxed);
+        // Until the worker's first publication, readers (the store among them) see what is
+        // being restored, not an empty call.
+        let mut initial = CallState::default();
+        for (state, leg) in initial.legs.iter_mut().zip(&point.legs) {
+            state.latched = leg.latched_rtp;
+            state.latched_rtcp = leg.latched_rtcp;
+            state.srtp = leg.srtp;
+        }
+        let published = Arc::new(Published::new(&initial));
+        reg.load[worker] += 1;
+        let configs = [
+            point.legs[0].config.clone().unwrap_or_default(),
+            point.legs[1].config.clone().unwrap_or_default(),
+        ];
+        reg.calls.insert(
+            point.call,
+            CallRecord {
+                worker,
+                ports: point.ports,
+                created: point.created,
+                configs,
+                configured: [
+                    point.legs[0].config.is_some(),
+                    point.legs[1].config.is_some(),
+                ],
+                published: published.clone(),
+            },
+        );
+        drop(reg);
+        let new = NewCall {
+            call: point.call,
+            sockets,
+            ports: point.ports,
+            created: point.created,
+            published,
+            resume: Some(Box::new(point.legs.clone())),
+        };
+        sh.send(worker, Command::Add(Box::new(new)))?;
+        tracing::info!(call = %point.call, worker, client = point.ports[0].rtp, pbx = point.ports[1].rtp, "call restored");
+        Ok(AllocatedCall {
+            call: point.call,
+            ports: point.ports,
+        })
+    }
+
+    /// Moves the port pool to `port_min..=port_max` while calls run (configuration reload): new
+    /// ports are handed out at once; ports outside the new range stop being handed out, and those
+    /// carrying a call leave the pool (their sockets close) when that call ends.
+    pub fn resize_pool(&self, port_min: u16, port_max: u16) -> crate::Result<RangeChange> {
+        let mut probe = self.shared.config.clone();
+        probe.port_min = port_min;
+        probe.port_max = port_max;
+        probe.validate()?;
+        let mut reg = self.shared.lock();
+        let in_use: std::collections::HashSet<u16> = reg
+            .calls
+            .values()
+            .flat_map(|r| r.ports.iter().map(|p| p.rtp))
+            .collect();
+        let change = reg
+            .pool
+            .set_range(port_min, port_max, Instant::now(), |p| in_use.contains(&p));
+        tracing::info!(
+            port_min,
+            port_max,
+            added = change.added,
+            removed = change.removed,
+            retiring = change.retiring,
+            "media port pool resized"
+        );
+        Ok(change)
+    }
+
+    /// Ports held by live calls but outside the pool's range since a reload shrank it.
+    pub fn retiring_ports(&self) -> usize {
+        let reg = self.shared.lock();
+        reg.calls
+            .values()
+            .flat_map(|r| r.ports.iter())
+            .filter(|p| !reg.pool.contains(p.rtp))
+            .count()
+            * 2
+    }
+
+    /// DSCP for media sockets bound from now on (new and restored calls); live calls keep the
+    /// mark they were bound with.
+    pub fn set_dscp(&self, dscp: u8) -> crate::Result<()> {
+        if dscp > 63 {
+            return Err(crate::Error::Config {
+                key: "dscp",
+                reason: "DSCP is 6 bits (0-63)".to_owned(),
+            });
+        }
+        self.shared.dscp.store(dscp, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// DSCP that new calls get.
+    pub fn dscp(&self) -> u8 {
+        self.shared.dscp.load(Ordering::Relaxed)
+    }
+
     /// Pool occupancy.
     pub fn pool_status(&self) -> PoolStatus {
         self.shared.lock().pool.status(Instant::now())
@@ -774,6 +1045,25 @@ impl MediaControl {
     /// Number of worker threads.
     pub fn workers(&self) -> usize {
         self.shared.workers.len()
+    }
+
+    /// Per-worker load and traffic since start, in worker order: for monitoring. Counters are
+    /// monotonic (ended calls stay counted) and at most one tick (50 ms) old.
+    pub fn worker_stats(&self) -> Vec<WorkerStats> {
+        let load = self.shared.lock().load.clone();
+        self.shared
+            .workers
+            .iter()
+            .zip(load)
+            .map(|(w, calls)| {
+                let (counters, calls_ended) = w.totals.load();
+                WorkerStats {
+                    calls,
+                    calls_ended,
+                    counters,
+                }
+            })
+            .collect()
     }
 
     /// Each worker's tick counter, in worker order. A worker bumps its counter once per tick

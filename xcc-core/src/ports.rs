@@ -29,21 +29,29 @@ pub struct PortPool {
     used: usize,
     /// Pairs in the range.
     pairs: usize,
+    /// First even port of the range.
+    first: u32,
+    /// `port_max` of the range: a pair belongs when its odd port is at or below it.
+    last: u32,
+}
+
+/// What [`PortPool::set_range`] changed, in ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RangeChange {
+    /// Ports newly handed out (the grown part, minus ports still held by calls).
+    pub added: usize,
+    /// Free or resting ports that left the pool at once.
+    pub removed: usize,
+    /// Ports outside the new range still carrying calls: they leave the pool when the call ends.
+    pub retiring: usize,
 }
 
 impl PortPool {
     /// A pool over the whole even/odd pairs inside `port_min..=port_max` (an odd `port_min` starts
     /// at the next even port; a lone last port without its odd partner is left out).
     pub fn new(port_min: u16, port_max: u16, quarantine_for: Duration) -> Self {
-        let first = u32::from(port_min).next_multiple_of(2);
-        let last = u32::from(port_max);
-        let mut free = VecDeque::new();
-        let mut rtp = first;
-        while rtp < last {
-            // rtp < last <= u16::MAX, so it fits.
-            free.push_back(rtp as u16);
-            rtp += 2;
-        }
+        let (first, last) = bounds(port_min, port_max);
+        let free: VecDeque<u16> = pairs_in(first, last).collect();
         let pairs = free.len();
         Self {
             free,
@@ -51,6 +59,60 @@ impl PortPool {
             quarantine_for,
             used: 0,
             pairs,
+            first,
+            last,
+        }
+    }
+
+    /// Whether the pair starting at `rtp` belongs to the current range.
+    pub fn contains(&self, rtp: u16) -> bool {
+        let rtp = u32::from(rtp);
+        rtp % 2 == 0 && rtp >= self.first && rtp < self.last
+    }
+
+    /// Moves the pool to `port_min..=port_max` while calls run (a configuration reload).
+    ///
+    /// Pairs of the new range that were not in the old one become free at once, except those
+    /// `in_use` says a call still holds. Free and resting pairs outside the new range leave at
+    /// once; used ones outside it stay with their call and leave when it releases them
+    /// ([`PortPool::release`] drops a pair outside the range instead of resting it). O(pairs).
+    pub fn set_range(
+        &mut self,
+        port_min: u16,
+        port_max: u16,
+        now: Instant,
+        in_use: impl Fn(u16) -> bool,
+    ) -> RangeChange {
+        self.thaw(now);
+        let old = (self.first, self.last);
+        let (first, last) = bounds(port_min, port_max);
+        self.first = first;
+        self.last = last;
+        let before = self.free.len() + self.quarantine.len();
+        self.free
+            .retain(|&p| u32::from(p) >= first && u32::from(p) < last);
+        self.quarantine
+            .retain(|&(_, p)| u32::from(p) >= first && u32::from(p) < last);
+        let removed = before - self.free.len() - self.quarantine.len();
+        let was_in = |p: u16| u32::from(p) >= old.0 && u32::from(p) < old.1;
+        let mut added = 0;
+        let mut retiring = 0;
+        for p in pairs_in(first, last) {
+            if !was_in(p) && !in_use(p) {
+                self.free.push_back(p);
+                added += 1;
+            }
+        }
+        for p in pairs_in(old.0, old.1) {
+            if !self.contains(p) && in_use(p) {
+                retiring += 1;
+            }
+        }
+        self.pairs = pairs_in(first, last).count();
+        RangeChange {
+            added: added * 2,
+            removed: removed * 2,
+            retiring: retiring * 2,
         }
     }
 
@@ -73,20 +135,40 @@ impl PortPool {
         Some(rtp)
     }
 
+    /// Takes the pair starting at `rtp` if it is free or resting in quarantine (a restart
+    /// restoring a stored call: its peers know exactly these ports). O(pairs), start-up only.
+    pub fn take_exact(&mut self, rtp: u16, now: Instant) -> bool {
+        self.thaw(now);
+        if let Some(i) = self.free.iter().position(|&p| p == rtp) {
+            self.free.remove(i);
+        } else if let Some(i) = self.quarantine.iter().position(|&(_, p)| p == rtp) {
+            self.quarantine.remove(i);
+        } else {
+            return false;
+        }
+        self.used += 1;
+        true
+    }
+
     /// Gives back a pair that was taken but not used (bind failed because another process holds
     /// it, or the call could not be completed): it goes to the end of the free list so the next
     /// allocation tries other pairs first.
     pub fn put_back(&mut self, rtp: u16) {
         debug_assert!(self.used > 0, "put_back without take");
         self.used = self.used.saturating_sub(1);
-        self.free.push_back(rtp);
+        if self.contains(rtp) {
+            self.free.push_back(rtp);
+        }
     }
 
-    /// Releases a pair that carried a call: it rests in quarantine before reuse.
+    /// Releases a pair that carried a call: it rests in quarantine before reuse, or leaves the
+    /// pool when a reload moved the range away from it.
     pub fn release(&mut self, rtp: u16, now: Instant) {
         debug_assert!(self.used > 0, "release without take");
         self.used = self.used.saturating_sub(1);
-        self.quarantine.push_back((now + self.quarantine_for, rtp));
+        if self.contains(rtp) {
+            self.quarantine.push_back((now + self.quarantine_for, rtp));
+        }
     }
 
     /// Free pairs right now (after thawing).
@@ -105,6 +187,19 @@ impl PortPool {
             quarantined: self.quarantine.len() * 2,
         }
     }
+}
+
+/// The first even port at or above `port_min`, and `port_max`, widened for arithmetic.
+fn bounds(port_min: u16, port_max: u16) -> (u32, u32) {
+    (u32::from(port_min).next_multiple_of(2), u32::from(port_max))
+}
+
+/// Even ports of the whole pairs in `first..=last` (the odd partner must be at or below `last`).
+fn pairs_in(first: u32, last: u32) -> impl Iterator<Item = u16> {
+    // rtp < last <= u16::MAX, so the conversion never fails.
+    (first..last)
+        .step_by(2)
+        .filter_map(|p| u16::try_from(p).ok())
 }
 
 /// Takes [`PAIRS_PER_CALL`] pairs and binds each with `bind(rtp_port)`.
@@ -282,6 +377,85 @@ mod tests {
         assert!(matches!(err, crate::Error::PoolExhausted { .. }));
         assert_eq!(tries, 5, "each free pair tried exactly once");
         assert_eq!(p.status(now).free, 10);
+    }
+
+    #[test]
+    fn exact_pair_is_taken_from_free_or_quarantine_once() {
+        let mut p = pool(40000, 40009);
+        let now = Instant::now();
+        assert!(p.take_exact(40004, now));
+        assert!(!p.take_exact(40004, now), "already used");
+        assert!(!p.take_exact(40005, now), "odd: not a pair");
+        assert!(!p.take_exact(50000, now), "outside the range");
+        p.release(40004, now);
+        assert!(
+            p.take_exact(40004, now),
+            "quarantine does not stop a restore"
+        );
+        let st = p.status(now);
+        assert_eq!((st.free, st.used, st.quarantined), (8, 2, 0));
+        let rest: Vec<u16> = std::iter::from_fn(|| p.take(now)).collect();
+        assert_eq!(rest, vec![40000, 40002, 40006, 40008]);
+    }
+
+    #[test]
+    fn shrink_keeps_used_pairs_until_released_and_grow_skips_them() {
+        let mut p = pool(40000, 40009);
+        let now = Instant::now();
+        let used = [p.take(now).unwrap(), p.take(now).unwrap()];
+        assert_eq!(used, [40000, 40002]);
+        let in_use = |rtp| used.contains(&rtp);
+        // Shrink to 40004-40009: 40000/40002 retire with their call, nothing else is free.
+        let c = p.set_range(40004, 40009, now, in_use);
+        assert_eq!(
+            c,
+            RangeChange {
+                added: 0,
+                removed: 0,
+                retiring: 4
+            }
+        );
+        let st = p.status(now);
+        assert_eq!((st.total, st.free, st.used), (6, 6, 4));
+        assert!(!p.contains(40000) && p.contains(40004));
+        // A released retiring pair leaves instead of resting.
+        p.release(40000, now);
+        let st = p.status(now);
+        assert_eq!((st.free, st.used, st.quarantined), (6, 2, 0));
+        // Grow back over 40000-40003: 40000 is free again, 40002 is still held by its call.
+        let c = p.set_range(40000, 40013, now, |rtp| rtp == 40002);
+        assert_eq!(
+            c,
+            RangeChange {
+                added: 6,
+                removed: 0,
+                retiring: 0
+            }
+        );
+        let order: Vec<u16> = std::iter::from_fn(|| p.take(now)).collect();
+        assert_eq!(order, vec![40004, 40006, 40008, 40000, 40010, 40012]);
+        p.release(40002, now);
+        assert_eq!(p.status(now).quarantined, 2, "back in range: it rests");
+    }
+
+    #[test]
+    fn shrink_drops_free_and_resting_pairs_at_once() {
+        let mut p = pool(40000, 40009);
+        let now = Instant::now();
+        let a = p.take(now).unwrap();
+        p.release(a, now);
+        let c = p.set_range(40004, 40007, now, |_| false);
+        assert_eq!(
+            c,
+            RangeChange {
+                added: 0,
+                removed: 6,
+                retiring: 0
+            }
+        );
+        let st = p.status(now);
+        assert_eq!((st.total, st.free, st.used, st.quarantined), (4, 4, 0, 0));
+        assert_eq!(p.take(now), Some(40004));
     }
 
     #[test]

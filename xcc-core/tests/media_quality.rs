@@ -281,9 +281,14 @@ fn sustained_loss_raises_one_voip_ready_event_for_the_leg() {
                 call: id,
                 side,
                 event,
+                threshold,
             } = ev
             {
                 assert_eq!((id, side), (call.call, LegSide::Pbx));
+                assert_eq!(
+                    threshold, 3.0,
+                    "the event carries the configured loss limit"
+                );
                 crossed = Some(event);
             }
         }

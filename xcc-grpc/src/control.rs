@@ -1,7 +1,11 @@
 //! Process-wide control state: readiness, drain, uptime, and the health statuses derived from them.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
 
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -14,7 +18,6 @@ const GATED_SERVICES: [&str; 2] = ["", "xcc.v1.Sessions"];
 const ALWAYS_SERVICES: [&str; 2] = ["xcc.v1.Calls", "xcc.v1.Satellite"];
 
 /// Shared by the gRPC services and the daemon's signal handling.
-#[derive(Debug)]
 pub struct ControlState {
     /// Process start, for `Status.uptime_secs`.
     started: Instant,
@@ -24,7 +27,61 @@ pub struct ControlState {
     draining: AtomicBool,
     /// The grpc.health.v1 statuses this state publishes.
     health: HealthReporter,
+    /// Replaces the process's log filter; installed once by the daemon, which owns logging.
+    log_level: OnceLock<LogLevelHook>,
+    /// A drain was asked to stop the process once idle (`Drain{exit_when_idle}`).
+    exit_when_idle: AtomicBool,
+    /// Wakes the daemon when `exit_when_idle` is set.
+    exit_wake: Notify,
+    /// When the running drain's grace ends (set by the daemon while it waits for calls to end).
+    drain_deadline: Mutex<Option<Instant>>,
+    /// The daemon's configuration reload, for `Satellite.Reload`.
+    reloader: OnceLock<Arc<dyn Reload>>,
 }
+
+/// What a configuration reload did; see `Satellite.Reload`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// One line per change applied live.
+    pub applied: Vec<String>,
+    /// Keys that differ from what runs but only take effect on a restart.
+    pub restart_required: Vec<String>,
+    /// The file read, if any.
+    pub path: Option<PathBuf>,
+}
+
+/// The daemon's reload, reachable from the control API. Blocking (reads a file); the service calls
+/// it off the async workers.
+pub trait Reload: std::fmt::Debug + Send + Sync + 'static {
+    /// Re-reads, validates and applies. `Err(reason)`: refused, nothing changed.
+    fn reload(&self) -> Result<ReloadReport, String>;
+}
+
+impl std::fmt::Debug for ControlState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlState")
+            .field("started", &self.started)
+            .field("ready", &self.ready)
+            .field("draining", &self.draining)
+            .field("log_hook", &self.log_level.get().is_some())
+            .field("exit_when_idle", &self.exit_when_idle)
+            .field("reloader", &self.reloader.get().is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a log level change was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogLevelError {
+    /// The filter does not parse; the parser's message.
+    Invalid(String),
+    /// `RUST_LOG` pins the filter for the life of the process.
+    Pinned,
+}
+
+/// Applies a log filter at run time (`Satellite.SetLogLevel`). A hook rather than a dependency
+/// on the daemon's logging set-up, which lives in the root crate.
+pub type LogLevelHook = Box<dyn Fn(&str) -> Result<(), LogLevelError> + Send + Sync>;
 
 impl ControlState {
     /// A state that is not ready yet; `started` is when the process began (uptime counts from it).
@@ -34,7 +91,94 @@ impl ControlState {
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             health,
+            log_level: OnceLock::new(),
+            exit_when_idle: AtomicBool::new(false),
+            exit_wake: Notify::new(),
+            drain_deadline: Mutex::new(None),
+            reloader: OnceLock::new(),
         }
+    }
+
+    /// Installs the log-level hook (once; later calls are ignored).
+    pub fn set_log_hook(&self, hook: LogLevelHook) {
+        let _ = self.log_level.set(hook);
+    }
+
+    /// Applies `level` through the installed hook; `level` is the request's `level` field.
+    pub fn set_log_level(&self, level: &str) -> crate::Result<()> {
+        if level.is_empty() {
+            return Err(crate::Error::InvalidArgument {
+                field: "level",
+                reason: "required, e.g. \"info\" or \"warn,xcc_sip=debug\"".into(),
+            });
+        }
+        let Some(hook) = self.log_level.get() else {
+            return Err(crate::Error::Unavailable {
+                reason: "this process has no run-time log control",
+            });
+        };
+        hook(level).map_err(|e| match e {
+            LogLevelError::Invalid(reason) => crate::Error::InvalidArgument {
+                field: "level",
+                reason,
+            },
+            LogLevelError::Pinned => crate::Error::Unavailable {
+                reason: "RUST_LOG pins the log filter; unset it to change the level at run time",
+            },
+        })
+    }
+
+    /// Installs the reload `Satellite.Reload` runs (once; later calls are ignored).
+    pub fn set_reloader(&self, reloader: Arc<dyn Reload>) {
+        let _ = self.reloader.set(reloader);
+    }
+
+    /// The installed reload, if any.
+    pub fn reloader(&self) -> Option<Arc<dyn Reload>> {
+        self.reloader.get().cloned()
+    }
+
+    /// Asks the daemon to exit once no call is left (drains too). Returns whether this changed it.
+    pub async fn drain_and_exit(&self) -> bool {
+        self.drain().await;
+        let changed = !self.exit_when_idle.swap(true, Ordering::AcqRel);
+        if changed {
+            tracing::info!("drain: xccd exits once no call is left");
+        }
+        self.exit_wake.notify_one();
+        changed
+    }
+
+    /// True once an exit-when-idle drain was asked for (gRPC or SIGTERM).
+    pub fn exit_when_idle(&self) -> bool {
+        self.exit_when_idle.load(Ordering::Acquire)
+    }
+
+    /// Resolves once [`ControlState::drain_and_exit`] ran (at once if it already did).
+    pub async fn exit_requested(&self) {
+        loop {
+            let notified = self.exit_wake.notified();
+            if self.exit_when_idle() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Records when the running drain's grace ends (`None`: no deadline running).
+    pub fn set_drain_deadline(&self, at: Option<Instant>) {
+        *self
+            .drain_deadline
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = at;
+    }
+
+    /// Time left of the running drain's grace, if one runs.
+    pub fn drain_grace_left(&self, now: Instant) -> Option<Duration> {
+        self.drain_deadline
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .map(|d| d.saturating_duration_since(now))
     }
 
     /// Time since the process started.

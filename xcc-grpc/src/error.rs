@@ -41,6 +41,26 @@ pub enum Error {
         #[source]
         source: xcc_core::Error,
     },
+    /// The operation is not available in this process's configuration (e.g. the log level is
+    /// pinned by `RUST_LOG`).
+    #[error("{reason}")]
+    Unavailable {
+        /// Why, for the operator.
+        reason: &'static str,
+    },
+    /// An exit-when-idle drain (or SIGTERM) is under way: it cannot be undone by Resume.
+    #[error("xccd is stopping once its calls end (drain with exit); Resume cannot undo that")]
+    Exiting,
+    /// A configuration reload was refused (invalid file, unreadable file, a value that cannot be
+    /// applied live); the running configuration stays. The reason names the key.
+    #[error("reload refused, running configuration kept: {reason}")]
+    ReloadRefused {
+        /// Why, naming the key or the file.
+        reason: String,
+    },
+    /// This process has no reload wiring (an embedded control plane without a configuration file).
+    #[error("reload is not available in this process")]
+    ReloadUnavailable,
     /// The gRPC transport failed (TLS material rejected, listener error).
     #[error("control transport: {source}")]
     Transport {
@@ -101,7 +121,12 @@ impl From<Error> for tonic::Status {
         let code = match &e {
             Error::InvalidArgument { .. } => Code::InvalidArgument,
             Error::NotFound { .. } => Code::NotFound,
-            Error::Draining | Error::WrongState { .. } => Code::FailedPrecondition,
+            Error::Draining
+            | Error::Exiting
+            | Error::WrongState { .. }
+            | Error::Unavailable { .. }
+            | Error::ReloadRefused { .. } => Code::FailedPrecondition,
+            Error::ReloadUnavailable => Code::Unimplemented,
             Error::Transport { .. } | Error::Reflection { .. } => Code::Internal,
             Error::Media { source, field } => match source {
                 Core::PoolExhausted { .. } => Code::ResourceExhausted,

@@ -4,15 +4,17 @@
 //! polling) into a tokio broadcast channel, so watchers never slow the media plane: a watcher that
 //! falls behind loses the oldest events and is told how many.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::broadcast;
 use xcc_core::ids::CallId;
-use xcc_core::media::{EndReason, MediaEvent};
+use xcc_core::media::MediaEvent;
 
 use crate::pb;
-use crate::service::{call_to_pb, side_to_pb};
+use crate::record::{RecordTimes, alert_to_pb, call_record, log_record, reason_to_pb};
+use crate::service::{call_span, call_to_pb, side_to_pb};
 use crate::session::{Advertised, SessionTable};
 
 /// Events buffered per watcher before it counts as lagging.
@@ -24,6 +26,9 @@ pub struct EventHub {
     tx: broadcast::Sender<pb::Event>,
     /// Set at shutdown so long-lived watch streams end and graceful shutdown can finish.
     closed: tokio::sync::watch::Sender<bool>,
+    /// When each live call was answered (first `answered` event), for its call record; taken
+    /// when the call ends. Whichever plane answers a call (gRPC or SIP) publishes `answered`.
+    answered: Arc<Mutex<HashMap<CallId, SystemTime>>>,
 }
 
 impl Default for EventHub {
@@ -38,6 +43,7 @@ impl EventHub {
         Self {
             tx: broadcast::channel(EVENT_BUFFER).0,
             closed: tokio::sync::watch::channel(false).0,
+            answered: Arc::default(),
         }
     }
 
@@ -58,11 +64,25 @@ impl EventHub {
 
     /// Sends to every watcher; no watcher is not an error.
     pub fn publish(&self, call: CallId, kind: pb::event::Kind) {
+        let now = SystemTime::now();
+        if matches!(kind, pb::event::Kind::Answered(_)) {
+            self.answered_map().entry(call).or_insert(now);
+        }
         let _ = self.tx.send(pb::Event {
             call_id: call.0,
-            unix_ms: unix_ms(SystemTime::now()),
+            unix_ms: unix_ms(now),
             kind: Some(kind),
         });
+    }
+
+    /// When `call` was first answered, forgetting it (the call ended).
+    pub fn take_answered(&self, call: CallId) -> Option<SystemTime> {
+        self.answered_map().remove(&call)
+    }
+
+    fn answered_map(&self) -> std::sync::MutexGuard<'_, HashMap<CallId, SystemTime>> {
+        // Every mutation is one insert or remove: a poisoned map is still consistent.
+        self.answered.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -73,8 +93,8 @@ pub fn unix_ms(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-/// The wire form of one media event; `None` for events the proto has no message for yet
-/// (quality crossings).
+/// The wire form of one media event (an ended call's record is built separately, see
+/// [`spawn_media_forwarder`]).
 pub fn media_event_to_pb(
     event: &MediaEvent,
     advertised: &Advertised,
@@ -89,27 +109,29 @@ pub fn media_event_to_pb(
         ),
         MediaEvent::Ended {
             call, reason, last, ..
-        } => {
-            let reason = match reason {
-                EndReason::Released => pb::call_ended::Reason::Released,
-                EndReason::MediaTimeout => pb::call_ended::Reason::MediaTimeout,
-                EndReason::Shutdown => pb::call_ended::Reason::Shutdown,
-            };
-            (
-                *call,
-                pb::event::Kind::Ended(pb::CallEnded {
-                    reason: reason as i32,
-                    last: Some(call_to_pb(last, advertised)),
-                }),
-            )
-        }
-        // Logged by the media worker; the feed gains it when the proto does.
-        MediaEvent::Quality { .. } => return None,
+        } => (
+            *call,
+            pb::event::Kind::Ended(pb::CallEnded {
+                reason: reason_to_pb(*reason) as i32,
+                last: Some(call_to_pb(last, advertised)),
+            }),
+        ),
+        MediaEvent::Quality {
+            call,
+            side,
+            event,
+            threshold,
+        } => (
+            *call,
+            pb::event::Kind::Quality(alert_to_pb(*side, event, *threshold)),
+        ),
     })
 }
 
 /// Drains the media engine's events into `hub` on a thread of its own until the engine drops its
-/// sender. Ended calls are forgotten by `sessions` so their ids stop resolving.
+/// sender. Ended calls are forgotten by `sessions` so their ids stop resolving; each ended call
+/// is followed on the feed by its `record`, which is also logged as one JSON line
+/// ([`crate::record::CDR_TARGET`]).
 pub fn spawn_media_forwarder(
     events: crossbeam_channel::Receiver<MediaEvent>,
     hub: EventHub,
@@ -120,12 +142,33 @@ pub fn spawn_media_forwarder(
         .spawn(move || {
             let advertised = sessions.advertised();
             while let Ok(event) = events.recv() {
-                if let MediaEvent::Ended { call, reason, .. } = &event {
-                    tracing::info!(%call, ?reason, "call ended");
-                    sessions.forget(*call);
+                let call = match &event {
+                    MediaEvent::Latched { call, .. }
+                    | MediaEvent::Ended { call, .. }
+                    | MediaEvent::Quality { call, .. } => *call,
+                };
+                let _span = call_span(call).entered();
+                if let MediaEvent::Ended { reason, .. } = &event {
+                    tracing::info!(?reason, "call ended");
+                    sessions.forget(call);
                 }
                 if let Some((call, kind)) = media_event_to_pb(&event, &advertised) {
                     hub.publish(call, kind);
+                }
+                if let MediaEvent::Ended {
+                    call,
+                    reason,
+                    last,
+                    quality,
+                } = &event
+                {
+                    let times = RecordTimes {
+                        answered: hub.take_answered(*call),
+                        ended: SystemTime::now(),
+                    };
+                    let record = call_record(last, *reason, quality, times);
+                    log_record(&record);
+                    hub.publish(*call, pb::event::Kind::Record(record));
                 }
             }
             tracing::debug!("media event channel closed");

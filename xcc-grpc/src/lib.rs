@@ -9,6 +9,7 @@ pub mod control;
 pub mod error;
 pub mod events;
 pub mod media;
+pub mod record;
 pub mod server;
 pub mod service;
 pub mod session;

@@ -24,6 +24,10 @@ pub trait MediaPlane: Send + Sync + 'static {
     fn pool_status(&self) -> PoolStatus;
     /// See [`MediaControl::workers`].
     fn workers(&self) -> usize;
+    /// See [`MediaControl::retiring_ports`]; planes without a resizable pool have none.
+    fn retiring_ports(&self) -> usize {
+        0
+    }
 }
 
 impl MediaPlane for MediaControl {
@@ -52,5 +56,8 @@ impl MediaPlane for MediaControl {
     }
     fn workers(&self) -> usize {
         MediaControl::workers(self)
+    }
+    fn retiring_ports(&self) -> usize {
+        MediaControl::retiring_ports(self)
     }
 }

@@ -9,12 +9,13 @@ use futures::Stream;
 use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
 use xcc_core::ids::{CallId, LegSide};
-use xcc_core::media::{CallSnapshot, Direction, LegSnapshot};
+use xcc_core::media::{CallSnapshot, Direction, LegCounters, LegSnapshot};
 
 use crate::control::ControlState;
 use crate::error::Error;
 use crate::events::{EventHub, unix_ms};
 use crate::pb;
+use crate::record::quality_to_pb;
 use crate::session::{Advertised, Outcome, SessionTable, SessionView, State};
 
 /// Everything the three services share; cheap to clone.
@@ -61,8 +62,27 @@ fn opt_addr(a: Option<std::net::SocketAddr>) -> String {
     a.map(|a| a.to_string()).unwrap_or_default()
 }
 
+/// The wire form of a leg's traffic counters.
+pub fn counters_to_pb(c: &LegCounters) -> pb::LegCounters {
+    pb::LegCounters {
+        packets_in: c.packets_in,
+        bytes_in: c.bytes_in,
+        packets_out: c.packets_out,
+        bytes_out: c.bytes_out,
+        rtcp_in: c.rtcp_in,
+        rtcp_out: c.rtcp_out,
+        drop_auth_failure: c.drops.auth_failure,
+        drop_replay: c.drops.replay,
+        drop_stranger: c.drops.stranger,
+        drop_malformed: c.drops.malformed,
+        drop_no_route: c.drops.no_route,
+        drop_stray: c.drops.stray,
+        rtcp_malformed: c.rtcp_malformed,
+        drop_send_error: c.drops.send_error,
+    }
+}
+
 fn leg_to_pb(leg: &LegSnapshot, advertised: &Advertised) -> pb::Leg {
-    let c = &leg.counters;
     pb::Leg {
         side: side_to_pb(leg.side) as i32,
         advertised_address: advertised.for_side(leg.side).to_string(),
@@ -76,20 +96,8 @@ fn leg_to_pb(leg: &LegSnapshot, advertised: &Advertised) -> pb::Leg {
             .map(|s| s.sdes_name().to_owned())
             .unwrap_or_default(),
         direction: direction_name(leg.direction).to_owned(),
-        counters: Some(pb::LegCounters {
-            packets_in: c.packets_in,
-            bytes_in: c.bytes_in,
-            packets_out: c.packets_out,
-            bytes_out: c.bytes_out,
-            rtcp_in: c.rtcp_in,
-            rtcp_out: c.rtcp_out,
-            drop_auth_failure: c.drops.auth_failure,
-            drop_replay: c.drops.replay,
-            drop_stranger: c.drops.stranger,
-            drop_malformed: c.drops.malformed,
-            drop_no_route: c.drops.no_route,
-            drop_stray: c.drops.stray,
-        }),
+        counters: Some(counters_to_pb(&leg.counters)),
+        quality: Some(quality_to_pb(&leg.quality)),
     }
 }
 
@@ -149,6 +157,13 @@ impl ControlPlane {
     }
 }
 
+/// The span every control-plane log line about one call runs in: text logs read
+/// `call{id=7}: ...`, JSON logs carry `"span":{"id":7,"name":"call"}`, so `grep 'call{id=7}'` or a
+/// journald field match finds a call's whole story. The media plane and SIP use the same name.
+pub fn call_span(call: CallId) -> tracing::Span {
+    tracing::info_span!("call", id = call.0)
+}
+
 fn session_id(id: u64) -> Result<CallId, Error> {
     if id == 0 {
         return Err(Error::InvalidArgument {
@@ -190,9 +205,9 @@ impl pb::sessions_server::Sessions for ControlPlane {
         req: Request<pb::AnswerSessionRequest>,
     ) -> Result<Response<pb::Session>, Status> {
         let req = req.into_inner();
-        let (view, outcome) = self
-            .sessions
-            .answer(session_id(req.session_id)?, &req.sdp)?;
+        let call = session_id(req.session_id)?;
+        let _span = call_span(call).entered();
+        let (view, outcome) = self.sessions.answer(call, &req.sdp)?;
         self.announce(&view, outcome);
         Ok(Response::new(self.session_to_pb(&view)))
     }
@@ -203,6 +218,7 @@ impl pb::sessions_server::Sessions for ControlPlane {
     ) -> Result<Response<pb::Session>, Status> {
         let req = req.into_inner();
         let call = session_id(req.session_id)?;
+        let _span = call_span(call).entered();
         let from = side_from_pb(req.offer_from, "offer_from")?;
         let (view, outcome) = self.sessions.update(call, from, &req.sdp)?;
         self.announce(&view, outcome);
@@ -213,8 +229,10 @@ impl pb::sessions_server::Sessions for ControlPlane {
         &self,
         req: Request<pb::DeleteSessionRequest>,
     ) -> Result<Response<pb::DeleteSessionResponse>, Status> {
-        self.sessions
-            .delete(session_id(req.into_inner().session_id)?)?;
+        let call = session_id(req.into_inner().session_id)?;
+        let _span = call_span(call).entered();
+        self.sessions.delete(call)?;
+        tracing::info!("session deleted over gRPC");
         Ok(Response::new(pb::DeleteSessionResponse {}))
     }
 
@@ -284,12 +302,13 @@ impl pb::calls_server::Calls for ControlPlane {
         req: Request<pb::HangUpRequest>,
     ) -> Result<Response<pb::HangUpResponse>, Status> {
         let call = call_id(req.into_inner().call_id)?;
+        let _span = call_span(call).entered();
         self.sessions
             .media()
             .release(call)
             .map_err(|e| Error::about_call("call_id", call, e))?;
         self.sessions.forget(call);
-        tracing::info!(%call, "hung up over gRPC");
+        tracing::info!("hung up over gRPC");
         Ok(Response::new(pb::HangUpResponse {}))
     }
 
@@ -339,14 +358,24 @@ impl pb::satellite_server::Satellite for ControlPlane {
             ports_quarantined: pool.quarantined as u64,
             workers: media.workers() as u64,
             draining: self.state.is_draining(),
+            ports_retiring: media.retiring_ports() as u64,
+            exit_when_idle: self.state.exit_when_idle(),
+            drain_grace_left_secs: self
+                .state
+                .drain_grace_left(Instant::now())
+                .map_or(0, |d| d.as_secs()),
         }))
     }
 
     async fn drain(
         &self,
-        _req: Request<pb::DrainRequest>,
+        req: Request<pb::DrainRequest>,
     ) -> Result<Response<pb::DrainResponse>, Status> {
-        self.state.drain().await;
+        if req.into_inner().exit_when_idle {
+            self.state.drain_and_exit().await;
+        } else {
+            self.state.drain().await;
+        }
         Ok(Response::new(pb::DrainResponse {
             calls: self.sessions.media().calls().len() as u64,
         }))
@@ -356,7 +385,44 @@ impl pb::satellite_server::Satellite for ControlPlane {
         &self,
         _req: Request<pb::ResumeRequest>,
     ) -> Result<Response<pb::ResumeResponse>, Status> {
+        if self.state.exit_when_idle() {
+            return Err(Error::Exiting.into());
+        }
         self.state.resume().await;
         Ok(Response::new(pb::ResumeResponse {}))
+    }
+
+    async fn set_log_level(
+        &self,
+        req: Request<pb::SetLogLevelRequest>,
+    ) -> Result<Response<pb::SetLogLevelResponse>, Status> {
+        let level = req.into_inner().level;
+        self.state.set_log_level(level.trim())?;
+        Ok(Response::new(pb::SetLogLevelResponse {
+            level: level.trim().to_owned(),
+        }))
+    }
+
+    async fn reload(
+        &self,
+        _req: Request<pb::ReloadRequest>,
+    ) -> Result<Response<pb::ReloadResponse>, Status> {
+        let Some(reloader) = self.state.reloader() else {
+            return Err(Error::ReloadUnavailable.into());
+        };
+        let outcome = tokio::task::spawn_blocking(move || reloader.reload())
+            .await
+            .map_err(|e| Error::ReloadRefused {
+                reason: format!("reload task failed: {e}"),
+            })?;
+        let report = outcome.map_err(|reason| Error::ReloadRefused { reason })?;
+        Ok(Response::new(pb::ReloadResponse {
+            applied: report.applied,
+            restart_required: report.restart_required,
+            path: report
+                .path
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+        }))
     }
 }

@@ -47,7 +47,7 @@ impl Advertised {
 }
 
 /// Where a session is in offer/answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum State {
     /// An offer from `offer_from` went out to the other side; its answer is awaited.
     AwaitingAnswer,
@@ -79,7 +79,7 @@ enum Pending {
 }
 
 /// The outcome of a request, as the API reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SessionView {
     /// The session (= call) id.
     pub call: CallId,
@@ -137,6 +137,123 @@ pub struct SessionTable {
     /// Suites XCC offers to clients, best first.
     client_suites: Vec<SrtpSuite>,
     table: Mutex<Table>,
+}
+
+/// A session's state as the call store keeps it, so that Update, Answer and Delete keep working
+/// after a restart. `a=crypto` attributes are kept in their SDP text form and parsed back.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoredSession {
+    /// The create request's side and SDP.
+    request: (LegSide, String),
+    /// The create response.
+    created: SessionView,
+    /// Current view.
+    view: SessionView,
+    /// Pending offer state.
+    pending: Option<StoredPending>,
+    /// XCC's current key on the client leg (`a=crypto` value).
+    client_ours: Option<String>,
+    /// The client leg's ICE credentials.
+    client_ice: Option<IceSetup>,
+    /// Whether an answer ever completed offer/answer.
+    answered: bool,
+    /// o= session id.
+    origin_id: u64,
+    /// o= versions per leg.
+    origin_version: [u64; 2],
+}
+
+impl StoredSession {
+    /// The session's call.
+    pub fn call(&self) -> CallId {
+        self.view.call
+    }
+}
+
+/// [`Pending`] with `a=crypto` values as text.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+enum StoredPending {
+    FromClient {
+        ours: String,
+        transport: String,
+        rtcp_mux: bool,
+        ice: Option<IceCredentials>,
+    },
+    FromPbx {
+        offered: Vec<String>,
+        ice: IceCredentials,
+    },
+}
+
+fn crypto_from_text(text: &str) -> Result<CryptoAttribute> {
+    CryptoAttribute::parse(text).map_err(|e| Error::in_field("stored a=crypto", e))
+}
+
+impl Session {
+    fn to_stored(&self) -> StoredSession {
+        StoredSession {
+            request: self.request.clone(),
+            created: self.created.clone(),
+            view: self.view.clone(),
+            pending: self.pending.as_ref().map(|p| match p {
+                Pending::FromClient {
+                    ours,
+                    transport,
+                    rtcp_mux,
+                    ice,
+                } => StoredPending::FromClient {
+                    ours: ours.to_string(),
+                    transport: transport.as_str().to_owned(),
+                    rtcp_mux: *rtcp_mux,
+                    ice: ice.clone(),
+                },
+                Pending::FromPbx { offered, ice } => StoredPending::FromPbx {
+                    offered: offered.iter().map(ToString::to_string).collect(),
+                    ice: ice.clone(),
+                },
+            }),
+            client_ours: self.client_ours.as_ref().map(ToString::to_string),
+            client_ice: self.client_ice.clone(),
+            answered: self.answered,
+            origin_id: self.origin_id,
+            origin_version: self.origin_version,
+        }
+    }
+
+    fn from_stored(s: StoredSession) -> Result<Self> {
+        let pending = match s.pending {
+            None => None,
+            Some(StoredPending::FromClient {
+                ours,
+                transport,
+                rtcp_mux,
+                ice,
+            }) => Some(Pending::FromClient {
+                ours: crypto_from_text(&ours)?,
+                transport: MediaTransport::from_proto(&transport),
+                rtcp_mux,
+                ice,
+            }),
+            Some(StoredPending::FromPbx { offered, ice }) => Some(Pending::FromPbx {
+                offered: offered
+                    .iter()
+                    .map(|t| crypto_from_text(t))
+                    .collect::<Result<_>>()?,
+                ice,
+            }),
+        };
+        Ok(Session {
+            request: s.request,
+            created: s.created,
+            view: s.view,
+            pending,
+            client_ours: s.client_ours.as_deref().map(crypto_from_text).transpose()?,
+            client_ice: s.client_ice,
+            answered: s.answered,
+            origin_id: s.origin_id,
+            origin_version: s.origin_version,
+        })
+    }
 }
 
 /// Things the caller should announce after a successful request.
@@ -213,6 +330,7 @@ impl SessionTable {
         };
         let allocated = self.media.allocate()?;
         let call = allocated.call;
+        let _span = crate::service::call_span(call).entered();
         let origin_id = call.0.wrapping_add(0x5843_4300_0000_0000);
         let mut session = Session {
             request: (from, sdp.to_owned()),
@@ -400,6 +518,24 @@ impl SessionTable {
         if let Some(session) = table.sessions.remove(&call) {
             table.by_key.remove(&session.view.idempotency_key);
         }
+    }
+
+    /// A session's state for the call store (`None`: no gRPC session drives this call).
+    pub fn export(&self, call: CallId) -> Option<StoredSession> {
+        self.lock().sessions.get(&call).map(Session::to_stored)
+    }
+
+    /// Takes a stored session back after a restart, once its call was restored in the media
+    /// plane; retries with its idempotency key are answered from it again.
+    pub fn restore(&self, stored: StoredSession) -> Result<()> {
+        let session = Session::from_stored(stored)?;
+        let call = session.view.call;
+        let mut table = self.lock();
+        table
+            .by_key
+            .insert(session.view.idempotency_key.clone(), call);
+        table.sessions.insert(call, session);
+        Ok(())
     }
 
     /// One session.
@@ -856,6 +992,37 @@ mod tests {
         let keys = media.leg(v.call, LegSide::Client).srtp.unwrap();
         assert_eq!(keys.outbound, offered.key);
         assert_eq!(keys.inbound, material(9));
+    }
+
+    #[test]
+    fn a_stored_pending_offer_is_answered_after_a_restore() {
+        let media = Recorder::with_capacity(4);
+        let before = table(media.clone());
+        let (v, _) = before.create("k", LegSide::Pbx, &pbx_sdp(6000)).unwrap();
+        let offered = crypto_in(&v.sdp);
+        // Through the store's serialization, into a table of a restarted daemon.
+        let json = serde_json::to_string(&before.export(v.call).unwrap()).unwrap();
+        let stored: StoredSession = serde_json::from_str(&json).unwrap();
+        assert_eq!(stored.call(), v.call);
+        let after = table(media.clone());
+        after.restore(stored).unwrap();
+        assert_eq!(after.get(v.call).unwrap(), v);
+        let crypto = format!(
+            "a=crypto:{} AES_CM_128_HMAC_SHA1_80 inline:{}\r\na=sendrecv\r\n",
+            offered.tag,
+            key_b64(9)
+        );
+        let (a, outcome) = after
+            .answer(v.call, &sdp("192.0.2.50", 5004, "RTP/SAVP", &crypto))
+            .unwrap();
+        assert_eq!((a.state, outcome), (State::Active, Outcome::Answered));
+        let keys = media.leg(v.call, LegSide::Client).srtp.unwrap();
+        assert_eq!(
+            keys.outbound, offered.key,
+            "the key XCC offered before the restart"
+        );
+        let (replayed, outcome) = after.create("k", LegSide::Pbx, &pbx_sdp(6000)).unwrap();
+        assert_eq!((replayed.call, outcome), (v.call, Outcome::Replayed));
     }
 
     #[test]

@@ -105,7 +105,7 @@ async fn health_is_not_serving_until_ready_and_while_draining() {
     assert_eq!(health(&ch).await, ServingStatus::Serving as i32);
 
     let mut satellite = pb::satellite_client::SatelliteClient::new(ch.clone());
-    satellite.drain(pb::DrainRequest {}).await.unwrap();
+    satellite.drain(pb::DrainRequest::default()).await.unwrap();
     assert_eq!(health(&ch).await, ServingStatus::NotServing as i32);
     let status = satellite
         .status(pb::StatusRequest {})

@@ -6,7 +6,7 @@
 //! The scripted peers (tests/b2bua_common) parse what XCC sends and build their answers, so
 //! their work is inside the measurement. Reference from the same run: parsing and serialising
 //! the 11 messages of one call (`Message::parse` + `to_bytes`), the least any SIP stack does.
-//! `held_1000` repeats the call while 1000 answered calls sit in the B2BUA.
+//! `held_1000`/`held_10000` repeat the call while that many answered calls sit in the B2BUA.
 //!
 //! `cargo bench -p xcc-sip --bench b2bua_call`
 
@@ -62,7 +62,7 @@ fn bench(c: &mut Criterion) {
             }
         });
     });
-    for held in [0usize, 1000] {
+    for held in [0usize, 1000, 10_000] {
         let mut h = Harness::default();
         for i in 0..held {
             established(&mut h, &format!("held-{i}"));

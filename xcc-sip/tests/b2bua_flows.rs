@@ -966,3 +966,235 @@ fn routes_and_record_route_are_followed_on_the_callers_dialog() {
     h.clear();
     h.settle_and_check();
 }
+
+#[test]
+fn cancelled_reinvite_is_487_cancelled_onwards_and_the_call_goes_on() {
+    let mut h = Harness::default();
+    let (mut server, mut pbx) = established(&mut h, "c1");
+    let via = h.via(Side::Server);
+    let re = server.new_request(Method::Invite, via, Bytes::from(SERVER_OFFER));
+    h.send(Side::Server, &re);
+    let out = h.request(Side::Pbx, Method::Invite);
+    pbx.handle_request(&out).unwrap();
+    h.reply(Side::Pbx, &out, 100, None, None);
+    let mut cancel = re.clone();
+    cancel.method = Method::Cancel;
+    cancel.headers.cseq.method = "CANCEL".into();
+    cancel.body = Bytes::new();
+    cancel.headers.content_type = None;
+    h.send(Side::Server, &cancel);
+    h.response(Side::Server, 487);
+    assert!(h.media.log.contains(&"abandon 1".to_owned()));
+    let c = h.request(Side::Pbx, Method::Cancel);
+    h.reply(Side::Pbx, &c, 200, None, None);
+    // The PBX had already accepted: its 200 is ACKed, nothing more reaches the server.
+    h.reply(Side::Pbx, &out, 200, None, Some(PBX_ANSWER));
+    h.request(Side::Pbx, Method::Ack);
+    assert_eq!(
+        h.count(
+            Side::Server,
+            |m| matches!(m, Message::Response(r) if r.status == 200)
+        ),
+        1,
+        "only the CANCEL's 200: {}",
+        h.dump()
+    );
+    assert_eq!(h.b2bua.calls(), 1);
+    assert!(h.media.pending.is_empty());
+    // A later re-INVITE works.
+    let via = h.via(Side::Server);
+    let re = server.new_request(Method::Invite, via, Bytes::from(SERVER_OFFER));
+    h.send(Side::Server, &re);
+    let out = h.request(Side::Pbx, Method::Invite);
+    h.reply(Side::Pbx, &out, 200, None, Some(PBX_ANSWER));
+    h.response(Side::Server, 200);
+    h.hangup(1, HangupReason::Api);
+    h.settle_and_check();
+}
+
+#[test]
+fn merged_invite_with_a_new_branch_is_482_and_the_call_goes_on() {
+    let mut h = Harness::default();
+    let inv = h.invite(Side::Server, "m1", Some(SERVER_OFFER), "");
+    h.request(Side::Pbx, Method::Invite);
+    let mut again = inv.clone();
+    again.headers.via[0] = h.via(Side::Server);
+    h.send(Side::Server, &again);
+    h.response(Side::Server, 482);
+    assert_eq!(
+        h.count(Side::Pbx, |_| true),
+        0,
+        "nothing new towards the PBX"
+    );
+    assert_eq!(h.b2bua.calls(), 1);
+    assert_eq!(h.media.live.len(), 1, "the live call keeps its media");
+    h.hangup(1, HangupReason::Api);
+    h.settle_and_check();
+}
+
+#[test]
+fn offerless_reinvite_is_answered_locally_with_the_last_sdp() {
+    let mut h = Harness::default();
+    let (mut server, _) = established(&mut h, "c1");
+    let via = h.via(Side::Server);
+    let re = server.new_request(Method::Invite, via, Bytes::new());
+    h.send(Side::Server, &re);
+    let ok = h.response(Side::Server, 200);
+    assert_eq!(
+        std::str::from_utf8(&ok.body).unwrap(),
+        FakeMedia::sdp(1, "answer"),
+        "the SDP XCC last gave the server"
+    );
+    assert_eq!(
+        h.count(Side::Pbx, |_| true),
+        0,
+        "a session refresh is not relayed"
+    );
+    assert!(!h.media.log.iter().any(|l| l.starts_with("reoffer")));
+    let via = h.via(Side::Server);
+    h.send(
+        Side::Server,
+        &server.ack(re.headers.cseq.seq, via, Bytes::new()),
+    );
+    h.clear();
+    h.advance(Duration::from_secs(5));
+    assert_eq!(
+        h.statuses(Side::Server),
+        Vec::<u16>::new(),
+        "ACKed: no retransmission"
+    );
+    h.hangup(1, HangupReason::Api);
+    h.settle_and_check();
+}
+
+#[test]
+fn update_is_answered_locally_and_out_of_order_cseq_is_500() {
+    let mut h = Harness::default();
+    let (_, mut pbx) = established(&mut h, "c1");
+    let via = h.via(Side::Pbx);
+    h.send(
+        Side::Pbx,
+        &pbx.new_request(Method::Update, via, Bytes::new()),
+    );
+    h.response(Side::Pbx, 200);
+    let via = h.via(Side::Pbx);
+    h.send(
+        Side::Pbx,
+        &pbx.new_request(Method::Update, via, Bytes::from(PBX_ANSWER)),
+    );
+    h.response(Side::Pbx, 488);
+    let via = h.via(Side::Pbx);
+    let mut stale = pbx.new_request(Method::Info, via, Bytes::new());
+    stale.headers.cseq.seq = 1;
+    h.send(Side::Pbx, &stale);
+    h.response(Side::Pbx, 500);
+    assert_eq!(h.count(Side::Server, |_| true), 0, "nothing relayed");
+    h.hangup(1, HangupReason::Api);
+    h.settle_and_check();
+}
+
+#[test]
+fn pbx_caller_cancels_and_the_server_leg_is_cancelled() {
+    let mut h = Harness::default();
+    let inv = h.invite(Side::Pbx, "p1", Some(PBX_ANSWER), "");
+    let out = h.request(Side::Server, Method::Invite);
+    h.reply(Side::Server, &out, 180, Some("s1"), None);
+    h.response(Side::Pbx, 180);
+    let mut cancel = inv.clone();
+    cancel.method = Method::Cancel;
+    cancel.headers.cseq.method = "CANCEL".into();
+    cancel.body = Bytes::new();
+    cancel.headers.content_type = None;
+    h.send(Side::Pbx, &cancel);
+    h.response(Side::Pbx, 487);
+    let c = h.request(Side::Server, Method::Cancel);
+    h.reply(Side::Server, &c, 200, None, None);
+    h.reply(Side::Server, &out, 487, Some("s1"), None);
+    h.request(Side::Server, Method::Ack);
+    assert_eq!(ended(&h), [EndReason::Cancelled]);
+    h.settle_and_check();
+}
+
+#[test]
+fn challenge_without_credentials_is_relayed() {
+    let mut h = Harness::default();
+    h.invite(Side::Server, "c1", Some(SERVER_OFFER), "");
+    let out = h.request(Side::Pbx, Method::Invite);
+    h.reply(Side::Pbx, &out, 401, Some("p1"), None);
+    h.response(Side::Server, 401);
+    assert_eq!(
+        h.count(
+            Side::Pbx,
+            |m| matches!(m, Message::Request(r) if r.method == Method::Invite)
+        ),
+        0,
+        "no retry without credentials"
+    );
+    h.settle_and_check();
+}
+
+#[test]
+fn relayed_info_that_times_out_is_408_to_its_sender() {
+    let mut h = Harness::default();
+    let (mut server, _) = established(&mut h, "c1");
+    let via = h.via(Side::Server);
+    h.send(
+        Side::Server,
+        &server.new_request(Method::Info, via, Bytes::new()),
+    );
+    h.request(Side::Pbx, Method::Info);
+    h.advance(Duration::from_secs(33)); // timer F
+    let r = h.response(Side::Server, 408);
+    assert_eq!(r.headers.cseq.method, "INFO");
+    assert_eq!(h.b2bua.calls(), 1, "an INFO failure does not end the call");
+    h.hangup(1, HangupReason::Api);
+    h.settle_and_check();
+}
+
+#[test]
+fn bye_on_the_early_dialog_acts_as_cancel() {
+    let mut h = Harness::default();
+    let inv = h.invite(Side::Server, "c1", Some(SERVER_OFFER), "");
+    let out = h.request(Side::Pbx, Method::Invite);
+    h.reply(Side::Pbx, &out, 180, Some("p1"), None);
+    let ringing = h.response(Side::Server, 180);
+    let mut early = uac_dialog(Side::Server, &inv, &ringing);
+    let via = h.via(Side::Server);
+    h.send(
+        Side::Server,
+        &early.new_request(Method::Bye, via, Bytes::new()),
+    );
+    h.response(Side::Server, 487);
+    let c = h.request(Side::Pbx, Method::Cancel);
+    h.reply(Side::Pbx, &c, 200, None, None);
+    h.reply(Side::Pbx, &out, 487, Some("p1"), None);
+    assert_eq!(ended(&h), [EndReason::Cancelled]);
+    h.settle_and_check();
+}
+
+#[test]
+fn a_forked_second_2xx_is_acked_and_byed_and_the_call_keeps_the_first() {
+    let mut h = Harness::default();
+    h.invite(Side::Server, "c1", Some(SERVER_OFFER), "");
+    let out = h.request(Side::Pbx, Method::Invite);
+    h.reply(Side::Pbx, &out, 200, Some("fork-a"), Some(PBX_ANSWER));
+    h.request(Side::Pbx, Method::Ack);
+    h.response(Side::Server, 200);
+    h.reply(Side::Pbx, &out, 200, Some("fork-b"), Some(PBX_ANSWER));
+    let ack = h.request(Side::Pbx, Method::Ack);
+    let bye = h.request(Side::Pbx, Method::Bye);
+    assert_eq!(ack.headers.to.tag(), Some("fork-b"));
+    assert_eq!(bye.headers.to.tag(), Some("fork-b"));
+    assert_eq!(h.b2bua.calls(), 1, "the first answer keeps the call");
+    assert_eq!(
+        h.count(
+            Side::Server,
+            |m| matches!(m, Message::Response(r) if r.status == 200)
+        ),
+        0
+    );
+    h.hangup(1, HangupReason::Api);
+    let bye_a = h.request(Side::Pbx, Method::Bye);
+    assert_eq!(bye_a.headers.to.tag(), Some("fork-a"));
+    h.settle_and_check();
+}

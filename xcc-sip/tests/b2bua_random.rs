@@ -25,6 +25,8 @@ use xcc_sip::{Message, Method, Request, Response};
 struct Peers {
     /// INVITEs the peers sent (initial ones), for CANCEL, retransmission and ACK of non-2xx.
     invites: Vec<(Side, Request)>,
+    /// Initial and re-INVITEs the peers sent, to CANCEL.
+    cancellable: Vec<(Side, Request)>,
     /// Requests XCC sent to the peers, to answer.
     inbox: Vec<(Side, Request)>,
     /// Dialogs the peers hold.
@@ -138,6 +140,7 @@ impl Peers {
                 let inv = h.invite(s, &id, sdp, extra);
                 self.history
                     .push((s, Message::Request(inv.clone()).to_bytes()));
+                self.cancellable.push((s, inv.clone()));
                 self.invites.push((s, inv));
             }
             12..40 => {
@@ -254,11 +257,14 @@ impl Peers {
                 if method == Method::Bye {
                     self.dialogs.swap_remove(i);
                 }
+                if method == Method::Invite {
+                    self.cancellable.push((s, req.clone()));
+                }
                 self.send(h, s, &req);
             }
             62..67 => {
-                // CANCEL an INVITE a peer sent.
-                let Some((s, inv)) = pick(rng, &self.invites).cloned() else {
+                // CANCEL an INVITE or re-INVITE a peer sent.
+                let Some((s, inv)) = pick(rng, &self.cancellable).cloned() else {
                     return;
                 };
                 let mut c = inv;

@@ -31,7 +31,7 @@ const UFRAG_LEN: usize = 8;
 const PWD_LEN: usize = 24;
 
 /// One side's ICE username fragment and password (`a=ice-ufrag`, `a=ice-pwd`).
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct IceCredentials {
     /// Username fragment; public, appears in every check.
     pub ufrag: String,

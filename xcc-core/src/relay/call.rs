@@ -106,6 +106,17 @@ impl Call {
         self.dirty = true;
     }
 
+    /// Restores one leg's latches and SRTP progress after a restart (after [`Call::configure`]).
+    pub fn resume_leg(
+        &mut self,
+        side: LegSide,
+        latched: (Option<SocketAddr>, Option<SocketAddr>),
+        srtp: &crate::media::LegSrtpProgress,
+    ) {
+        self.legs[side.index()].resume(latched.0, latched.1, srtp);
+        self.dirty = true;
+    }
+
     /// The transform applied to media arriving on `src`.
     pub fn transform(&self, src: LegSide) -> Transform {
         self.transforms[src.index()]
@@ -253,6 +264,7 @@ impl Call {
             latched: l.latched_rtp(),
             latched_rtcp: l.latched_rtcp(),
             quality: l.monitor().snapshot(),
+            srtp: l.srtp_progress(),
         };
         CallState {
             legs: [leg(&self.legs[0]), leg(&self.legs[1])],

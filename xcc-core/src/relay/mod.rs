@@ -7,6 +7,7 @@
 
 pub mod call;
 pub(crate) mod published;
+pub(crate) mod totals;
 pub(crate) mod worker;
 
 use std::sync::Arc;
@@ -28,6 +29,8 @@ pub(crate) struct NewCall {
     pub created: SystemTime,
     /// Where the control plane reads the worker's counters.
     pub published: Arc<published::Published>,
+    /// For a call restored after a restart: configuration, latches and SRTP progress per leg.
+    pub resume: Option<Box<[crate::media::LegResume; 2]>>,
 }
 
 /// Control plane to worker.

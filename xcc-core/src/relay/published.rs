@@ -7,15 +7,21 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 
-use crate::media::{DropCounters, LegCounters};
+use crate::media::{DropCounters, LegCounters, LegSrtpProgress};
 use crate::quality::{Limit, LimitSet, PeerView, QualitySnapshot};
+use crate::srtp::{ContextProgress, StreamIndex};
 
 /// Words per published address: tag and port, then up to 128 bits of IP.
 const ADDR_WORDS: usize = 3;
-/// Words per leg: counters, latched RTP, latched RTCP, quality.
-const LEG_WORDS: usize = COUNTER_WORDS + 2 * ADDR_WORDS + QUALITY_WORDS;
+/// Words per leg: counters, latched RTP, latched RTCP, quality, SRTP progress.
+const LEG_WORDS: usize = COUNTER_WORDS + 2 * ADDR_WORDS + QUALITY_WORDS + SRTP_WORDS;
+/// SRTP progress: four streams (inbound RTP/RTCP, outbound RTP/RTCP), each a presence-and-SSRC
+/// word and an index word.
+const SRTP_WORDS: usize = 8;
+/// Where the SRTP words start inside a leg.
+const SRTP_AT: usize = COUNTER_WORDS + 2 * ADDR_WORDS + QUALITY_WORDS;
 /// Counter fields of [`LegCounters`] including drops.
-const COUNTER_WORDS: usize = 14;
+pub(crate) const COUNTER_WORDS: usize = 14;
 /// Words of a [`QualitySnapshot`]: a presence mask for the optional values, the limit sets, then
 /// one word per number (floats as their bits).
 const QUALITY_WORDS: usize = 22;
@@ -33,6 +39,8 @@ pub(crate) struct LegState {
     pub latched_rtcp: Option<SocketAddr>,
     /// The leg monitor's figures.
     pub quality: QualitySnapshot,
+    /// Where the SRTP contexts stand (ROC and index per direction), for the store.
+    pub srtp: LegSrtpProgress,
 }
 
 /// What the worker publishes about one call.
@@ -114,32 +122,60 @@ impl Published {
 fn encode(state: &CallState) -> [u64; CALL_WORDS] {
     let mut out = [0u64; CALL_WORDS];
     for (leg, chunk) in state.legs.iter().zip(out.chunks_exact_mut(LEG_WORDS)) {
-        let c = &leg.counters;
-        let d = &c.drops;
-        let counters = [
-            c.packets_in,
-            c.bytes_in,
-            c.packets_out,
-            c.bytes_out,
-            c.rtcp_in,
-            c.rtcp_out,
-            c.rtcp_malformed,
-            d.auth_failure,
-            d.replay,
-            d.stranger,
-            d.malformed,
-            d.no_route,
-            d.stray,
-            d.send_error,
-        ];
-        chunk[..COUNTER_WORDS].copy_from_slice(&counters);
+        chunk[..COUNTER_WORDS].copy_from_slice(&counter_words(&leg.counters));
         chunk[COUNTER_WORDS..COUNTER_WORDS + ADDR_WORDS].copy_from_slice(&encode_addr(leg.latched));
         chunk[COUNTER_WORDS + ADDR_WORDS..COUNTER_WORDS + 2 * ADDR_WORDS]
             .copy_from_slice(&encode_addr(leg.latched_rtcp));
-        chunk[COUNTER_WORDS + 2 * ADDR_WORDS..].copy_from_slice(&encode_quality(&leg.quality));
+        chunk[COUNTER_WORDS + 2 * ADDR_WORDS..SRTP_AT]
+            .copy_from_slice(&encode_quality(&leg.quality));
+        chunk[SRTP_AT..].copy_from_slice(&encode_srtp(&leg.srtp));
     }
     out[CALL_WORDS - 1] = state.last_media_nanos;
     out
+}
+
+/// [`LegCounters`] as words, in a fixed order shared with [`counters_from_words`].
+pub(crate) fn counter_words(c: &LegCounters) -> [u64; COUNTER_WORDS] {
+    let d = &c.drops;
+    [
+        c.packets_in,
+        c.bytes_in,
+        c.packets_out,
+        c.bytes_out,
+        c.rtcp_in,
+        c.rtcp_out,
+        c.rtcp_malformed,
+        d.auth_failure,
+        d.replay,
+        d.stranger,
+        d.malformed,
+        d.no_route,
+        d.stray,
+        d.send_error,
+    ]
+}
+
+/// Inverse of [`counter_words`]; `w` holds at least [`COUNTER_WORDS`] words.
+pub(crate) fn counters_from_words(w: &[u64]) -> LegCounters {
+    let w = |i: usize| w.get(i).copied().unwrap_or(0);
+    LegCounters {
+        packets_in: w(0),
+        bytes_in: w(1),
+        packets_out: w(2),
+        bytes_out: w(3),
+        rtcp_in: w(4),
+        rtcp_out: w(5),
+        rtcp_malformed: w(6),
+        drops: DropCounters {
+            auth_failure: w(7),
+            replay: w(8),
+            stranger: w(9),
+            malformed: w(10),
+            no_route: w(11),
+            stray: w(12),
+            send_error: w(13),
+        },
+    }
 }
 
 fn decode(words: &[u64; CALL_WORDS]) -> CallState {
@@ -148,29 +184,12 @@ fn decode(words: &[u64; CALL_WORDS]) -> CallState {
         ..CallState::default()
     };
     for (leg, chunk) in state.legs.iter_mut().zip(words.chunks_exact(LEG_WORDS)) {
-        let w = |i: usize| chunk[i];
-        leg.counters = LegCounters {
-            packets_in: w(0),
-            bytes_in: w(1),
-            packets_out: w(2),
-            bytes_out: w(3),
-            rtcp_in: w(4),
-            rtcp_out: w(5),
-            rtcp_malformed: w(6),
-            drops: DropCounters {
-                auth_failure: w(7),
-                replay: w(8),
-                stranger: w(9),
-                malformed: w(10),
-                no_route: w(11),
-                stray: w(12),
-                send_error: w(13),
-            },
-        };
+        leg.counters = counters_from_words(&chunk[..COUNTER_WORDS]);
         leg.latched = decode_addr(&chunk[COUNTER_WORDS..COUNTER_WORDS + ADDR_WORDS]);
         leg.latched_rtcp =
             decode_addr(&chunk[COUNTER_WORDS + ADDR_WORDS..COUNTER_WORDS + 2 * ADDR_WORDS]);
-        leg.quality = decode_quality(&chunk[COUNTER_WORDS + 2 * ADDR_WORDS..]);
+        leg.quality = decode_quality(&chunk[COUNTER_WORDS + 2 * ADDR_WORDS..SRTP_AT]);
+        leg.srtp = decode_srtp(&chunk[SRTP_AT..]);
     }
     state
 }
@@ -283,6 +302,45 @@ fn decode_quality(w: &[u64]) -> QualitySnapshot {
     }
 }
 
+/// Presence bit of a stream in its SSRC word.
+const STREAM_PRESENT: u64 = 1 << 32;
+
+fn encode_srtp(p: &LegSrtpProgress) -> [u64; SRTP_WORDS] {
+    let streams = [
+        p.inbound.rtp,
+        p.inbound.rtcp,
+        p.outbound.rtp,
+        p.outbound.rtcp,
+    ];
+    let mut out = [0u64; SRTP_WORDS];
+    for (w, s) in out.chunks_exact_mut(2).zip(streams) {
+        if let Some(s) = s {
+            w[0] = STREAM_PRESENT | u64::from(s.ssrc);
+            w[1] = s.index;
+        }
+    }
+    out
+}
+
+fn decode_srtp(w: &[u64]) -> LegSrtpProgress {
+    let stream = |i: usize| {
+        (w[2 * i] & STREAM_PRESENT != 0).then(|| StreamIndex {
+            ssrc: w[2 * i] as u32,
+            index: w[2 * i + 1],
+        })
+    };
+    LegSrtpProgress {
+        inbound: ContextProgress {
+            rtp: stream(0),
+            rtcp: stream(1),
+        },
+        outbound: ContextProgress {
+            rtp: stream(2),
+            rtcp: stream(3),
+        },
+    }
+}
+
 fn encode_addr(addr: Option<SocketAddr>) -> [u64; ADDR_WORDS] {
     match addr {
         None => [0; ADDR_WORDS],
@@ -326,6 +384,14 @@ mod tests {
         st.legs[1].counters.drops.stranger = u64::MAX;
         st.legs[1].latched_rtcp = Some("[2001:db8::1]:65535".parse().unwrap());
         st.legs[0].counters.rtcp_malformed = 2;
+        st.legs[1].srtp.outbound.rtp = Some(StreamIndex {
+            ssrc: 0,
+            index: (7 << 16) | 65535,
+        });
+        st.legs[1].srtp.inbound.rtcp = Some(StreamIndex {
+            ssrc: u32::MAX,
+            index: 64,
+        });
         let mut broken = LimitSet::EMPTY;
         broken.insert(Limit::Jitter);
         st.legs[1].quality = QualitySnapshot {

@@ -16,12 +16,13 @@ use mio::{Events, Interest, Poll, Token};
 
 use crate::ids::{CallId, LegSide};
 use crate::leg::{LatchPolicy, LocalPort};
-use crate::media::{EndReason, LegPorts, MediaEvent};
+use crate::media::{EndReason, LegCounters, LegPorts, MediaEvent};
 use crate::nat::ice::MAX_RESPONSE_LEN;
 use crate::nat::stun::is_stun;
-use crate::quality::MonitorConfig;
+use crate::quality::{MonitorConfig, QualityEvent, VoipEvent};
 use crate::relay::call::{Call, CallTimers};
 use crate::relay::published::Published;
+use crate::relay::totals::{WorkerTotals, add_counters};
 use crate::relay::{Command, Freed, NewCall};
 
 /// Token of the waker; socket tokens are `slot * 4 + socket`.
@@ -59,6 +60,9 @@ pub(crate) struct WorkerSetup {
     pub local_ip: IpAddr,
     /// Bumped once per tick; read by [`crate::media::MediaControl::worker_heartbeats`].
     pub heartbeat: Arc<AtomicU64>,
+    /// Traffic since start (ended calls plus live ones), published once per tick; read by
+    /// [`crate::media::MediaControl::worker_stats`].
+    pub totals: Arc<WorkerTotals>,
 }
 
 /// A call as a worker holds it.
@@ -101,6 +105,10 @@ struct Worker {
     stun_out: [u8; MAX_RESPONSE_LEN],
     /// Stop after this loop iteration.
     stopping: bool,
+    /// Final counters (both legs) of every call this worker ended.
+    retired: LegCounters,
+    /// Calls this worker ended.
+    calls_ended: u64,
 }
 
 /// Runs a worker until it receives [`Command::Shutdown`] or the control plane is gone.
@@ -115,6 +123,8 @@ pub(crate) fn run(setup: WorkerSetup) {
         buf: vec![0u8; BUF_LEN].into_boxed_slice(),
         stun_out: [0u8; MAX_RESPONSE_LEN],
         stopping: false,
+        retired: LegCounters::default(),
+        calls_ended: 0,
     };
     tracing::debug!(worker = w.setup.index, "media worker started");
     let mut events = Events::with_capacity(1024);
@@ -262,6 +272,7 @@ impl Worker {
             ports,
             created,
             published,
+            resume,
         } = new;
         let i = self.free_slots.pop().unwrap_or_else(|| {
             self.slots.push(None);
@@ -273,12 +284,20 @@ impl Worker {
                 tracing::error!(call = %id, error = %e, "cannot register media socket");
             }
         }
-        let call = Call::with_quality(
+        let mut call = Call::with_quality(
             now,
             self.setup.timers,
             self.setup.policy,
             self.setup.quality,
         );
+        if let Some(legs) = resume {
+            for (side, leg) in [LegSide::Client, LegSide::Pbx].into_iter().zip(legs.iter()) {
+                if let Some(config) = &leg.config {
+                    call.configure(side, config.clone(), now);
+                    call.resume_leg(side, (leg.latched_rtp, leg.latched_rtcp), &leg.srtp);
+                }
+            }
+        }
         published.write(&call.state(self.setup.epoch));
         self.slots[i] = Some(Slot {
             id,
@@ -304,18 +323,36 @@ impl Worker {
             }
             slot.call.handle_timeout(now);
             while let Some((side, event)) = slot.call.poll_quality_event() {
-                tracing::info!(call = %slot.id, ?side, ?event, "media quality");
+                let _span = tracing::info_span!("call", id = slot.id.0).entered();
+                tracing::info!(?side, ?event, "media quality");
                 // Rare (hysteresis: at most one per limit and direction every few seconds).
+                let QualityEvent::VoipReady(
+                    VoipEvent::LimitCrossed { limit, .. } | VoipEvent::LimitRecovered { limit, .. },
+                ) = event;
+                let threshold = self.setup.quality.voip_ready.limits.of(limit);
                 let _ = self.setup.events.send(MediaEvent::Quality {
                     call: slot.id,
                     side,
                     event,
+                    threshold,
                 });
             }
             if slot.call.take_dirty() {
                 slot.published.write(&slot.call.state(self.setup.epoch));
             }
         }
+        self.publish_totals();
+    }
+
+    /// Publishes retired + live counters (off the packet path: once per tick, O(calls)).
+    fn publish_totals(&self) {
+        let mut sum = self.retired;
+        for slot in self.slots.iter().flatten() {
+            for side in [LegSide::Client, LegSide::Pbx] {
+                add_counters(&mut sum, slot.call.leg(side).counters());
+            }
+        }
+        self.setup.totals.store(&sum, self.calls_ended);
     }
 
     /// Ends every call.
@@ -336,6 +373,10 @@ impl Worker {
         self.by_id.remove(&slot.id);
         let state = slot.call.state(self.setup.epoch);
         let quality = slot.call.quality(now);
+        for side in [LegSide::Client, LegSide::Pbx] {
+            add_counters(&mut self.retired, slot.call.leg(side).counters());
+        }
+        self.calls_ended += 1;
         slot.published.write(&state);
         slot.published.set_ended();
         let last = crate::media::snapshot_of(
@@ -359,8 +400,8 @@ impl Worker {
             rtp_ports: [slot.ports[0].rtp, slot.ports[1].rtp],
             at: now,
         });
+        let _span = tracing::info_span!("call", id = slot.id.0).entered();
         tracing::info!(
-            call = %slot.id,
             ?reason,
             mos = ?quality.mos,
             client_broken = ?quality.legs[0].voip_ready.broken(),

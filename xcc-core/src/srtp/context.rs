@@ -21,7 +21,7 @@ const SRTCP_HMAC_TAG_LEN: usize = 10;
 /// SRTCP is always authenticated (RFC 3711 §3.4). The AEAD suites always authenticate RTP too;
 /// without encryption they authenticate the whole packet as associated data, as RFC 7714 does for
 /// tag-only SRTCP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SrtpPolicy {
     /// Encrypt RTP payloads (cleared by `UNENCRYPTED_SRTP`).
     pub encrypt_rtp: bool,
@@ -38,6 +38,51 @@ impl Default for SrtpPolicy {
             encrypt_rtp: true,
             encrypt_rtcp: true,
             authenticate_rtp: true,
+        }
+    }
+}
+
+/// A checkpoint of an SRTP index is taken whenever the index crosses a multiple of
+/// `2^RTP_CHECKPOINT_BITS` (every ROC change included): a context resumed from it is then less
+/// than 2^14 packets behind, well inside the ±2^15 that the RFC 3711 §3.3.1 index estimate
+/// tolerates, so the ROC is always guessed right.
+pub const RTP_CHECKPOINT_BITS: u32 = 14;
+/// The same for SRTCP indices (one RTCP packet every few seconds: a checkpoint every 64).
+pub const RTCP_CHECKPOINT_BITS: u32 = 6;
+
+/// One stream's position: its SSRC and the highest packet index (48-bit SRTP, 31-bit SRTCP)
+/// accepted or sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct StreamIndex {
+    /// The stream.
+    pub ssrc: u32,
+    /// Highest index; for SRTP, ROC in bits 16.. and the sequence number in bits ..16.
+    pub index: u64,
+}
+
+/// Where one context stands, enough to resume it after a restart without reusing keystream
+/// (sending side) or misjudging the ROC (receiving side). Only the most recently used SSRC of
+/// each kind is kept: a leg normally carries one per direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct ContextProgress {
+    /// SRTP stream.
+    pub rtp: Option<StreamIndex>,
+    /// SRTCP stream.
+    pub rtcp: Option<StreamIndex>,
+}
+
+impl ContextProgress {
+    /// The progress rounded down to its checkpoint ([`RTP_CHECKPOINT_BITS`],
+    /// [`RTCP_CHECKPOINT_BITS`]): it changes rarely (every 16384 RTP packets, every ROC change, a
+    /// new SSRC), so a store can persist it on change without writing per packet.
+    pub fn checkpoint(&self) -> Self {
+        let floor = |s: StreamIndex, bits: u32| StreamIndex {
+            ssrc: s.ssrc,
+            index: s.index >> bits << bits,
+        };
+        Self {
+            rtp: self.rtp.map(|s| floor(s, RTP_CHECKPOINT_BITS)),
+            rtcp: self.rtcp.map(|s| floor(s, RTCP_CHECKPOINT_BITS)),
         }
     }
 }
@@ -199,6 +244,66 @@ impl SrtpContext {
     /// Bytes `protect_rtcp` appends: SRTCP index word and tag (`suite().rtcp_overhead()`).
     pub fn rtcp_overhead(&self) -> usize {
         SRTCP_TRAILER_LEN + self.rtcp_tag_len
+    }
+
+    /// Progress of the sending side (protect): what [`resume_send`](Self::resume_send) takes.
+    pub fn send_progress(&self) -> ContextProgress {
+        ContextProgress {
+            rtp: self.send_rtp.most_recent().map(|(ssrc, w)| StreamIndex {
+                ssrc,
+                index: w.highest,
+            }),
+            rtcp: self.send_rtcp.most_recent().map(|(ssrc, i)| StreamIndex {
+                ssrc,
+                index: u64::from(i),
+            }),
+        }
+    }
+
+    /// Progress of the receiving side (unprotect): what [`resume_recv`](Self::resume_recv) takes.
+    pub fn recv_progress(&self) -> ContextProgress {
+        let of = |t: &SsrcTable<ReplayWindow>| {
+            t.most_recent().map(|(ssrc, w)| StreamIndex {
+                ssrc,
+                index: w.highest,
+            })
+        };
+        ContextProgress {
+            rtp: of(&self.recv_rtp),
+            rtcp: of(&self.recv_rtcp),
+        }
+    }
+
+    /// Resumes the sending side of a fresh context from a checkpoint taken before a restart.
+    ///
+    /// SRTP: the index estimate continues from the checkpoint, so the sequence numbers that follow
+    /// get the ROC the receiver expects. SRTCP: indices jump one checkpoint step past it, beyond
+    /// any index sent before the restart, so none is reused.
+    pub fn resume_send(&mut self, p: &ContextProgress) {
+        if let Some(s) = p.rtp.filter(|s| s.index <= MAX_SRTP_INDEX) {
+            self.send_rtp
+                .insert(s.ssrc, ReplayWindow::starting_at(s.index));
+        }
+        if let Some(s) = p.rtcp {
+            let next = s.index.saturating_add(1 << RTCP_CHECKPOINT_BITS);
+            let next = u32::try_from(next)
+                .unwrap_or(MAX_SRTCP_INDEX)
+                .min(MAX_SRTCP_INDEX);
+            self.send_rtcp.insert(s.ssrc, next);
+        }
+    }
+
+    /// Resumes the receiving side of a fresh context from a checkpoint: the ROC estimate starts
+    /// where the peer's stream was (not at 0), and older indices are refused as replays.
+    pub fn resume_recv(&mut self, p: &ContextProgress) {
+        if let Some(s) = p.rtp.filter(|s| s.index <= MAX_SRTP_INDEX) {
+            self.recv_rtp
+                .insert(s.ssrc, ReplayWindow::starting_at(s.index));
+        }
+        if let Some(s) = p.rtcp.filter(|s| s.index <= u64::from(MAX_SRTCP_INDEX)) {
+            self.recv_rtcp
+                .insert(s.ssrc, ReplayWindow::starting_at(s.index));
+        }
     }
 
     /// Turns the RTP packet in `buf[..len]` into SRTP in place; returns the new length.
@@ -501,5 +606,105 @@ mod tests {
             assert_eq!(ctx.rtp_overhead(), expected, "{suite:?}");
             assert_eq!(ctx.rtcp_overhead(), suite.rtcp_overhead(), "{suite:?}");
         }
+    }
+
+    fn rtp(seq: u16) -> [u8; 32] {
+        let mut p = [0u8; 32];
+        p[..12].copy_from_slice(&[0x80, 0, 0, 0, 0, 0, 0, 160, 0xca, 0xfe, 0xba, 0xbe]);
+        p[2..4].copy_from_slice(&seq.to_be_bytes());
+        p[12..20].copy_from_slice(&seq.to_be_bytes().repeat(4));
+        p
+    }
+
+    /// Protects packets `seqs` with `tx` and unprotects them with `rx`; returns how many failed.
+    fn relay(tx: &mut SrtpContext, rx: &mut SrtpContext, seqs: impl Iterator<Item = u16>) -> usize {
+        let mut failed = 0;
+        for seq in seqs {
+            let mut buf = [0u8; 64];
+            buf[..32].copy_from_slice(&rtp(seq));
+            let len = tx.protect_rtp(&mut buf, 32).unwrap();
+            match rx.unprotect_rtp(&mut buf, len) {
+                Ok(n) => assert_eq!(buf[..n], rtp(seq)),
+                Err(_) => failed += 1,
+            }
+        }
+        failed
+    }
+
+    /// Two full wraps: ROC 2 at the checkpoint.
+    fn to_roc_2(tx: &mut SrtpContext, rx: &mut SrtpContext) {
+        let seqs = (0..2u32 * 65536 + 1000).map(|i| i as u16);
+        assert_eq!(relay(tx, rx, seqs), 0);
+    }
+
+    #[test]
+    fn resumed_sender_keeps_the_roc_the_receiver_expects() {
+        let km = KeyingMaterial::generate(SrtpSuite::AesCm128HmacSha1_80);
+        let policy = SrtpPolicy::default();
+        let (mut tx, mut rx) = (SrtpContext::new(&km, policy), SrtpContext::new(&km, policy));
+        to_roc_2(&mut tx, &mut rx);
+        let cp = tx.send_progress().checkpoint();
+        assert_eq!(cp.rtp.map(|s| s.index >> 16), Some(2), "{cp:?}");
+        // A restart: a fresh sender resumed from the checkpoint continues the stream.
+        let mut resumed = SrtpContext::new(&km, policy);
+        resumed.resume_send(&cp);
+        assert_eq!(relay(&mut resumed, &mut rx, 1100..1200), 0);
+        // Without the checkpoint the sender would start at ROC 0: the receiver refuses all.
+        let mut fresh = SrtpContext::new(&km, policy);
+        assert_eq!(relay(&mut fresh, &mut rx, 1300..1400), 100);
+    }
+
+    #[test]
+    fn resumed_receiver_keeps_the_senders_roc_and_refuses_old_indices() {
+        let km = KeyingMaterial::generate(SrtpSuite::AeadAes128Gcm);
+        let policy = SrtpPolicy::default();
+        let (mut tx, mut rx) = (SrtpContext::new(&km, policy), SrtpContext::new(&km, policy));
+        to_roc_2(&mut tx, &mut rx);
+        let cp = rx.recv_progress().checkpoint();
+        let mut resumed = SrtpContext::new(&km, policy);
+        resumed.resume_recv(&cp);
+        let mut fresh = SrtpContext::new(&km, policy);
+        // The same packets to both: only the resumed receiver guesses ROC 2.
+        let mut ok = [0usize; 2];
+        for seq in 1100..1200u16 {
+            let mut buf = [0u8; 64];
+            buf[..32].copy_from_slice(&rtp(seq));
+            let len = tx.protect_rtp(&mut buf, 32).unwrap();
+            let copy = buf;
+            ok[0] += usize::from(resumed.unprotect_rtp(&mut buf, len).is_ok());
+            let mut buf = copy;
+            ok[1] += usize::from(fresh.unprotect_rtp(&mut buf, len).is_ok());
+        }
+        assert_eq!(ok, [100, 0]);
+    }
+
+    #[test]
+    fn resumed_srtcp_sender_never_reuses_an_index() {
+        let km = KeyingMaterial::generate(SrtpSuite::AesCm128HmacSha1_80);
+        let policy = SrtpPolicy::default();
+        let mut tx = SrtpContext::new(&km, policy);
+        let mut rx = SrtpContext::new(&km, policy);
+        let rr = [
+            0x81u8, 201, 0, 7, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            0, 0, 0, 0, 0,
+        ];
+        let mut send = |tx: &mut SrtpContext| {
+            let mut buf = [0u8; 96];
+            buf[..32].copy_from_slice(&rr);
+            let len = tx.protect_rtcp(&mut buf, 32).unwrap();
+            rx.unprotect_rtcp(&mut buf, len).is_ok()
+        };
+        for _ in 0..100 {
+            assert!(send(&mut tx));
+        }
+        let cp = tx.send_progress().checkpoint();
+        // 100 sent, checkpoint floored to 64: more were sent after it than it says.
+        assert_eq!(cp.rtcp.map(|s| s.index), Some(64));
+        let mut resumed = SrtpContext::new(&km, policy);
+        resumed.resume_send(&cp);
+        assert!(
+            send(&mut resumed),
+            "the next index is beyond every index sent before"
+        );
     }
 }

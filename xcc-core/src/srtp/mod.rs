@@ -19,7 +19,10 @@ mod stream;
 #[cfg(test)]
 mod tests;
 
-pub use context::{SrtpContext, SrtpPolicy};
+pub use context::{
+    ContextProgress, RTCP_CHECKPOINT_BITS, RTP_CHECKPOINT_BITS, SrtpContext, SrtpPolicy,
+    StreamIndex,
+};
 pub use error::SrtpError;
 
 /// The SRTP crypto suites XCC negotiates in SDES `a=crypto` lines, best first.
@@ -106,8 +109,11 @@ impl SrtpSuite {
 
 /// Master key and salt for one direction of one leg, as carried in an `a=crypto` inline key.
 ///
-/// Fixed-size storage so contexts can be built without touching the heap.
-#[derive(Clone, PartialEq, Eq)]
+/// Fixed-size storage so contexts can be built without touching the heap. Serialized (for the
+/// call store) as the suite and the base64 key||salt, the `a=crypto` inline form; deserializing
+/// checks the lengths again.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(into = "StoredKey", try_from = "StoredKey")]
 pub struct KeyingMaterial {
     /// Which transform the key is for; decides the valid lengths.
     pub suite: SrtpSuite,
@@ -160,6 +166,40 @@ impl KeyingMaterial {
     /// The master salt.
     pub fn salt(&self) -> &[u8] {
         &self.salt[..self.suite.salt_len()]
+    }
+}
+
+/// [`KeyingMaterial`] as stored: suite and base64 `key || salt`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredKey {
+    suite: SrtpSuite,
+    inline: String,
+}
+
+impl From<KeyingMaterial> for StoredKey {
+    fn from(k: KeyingMaterial) -> Self {
+        use base64::Engine as _;
+        let mut both = Vec::with_capacity(46);
+        both.extend_from_slice(k.key());
+        both.extend_from_slice(k.salt());
+        StoredKey {
+            suite: k.suite,
+            inline: base64::engine::general_purpose::STANDARD.encode(both),
+        }
+    }
+}
+
+impl TryFrom<StoredKey> for KeyingMaterial {
+    type Error = crate::Error;
+    fn try_from(s: StoredKey) -> crate::Result<Self> {
+        use base64::Engine as _;
+        let both = base64::engine::general_purpose::STANDARD
+            .decode(s.inline.as_bytes())
+            .map_err(|_| crate::Error::CryptoParse {
+                reason: "stored key is not base64",
+            })?;
+        let split = s.suite.key_len().min(both.len());
+        KeyingMaterial::new(s.suite, &both[..split], &both[split..])
     }
 }
 

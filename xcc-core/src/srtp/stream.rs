@@ -150,6 +150,15 @@ impl<S: Copy + Default> SsrcTable<S> {
         &mut slot.state
     }
 
+    /// The most recently used stream and its state, if any (what a restart resumes).
+    pub fn most_recent(&self) -> Option<(u32, S)> {
+        self.slots
+            .iter()
+            .filter(|s| s.live)
+            .max_by_key(|s| s.used)
+            .map(|s| (s.ssrc, s.state))
+    }
+
     /// Stores a new stream, in a free slot or over the least recently used one.
     pub fn insert(&mut self, ssrc: u32, state: S) -> usize {
         let free = self.slots.iter().position(|s| !s.live);

@@ -246,33 +246,16 @@ impl B2bua {
             return;
         }
         let Some(rv) = call.reinvite.take() else {
+            if (200..300).contains(&status) {
+                // The sender cancelled this re-INVITE but the far side accepted it anyway
+                // (RFC 3261 §9.1 race): complete its transaction; media stays as negotiated
+                // before (the offer was abandoned at the CANCEL).
+                self.ack_reinvite_2xx(now, side, id, &resp);
+            }
             return;
         };
         if (200..300).contains(&status) {
-            let Some(dialog) = call.leg_mut(side).dialog.as_mut() else {
-                return;
-            };
-            if let Some(c) = resp.headers.contact.first() {
-                // A 2xx to a re-INVITE refreshes the remote target (RFC 3261 §12.2.1.2).
-                dialog.remote_target = c.uri.clone();
-            }
-            let dest = compose::dialog_peer(
-                dialog,
-                match side {
-                    Side::Server => self.cfg.server.peer,
-                    Side::Pbx => self.cfg.pbx.peer,
-                },
-            );
-            let via = compose::via(
-                match side {
-                    Side::Server => &self.cfg.server,
-                    Side::Pbx => &self.cfg.pbx,
-                },
-                &mut self.rng,
-            );
-            let ack = dialog.ack(resp.headers.cseq.seq, via, Bytes::new());
-            let remote_tag = dialog.key.remote_tag.clone();
-            self.send_ack(now, side, ack, dest, &remote_tag);
+            self.ack_reinvite_2xx(now, side, id, &resp);
             let answer = match compose::sdp_body(&resp.headers, &resp.body) {
                 Some(Ok(sdp)) => media.answer(id, &sdp).map_err(|r| r.to_string()),
                 _ => Err("the 2xx to the re-INVITE carries no SDP".to_owned()),
@@ -328,6 +311,80 @@ impl B2bua {
         if status == 481 || status == 408 {
             // RFC 3261 §14.1: the dialog is gone on the other side.
             self.bye_call(now, id, None, EndReason::ReInviteFailed { status }, media);
+        }
+    }
+
+    /// ACKs a 2xx to a re-INVITE XCC sent on `side` and takes its Contact as the new remote
+    /// target (RFC 3261 §12.2.1.2).
+    fn ack_reinvite_2xx(&mut self, now: Instant, side: Side, id: CallId, resp: &Response) {
+        let cfg = super::config::side_of(&self.cfg, side);
+        let (default_peer, via) = (cfg.peer, compose::via(cfg, &mut self.rng));
+        let Some(dialog) = self
+            .calls
+            .get_mut(&id)
+            .and_then(|c| c.leg_mut(side).dialog.as_mut())
+        else {
+            return;
+        };
+        if let Some(c) = resp.headers.contact.first() {
+            dialog.remote_target = c.uri.clone();
+        }
+        let dest = compose::dialog_peer(dialog, default_peer);
+        let ack = dialog.ack(resp.headers.cseq.seq, via, Bytes::new());
+        let remote_tag = dialog.key.remote_tag.clone();
+        self.send_ack(now, side, ack, dest, &remote_tag);
+    }
+
+    /// A CANCEL for a re-INVITE XCC is relaying (`side` sent both): 487 to it, the re-offer
+    /// abandoned (the session stays as it was, RFC 3261 §14.1), and CANCEL to the other side
+    /// when its re-INVITE is in Proceeding (otherwise its final response is simply absorbed).
+    pub(super) fn cancel_reinvite(
+        &mut self,
+        now: Instant,
+        side: Side,
+        invite: &TransactionKey,
+        media: &mut impl MediaSessions,
+    ) {
+        let Some(id) = self
+            .calls
+            .values()
+            .find(|c| {
+                c.reinvite
+                    .as_ref()
+                    .is_some_and(|r| r.from == side && r.server == *invite)
+            })
+            .map(|c| c.id)
+        else {
+            return;
+        };
+        let Some(rv) = self.calls.get_mut(&id).and_then(|c| c.reinvite.take()) else {
+            return;
+        };
+        media.abandon_offer(id);
+        self.respond(
+            now,
+            side,
+            &rv.server,
+            &rv.request,
+            487,
+            None,
+            None,
+            Vec::new(),
+        );
+        let other = side.other();
+        let relayed = self
+            .clients
+            .iter()
+            .find(|((s, _), c)| *s == other && matches!(c, Client::ReInvite(x) if *x == id))
+            .map(|((_, k), _)| k.clone());
+        if let Some(k) = relayed
+            && let Ok(Some(ck)) = self.endpoints[other.index()].cancel(now, &k)
+        {
+            *self.counters.sides[other.index()]
+                .requests_out
+                .entry("CANCEL".to_owned())
+                .or_default() += 1;
+            self.clients.insert((other, ck), Client::Fire);
         }
     }
 

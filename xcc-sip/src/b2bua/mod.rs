@@ -18,7 +18,8 @@ mod indialog;
 mod media;
 mod setup;
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::time::Instant;
 
 use rand::SeedableRng;
@@ -142,6 +143,12 @@ pub struct B2bua {
     clients: HashMap<(Side, TransactionKey), Client>,
     /// ACKs sent for 2xx, for re-ACKing retransmissions.
     acks: HashMap<AckKey, SentAck>,
+    /// `acks` by expiry, oldest first (expiries are monotonic: now + 64*T1).
+    ack_expiry: VecDeque<(Instant, AckKey)>,
+    /// Call deadlines (2xx retransmission, ACK wait, cancel linger), earliest first; pushed
+    /// whenever a call's deadline is set, checked against the call when popped (stale entries
+    /// are dropped), so wake-ups cost O(log n) instead of a scan of every call.
+    call_timers: BinaryHeap<Reverse<(Instant, CallId)>>,
     /// Lifecycle events for the daemon.
     events: VecDeque<B2buaEvent>,
     /// What is counted (the endpoints' malformed counts are added on read).
@@ -184,6 +191,8 @@ impl B2bua {
             invites_in: HashMap::new(),
             clients: HashMap::new(),
             acks: HashMap::new(),
+            ack_expiry: VecDeque::new(),
+            call_timers: BinaryHeap::new(),
             events: VecDeque::new(),
             counters: B2buaCounters::default(),
         }
@@ -222,16 +231,35 @@ impl B2bua {
                 self.send(now, side, probe, dest);
             }
         }
-        let due: Vec<CallId> = self
-            .calls
-            .values()
-            .filter(|c| c.deadline().is_some_and(|d| d <= now))
-            .map(|c| c.id)
-            .collect();
-        for id in due {
-            self.call_timeout(now, id, media);
+        let mut due = Vec::new();
+        while let Some(&Reverse((at, id))) = self.call_timers.peek() {
+            if at > now {
+                break;
+            }
+            self.call_timers.pop();
+            due.push(id);
         }
-        self.acks.retain(|_, a| a.until > now);
+        for id in due {
+            if self
+                .calls
+                .get(&id)
+                .and_then(Call::deadline)
+                .is_some_and(|d| d <= now)
+            {
+                self.call_timeout(now, id, media);
+                self.schedule_call(id);
+            }
+        }
+        while let Some((at, _)) = self.ack_expiry.front() {
+            if *at > now {
+                break;
+            }
+            if let Some((_, key)) = self.ack_expiry.pop_front()
+                && self.acks.get(&key).is_some_and(|a| a.until <= now)
+            {
+                self.acks.remove(&key);
+            }
+        }
         self.process(now, media);
     }
 
@@ -300,8 +328,8 @@ impl B2bua {
             .iter()
             .flatten()
             .map(OptionsMonitor::poll_timeout);
-        let calls = self.calls.values().filter_map(Call::deadline);
-        let acks = self.acks.values().map(|a| a.until);
+        let calls = self.call_timers.peek().map(|Reverse((at, _))| *at);
+        let acks = self.ack_expiry.front().map(|(at, _)| *at);
         endpoints.chain(monitors).chain(calls).chain(acks).min()
     }
 
@@ -352,6 +380,13 @@ impl B2bua {
     }
 
     // ----- internals shared by setup.rs and indialog.rs -----
+
+    /// Queues the call's current deadline (after it was set or moved).
+    fn schedule_call(&mut self, id: CallId) {
+        if let Some(at) = self.calls.get(&id).and_then(Call::deadline) {
+            self.call_timers.push(Reverse((at, id)));
+        }
+    }
 
     fn side_cfg(&self, side: Side) -> &SideConfig {
         config::side_of(&self.cfg, side)
@@ -406,8 +441,9 @@ impl B2bua {
             }
             EndpointEvent::Cancel { invite, .. } => {
                 self.count_request_in(side, &Method::Cancel);
-                if let Some(id) = self.invites_in.get(&(side, invite)).copied() {
-                    self.cancel_call(now, id, EndReason::Cancelled, media);
+                match self.invites_in.get(&(side, invite.clone())).copied() {
+                    Some(id) => self.cancel_call(now, id, EndReason::Cancelled, media),
+                    None => self.cancel_reinvite(now, side, &invite, media),
                 }
             }
             EndpointEvent::Ack { request, .. } => {
@@ -599,12 +635,14 @@ impl B2bua {
             ack.headers.cseq.seq,
             to_tag.to_owned(),
         );
+        let until = now + self.cfg.timers.t1x64();
+        self.ack_expiry.push_back((until, key.clone()));
         self.acks.insert(
             key,
             SentAck {
                 ack: ack.clone(),
                 dest,
-                until: now + self.cfg.timers.t1x64(),
+                until,
             },
         );
         self.send(now, side, ack, dest);

@@ -83,9 +83,11 @@ impl B2bua {
         };
         let id = offer.call;
         if self.calls.contains_key(&id) {
-            // The media plane handed out a live id: a bug there; do not release the other call.
-            tracing::error!(%id, "media plane returned the id of a live call");
-            return refuse(self, 500, Vec::new());
+            // The media plane replayed the session of `media_key` (same Call-ID and From tag as
+            // a live call): a merged request, the same INVITE reaching XCC by another path with
+            // a new branch (RFC 3261 §8.2.2.2). Refuse it; the live call keeps its media.
+            tracing::info!(%id, %side, "merged INVITE refused");
+            return refuse(self, 482, Vec::new());
         }
         let far = side.other();
         let invite_out = NewInvite {
@@ -379,6 +381,7 @@ impl B2bua {
                 give_up: now + t.t1x64(),
             });
         }
+        self.schedule_call(id);
     }
 
     /// Answers a 401/407 from the called side once with the configured credentials; false when
@@ -506,6 +509,7 @@ impl B2bua {
             call.cancel_wanted = !sent;
             call.phase = Phase::Cancelling { until };
         }
+        self.schedule_call(id);
     }
 
     /// A call timer fired: 2xx retransmission or its give-up, or the end of a cancelled call's

@@ -5,7 +5,7 @@
 //! Shared by `b2bua_flows.rs`, `b2bua_random.rs` and `benches/b2bua_call.rs`.
 #![allow(dead_code)]
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -81,6 +81,8 @@ pub struct FakeMedia {
     pub refuse_answer: Option<MediaRefusal>,
     /// Refuse re-offers with this.
     pub refuse_reoffer: Option<MediaRefusal>,
+    /// Idempotency keys of the offers, as the session table keeps them.
+    pub keys: HashMap<String, u64>,
     /// Pool size: offers beyond it are refused `Exhausted`.
     pub capacity: Option<usize>,
 }
@@ -105,8 +107,15 @@ impl FakeMedia {
 }
 
 impl MediaSessions for FakeMedia {
-    fn offer(&mut self, _key: &str, from: Side, _sdp: &str) -> Result<MediaOffer, MediaRefusal> {
+    fn offer(&mut self, key: &str, from: Side, _sdp: &str) -> Result<MediaOffer, MediaRefusal> {
         self.log.push(format!("offer {from}"));
+        // Idempotent like the session table: a live session's key replays it.
+        if let Some(id) = self.keys.get(key).filter(|id| self.live.contains(id)) {
+            return Ok(MediaOffer {
+                call: CallId(*id),
+                sdp: Self::sdp(*id, "offer"),
+            });
+        }
         if let Some(r) = self.refuse_offer.clone() {
             return Err(r);
         }
@@ -117,6 +126,7 @@ impl MediaSessions for FakeMedia {
         self.allocated += 1;
         self.live.insert(self.next);
         self.pending.insert(self.next);
+        self.keys.insert(key.to_owned(), self.next);
         Ok(MediaOffer {
             call: CallId(self.next),
             sdp: Self::sdp(self.next, "offer"),
@@ -450,6 +460,7 @@ impl Harness {
         assert_eq!(self.b2bua.calls(), 0, "calls left");
         assert_eq!(self.b2bua.table_sizes(), [0; 5], "B2BUA tables not empty");
         assert_eq!(self.b2bua.transactions(), [0, 0], "transactions left");
+        assert_eq!(self.b2bua.poll_timeout(), None, "timers left");
         assert!(
             self.media.live.is_empty(),
             "media not released: {:?}",

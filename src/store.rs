@@ -1,0 +1,792 @@
+//! The call store: what lets calls survive a crash or a restart of xccd.
+//!
+//! One file per call under `<[state] dir>/calls/`, `<call id>.call`: a header line
+//! `XCCCALL <version> <length> <crc32>` and a JSON body (ports, each leg's configuration with its
+//! SRTP keys, latched addresses, SRTP progress checkpoints, the gRPC session's offer/answer state,
+//! and an opaque signalling blob for the SIP layer). Files are written to `*.tmp`, fsynced, renamed
+//! over the old one and the directory fsynced, so a crash leaves either the old or the new record,
+//! never a mix. A file whose header, length, checksum or JSON is wrong is logged with its path,
+//! renamed `*.corrupt-<unix time>` and skipped; the other calls still resume.
+//!
+//! Nothing here runs on the packet path. A writer thread ([`spawn_writer`]) wakes on every control
+//! change ([`StoreHandle::poke`], sent by [`Persisting`] around the media plane) and at least every
+//! [`SYNC_EVERY`], reads what the workers published lock-free ([`MediaControl::resume_points`]),
+//! and rewrites a call's file only when its record changed: a control change, a new latch, or an
+//! SRTP index crossing a checkpoint (every 2^14 packets, every ROC change). Calls that ended are
+//! deleted at once.
+//!
+//! **SIP hook.** The B2BUA stores its dialog state per call with [`StoreHandle::set_signalling`]
+//! (opaque bytes; `None` clears it) and gets it back after a restart from [`Resumed::signalling`],
+//! after the call's media has been restored. It calls [`StoreHandle::poke`] after any change it
+//! wants on disk at once.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use xcc_core::ids::{CallId, LegSide};
+use xcc_core::media::{
+    AllocatedCall, CallSnapshot, LegConfig, LegPorts, LegResume, MediaControl, PoolStatus,
+    ResumePoint,
+};
+use xcc_grpc::media::MediaPlane;
+use xcc_grpc::session::{SessionTable, StoredSession};
+
+/// Format version written in every header; another version is set aside, not guessed at.
+pub const VERSION: u32 = 1;
+/// Magic word starting every call file.
+const MAGIC: &str = "XCCCALL";
+/// The writer looks for SRTP checkpoints, latches and ended calls at least this often.
+pub const SYNC_EVERY: Duration = Duration::from_millis(100);
+/// Largest call file read back (a call record is a few kilobytes).
+const MAX_FILE: u64 = 1 << 20;
+
+/// `[state]`: where the store lives.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StateConfig {
+    /// State directory (the unit's `StateDirectory=xcc`); calls are kept under `calls/`.
+    pub dir: PathBuf,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("/var/lib/xcc"),
+        }
+    }
+}
+
+/// Why the store failed; logged, never fatal (xccd runs on, calls just would not survive).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A file or directory operation failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A call file is not a valid record.
+    #[error("{}: {reason}", path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// One call as stored.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StoredCall {
+    /// Call id.
+    pub call: CallId,
+    /// Allocation time, milliseconds since the Unix epoch.
+    pub created_unix_ms: u64,
+    /// Ports per leg.
+    pub ports: [LegPorts; 2],
+    /// Per leg: configuration, latches, SRTP checkpoint.
+    pub legs: [LegResume; 2],
+    /// The gRPC session driving the call, if any.
+    pub session: Option<StoredSession>,
+    /// Opaque SIP dialog state (the B2BUA's), if any.
+    #[serde(with = "blob", default)]
+    pub signalling: Option<Vec<u8>>,
+}
+
+/// Base64 for the opaque blob.
+mod blob {
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(b) => s.serialize_some(&base64::engine::general_purpose::STANDARD.encode(b)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        let text: Option<String> = Option::deserialize(d)?;
+        text.map(|t| {
+            base64::engine::general_purpose::STANDARD
+                .decode(t)
+                .map_err(serde::de::Error::custom)
+        })
+        .transpose()
+    }
+}
+
+impl StoredCall {
+    /// The media plane's part.
+    pub fn resume_point(&self) -> ResumePoint {
+        ResumePoint {
+            call: self.call,
+            created: UNIX_EPOCH + Duration::from_millis(self.created_unix_ms),
+            ports: self.ports,
+            legs: self.legs.clone(),
+        }
+    }
+}
+
+/// Encodes a record as a call file.
+pub fn encode(call: &StoredCall) -> Vec<u8> {
+    // Serializing plain data structures with string keys cannot fail.
+    let body = serde_json::to_vec(call).unwrap_or_default();
+    let mut out = format!(
+        "{MAGIC} {VERSION} {} {:08x}\n",
+        body.len(),
+        crc32fast::hash(&body)
+    )
+    .into_bytes();
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Decodes a call file; the error says what is wrong (for the log line).
+pub fn decode(bytes: &[u8]) -> Result<StoredCall, String> {
+    let nl = bytes
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or("no header line")?;
+    let header = std::str::from_utf8(&bytes[..nl]).map_err(|_| "header is not text")?;
+    let mut fields = header.split(' ');
+    if fields.next() != Some(MAGIC) {
+        return Err("not a call file (bad magic)".into());
+    }
+    let version: u32 = fields
+        .next()
+        .and_then(|v| v.parse().ok())
+        .ok_or("bad version field")?;
+    if version != VERSION {
+        return Err(format!("version {version}, this xccd reads {VERSION}"));
+    }
+    let len: usize = fields
+        .next()
+        .and_then(|v| v.parse().ok())
+        .ok_or("bad length field")?;
+    let crc = fields
+        .next()
+        .and_then(|v| u32::from_str_radix(v, 16).ok())
+        .ok_or("bad checksum field")?;
+    let body = &bytes[nl + 1..];
+    if body.len() != len {
+        return Err(format!(
+            "truncated or padded: {} body bytes, header says {len}",
+            body.len()
+        ));
+    }
+    if crc32fast::hash(body) != crc {
+        return Err("checksum mismatch".into());
+    }
+    serde_json::from_slice(body).map_err(|e| format!("unreadable record: {e}"))
+}
+
+/// The open store: the `calls/` directory.
+#[derive(Debug)]
+pub struct Store {
+    /// `<dir>/calls`.
+    calls: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating, mode 0700) `<dir>/calls` and reads every stored call. Leftover `*.tmp`
+    /// files (a write cut by a crash; the previous record is intact) are removed; corrupt files
+    /// are logged and set aside as `*.corrupt-<unix time>`.
+    pub fn open(dir: &Path) -> Result<(Store, Vec<StoredCall>), StoreError> {
+        let calls = dir.join("calls");
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| StoreError::Io { path, source }
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&calls)
+            .map_err(io(&calls))?;
+        let mut found = Vec::new();
+        let mut names: Vec<PathBuf> = std::fs::read_dir(&calls)
+            .map_err(io(&calls))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        names.sort();
+        for path in names {
+            match path.extension().and_then(|e| e.to_str()) {
+                Some("tmp") => {
+                    let _ = std::fs::remove_file(&path);
+                }
+                Some("call") => match read_call(&path) {
+                    Ok(call) => found.push(call),
+                    Err(reason) => set_aside(&path, &reason),
+                },
+                _ => {}
+            }
+        }
+        let store = Store { calls };
+        store.sync_dir();
+        Ok((store, found))
+    }
+
+    fn path_of(&self, call: CallId) -> PathBuf {
+        self.calls.join(format!("{}.call", call.0))
+    }
+
+    /// Writes a record durably: temp file, fsync, rename, directory fsync.
+    pub fn write(&self, call: &StoredCall) -> Result<(), StoreError> {
+        let path = self.path_of(call.call);
+        let tmp = path.with_extension("tmp");
+        let io = |p: &Path| {
+            let p = p.to_owned();
+            move |source| StoreError::Io { path: p, source }
+        };
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            // SRTP keys are inside: owner only.
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io(&tmp))?;
+        f.write_all(&encode(call)).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+        drop(f);
+        std::fs::rename(&tmp, &path).map_err(io(&path))?;
+        self.sync_dir();
+        Ok(())
+    }
+
+    /// Deletes a call's record (the call ended); a missing file is fine.
+    pub fn remove(&self, call: CallId) -> Result<(), StoreError> {
+        let path = self.path_of(call);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                self.sync_dir();
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(StoreError::Io { path, source }),
+        }
+    }
+
+    /// Makes renames and unlinks durable.
+    fn sync_dir(&self) {
+        if let Err(e) = std::fs::File::open(&self.calls).and_then(|d| d.sync_all()) {
+            tracing::warn!(dir = %self.calls.display(), error = %e, "fsync of the store directory failed");
+        }
+    }
+}
+
+fn read_call(path: &Path) -> Result<StoredCall, String> {
+    let f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_FILE), &mut bytes)
+        .map_err(|e| e.to_string())?;
+    decode(&bytes)
+}
+
+fn set_aside(path: &Path, reason: &str) {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(format!(".corrupt-{secs}"));
+    let aside = PathBuf::from(aside);
+    match std::fs::rename(path, &aside) {
+        Ok(()) => tracing::error!(
+            path = %path.display(), moved_to = %aside.display(), reason,
+            "corrupt call record set aside; that call cannot resume"
+        ),
+        Err(e) => tracing::error!(
+            path = %path.display(), reason, error = %e,
+            "corrupt call record could not be moved aside"
+        ),
+    }
+}
+
+/// What the writer thread is told.
+#[derive(Debug)]
+enum Msg {
+    /// Something changed: sync now.
+    Poke,
+    /// The control plane released this call: delete its record now, never write it again; the
+    /// sender (if any) is told once the deletion is durable.
+    Released(CallId, Option<mpsc::SyncSender<()>>),
+    /// The SIP layer's blob for a call.
+    Signalling(CallId, Option<Vec<u8>>),
+    /// Final sync (after a drain, when ended calls must be deleted), then stop.
+    FinishAndStop,
+    /// Stop without touching the files (a fast stop: calls resume on the next start).
+    Stop,
+}
+
+/// How the control plane (gRPC sessions, SIP) tells the store about changes. Cheap to clone;
+/// when xccd runs without a store, every call is a no-op.
+#[derive(Debug, Clone)]
+pub struct StoreHandle {
+    tx: Option<mpsc::Sender<Msg>>,
+}
+
+impl StoreHandle {
+    /// A handle and the receiver [`spawn_writer`] takes.
+    pub fn channel() -> (StoreHandle, StoreInbox) {
+        let (tx, rx) = mpsc::channel();
+        (StoreHandle { tx: Some(tx) }, StoreInbox(rx))
+    }
+
+    /// A handle that stores nothing.
+    pub fn disabled() -> StoreHandle {
+        StoreHandle { tx: None }
+    }
+
+    fn send(&self, msg: Msg) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(msg);
+        }
+    }
+
+    /// A call's control state changed: write it now.
+    pub fn poke(&self) {
+        self.send(Msg::Poke);
+    }
+
+    /// A call was released by signalling: its record is deleted before this returns (bounded by
+    /// one second), so a crash right after a hang-up never resurrects the call.
+    pub fn released(&self, call: CallId) {
+        let (tx, rx) = mpsc::sync_channel(1);
+        if let Some(sender) = &self.tx
+            && sender.send(Msg::Released(call, Some(tx))).is_ok()
+            && rx.recv_timeout(Duration::from_secs(1)).is_err()
+        {
+            tracing::warn!(%call, "call record deletion not confirmed within 1 s");
+        }
+    }
+
+    /// SIP hook: the B2BUA's opaque dialog state for `call` (`None` clears it), stored with the
+    /// call and handed back by [`Resumed::signalling`] after a restart.
+    pub fn set_signalling(&self, call: CallId, blob: Option<Vec<u8>>) {
+        self.send(Msg::Signalling(call, blob));
+    }
+}
+
+/// The receiving end of a [`StoreHandle`].
+#[derive(Debug)]
+pub struct StoreInbox(mpsc::Receiver<Msg>);
+
+/// What came back from the store at start-up.
+#[derive(Debug, Default)]
+pub struct Resumed {
+    /// Calls forwarding again.
+    pub calls: Vec<CallId>,
+    /// Stored calls that could not resume (ports gone or busy, a bad session record): reported
+    /// and deleted.
+    pub dropped: Vec<CallId>,
+    /// SIP dialog blobs of resumed calls, for the B2BUA.
+    pub signalling: HashMap<CallId, Vec<u8>>,
+}
+
+/// Restores every stored call: media first (exact ports), then its gRPC session.
+pub fn resume(
+    store: &Store,
+    stored: Vec<StoredCall>,
+    media: &MediaControl,
+    sessions: &SessionTable,
+) -> Resumed {
+    let mut out = Resumed::default();
+    for rec in stored {
+        let call = rec.call;
+        let restored = media.restore(rec.resume_point()).map_err(|e| e.to_string());
+        let restored = restored.and_then(|_| match rec.session.clone() {
+            Some(s) => sessions.restore(s).map_err(|e| {
+                let _ = media.release(call);
+                e.to_string()
+            }),
+            None => Ok(()),
+        });
+        match restored {
+            Ok(()) => {
+                tracing::info!(%call, "stored call resumed");
+                if let Some(blob) = rec.signalling {
+                    out.signalling.insert(call, blob);
+                }
+                out.calls.push(call);
+            }
+            Err(reason) => {
+                tracing::warn!(%call, %reason, "stored call cannot resume; dropped");
+                if let Err(e) = store.remove(call) {
+                    tracing::error!(error = %e, "cannot delete a dropped call's record");
+                }
+                out.dropped.push(call);
+            }
+        }
+    }
+    out
+}
+
+/// The writer thread: owns the store, woken by the handles.
+pub struct Writer {
+    store: Store,
+    media: MediaControl,
+    sessions: Arc<SessionTable>,
+    /// Last bytes written per call: a record is rewritten only when it changed.
+    written: HashMap<CallId, Vec<u8>>,
+    /// Released by signalling but maybe not yet gone from the media plane: never written again.
+    released: HashSet<CallId>,
+    /// SIP blobs.
+    signalling: HashMap<CallId, Vec<u8>>,
+}
+
+/// Starts the writer; `resumed` are the calls [`resume`] restored (their blobs are kept).
+pub fn spawn_writer(
+    store: Store,
+    inbox: StoreInbox,
+    media: MediaControl,
+    sessions: Arc<SessionTable>,
+    resumed: &Resumed,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let mut w = Writer {
+        store,
+        media,
+        sessions,
+        // Resumed calls have a record on disk: known here, so a call that ends before its first
+        // rewrite still has its record deleted (an empty entry never equals a real encoding).
+        written: resumed.calls.iter().map(|&c| (c, Vec::new())).collect(),
+        released: HashSet::new(),
+        signalling: resumed.signalling.clone(),
+    };
+    std::thread::Builder::new()
+        .name("xcc-store".into())
+        .spawn(move || w.run(inbox.0))
+}
+
+impl Writer {
+    fn run(&mut self, rx: mpsc::Receiver<Msg>) {
+        loop {
+            let first = match rx.recv_timeout(SYNC_EVERY) {
+                Ok(m) => Some(m),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            };
+            for msg in first.into_iter().chain(rx.try_iter()) {
+                match msg {
+                    Msg::Poke => {}
+                    Msg::Released(call, done) => {
+                        self.released.insert(call);
+                        self.signalling.remove(&call);
+                        self.written.remove(&call);
+                        self.remove(call);
+                        if let Some(done) = done {
+                            let _ = done.try_send(());
+                        }
+                    }
+                    Msg::Signalling(call, Some(blob)) => {
+                        self.signalling.insert(call, blob);
+                    }
+                    Msg::Signalling(call, None) => {
+                        self.signalling.remove(&call);
+                    }
+                    Msg::FinishAndStop => {
+                        self.sync();
+                        return;
+                    }
+                    Msg::Stop => return,
+                }
+            }
+            self.sync();
+        }
+    }
+
+    fn remove(&self, call: CallId) {
+        match self.store.remove(call) {
+            Ok(()) => tracing::debug!(%call, "call record deleted"),
+            Err(e) => tracing::error!(error = %e, "cannot delete a call record"),
+        }
+    }
+
+    /// Writes changed records, deletes those of calls that ended.
+    fn sync(&mut self) {
+        let points = self.media.resume_points();
+        let live: HashSet<CallId> = points.iter().map(|p| p.call).collect();
+        self.released.retain(|c| live.contains(c));
+        for p in points {
+            if self.released.contains(&p.call) {
+                continue;
+            }
+            let rec = StoredCall {
+                call: p.call,
+                created_unix_ms: p
+                    .created
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                ports: p.ports,
+                legs: p.legs.map(|mut l| {
+                    l.srtp = l.srtp.checkpoint();
+                    l
+                }),
+                session: self.sessions.export(p.call),
+                signalling: self.signalling.get(&p.call).cloned(),
+            };
+            let bytes = encode(&rec);
+            if self.written.get(&p.call) == Some(&bytes) {
+                continue;
+            }
+            match self.store.write(&rec) {
+                Ok(()) => {
+                    tracing::debug!(call = %p.call, bytes = bytes.len(), "call record written");
+                    self.written.insert(p.call, bytes);
+                }
+                Err(e) => tracing::error!(error = %e, "cannot write a call record"),
+            }
+        }
+        let gone: Vec<CallId> = self
+            .written
+            .keys()
+            .filter(|c| !live.contains(c))
+            .copied()
+            .collect();
+        for call in gone {
+            self.written.remove(&call);
+            self.signalling.remove(&call);
+            self.remove(call);
+        }
+    }
+}
+
+/// Opens the store under `config.dir`, resumes its calls and starts the writer. A store that
+/// cannot be opened is logged and xccd runs without one (calls then would not survive a restart).
+pub fn start(
+    config: &StateConfig,
+    inbox: StoreInbox,
+    media: &MediaControl,
+    sessions: &Arc<SessionTable>,
+) -> (Resumed, Option<std::thread::JoinHandle<()>>) {
+    let (store, stored) = match Store::open(&config.dir) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "call store unavailable: calls will not survive a restart");
+            return (Resumed::default(), None);
+        }
+    };
+    let found = stored.len();
+    let resumed = resume(&store, stored, media, sessions);
+    tracing::info!(
+        dir = %config.dir.display(), found, resumed = resumed.calls.len(),
+        dropped = resumed.dropped.len(), "call store opened"
+    );
+    match spawn_writer(store, inbox, media.clone(), sessions.clone(), &resumed) {
+        Ok(t) => (resumed, Some(t)),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the call store writer");
+            (resumed, None)
+        }
+    }
+}
+
+/// How the daemon stops the writer.
+pub fn stop(handle: &StoreHandle, finish: bool) {
+    handle.send(if finish {
+        Msg::FinishAndStop
+    } else {
+        Msg::Stop
+    });
+}
+
+/// The media plane as the gRPC sessions see it, telling the store about every change.
+pub struct Persisting {
+    /// The real media plane.
+    pub inner: MediaControl,
+    /// The store to poke.
+    pub store: StoreHandle,
+}
+
+impl MediaPlane for Persisting {
+    fn allocate(&self) -> xcc_core::Result<AllocatedCall> {
+        let r = self.inner.allocate();
+        self.store.poke();
+        r
+    }
+    fn configure_leg(
+        &self,
+        call: CallId,
+        side: LegSide,
+        config: LegConfig,
+    ) -> xcc_core::Result<()> {
+        let r = self.inner.configure_leg(call, side, config);
+        self.store.poke();
+        r
+    }
+    fn release(&self, call: CallId) -> xcc_core::Result<()> {
+        self.store.released(call);
+        self.inner.release(call)
+    }
+    fn snapshot(&self, call: CallId) -> xcc_core::Result<CallSnapshot> {
+        self.inner.snapshot(call)
+    }
+    fn calls(&self) -> Vec<CallSnapshot> {
+        self.inner.calls()
+    }
+    fn pool_status(&self) -> PoolStatus {
+        self.inner.pool_status()
+    }
+    fn workers(&self) -> usize {
+        self.inner.workers()
+    }
+    fn retiring_ports(&self) -> usize {
+        self.inner.retiring_ports()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> StoredCall {
+        StoredCall {
+            call: CallId(42),
+            created_unix_ms: 1_700_000_000_000,
+            ports: [
+                LegPorts {
+                    rtp: 30000,
+                    rtcp: 30001,
+                },
+                LegPorts {
+                    rtp: 30002,
+                    rtcp: 30003,
+                },
+            ],
+            legs: Default::default(),
+            session: None,
+            signalling: Some(b"dialog".to_vec()),
+        }
+    }
+
+    #[test]
+    fn a_record_round_trips_and_any_damage_is_named() {
+        let bytes = encode(&record());
+        assert_eq!(decode(&bytes).unwrap(), record());
+        let e = decode(&bytes[..bytes.len() - 3]).unwrap_err();
+        assert!(e.contains("truncated"), "{e}");
+        let mut flipped = bytes.clone();
+        let last = flipped.len() - 2;
+        flipped[last] ^= 0x20;
+        assert!(decode(&flipped).unwrap_err().contains("checksum"));
+        let v2 = String::from_utf8(bytes.clone())
+            .unwrap()
+            .replacen("XCCCALL 1 ", "XCCCALL 2 ", 1);
+        assert!(decode(v2.as_bytes()).unwrap_err().contains("version 2"));
+        assert!(decode(b"").is_err());
+        assert!(decode(b"garbage\n{}").unwrap_err().contains("magic"));
+    }
+
+    #[test]
+    fn open_sets_corrupt_files_aside_and_keeps_good_ones() {
+        let dir = std::env::temp_dir().join(format!("xcc-store-unit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (store, found) = Store::open(&dir).unwrap();
+        assert!(found.is_empty());
+        store.write(&record()).unwrap();
+        let mut other = record();
+        other.call = CallId(43);
+        store.write(&other).unwrap();
+        let bad = dir.join("calls/43.call");
+        let bytes = std::fs::read(&bad).unwrap();
+        std::fs::write(&bad, &bytes[..bytes.len() / 2]).unwrap();
+        std::fs::write(dir.join("calls/44.tmp"), b"half a write").unwrap();
+        let (_, found) = Store::open(&dir).unwrap();
+        assert_eq!(found, vec![record()]);
+        let names: Vec<String> = std::fs::read_dir(dir.join("calls"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(
+            names.iter().any(|n| n.starts_with("43.call.corrupt-")),
+            "{names:?}"
+        );
+        assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
+        store.remove(CallId(42)).unwrap();
+        store.remove(CallId(42)).unwrap();
+        let (_, found) = Store::open(&dir).unwrap();
+        assert!(found.is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The SIP hook end to end with a real media plane: a blob set for a call is written with it,
+    /// comes back in `Resumed::signalling` after a restart (with the call forwarding again), and a
+    /// finished drain deletes the record. Ports 22900-22915 (ops range).
+    #[test]
+    fn the_signalling_blob_survives_a_restart_with_its_call() {
+        use xcc_core::media::{MediaConfig, MediaEngine};
+        use xcc_grpc::session::Advertised;
+
+        let dir = std::env::temp_dir().join(format!("xcc-store-sip-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let state = StateConfig { dir: dir.clone() };
+        let media_config = MediaConfig {
+            bind_address: [127, 0, 0, 1].into(),
+            port_min: 22900,
+            port_max: 22915,
+            workers: 1,
+            ..MediaConfig::default()
+        };
+        let boot = || {
+            let (engine, _events) = MediaEngine::start(media_config.clone()).unwrap();
+            let media = engine.control();
+            let (handle, inbox) = StoreHandle::channel();
+            let sessions = Arc::new(SessionTable::new(
+                Arc::new(Persisting {
+                    inner: media.clone(),
+                    store: handle.clone(),
+                }),
+                Advertised {
+                    client: [127, 0, 0, 1].into(),
+                    pbx: [127, 0, 0, 1].into(),
+                },
+                Vec::new(),
+            ));
+            let (resumed, writer) = start(&state, inbox, &media, &sessions);
+            (engine, media, handle, resumed, writer.unwrap())
+        };
+
+        let (engine, media, handle, resumed, writer) = boot();
+        assert!(resumed.calls.is_empty());
+        let call = media.allocate().unwrap().call;
+        handle.set_signalling(call, Some(b"dialog state".to_vec()));
+        handle.poke();
+        let file = dir.join("calls").join(format!("{}.call", call.0));
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while read_call(&file)
+            .map(|r| r.signalling)
+            .ok()
+            .flatten()
+            .as_deref()
+            != Some(b"dialog state".as_slice())
+        {
+            assert!(std::time::Instant::now() < deadline, "blob not written");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // A crash-like stop: records kept.
+        stop(&handle, false);
+        writer.join().unwrap();
+        engine.shutdown();
+
+        let (engine, media, handle, resumed, writer) = boot();
+        assert_eq!(resumed.calls, vec![call]);
+        assert_eq!(
+            resumed.signalling.get(&call).map(Vec::as_slice),
+            Some(b"dialog state".as_slice())
+        );
+        assert_eq!(media.calls().len(), 1, "the call runs again");
+        // A drain's end: the engine ends the call and the final sync deletes its record.
+        engine.shutdown();
+        stop(&handle, true);
+        writer.join().unwrap();
+        assert!(!file.exists(), "record deleted after the call ended");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
