@@ -11,8 +11,8 @@ pub mod logging;
 pub mod metrics;
 pub mod netif;
 pub mod notify;
-pub mod sip;
 pub mod reload;
+pub mod sip;
 pub mod store;
 pub mod watchdog;
 

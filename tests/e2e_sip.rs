@@ -551,7 +551,12 @@ async fn draining_refuses_new_invites_with_503_retry_after() {
     let p = Ports::new(8);
     let d = Daemon::start_config(&sip_daemon("sip-drain", p, "retry_after_secs = 17\n"));
     let mut g = grpc(&d).await;
-    g.satellite.drain(pb::DrainRequest {}).await.unwrap();
+    g.satellite
+        .drain(pb::DrainRequest {
+            exit_when_idle: false,
+        })
+        .await
+        .unwrap();
     let dir = run_dir(&d);
     let mut server = Sipp::new(
         "server_uac_503.xml",

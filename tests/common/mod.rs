@@ -4,9 +4,9 @@
 //! Each test binary uses a subset, hence `allow(dead_code)`.
 #![allow(dead_code)]
 
+pub mod call;
 pub mod phone;
 pub mod sipp;
-pub mod call;
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
