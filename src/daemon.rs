@@ -124,6 +124,7 @@ pub async fn run(
             sessions.clone(),
             state.clone(),
             hub.clone(),
+            &metrics,
         )?),
         None => None,
     };

@@ -39,6 +39,8 @@ const MAX_DATAGRAM: usize = 65_535;
 const CONN_QUEUE: usize = 256;
 /// How long an outgoing TCP connect may take before its transactions fail.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the counters are copied for metrics scrapes.
+const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 /// Datagrams read per side in one wake-up before timers are looked at again.
 const UDP_BATCH: usize = 64;
 /// On stop: how long BYEs and their answers may take before the task gives up.
@@ -72,6 +74,7 @@ pub fn start_sip(
     sessions: Arc<SessionTable>,
     state: Arc<ControlState>,
     hub: EventHub,
+    metrics: &crate::metrics::Registry,
 ) -> Result<SipHandle> {
     let udp = |what: &'static str, addr: SocketAddr| {
         xcc_sip::driver::bind_udp(addr, s.dscp).map_err(|e| bind_error(what, addr, e))
@@ -121,7 +124,9 @@ pub fn start_sip(
         udp: [server_udp, trunk_udp],
         tcp: [server_tcp, trunk_tcp],
     };
-    let task = tokio::spawn(run(b2bua, media, io, hub.subscribe(), stop_rx));
+    let published = Arc::new(SipMetrics::default());
+    metrics.register(published.clone());
+    let task = tokio::spawn(run(b2bua, media, io, hub.subscribe(), stop_rx, published));
     Ok(SipHandle { stop, task, bound })
 }
 
@@ -315,6 +320,134 @@ impl MediaSessions for TableMedia {
     }
 }
 
+// ---- metrics ---------------------------------------------------------------------------------------
+
+/// The B2BUA's counters as of the last copy (at most [`PUBLISH_EVERY`] old), rendered at scrape
+/// time: the task never blocks on a scrape, a scrape never touches the B2BUA.
+#[derive(Default)]
+struct SipMetrics {
+    last: std::sync::Mutex<Option<Published>>,
+}
+
+struct Published {
+    counters: xcc_sip::b2bua::B2buaCounters,
+    health: [xcc_sip::monitor::Health; 2],
+    calls: usize,
+}
+
+impl SipMetrics {
+    fn publish(&self, b2bua: &B2bua) {
+        let p = Published {
+            counters: b2bua.counters(),
+            health: [b2bua.health(Side::Server), b2bua.health(Side::Pbx)],
+            calls: b2bua.calls(),
+        };
+        *self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(p);
+    }
+}
+
+impl crate::metrics::Collector for SipMetrics {
+    fn collect(&self, out: &mut crate::metrics::Exposition) {
+        use crate::metrics::Kind;
+        let guard = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(p) = guard.as_ref() else {
+            return;
+        };
+        let c = &p.counters;
+        out.family(
+            "xcc_sip_requests_total",
+            "SIP requests by side (server, pbx), direction (in, out) and method.",
+            Kind::Counter,
+        );
+        for side in [Side::Server, Side::Pbx] {
+            let sc = &c.sides[side.index()];
+            for (dir, map) in [("in", &sc.requests_in), ("out", &sc.requests_out)] {
+                for (method, n) in map {
+                    let labels = [
+                        ("side", side.as_str()),
+                        ("direction", dir),
+                        ("method", method),
+                    ];
+                    out.sample("xcc_sip_requests_total", &labels, *n as f64);
+                }
+            }
+        }
+        out.family(
+            "xcc_sip_responses_total",
+            "SIP responses by side, direction and status (sent: the B2BUA's own, not 100 Trying).",
+            Kind::Counter,
+        );
+        for side in [Side::Server, Side::Pbx] {
+            let sc = &c.sides[side.index()];
+            for (dir, map) in [("in", &sc.responses_in), ("out", &sc.responses_out)] {
+                for (status, n) in map {
+                    let status = status.to_string();
+                    let labels = [
+                        ("side", side.as_str()),
+                        ("direction", dir),
+                        ("status", &status),
+                    ];
+                    out.sample("xcc_sip_responses_total", &labels, *n as f64);
+                }
+            }
+        }
+        out.family(
+            "xcc_sip_calls_total",
+            "SIP calls by event: started, answered, ended, refused (before a call existed).",
+            Kind::Counter,
+        );
+        for (event, n) in [
+            ("started", c.calls_started),
+            ("answered", c.calls_answered),
+            ("ended", c.calls_ended),
+            ("refused", c.calls_refused),
+        ] {
+            out.sample("xcc_sip_calls_total", &[("event", event)], n as f64);
+        }
+        out.family(
+            "xcc_sip_messages_dropped_total",
+            "SIP messages not processed: unmatched (481 or no dialog), malformed (answered 400/505 or dropped).",
+            Kind::Counter,
+        );
+        for (reason, n) in [
+            ("unmatched", c.unmatched),
+            ("malformed_answered", c.malformed_answered),
+            ("malformed_dropped", c.malformed_dropped),
+        ] {
+            out.sample(
+                "xcc_sip_messages_dropped_total",
+                &[("reason", reason)],
+                n as f64,
+            );
+        }
+        out.family(
+            "xcc_sip_calls",
+            "SIP calls holding signalling state (ringing, answered, or cancelled and lingering).",
+            Kind::Gauge,
+        );
+        out.sample("xcc_sip_calls", &[], p.calls as f64);
+        out.family(
+            "xcc_sip_peer_up",
+            "OPTIONS verdict per side: 1 up, 0 down; absent while unknown or not monitored.",
+            Kind::Gauge,
+        );
+        for side in [Side::Server, Side::Pbx] {
+            let v = match p.health[side.index()] {
+                xcc_sip::monitor::Health::Up => 1.0,
+                xcc_sip::monitor::Health::Down => 0.0,
+                xcc_sip::monitor::Health::Unknown => continue,
+            };
+            out.sample("xcc_sip_peer_up", &[("side", side.as_str())], v);
+        }
+    }
+}
+
 // ---- the task -------------------------------------------------------------------------------------
 
 /// The sockets, by [`Side::index`].
@@ -347,6 +480,7 @@ async fn run(
     io: Io,
     mut feed: broadcast::Receiver<pb::Event>,
     mut stop: mpsc::Receiver<()>,
+    published: Arc<SipMetrics>,
 ) {
     let (conn_tx, mut conn_rx) = mpsc::channel::<Conn>(1024);
     let mut streams = Streams::default();
@@ -354,9 +488,19 @@ async fn run(
     let mut stopping: Option<Instant> = None;
     // A closed feed returns at once forever: stop polling it rather than spin.
     let mut feed_open = true;
+    // Counters are copied for scrapes at most once per PUBLISH_EVERY; `dirty` schedules the copy
+    // of the last change even when nothing else wakes the task.
+    let mut published_at = Instant::now();
+    let mut dirty = true;
     loop {
         flush(&mut b2bua, &io, &mut streams, &conn_tx).await;
         log_events(&mut b2bua);
+        let now = Instant::now();
+        if dirty && now >= published_at + PUBLISH_EVERY {
+            published.publish(&b2bua);
+            published_at = now;
+            dirty = false;
+        }
         if let Some(until) = stopping
             && (b2bua.calls() == 0 || Instant::now() >= until)
         {
@@ -367,10 +511,11 @@ async fn run(
         if draining != b2bua.is_draining() {
             b2bua.set_draining(draining);
         }
-        let deadline = match (b2bua.poll_timeout(), stopping) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let publish = dirty.then_some(published_at + PUBLISH_EVERY);
+        let deadline = [b2bua.poll_timeout(), stopping, publish]
+            .into_iter()
+            .flatten()
+            .min();
         let sleep = async {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d.into()).await,
@@ -407,6 +552,7 @@ async fn run(
             }
             () = sleep => b2bua.handle_timeout(Instant::now(), &mut media),
         }
+        dirty = true;
     }
 }
 

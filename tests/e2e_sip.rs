@@ -199,7 +199,10 @@ async fn server_originated_call_relays_media_both_ways_and_bye_frees_ports() {
         return;
     }
     let p = Ports::new(0);
-    let d = Daemon::start_config(&sip_daemon("sip-server-call", p, ""));
+    let mut cfg = sip_daemon("sip-server-call", p, "");
+    let metrics = addr(p.base + 55);
+    cfg.metrics_listen = metrics.to_string();
+    let d = Daemon::start_config(&cfg);
     let mut g = grpc(&d).await;
     let dir = run_dir(&d);
     let pbx = Sipp::new("pbx_uas.xml", p.pbx(), p.pbx_media(), p.pbx_cp())
@@ -255,6 +258,41 @@ async fn server_originated_call_relays_media_both_ways_and_bye_frees_ports() {
     let after = g.ports_back().await;
     assert_eq!(after.ports_used, 0);
     d.wait_log("SIP call ended", Duration::from_secs(5));
+
+    // The SIP families on /metrics (copied from the B2BUA at most once a second).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = scrape(metrics);
+        if text.contains("xcc_sip_calls_total{event=\"ended\"} 1") {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "no SIP metrics:\n{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for line in [
+        "xcc_sip_calls_total{event=\"started\"} 1",
+        "xcc_sip_calls_total{event=\"answered\"} 1",
+        "xcc_sip_requests_total{side=\"server\",direction=\"in\",method=\"INVITE\"} 1",
+        "xcc_sip_requests_total{side=\"pbx\",direction=\"out\",method=\"INVITE\"} 1",
+        "xcc_sip_requests_total{side=\"server\",direction=\"in\",method=\"BYE\"} 1",
+        "xcc_sip_responses_total{side=\"server\",direction=\"out\",status=\"200\"}",
+        "xcc_sip_calls 0",
+    ] {
+        assert!(text.contains(line), "{line} missing:\n{text}");
+    }
+}
+
+/// `GET /metrics` over a plain TCP connection (HTTP/1.0, bounded).
+fn scrape(addr: SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+        return String::new();
+    };
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
 }
 
 /// Waits (bounded) for SIPp's `<log>` line `xcc_port=P xcc_key=K end` and returns XCC's media
