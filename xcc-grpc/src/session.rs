@@ -940,6 +940,31 @@ mod tests {
     }
 
     #[test]
+    fn abandoned_reoffer_lets_the_next_one_through_but_not_an_initial_offer() {
+        let media = Recorder::with_capacity(4);
+        let t = table(media.clone());
+        let (v, _) = t
+            .create("k", LegSide::Client, &client_offer(5004, "sendrecv"))
+            .unwrap();
+        assert!(
+            !t.abandon_offer(v.call),
+            "an initial offer is not abandoned"
+        );
+        t.answer(v.call, &pbx_sdp(6000)).unwrap();
+        t.update(v.call, LegSide::Client, &client_offer(5004, "sendonly"))
+            .unwrap();
+        assert!(matches!(
+            t.update(v.call, LegSide::Client, &client_offer(5004, "sendonly")),
+            Err(Error::WrongState { .. })
+        ));
+        assert!(t.abandon_offer(v.call));
+        assert_eq!(t.get(v.call).unwrap().state, State::Active);
+        assert!(!t.abandon_offer(v.call), "nothing pending any more");
+        t.update(v.call, LegSide::Client, &client_offer(5004, "sendrecv"))
+            .expect("the next re-offer is accepted");
+    }
+
+    #[test]
     fn pbx_answer_gives_the_client_xccs_srtp_answer() {
         let media = Recorder::with_capacity(4);
         let t = table(media.clone());
