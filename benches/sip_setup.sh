@@ -54,6 +54,9 @@ pbx_address = "$ip"
 [log]
 level = "warn"
 
+[state]
+dir = "$work/state"
+
 [sip]
 server_listen = "$ip:$xcc_server"
 trunk_listen = "$ip:$xcc_trunk"
