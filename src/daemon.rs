@@ -127,6 +127,18 @@ pub async fn run(
         xcc_grpc::server::serve(plane, health_server, control, tls.as_ref(), shutdown).await
     });
 
+    let sip = match &v.sip {
+        Some(settings) => Some(crate::sip::start_sip(
+            settings,
+            advertised,
+            sessions.clone(),
+            state.clone(),
+            hub.clone(),
+            &metrics,
+        )?),
+        None => None,
+    };
+
     state.set_ready().await;
     tracing::info!(control = %control_addr, tls = v.tls.is_some(), workers = media.workers(), "xccd ready");
     notifier.notify_or_log(&format!("READY=1\nSTATUS=serving on {control_addr}"));
@@ -173,6 +185,9 @@ pub async fn run(
     }
     if let Some(d) = discovery {
         d.abort();
+    }
+    if let Some(sip) = sip {
+        sip.stop().await;
     }
     hub.close();
     let _ = stop_server.send(());

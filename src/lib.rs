@@ -13,6 +13,7 @@ pub mod netif;
 pub mod notify;
 pub mod public_address;
 pub mod reload;
+pub mod sip;
 pub mod store;
 pub mod stun_check;
 pub mod watchdog;

@@ -5,6 +5,8 @@
 #![allow(dead_code)]
 
 pub mod call;
+pub mod phone;
+pub mod sipp;
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};

@@ -512,6 +512,23 @@ impl SessionTable {
         Ok((session.view.clone(), outcome))
     }
 
+    /// Forgets a pending re-offer the other side refused or never answered (SIP re-INVITE
+    /// answered 4xx/5xx), so the next offer is not refused as "still pending". The offerer's leg
+    /// keeps what the re-offer configured on it; the answering leg is untouched. An initial
+    /// offer cannot be abandoned (the session is deleted instead): returns false then.
+    pub fn abandon_offer(&self, call: CallId) -> bool {
+        let mut table = self.lock();
+        let Some(session) = table.sessions.get_mut(&call) else {
+            return false;
+        };
+        if !session.answered || session.pending.is_none() {
+            return false;
+        }
+        session.pending = None;
+        session.view.state = State::Active;
+        true
+    }
+
     /// Releases the session's media and forgets it.
     pub fn delete(&self, call: CallId) -> Result<()> {
         let mut table = self.lock();
@@ -960,6 +977,31 @@ mod tests {
             "XCC decrypts with the client's key"
         );
         assert_ne!(keys.outbound, material(7), "XCC encrypts with its own key");
+    }
+
+    #[test]
+    fn abandoned_reoffer_lets_the_next_one_through_but_not_an_initial_offer() {
+        let media = Recorder::with_capacity(4);
+        let t = table(media.clone());
+        let (v, _) = t
+            .create("k", LegSide::Client, &client_offer(5004, "sendrecv"))
+            .unwrap();
+        assert!(
+            !t.abandon_offer(v.call),
+            "an initial offer is not abandoned"
+        );
+        t.answer(v.call, &pbx_sdp(6000)).unwrap();
+        t.update(v.call, LegSide::Client, &client_offer(5004, "sendonly"))
+            .unwrap();
+        assert!(matches!(
+            t.update(v.call, LegSide::Client, &client_offer(5004, "sendonly")),
+            Err(Error::WrongState { .. })
+        ));
+        assert!(t.abandon_offer(v.call));
+        assert_eq!(t.get(v.call).unwrap().state, State::Active);
+        assert!(!t.abandon_offer(v.call), "nothing pending any more");
+        t.update(v.call, LegSide::Client, &client_offer(5004, "sendrecv"))
+            .expect("the next re-offer is accepted");
     }
 
     #[test]
