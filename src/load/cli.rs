@@ -57,6 +57,14 @@ pub struct Common {
     /// from the relay's media pool and the kernel's ephemeral range (32768-60999 on Linux).
     #[arg(long, default_value = "26000-29999", value_parser = PortRange::parse)]
     pub phone_ports: PortRange,
+    /// Receiver threads for the phones (calls sharded by index); default: one per core the
+    /// load generator may run on, minus one for the sender when it has more than two.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub rx_threads: Option<u32>,
+    /// The sender sends every packet due within this many µs of now per wake-up (pacing
+    /// granularity; 0 = sleep for every call slot).
+    #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u32).range(0..=20_000))]
+    pub pace_quantum_us: u32,
 }
 
 /// Options for runs through xccd.

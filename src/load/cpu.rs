@@ -70,6 +70,20 @@ fn set_affinity(tid: i32, cpu: usize) -> Result<(), LoadError> {
     Ok(())
 }
 
+/// How many CPUs the calling thread may run on (its affinity mask), `None` if unreadable.
+pub fn allowed_cpus() -> Option<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity writes at most the size we pass.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return None;
+        }
+        usize::try_from(libc::CPU_COUNT(&set))
+            .ok()
+            .filter(|&n| n > 0)
+    }
+}
+
 /// Pins the calling thread; threads it spawns afterwards inherit the mask.
 pub fn pin_current_thread(cpu: usize) -> Result<(), LoadError> {
     set_affinity(0, cpu)
@@ -106,6 +120,11 @@ mod tests {
         );
         assert_eq!(parse_stat_cpu(&line), Some(Duration::from_secs(3)));
         assert_eq!(parse_stat_cpu("garbage"), None);
+    }
+
+    #[test]
+    fn affinity_mask_counts_at_least_one_cpu() {
+        assert!(allowed_cpus().is_some_and(|n| n >= 1));
     }
 
     #[test]

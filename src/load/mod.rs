@@ -11,6 +11,7 @@ pub mod cli;
 pub mod cpu;
 pub mod error;
 pub mod forwarder;
+pub mod netstat;
 pub mod payload;
 pub mod phones;
 pub mod report;
@@ -31,7 +32,7 @@ use report::{CpuSummary, Quantiles, RunReport};
 
 /// Send lag p99 above which the load generator, not the relay, is suspected, µs.
 const LAG_LIMIT_US: f64 = 5_000.0;
-/// Load generator CPU (cores) above which it is suspected of being the bottleneck.
+/// Share of the cores the load generator may run on above which it is the bottleneck.
 const LOAD_CORES_LIMIT: f64 = 0.9;
 /// Capacity criteria (issue 7): loss below 0.1 % and p99 latency below 5 ms.
 const CAPACITY_LOSS_PCT: f64 = 0.1;
@@ -94,6 +95,18 @@ fn emit<T: Serialize>(value: &T, json: bool, table: String) -> bool {
     true
 }
 
+/// Receiver threads: as asked, else one per core this process may run on (after `--load-cpu`),
+/// leaving one for the sender when there are several.
+fn rx_threads(common: &Common) -> usize {
+    common.rx_threads.map_or_else(
+        || {
+            let cores = cpu::allowed_cpus().unwrap_or(1);
+            if cores > 2 { cores - 1 } else { 1 }
+        },
+        |n| n as usize,
+    )
+}
+
 /// Pins this process (before any thread is spawned) and the relay, as asked.
 fn pin(common: &Common, relay: Option<Pid>) -> Result<(), LoadError> {
     if let Some(cpu) = common.load_cpu {
@@ -150,15 +163,21 @@ fn measure(
     requested: u32,
     media: Vec<CallMedia>,
     calls: &[(u32, u64, Duration)],
-    duration: Duration,
+    common: &Common,
     relay: Option<Pid>,
 ) -> Result<RunReport, LoadError> {
+    let duration = Duration::from_secs(u64::from(common.duration));
     let mut probe = CpuProbe::new(relay);
     let mut start = None;
     let mut end = None;
+    let options = phones::PlayOptions {
+        rx_threads: rx_threads(common),
+        quantum: Duration::from_micros(u64::from(common.pace_quantum_us)),
+    };
     let outcome = phones::play(
         media,
         duration,
+        options,
         || start = Some(probe.sample()),
         || end = Some(probe.sample()),
     )?;
@@ -173,8 +192,17 @@ fn measure(
             media_summary.send_lag_us.p99
         ));
     }
-    if let Some(l) = load_cpu.filter(|l| l.cores > LOAD_CORES_LIMIT) {
-        load_limited.push(format!("load generator used {:.2} cores", l.cores));
+    let allowed = cpu::allowed_cpus().unwrap_or(1);
+    if let Some(l) = load_cpu.filter(|l| l.cores > LOAD_CORES_LIMIT * allowed as f64) {
+        load_limited.push(format!(
+            "load generator used {:.2} of the {allowed} cores it may run on",
+            l.cores
+        ));
+    }
+    if let Some(d) = media_summary.phone_socket_drops.filter(|&d| d > 0) {
+        load_limited.push(format!(
+            "{d} packets dropped at the phones' full receive buffers"
+        ));
     }
     if media_summary.send_errors > 0 {
         load_limited.push(format!(
@@ -309,7 +337,6 @@ fn grpc_once(calls: u32, x: &XccdArgs, common: &Common) -> Result<RunReport, Loa
             ),
         });
     }
-    let duration = Duration::from_secs(u64::from(common.duration));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -342,7 +369,7 @@ fn grpc_once(calls: u32, x: &XccdArgs, common: &Common) -> Result<RunReport, Loa
             calls,
             media,
             &ids,
-            duration,
+            common,
             x.xccd_pid.map(Pid),
         ))
     };
@@ -427,7 +454,7 @@ fn run_bare(calls: u32, ports: PortRange, common: &Common) -> Result<RunReport, 
     // The forwarder learns both peers from traffic: latch them before media is measured.
     phones::send_probes(&media)?;
     std::thread::sleep(Duration::from_millis(100));
-    let report = measure("bare", calls, media, &ids, duration, Some(child.pid()));
+    let report = measure("bare", calls, media, &ids, common, Some(child.pid()));
     drop(child);
     report
 }

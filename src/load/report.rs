@@ -102,6 +102,13 @@ pub struct MediaSummary {
     pub jitter_ms: JitterSummary,
     /// How late the sender was against the pacing schedule, µs.
     pub send_lag_us: Quantiles,
+    /// Datagrams the kernel dropped at the phones' sockets (receive buffer full): packets the
+    /// relay delivered but the load generator did not read in time. `None`: not readable.
+    pub phone_socket_drops: Option<u64>,
+    /// Datagrams the kernel dropped at the relay's leg sockets (IPv4 relays only).
+    pub relay_socket_drops: Option<u64>,
+    /// The phones' receiver threads.
+    pub rx_threads: usize,
 }
 
 /// Jitter across streams.
@@ -214,6 +221,9 @@ pub fn summarize(
             max: 0.0,
         },
         send_lag_us: Quantiles::of(&media.send_lag, 1e3),
+        phone_socket_drops: media.phone_socket_drops,
+        relay_socket_drops: media.relay_socket_drops,
+        rx_threads: media.rx_threads,
     };
     let mut jitter_sum = 0.0;
     for s in &media.streams {
@@ -274,6 +284,14 @@ pub fn table(r: &RunReport) -> String {
         out,
         "  dropped          foreign {}  auth failures {}  send errors {}  silent streams {}",
         m.foreign, m.auth_failures, m.send_errors, m.streams_without_packets
+    );
+    let drops = |d: Option<u64>| d.map_or_else(|| "?".to_owned(), |d| d.to_string());
+    let _ = writeln!(
+        out,
+        "  socket drops     phones {}  relay {}    receiver threads {}",
+        drops(m.phone_socket_drops),
+        drops(m.relay_socket_drops),
+        m.rx_threads
     );
     let l = &m.latency_us;
     let _ = writeln!(
