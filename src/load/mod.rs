@@ -16,6 +16,7 @@ pub mod payload;
 pub mod phones;
 pub mod report;
 pub mod sessions;
+pub mod sip_ua;
 pub mod stats;
 
 use std::process::ExitCode;
