@@ -263,7 +263,18 @@ fn argument_errors_exit_2_with_a_message() {
             ][..],
             "below",
         ),
-        (&["sip", "--calls", "3", "--duration", "2"][..], "SIP"),
+        (
+            &[
+                "sip",
+                "--calls",
+                "3",
+                "--duration",
+                "2",
+                "--server",
+                "192.0.2.1:4901",
+            ][..],
+            "loopback",
+        ),
         (
             &[
                 "grpc",

@@ -16,6 +16,7 @@ pub mod payload;
 pub mod phones;
 pub mod report;
 pub mod sessions;
+pub mod sip;
 pub mod sip_ua;
 pub mod stats;
 
@@ -24,7 +25,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use cli::{BareArgs, Cli, Common, GrpcArgs, Mode, SweepArgs, XccdArgs};
+use cli::{BareArgs, Cli, Common, GrpcArgs, Mode, SipArgs, SweepArgs, XccdArgs};
 use cpu::Pid;
 use error::LoadError;
 use forwarder::{ForwarderChild, PortRange};
@@ -65,10 +66,9 @@ pub fn run(cli: Cli) -> ExitCode {
             forwarder::serve(args.ports, Duration::from_secs(u64::from(args.max_secs)))
                 .map(|()| None)
         }
-        Mode::Sip { .. } => Err(LoadError::Unavailable {
-            mode: "sip",
-            why: "it needs XCC's SIP B2BUA, which is not merged yet; use `xcc-load grpc`",
-        }),
+        Mode::Sip(args) => {
+            run_sip(&args).map(|r| emit(&r, args.common.json, report::table(&r)).then_some(r))
+        }
     };
     match result {
         Ok(Some(r)) if r.calls_established < r.calls_requested => ExitCode::from(1),
@@ -76,7 +76,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Err(e) => {
             eprintln!("xcc-load: {e}");
             match e {
-                LoadError::Usage { .. } | LoadError::Unavailable { .. } => ExitCode::from(2),
+                LoadError::Usage { .. } => ExitCode::from(2),
                 _ => ExitCode::from(1),
             }
         }
@@ -225,6 +225,7 @@ fn measure(
         reference: None,
         cpu_ratio_to_reference: None,
         relay_counters: None,
+        sip: None,
         calls: per_call,
     })
 }
@@ -394,6 +395,76 @@ fn grpc_once(calls: u32, x: &XccdArgs, common: &Common) -> Result<RunReport, Loa
     report.relay_counters = relay_counters;
     if let Some(ports) = x.bare_ports {
         let reference = run_bare(report.calls_established, ports, common)?;
+        report.cpu_ratio_to_reference = report
+            .relay_cpu
+            .zip(reference.relay_cpu)
+            .map(|(a, b)| a.cores_per_1000_calls / b.cores_per_1000_calls.max(1e-12));
+        report.reference = Some(Box::new(reference));
+    }
+    Ok(report)
+}
+
+/// One run over SIP through xccd, plus the bare reference when `--bare-ports` is given.
+fn run_sip(args: &SipArgs) -> Result<RunReport, LoadError> {
+    let x = XccdArgs {
+        rate: args.rate,
+        addr: String::new(),
+        xccd_pid: args.xccd_pid,
+        bare_ports: args.bare_ports,
+    };
+    check_relay_cpu(&args.common, &x)?;
+    if let Some(ports) = args.bare_ports.filter(|p| p.pairs() < args.calls) {
+        return Err(LoadError::Usage {
+            reason: format!(
+                "--bare-ports {ports} has {} pairs for {} calls",
+                ports.pairs(),
+                args.calls
+            ),
+        });
+    }
+    let xccd = args.xccd_pid.map(Pid);
+    pin(&args.common, xccd)?;
+    let phone_pairs = phones::PhoneBinder::new(args.common.phone_ports).bind_pairs(args.calls)?;
+    let mut driver = sip::Driver::bind(args.uac, args.trunk, args.server, phone_pairs)?;
+    let setup = driver.set_up(args.rate)?;
+    let mut setup_hist = stats::Histogram::new();
+    let mut ids = Vec::with_capacity(setup.calls.len());
+    let mut media = Vec::with_capacity(setup.calls.len());
+    for c in setup.calls {
+        setup_hist.record(c.setup.as_nanos() as u64);
+        ids.push((c.index, 0, c.setup));
+        media.push(c.media);
+    }
+    let measured = if media.is_empty() {
+        None
+    } else {
+        Some(measure("sip", args.calls, media, &ids, &args.common, xccd))
+    };
+    let release_failures = driver.tear_down()?;
+    let mut report = match measured {
+        Some(r) => r?,
+        None => {
+            return Err(LoadError::Sip {
+                call: 0,
+                reason: format!(
+                    "no call set up; first failure: {}",
+                    setup
+                        .failures
+                        .first()
+                        .map_or("none reported", String::as_str)
+                ),
+            });
+        }
+    };
+    report.setup_ms = Some(Quantiles::of(&setup_hist, 1e6));
+    report.setup_failures = setup.failures;
+    report.release_failures = release_failures;
+    report.sip = Some(report::SipSummary {
+        trunk_byes: driver.trunk_byes(),
+        strays: driver.strays,
+    });
+    if let Some(ports) = args.bare_ports {
+        let reference = run_bare(report.calls_established, ports, &args.common)?;
         report.cpu_ratio_to_reference = report
             .relay_cpu
             .zip(reference.relay_cpu)

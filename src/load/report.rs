@@ -37,8 +37,19 @@ pub struct RunReport {
     pub cpu_ratio_to_reference: Option<f64>,
     /// xccd's own per-leg counters for the run's calls, read after the media phase (grpc only).
     pub relay_counters: Option<super::sessions::RelayCounters>,
+    /// SIP signalling outcome (sip mode only).
+    pub sip: Option<SipSummary>,
     /// Per call detail.
     pub calls: Vec<CallReport>,
+}
+
+/// What `sip` mode saw of the signalling besides setup times.
+#[derive(Debug, Serialize, Clone, Copy)]
+pub struct SipSummary {
+    /// Calls whose synthetic PBX received XCC's BYE (our hang-up relayed to the trunk).
+    pub trunk_byes: usize,
+    /// Datagrams on the SIP sockets that were not SIP or matched no call of ours.
+    pub strays: u64,
 }
 
 /// Quantiles of a distribution in the report's unit.
@@ -328,6 +339,13 @@ pub fn table(r: &RunReport) -> String {
     }
     for why in &r.load_limited {
         let _ = writeln!(out, "  WARNING load generator may be the bottleneck: {why}");
+    }
+    if let Some(sip) = &r.sip {
+        let _ = writeln!(
+            out,
+            "  sip              BYEs relayed to the trunk {}  stray datagrams {}",
+            sip.trunk_byes, sip.strays
+        );
     }
     if !r.setup_failures.is_empty() {
         let _ = writeln!(out, "  setup failures   {}", r.setup_failures.len());
