@@ -28,6 +28,8 @@ pub struct Config {
     pub sdes: SdesConfig,
     /// Logging.
     pub log: LogConfig,
+    /// SIP B2BUA: listeners, peers, credentials.
+    pub sip: SipConfig,
 }
 
 /// `[control]`: the gRPC port the XPhone server drives XCC through.
@@ -119,6 +121,340 @@ pub enum LogFormat {
     Json,
 }
 
+// ---- [sip] (sipwire) ----------------------------------------------------------------------------
+
+/// SIP transport towards a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SipTransport {
+    /// Datagrams; transactions retransmit.
+    Udp,
+    /// One connection per peer, reused both ways.
+    Tcp,
+}
+
+impl SipTransport {
+    /// The xcc-sip transport.
+    pub fn to_sip(self) -> xcc_sip::transport::Transport {
+        match self {
+            SipTransport::Udp => xcc_sip::transport::Transport::Udp,
+            SipTransport::Tcp => xcc_sip::transport::Transport::Tcp,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            SipTransport::Udp => "udp",
+            SipTransport::Tcp => "tcp",
+        }
+    }
+}
+
+/// A secret read from the file: never printed by `Debug`, so a logged config cannot leak it.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// `[sip]`: the B2BUA between the XPhone server (4901 in, 4900 out) and the PBX/SBC (5060).
+///
+/// SIP runs only when it can place calls: by default (`enabled` unset) exactly when both
+/// `server_target` and `pbx_target` are set, so xccd on an empty file (and every gRPC-only
+/// deployment) never binds 5060/4901.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SipConfig {
+    /// `true` requires both targets, `false` keeps SIP off; unset: on when both targets are set.
+    pub enabled: Option<bool>,
+    /// Trunk listener (UDP and TCP): the PBX/SBC sends here.
+    pub trunk_listen: SocketAddr,
+    /// Server-side listener (UDP and TCP): the XPhone server sends here.
+    pub server_listen: SocketAddr,
+    /// The XPhone server, `host[:port]` (port default 4900); resolved once at start.
+    pub server_target: Option<String>,
+    /// Transport towards the server.
+    pub server_transport: SipTransport,
+    /// The PBX/SBC, `host[:port]` (port default 5060); resolved once at start.
+    pub pbx_target: Option<String>,
+    /// Transport towards the PBX.
+    pub pbx_transport: SipTransport,
+    /// Address in Via/Contact towards the PBX; unset: `trunk_listen`'s address if specific,
+    /// else the PBX-leg media address (`nat.pbx_address` or its fallback).
+    pub trunk_advertised: Option<IpAddr>,
+    /// Address in Via/Contact towards the server; unset: `server_listen`'s address if specific,
+    /// else the same fallback.
+    pub server_advertised: Option<IpAddr>,
+    /// Digest user for 401/407 challenges from the PBX.
+    pub pbx_user: Option<String>,
+    /// Digest password (or use `pbx_password_file`, not both).
+    pub pbx_password: Option<Secret>,
+    /// File holding the digest password (first line; a trailing newline is ignored).
+    pub pbx_password_file: Option<PathBuf>,
+    /// OPTIONS keepalive towards both peers, seconds; 0 = off.
+    pub options_interval_secs: u64,
+    /// DSCP on signalling packets (24 = CS3).
+    pub dscp: u8,
+    /// Retry-After seconds on 503 (pool exhausted, draining).
+    pub retry_after_secs: u32,
+    /// RFC 3261 T1 in milliseconds (timer B/F = 64*T1: the PBX timeout).
+    pub t1_ms: u64,
+}
+
+/// Default trunk port (RFC 3261 and the product documentation).
+pub const SIP_TRUNK_PORT: u16 = 5060;
+/// Default port XCC listens on for the XPhone server.
+pub const SIP_SERVER_IN_PORT: u16 = 4901;
+/// Default port of the XPhone server.
+pub const SIP_SERVER_OUT_PORT: u16 = 4900;
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        Self {
+            enabled: None,
+            trunk_listen: SocketAddr::new(any, SIP_TRUNK_PORT),
+            server_listen: SocketAddr::new(any, SIP_SERVER_IN_PORT),
+            server_target: None,
+            server_transport: SipTransport::Tcp,
+            pbx_target: None,
+            pbx_transport: SipTransport::Udp,
+            trunk_advertised: None,
+            server_advertised: None,
+            pbx_user: None,
+            pbx_password: None,
+            pbx_password_file: None,
+            options_interval_secs: 30,
+            dscp: 24,
+            retry_after_secs: 30,
+            t1_ms: 500,
+        }
+    }
+}
+
+/// `[sip]` after validation: targets resolved, the password read. `None` in [`Validated::sip`]
+/// means SIP is off.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SipSettings {
+    /// Trunk listener (UDP and TCP).
+    pub trunk_listen: SocketAddr,
+    /// Server-side listener (UDP and TCP).
+    pub server_listen: SocketAddr,
+    /// The XPhone server.
+    pub server_target: SocketAddr,
+    /// Transport towards the server.
+    pub server_transport: SipTransport,
+    /// The PBX/SBC.
+    pub pbx_target: SocketAddr,
+    /// Transport towards the PBX.
+    pub pbx_transport: SipTransport,
+    /// Configured Via/Contact address towards the PBX, if any.
+    pub trunk_advertised: Option<IpAddr>,
+    /// Configured Via/Contact address towards the server, if any.
+    pub server_advertised: Option<IpAddr>,
+    /// Digest user and password for the PBX.
+    pub pbx_credentials: Option<(String, Secret)>,
+    /// OPTIONS interval; `None` = off.
+    pub options_interval: Option<std::time::Duration>,
+    /// DSCP on signalling.
+    pub dscp: u8,
+    /// Retry-After on 503.
+    pub retry_after_secs: u32,
+    /// RFC 3261 T1.
+    pub t1: std::time::Duration,
+}
+
+impl SipConfig {
+    /// Whether SIP runs with this configuration (see [`SipConfig::enabled`]).
+    pub fn is_enabled(&self) -> bool {
+        self.enabled
+            .unwrap_or(self.server_target.is_some() && self.pbx_target.is_some())
+    }
+
+    /// Checks every key and resolves the targets; `Ok(None)` when SIP is off.
+    pub fn validate(&self) -> Result<Option<SipSettings>> {
+        if self.dscp > 63 {
+            return Err(invalid(
+                "sip.dscp",
+                format!("{} does not fit in 6 bits", self.dscp),
+            ));
+        }
+        if !(10..=10_000).contains(&self.t1_ms) {
+            return Err(invalid(
+                "sip.t1_ms",
+                format!("{} is outside 10-10000 ms", self.t1_ms),
+            ));
+        }
+        for (key, addr) in [
+            ("sip.trunk_advertised", self.trunk_advertised),
+            ("sip.server_advertised", self.server_advertised),
+        ] {
+            if let Some(addr) = addr
+                && (addr.is_unspecified() || addr.is_multicast())
+            {
+                return Err(invalid(
+                    key,
+                    format!("{addr} cannot be advertised to a peer"),
+                ));
+            }
+        }
+        for (key, addr) in [
+            ("sip.trunk_listen", self.trunk_listen),
+            ("sip.server_listen", self.server_listen),
+        ] {
+            if addr.ip().is_multicast() || addr.port() == 0 {
+                return Err(invalid(
+                    key,
+                    format!("{addr}: a listener needs a unicast address and a fixed port"),
+                ));
+            }
+        }
+        if self.trunk_listen == self.server_listen {
+            return Err(invalid(
+                "sip.server_listen",
+                format!("{} is also sip.trunk_listen", self.server_listen),
+            ));
+        }
+        let credentials = self.credentials()?;
+        if self.enabled == Some(true) {
+            for (key, v) in [
+                ("sip.server_target", &self.server_target),
+                ("sip.pbx_target", &self.pbx_target),
+            ] {
+                if v.is_none() {
+                    return Err(invalid(key, "required when sip.enabled = true".into()));
+                }
+            }
+        }
+        // Targets are checked even when SIP is off, so a typo is caught before it is switched on.
+        let server = self
+            .server_target
+            .as_deref()
+            .map(|t| resolve_target("sip.server_target", t, SIP_SERVER_OUT_PORT))
+            .transpose()?;
+        let pbx = self
+            .pbx_target
+            .as_deref()
+            .map(|t| resolve_target("sip.pbx_target", t, SIP_TRUNK_PORT))
+            .transpose()?;
+        let (true, Some(server_target), Some(pbx_target)) = (self.is_enabled(), server, pbx) else {
+            return Ok(None);
+        };
+        Ok(Some(SipSettings {
+            trunk_listen: self.trunk_listen,
+            server_listen: self.server_listen,
+            server_target,
+            server_transport: self.server_transport,
+            pbx_target,
+            pbx_transport: self.pbx_transport,
+            trunk_advertised: self.trunk_advertised,
+            server_advertised: self.server_advertised,
+            pbx_credentials: credentials,
+            options_interval: (self.options_interval_secs > 0)
+                .then(|| std::time::Duration::from_secs(self.options_interval_secs)),
+            dscp: self.dscp,
+            retry_after_secs: self.retry_after_secs,
+            t1: std::time::Duration::from_millis(self.t1_ms),
+        }))
+    }
+
+    fn credentials(&self) -> Result<Option<(String, Secret)>> {
+        let password = match (&self.pbx_password, &self.pbx_password_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "sip.pbx_password_file",
+                    "set sip.pbx_password or sip.pbx_password_file, not both".into(),
+                ));
+            }
+            (Some(p), None) => Some(p.clone()),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    invalid("sip.pbx_password_file", format!("{}: {e}", path.display()))
+                })?;
+                let line = text.lines().next().unwrap_or_default().to_owned();
+                if line.is_empty() {
+                    return Err(invalid(
+                        "sip.pbx_password_file",
+                        format!("{} is empty", path.display()),
+                    ));
+                }
+                Some(Secret(line))
+            }
+            (None, None) => None,
+        };
+        match (&self.pbx_user, password) {
+            (Some(user), Some(password)) if !user.is_empty() => Ok(Some((user.clone(), password))),
+            (Some(_), Some(_)) => Err(invalid("sip.pbx_user", "must not be empty".into())),
+            (Some(_), None) => Err(invalid(
+                "sip.pbx_password",
+                "sip.pbx_user needs sip.pbx_password or sip.pbx_password_file".into(),
+            )),
+            (None, Some(_)) => Err(invalid(
+                "sip.pbx_user",
+                "required when a PBX password is set".into(),
+            )),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+/// The port of a `host[:port]` / `[v6]:port` target without resolving it (for the firewall
+/// generator, which must not depend on DNS).
+pub fn target_port(text: &str, default_port: u16) -> u16 {
+    let text = text.trim();
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return addr.port();
+    }
+    if text.parse::<IpAddr>().is_ok() || text.ends_with(']') {
+        return default_port;
+    }
+    text.rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap_or(default_port)
+}
+
+/// `host[:port]` or `[v6]:port` to one address (the first the resolver gives).
+fn resolve_target(key: &'static str, text: &str, default_port: u16) -> Result<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    let text = text.trim();
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return check_target(key, addr);
+    }
+    if let Ok(ip) = text
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+    {
+        return check_target(key, SocketAddr::new(ip, default_port));
+    }
+    let with_port = if text
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        text.to_owned()
+    } else {
+        format!("{text}:{default_port}")
+    };
+    let mut addrs = with_port
+        .to_socket_addrs()
+        .map_err(|e| invalid(key, format!("{text:?} does not resolve: {e}")))?;
+    let addr = addrs
+        .next()
+        .ok_or_else(|| invalid(key, format!("{text:?} resolves to no address")))?;
+    check_target(key, addr)
+}
+
+fn check_target(key: &'static str, addr: SocketAddr) -> Result<SocketAddr> {
+    if addr.ip().is_unspecified() || addr.ip().is_multicast() || addr.port() == 0 {
+        return Err(invalid(key, format!("{addr} is not a peer address")));
+    }
+    Ok(addr)
+}
+
 /// A configuration that passed [`Config::validate`], with the files it names already read.
 #[derive(Debug, Clone)]
 pub struct Validated {
@@ -128,6 +464,8 @@ pub struct Validated {
     pub tls: Option<TlsMaterial>,
     /// Suites offered to clients, parsed.
     pub offer_suites: Vec<SrtpSuite>,
+    /// `[sip]` resolved; `None` when SIP is off.
+    pub sip: Option<SipSettings>,
 }
 
 impl Config {
@@ -230,6 +568,7 @@ impl Config {
             ));
         }
         let tls = self.control_tls()?;
+        let sip = self.sip.validate()?;
         let c = &self.control;
         if !c.listen.ip().is_loopback() && tls.is_none() && !c.allow_insecure_control {
             return Err(invalid(
@@ -245,6 +584,7 @@ impl Config {
             config: self,
             tls,
             offer_suites,
+            sip,
         })
     }
 
@@ -349,6 +689,35 @@ offer_suites = [{suites}]
 level = "{level}"
 # "text" or "json".
 format = "text"
+
+[sip]
+# The B2BUA between the XPhone server and the PBX/SBC. Unset `enabled`: SIP runs exactly when both
+# server_target and pbx_target are set; true requires them; false keeps SIP off.
+# enabled = true
+# Listeners, UDP and TCP each: the PBX/SBC sends to trunk_listen, the XPhone server to server_listen.
+trunk_listen = "{trunk_listen}"
+server_listen = "{server_listen}"
+# The XPhone server, "host[:port]" (default port {server_port}), and the transport towards it.
+# server_target = "10.0.0.2:{server_port}"
+server_transport = "{server_transport}"
+# The PBX/SBC, "host[:port]" (default port {trunk_port}), and the transport towards it.
+# pbx_target = "10.0.0.5:{trunk_port}"
+pbx_transport = "{pbx_transport}"
+# Address written in Via/Contact towards each peer. Unset: the listener's address if specific,
+# else the PBX-leg media address (nat.pbx_address or its fallback).
+# trunk_advertised = "10.0.0.7"
+# server_advertised = "10.0.0.7"
+# Digest credentials answering the PBX's 401/407: pbx_user plus pbx_password or pbx_password_file.
+# pbx_user = "xcc"
+# pbx_password_file = "/etc/xcc/pbx-password"
+# OPTIONS keepalive towards both peers, seconds (0 = off).
+options_interval_secs = {options}
+# DSCP on signalling packets (24 = CS3).
+dscp = {sip_dscp}
+# Retry-After (seconds) on 503 when the media pool is exhausted or XCC is draining.
+retry_after_secs = {retry_after}
+# RFC 3261 T1 (ms): retransmissions start here; an unanswered INVITE times out after 64*T1.
+t1_ms = {t1}
 "#,
         bind = m.bind_address,
         pmin = m.port_min,
@@ -366,6 +735,16 @@ format = "text"
         public = opt_line("public_address", c.nat.public_address, "203.0.113.10"),
         pbx = opt_line("pbx_address", c.nat.pbx_address, "10.0.0.5"),
         level = c.log.level,
+        trunk_listen = c.sip.trunk_listen,
+        server_listen = c.sip.server_listen,
+        server_port = SIP_SERVER_OUT_PORT,
+        trunk_port = SIP_TRUNK_PORT,
+        server_transport = c.sip.server_transport.name(),
+        pbx_transport = c.sip.pbx_transport.name(),
+        options = c.sip.options_interval_secs,
+        sip_dscp = c.sip.dscp,
+        retry_after = c.sip.retry_after_secs,
+        t1 = c.sip.t1_ms,
     )
 }
 
@@ -487,6 +866,80 @@ mod tests {
         assert_eq!(key_of(c.validate().unwrap_err()), "sdes.offer_suites");
         let c = parse("[sdes]\noffer_suites = []\n").unwrap();
         assert_eq!(key_of(c.validate().unwrap_err()), "sdes.offer_suites");
+    }
+
+    #[test]
+    fn sip_is_off_on_defaults_and_on_when_both_targets_are_set() {
+        let v = parse("").unwrap().validate().unwrap();
+        assert!(v.sip.is_none(), "a fresh machine binds no SIP port");
+        let c = parse("[sip]\npbx_target = \"127.0.0.1\"\n").unwrap();
+        assert!(
+            c.validate().unwrap().sip.is_none(),
+            "one target is not enough"
+        );
+        let c = parse(
+            "[sip]\npbx_target = \"127.0.0.1\"\nserver_target = \"[::1]\"\n\
+             trunk_listen = \"127.0.0.1:20060\"\n",
+        )
+        .unwrap();
+        let s = c.validate().unwrap().sip.expect("on");
+        assert_eq!(s.pbx_target, "127.0.0.1:5060".parse().unwrap());
+        assert_eq!(s.server_target, "[::1]:4900".parse().unwrap());
+        assert_eq!(s.server_transport, SipTransport::Tcp);
+        assert_eq!(s.dscp, 24);
+        let c = parse(
+            "[sip]\nenabled = false\npbx_target = \"127.0.0.1:5\"\nserver_target = \"127.0.0.1:6\"\n",
+        )
+        .unwrap();
+        assert!(c.validate().unwrap().sip.is_none());
+    }
+
+    #[test]
+    fn sip_errors_name_their_key() {
+        let c = parse("[sip]\nenabled = true\npbx_target = \"127.0.0.1\"\n").unwrap();
+        assert_eq!(key_of(c.validate().unwrap_err()), "sip.server_target");
+        let c = parse("[sip]\npbx_target = \"0.0.0.0:5060\"\n").unwrap();
+        assert_eq!(key_of(c.validate().unwrap_err()), "sip.pbx_target");
+        let c = parse("[sip]\ndscp = 64\n").unwrap();
+        assert_eq!(key_of(c.validate().unwrap_err()), "sip.dscp");
+        let c = parse("[sip]\npbx_user = \"xcc\"\n").unwrap();
+        assert_eq!(key_of(c.validate().unwrap_err()), "sip.pbx_password");
+        let c = parse("[sip]\npbx_password = \"pw\"\n").unwrap();
+        assert_eq!(key_of(c.validate().unwrap_err()), "sip.pbx_user");
+        let c =
+            parse("[sip]\npbx_user = \"u\"\npbx_password = \"p\"\npbx_password_file = \"/x\"\n")
+                .unwrap();
+        assert_eq!(key_of(c.validate().unwrap_err()), "sip.pbx_password_file");
+        let c =
+            parse("[sip]\npbx_user = \"u\"\npbx_password_file = \"/nonexistent/pw\"\n").unwrap();
+        assert_eq!(key_of(c.validate().unwrap_err()), "sip.pbx_password_file");
+        let c = parse("[sip]\nserver_listen = \"0.0.0.0:5060\"\n").unwrap();
+        assert_eq!(key_of(c.validate().unwrap_err()), "sip.server_listen");
+        let c = parse("[sip]\nt1_ms = 0\n").unwrap();
+        assert_eq!(key_of(c.validate().unwrap_err()), "sip.t1_ms");
+        let e = parse("[sip]\npbx_transport = \"sctp\"\n").unwrap_err();
+        assert!(e.to_string().contains("pbx_transport"), "{e}");
+        let e = parse("[sip]\ntrunk_port = 5060\n").unwrap_err();
+        assert!(e.to_string().contains("trunk_port"), "{e}");
+    }
+
+    #[test]
+    fn sip_password_file_is_read_and_never_debug_printed() {
+        let dir = std::env::temp_dir().join(format!("xcc-sip-pw-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pw = dir.join("pw");
+        std::fs::write(&pw, "s3cret\n").unwrap();
+        let text = format!(
+            "[sip]\npbx_target = \"127.0.0.1\"\nserver_target = \"127.0.0.1\"\n\
+             pbx_user = \"xcc\"\npbx_password_file = \"{}\"\n",
+            pw.display()
+        );
+        let v = parse(&text).unwrap().validate().unwrap();
+        let (user, secret) = v.sip.as_ref().unwrap().pbx_credentials.clone().unwrap();
+        assert_eq!((user.as_str(), secret.0.as_str()), ("xcc", "s3cret"));
+        let c = parse("[sip]\npbx_user = \"u\"\npbx_password = \"hunter2\"\n").unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

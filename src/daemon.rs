@@ -92,6 +92,17 @@ pub async fn run(
         xcc_grpc::server::serve(plane, health_server, control, tls.as_ref(), shutdown).await
     });
 
+    let sip = match &v.sip {
+        Some(settings) => Some(crate::sip::start_sip(
+            settings,
+            advertised,
+            sessions.clone(),
+            state.clone(),
+            hub.clone(),
+        )?),
+        None => None,
+    };
+
     state.set_ready().await;
     tracing::info!(control = %control_addr, tls = v.tls.is_some(), workers = media.workers(), "xccd ready");
     notifier.notify_or_log(&format!("READY=1\nSTATUS=serving on {control_addr}"));
@@ -124,6 +135,9 @@ pub async fn run(
     notifier.notify_or_log("STOPPING=1\nSTATUS=stopping");
     if let Some(w) = watchdog {
         w.abort();
+    }
+    if let Some(sip) = sip {
+        sip.stop().await;
     }
     hub.close();
     let _ = stop_server.send(());

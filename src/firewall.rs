@@ -2,21 +2,16 @@
 //! configuration.
 //!
 //! [`ruleset`] is a pure function of the [`Config`]; the renderers turn its result into an nftables
-//! script, iptables commands or a table for people. Ports that the configuration does not carry yet
-//! (SIP trunk, server SIP, STUN, TURN, NTP) are the product documentation's defaults, named as such in
-//! every rendering so an operator knows which line follows the file and which follows the manual.
+//! script, iptables commands or a table for people. SIP follows `[sip]` (no SIP rules while SIP is
+//! off); ports the configuration does not carry yet (STUN, TURN, NTP) are the product
+//! documentation's defaults, named as such in every rendering so an operator knows which line
+//! follows the file and which follows the manual.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use crate::config::Config;
+use crate::config::{Config, SIP_SERVER_OUT_PORT, SIP_TRUNK_PORT, SipTransport, target_port};
 
-/// SIP towards the PBX/SBC, UDP and TCP. Documented default: there is no `[sip]` section yet.
-pub const DEFAULT_SIP_TRUNK_PORT: u16 = 5060;
-/// SIP from the XPhone server to XCC (documented default, "changeable" once `[sip]` exists).
-pub const DEFAULT_SERVER_SIP_IN_PORT: u16 = 4901;
-/// SIP from XCC to the XPhone server (documented default).
-pub const DEFAULT_SERVER_SIP_OUT_PORT: u16 = 4900;
 /// STUN binding requests for the public address (documented: 3478 and 3479).
 pub const DEFAULT_STUN_PORTS: [u16; 2] = [3478, 3479];
 /// TURN over UDP (documented: depends on the server; 3478 is the standard port).
@@ -209,13 +204,34 @@ pub fn ruleset(config: &Config) -> Ruleset {
         "media: SRTP from clients/TURN, RTP from the PBX",
         Origin::Config("media.port_min..media.port_max"),
     );
-    for t in [Udp, Tcp] {
-        let p = PortRange::single(DEFAULT_SIP_TRUNK_PORT);
-        rule(In, t, p, None, "SIP trunk from the PBX/SBC", doc);
-    }
-    for t in [Tcp, Udp] {
-        let p = PortRange::single(DEFAULT_SERVER_SIP_IN_PORT);
-        rule(In, t, p, None, "SIP from the XPhone server", doc);
+    let sip = &config.sip;
+    let sip_on = sip.is_enabled();
+    if sip_on {
+        let (trunk, server) = (sip.trunk_listen, sip.server_listen);
+        for t in [Udp, Tcp] {
+            let p = PortRange::single(trunk.port());
+            let purpose = "SIP trunk from the PBX/SBC";
+            rule(
+                In,
+                t,
+                p,
+                specific(trunk.ip()),
+                purpose,
+                Origin::Config("sip.trunk_listen"),
+            );
+        }
+        for t in [Tcp, Udp] {
+            let p = PortRange::single(server.port());
+            let purpose = "SIP from the XPhone server";
+            rule(
+                In,
+                t,
+                p,
+                specific(server.ip()),
+                purpose,
+                Origin::Config("sip.server_listen"),
+            );
+        }
     }
     let listen = config.control.listen;
     if listen.ip().is_loopback() {
@@ -232,13 +248,35 @@ pub fn ruleset(config: &Config) -> Ruleset {
             Origin::Config("control.listen"),
         );
     }
-    for t in [Udp, Tcp] {
-        let p = PortRange::single(DEFAULT_SIP_TRUNK_PORT);
-        rule(Out, t, p, None, "SIP trunk to the PBX/SBC", doc);
-    }
-    for t in [Tcp, Udp] {
-        let p = PortRange::single(DEFAULT_SERVER_SIP_OUT_PORT);
-        rule(Out, t, p, None, "SIP to the XPhone server", doc);
+    if sip_on {
+        // XCC opens flows only over the configured transport; replies ride on conntrack.
+        let transport = |t: SipTransport| match t {
+            SipTransport::Udp => Udp,
+            SipTransport::Tcp => Tcp,
+        };
+        let pbx = target_port(
+            sip.pbx_target.as_deref().unwrap_or_default(),
+            SIP_TRUNK_PORT,
+        );
+        let p = PortRange::single(pbx);
+        let purpose = "SIP trunk to the PBX/SBC";
+        let origin = Origin::Config("sip.pbx_target");
+        rule(Out, transport(sip.pbx_transport), p, None, purpose, origin);
+        let server = target_port(
+            sip.server_target.as_deref().unwrap_or_default(),
+            SIP_SERVER_OUT_PORT,
+        );
+        let p = PortRange::single(server);
+        let purpose = "SIP to the XPhone server";
+        let origin = Origin::Config("sip.server_target");
+        rule(
+            Out,
+            transport(sip.server_transport),
+            p,
+            None,
+            purpose,
+            origin,
+        );
     }
     // STUN and TURN share 3478/udp: one rule for both, never a duplicate.
     for port in DEFAULT_STUN_PORTS {
@@ -278,6 +316,13 @@ pub fn ruleset(config: &Config) -> Ruleset {
         purpose: "media to clients and the PBX (from the pool)",
         origin: Origin::Config("media.port_min..media.port_max"),
     });
+    if !sip_on {
+        notes.push(
+            "SIP is off (sip.server_target and sip.pbx_target unset, or sip.enabled = false): \
+             no SIP rules"
+                .to_owned(),
+        );
+    }
     Ruleset { rules, notes }
 }
 
@@ -453,7 +498,9 @@ mod tests {
     fn non_default() -> Config {
         Config::parse(
             "[media]\nbind_address = \"192.0.2.10\"\nport_min = 40000\nport_max = 40999\n\
-             [control]\nlisten = \"0.0.0.0:3390\"\nallow_insecure_control = true\n",
+             [control]\nlisten = \"0.0.0.0:3390\"\nallow_insecure_control = true\n\
+             [sip]\ntrunk_listen = \"192.0.2.10:5070\"\nserver_listen = \"0.0.0.0:4911\"\n\
+             pbx_target = \"pbx.example.net:5080\"\nserver_target = \"198.51.100.2\"\n",
             Path::new("test.toml"),
         )
         .unwrap()
@@ -466,15 +513,13 @@ mod tests {
         let want = "\
 DIR  PROTO PORT        LOCAL           PURPOSE                                         SOURCE
 in   udp   40000-40999 192.0.2.10      media: SRTP from clients/TURN, RTP from the PBX config media.port_min..media.port_max
-in   udp   5060        any             SIP trunk from the PBX/SBC                      documented default
-in   tcp   5060        any             SIP trunk from the PBX/SBC                      documented default
-in   tcp   4901        any             SIP from the XPhone server                      documented default
-in   udp   4901        any             SIP from the XPhone server                      documented default
+in   udp   5070        192.0.2.10      SIP trunk from the PBX/SBC                      config sip.trunk_listen
+in   tcp   5070        192.0.2.10      SIP trunk from the PBX/SBC                      config sip.trunk_listen
+in   tcp   4911        any             SIP from the XPhone server                      config sip.server_listen
+in   udp   4911        any             SIP from the XPhone server                      config sip.server_listen
 in   tcp   3390        any             gRPC control from the XPhone server             config control.listen
-out  udp   5060        any             SIP trunk to the PBX/SBC                        documented default
-out  tcp   5060        any             SIP trunk to the PBX/SBC                        documented default
-out  tcp   4900        any             SIP to the XPhone server                        documented default
-out  udp   4900        any             SIP to the XPhone server                        documented default
+out  udp   5080        any             SIP trunk to the PBX/SBC                        config sip.pbx_target
+out  tcp   4900        any             SIP to the XPhone server                        config sip.server_target
 out  udp   3478        any             STUN: public address; TURN relay (UDP)          documented default
 out  udp   3479        any             STUN: public address                            documented default
 out  tcp   443         any             TURN relay (TCP)                                documented default
@@ -498,6 +543,19 @@ note: media towards clients and the PBX goes to whatever port the peer uses: all
                 );
             }
         }
+    }
+
+    #[test]
+    fn sip_off_means_no_sip_rules_and_a_note() {
+        let set = ruleset(&Config::default());
+        assert!(
+            !set.rules.iter().any(|r| r.purpose.starts_with("SIP")),
+            "{:?}",
+            set.rules
+        );
+        assert!(set.notes.iter().any(|n| n.starts_with("SIP is off")));
+        let table = ruleset(&non_default()).render(Format::Table);
+        assert!(!table.contains("SIP is off"), "{table}");
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod load;
 pub mod logging;
 pub mod netif;
 pub mod notify;
+pub mod sip;
 pub mod watchdog;
 
 pub use error::{Error, Result};

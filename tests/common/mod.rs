@@ -4,6 +4,9 @@
 //! Each test binary uses a subset, hence `allow(dead_code)`.
 #![allow(dead_code)]
 
+pub mod phone;
+pub mod sipp;
+
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};

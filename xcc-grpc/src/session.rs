@@ -363,6 +363,23 @@ impl SessionTable {
         Ok((session.view.clone(), outcome))
     }
 
+    /// Forgets a pending re-offer the other side refused or never answered (SIP re-INVITE
+    /// answered 4xx/5xx), so the next offer is not refused as "still pending". The offerer's leg
+    /// keeps what the re-offer configured on it; the answering leg is untouched. An initial
+    /// offer cannot be abandoned (the session is deleted instead): returns false then.
+    pub fn abandon_offer(&self, call: CallId) -> bool {
+        let mut table = self.lock();
+        let Some(session) = table.sessions.get_mut(&call) else {
+            return false;
+        };
+        if !session.answered || session.pending.is_none() {
+            return false;
+        }
+        session.pending = None;
+        session.view.state = State::Active;
+        true
+    }
+
     /// Releases the session's media and forgets it.
     pub fn delete(&self, call: CallId) -> Result<()> {
         let mut table = self.lock();

@@ -401,6 +401,28 @@ impl Endpoint {
         Ok(Some(key))
     }
 
+    /// Sends the CANCEL for a pending INVITE client transaction (RFC 3261 §9.1) to the peer the
+    /// INVITE went to, as its own non-INVITE transaction. A CANCEL may only follow a provisional
+    /// response: `Ok(None)` when the INVITE is unknown or not in Proceeding (the caller retries
+    /// when a provisional arrives, or lets the INVITE's own final response end it).
+    pub fn cancel(
+        &mut self,
+        now: Instant,
+        invite: &TransactionKey,
+    ) -> Result<Option<TransactionKey>, Error> {
+        let Some(Entry {
+            tsx: Tsx::InviteClient(t),
+            peer,
+        }) = self.transactions.get(invite)
+        else {
+            return Ok(None);
+        };
+        let (Some(cancel), peer) = (t.cancel(), *peer) else {
+            return Ok(None);
+        };
+        self.send_request(now, cancel, peer)
+    }
+
     /// Sends a response within a server transaction.
     pub fn send_response(
         &mut self,

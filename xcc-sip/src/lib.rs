@@ -8,6 +8,7 @@
 //! - [`transaction`]: the four RFC 3261 §17 machines (+ RFC 6026 Accepted) and
 //!   [`transaction::TransactionKey`]; [`endpoint::Endpoint`] owns and matches them.
 //! - [`dialog`] and [`auth`]: in-dialog request building and Digest answers, for the B2BUA.
+//! - [`b2bua`]: the back-to-back user agent, one call across a server dialog and a PBX dialog.
 //! - [`driver`]: the tokio loop that reads sockets and the clock and moves bytes in and out.
 //!
 //! The drive loop: feed input with `handle_*(now, ..)`, then drain `poll_transmit()` and
@@ -16,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod b2bua;
 pub mod dialog;
 pub mod driver;
 pub mod endpoint;

@@ -1,0 +1,737 @@
+//! SIP in xccd: the four listeners (trunk and server side, UDP and TCP each), one tokio task
+//! driving the sans-IO [`B2bua`], and the [`MediaSessions`] adapter that puts SIP calls in the
+//! same [`SessionTable`] as gRPC sessions (so they show in `ListCalls`, count against the pool,
+//! are refused while draining, and end with BYE on a gRPC `HangUp` or a media timeout).
+//!
+//! Nothing protocol-specific lives here: the task moves bytes between sockets and the B2BUA,
+//! reads the clock once per wake-up, and sleeps until [`B2bua::poll_timeout`].
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, Hasher};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::RngCore;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::{broadcast, mpsc};
+use xcc_core::ids::CallId;
+use xcc_grpc::control::ControlState;
+use xcc_grpc::events::EventHub;
+use xcc_grpc::pb;
+use xcc_grpc::session::{Advertised, Outcome, SessionTable};
+use xcc_sip::auth::Credentials;
+use xcc_sip::b2bua::{
+    B2bua, B2buaConfig, B2buaEvent, HangupReason, MediaOffer, MediaRefusal, MediaSessions, Side,
+    SideConfig,
+};
+use xcc_sip::endpoint::{Peer, Target, Transmit};
+use xcc_sip::framing::{Frame, PONG, StreamFramer};
+use xcc_sip::transaction::Timers;
+use xcc_sip::transport::Transport;
+
+use crate::config::SipSettings;
+use crate::error::{Error, Result};
+
+/// Largest UDP datagram read.
+const MAX_DATAGRAM: usize = 65_535;
+/// Per-connection send queue: a peer that stops reading loses messages, never blocks the task.
+const CONN_QUEUE: usize = 256;
+/// How long an outgoing TCP connect may take before its transactions fail.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// On stop: how long BYEs and their answers may take before the task gives up.
+const STOP_WITHIN: Duration = Duration::from_secs(2);
+
+/// The running SIP task.
+pub struct SipHandle {
+    stop: mpsc::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+    /// Where each listener is bound: server UDP, server TCP, trunk UDP, trunk TCP.
+    pub bound: [SocketAddr; 4],
+}
+
+impl SipHandle {
+    /// Ends every SIP call with BYE/CANCEL on both sides (bounded by [`STOP_WITHIN`]) and stops
+    /// the task: the daemon's last step before the media plane shuts down.
+    pub async fn stop(self) {
+        let _ = self.stop.send(()).await;
+        match tokio::time::timeout(STOP_WITHIN + Duration::from_secs(1), self.task).await {
+            Ok(_) => {}
+            Err(_) => tracing::warn!("SIP task did not stop in time"),
+        }
+    }
+}
+
+/// Binds the four SIP listeners (a failure is a startup error naming the listener) and starts
+/// the B2BUA task. Call before READY=1.
+pub fn start_sip(
+    s: &SipSettings,
+    advertised: Advertised,
+    sessions: Arc<SessionTable>,
+    state: Arc<ControlState>,
+    hub: EventHub,
+) -> Result<SipHandle> {
+    let udp = |what: &'static str, addr: SocketAddr| {
+        xcc_sip::driver::bind_udp(addr, s.dscp).map_err(|e| bind_error(what, addr, e))
+    };
+    let tcp = |what: &'static str, addr: SocketAddr| {
+        xcc_sip::driver::bind_tcp(addr, s.dscp).map_err(|e| bind_error(what, addr, e))
+    };
+    let server_udp = udp("SIP server-side UDP", s.server_listen)?;
+    let server_tcp = tcp("SIP server-side TCP", s.server_listen)?;
+    let trunk_udp = udp("SIP trunk UDP", s.trunk_listen)?;
+    let trunk_tcp = tcp("SIP trunk TCP", s.trunk_listen)?;
+    let addr = |r: std::io::Result<SocketAddr>, what, fallback| {
+        r.map_err(|source| Error::Bind {
+            what,
+            addr: fallback,
+            source,
+        })
+    };
+    let bound = [
+        addr(
+            server_udp.local_addr(),
+            "SIP server-side UDP",
+            s.server_listen,
+        )?,
+        addr(
+            server_tcp.local_addr(),
+            "SIP server-side TCP",
+            s.server_listen,
+        )?,
+        addr(trunk_udp.local_addr(), "SIP trunk UDP", s.trunk_listen)?,
+        addr(trunk_tcp.local_addr(), "SIP trunk TCP", s.trunk_listen)?,
+    ];
+    let cfg = b2bua_config(s, advertised, bound[0].port(), bound[2].port());
+    tracing::info!(
+        server_listen = %bound[0], trunk_listen = %bound[2],
+        server_target = %s.server_target, server_transport = ?s.server_transport,
+        pbx_target = %s.pbx_target, pbx_transport = ?s.pbx_transport,
+        server_local = %cfg.server.local, trunk_local = %cfg.pbx.local,
+        "SIP listening"
+    );
+    let mut seed = [0u8; 32];
+    rand::rng().fill_bytes(&mut seed);
+    let b2bua = B2bua::new(cfg, Instant::now(), seed);
+    let media = TableMedia::new(sessions, state, hub.clone());
+    let (stop, stop_rx) = mpsc::channel(1);
+    let io = Io {
+        udp: [server_udp, trunk_udp],
+        tcp: [server_tcp, trunk_tcp],
+    };
+    let task = tokio::spawn(run(b2bua, media, io, hub.subscribe(), stop_rx));
+    Ok(SipHandle { stop, task, bound })
+}
+
+fn bind_error(what: &'static str, addr: SocketAddr, e: xcc_sip::Error) -> Error {
+    match e {
+        xcc_sip::Error::Socket { source, .. } => Error::Bind { what, addr, source },
+        other => Error::Bind {
+            what,
+            addr,
+            source: std::io::Error::other(other.to_string()),
+        },
+    }
+}
+
+/// `[sip]` mapped onto the B2BUA's configuration. Via/Contact addresses: the configured
+/// advertised address, else the listener's if specific, else the PBX-leg media address.
+fn b2bua_config(
+    s: &SipSettings,
+    advertised: Advertised,
+    server_port: u16,
+    trunk_port: u16,
+) -> B2buaConfig {
+    let local = |configured: Option<std::net::IpAddr>, listen: SocketAddr, port: u16| {
+        let ip = configured.unwrap_or_else(|| {
+            if listen.ip().is_unspecified() {
+                advertised.pbx
+            } else {
+                listen.ip()
+            }
+        });
+        SocketAddr::new(ip, port)
+    };
+    let mut server = SideConfig::new(
+        Peer {
+            addr: s.server_target,
+            transport: s.server_transport.to_sip(),
+        },
+        local(s.server_advertised, s.server_listen, server_port),
+    );
+    let mut pbx = SideConfig::new(
+        Peer {
+            addr: s.pbx_target,
+            transport: s.pbx_transport.to_sip(),
+        },
+        local(s.trunk_advertised, s.trunk_listen, trunk_port),
+    );
+    server.options_interval = s.options_interval;
+    pbx.options_interval = s.options_interval;
+    pbx.credentials = s
+        .pbx_credentials
+        .as_ref()
+        .map(|(user, password)| Credentials {
+            username: user.clone(),
+            password: password.0.clone(),
+        });
+    let mut cfg = B2buaConfig::new(server, pbx);
+    cfg.timers = Timers {
+        t1: s.t1,
+        t2: Timers::default().t2.max(s.t1),
+        ..Timers::default()
+    };
+    cfg.retry_after = s.retry_after_secs;
+    cfg
+}
+
+// ---- the MediaSessions adapter ------------------------------------------------------------------
+
+/// [`MediaSessions`] over the daemon's session table. Remembers which calls are SIP calls, so a
+/// media-plane end (gRPC `HangUp`, media timeout) of one of them becomes a B2BUA hang-up.
+struct TableMedia {
+    sessions: Arc<SessionTable>,
+    state: Arc<ControlState>,
+    hub: EventHub,
+    /// Calls offered and not yet released.
+    ours: HashSet<CallId>,
+    /// Keyed hash for idempotency keys longer than the table accepts.
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl TableMedia {
+    fn new(sessions: Arc<SessionTable>, state: Arc<ControlState>, hub: EventHub) -> Self {
+        Self {
+            sessions,
+            state,
+            hub,
+            ours: HashSet::new(),
+            hasher: std::collections::hash_map::RandomState::new(),
+        }
+    }
+
+    /// The session-table key for a SIP call key: `sip:` + the key, or a keyed hash of it when
+    /// too long (Call-IDs are unbounded; the table stores at most 128 bytes).
+    fn table_key(&self, key: &str) -> String {
+        table_key(&self.hasher, key)
+    }
+
+    fn announce(&self, call: CallId, outcome: Outcome, from: xcc_core::ids::LegSide) {
+        match outcome {
+            Outcome::Started => self.hub.publish(
+                call,
+                pb::event::Kind::Started(pb::CallStarted {
+                    offer_from: xcc_grpc::service::side_to_pb(from) as i32,
+                }),
+            ),
+            Outcome::Answered => self
+                .hub
+                .publish(call, pb::event::Kind::Answered(pb::CallAnswered {})),
+            Outcome::Replayed | Outcome::Updated => {}
+        }
+    }
+}
+
+/// See [`TableMedia::table_key`].
+fn table_key(hasher: &impl BuildHasher, key: &str) -> String {
+    let plain = format!("sip:{key}");
+    if plain.len() <= xcc_grpc::session::MAX_IDEMPOTENCY_KEY {
+        return plain;
+    }
+    let mut h = hasher.build_hasher();
+    h.write(key.as_bytes());
+    let a = h.finish();
+    h.write_u8(0xff);
+    format!("sip#{a:016x}{:016x}", h.finish())
+}
+
+/// The session table's errors as the B2BUA's refusals.
+fn refusal(e: xcc_grpc::Error) -> MediaRefusal {
+    use xcc_grpc::Error as E;
+    match e {
+        E::Draining => MediaRefusal::Draining,
+        E::NotFound { .. } => MediaRefusal::UnknownCall,
+        E::WrongState { .. } => MediaRefusal::OfferPending,
+        E::InvalidArgument { reason, .. } => MediaRefusal::BadSdp { reason },
+        E::Media {
+            source: xcc_core::Error::PoolExhausted { .. },
+            ..
+        } => MediaRefusal::Exhausted,
+        E::Media {
+            field: Some(_),
+            source,
+        } => MediaRefusal::BadSdp {
+            reason: source.to_string(),
+        },
+        other => MediaRefusal::Internal {
+            reason: other.to_string(),
+        },
+    }
+}
+
+impl MediaSessions for TableMedia {
+    fn offer(&mut self, key: &str, from: Side, sdp: &str) -> Result<MediaOffer, MediaRefusal> {
+        if self.state.is_draining() {
+            return Err(MediaRefusal::Draining);
+        }
+        let (view, outcome) = self
+            .sessions
+            .create(&self.table_key(key), from.leg(), sdp)
+            .map_err(refusal)?;
+        self.ours.insert(view.call);
+        self.announce(view.call, outcome, from.leg());
+        Ok(MediaOffer {
+            call: view.call,
+            sdp: view.sdp,
+        })
+    }
+
+    fn answer(&mut self, call: CallId, sdp: &str) -> Result<String, MediaRefusal> {
+        let (view, outcome) = self.sessions.answer(call, sdp).map_err(refusal)?;
+        self.announce(call, outcome, view.offer_from);
+        Ok(view.sdp)
+    }
+
+    fn reoffer(&mut self, call: CallId, from: Side, sdp: &str) -> Result<String, MediaRefusal> {
+        let (view, _) = self
+            .sessions
+            .update(call, from.leg(), sdp)
+            .map_err(refusal)?;
+        Ok(view.sdp)
+    }
+
+    fn abandon_offer(&mut self, call: CallId) {
+        self.sessions.abandon_offer(call);
+    }
+
+    fn release(&mut self, call: CallId) {
+        self.ours.remove(&call);
+        match self.sessions.delete(call) {
+            Ok(()) | Err(xcc_grpc::Error::NotFound { .. }) => {}
+            Err(e) => tracing::warn!(%call, error = %e, "releasing a SIP call's media failed"),
+        }
+    }
+}
+
+// ---- the task -------------------------------------------------------------------------------------
+
+/// The sockets, by [`Side::index`].
+struct Io {
+    udp: [UdpSocket; 2],
+    tcp: [TcpListener; 2],
+}
+
+/// What connection tasks report.
+enum Conn {
+    /// A connection to `addr` on `side` is up.
+    Up(Side, SocketAddr, mpsc::Sender<Vec<u8>>),
+    /// A frame from `addr`.
+    Frame(Side, SocketAddr, Frame),
+    /// The connection is gone.
+    Down(Side, SocketAddr),
+}
+
+/// TCP connections of both sides.
+#[derive(Default)]
+struct Streams {
+    conns: [HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>; 2],
+    /// Bytes for peers whose connection is being opened.
+    pending: [HashMap<SocketAddr, Vec<Vec<u8>>>; 2],
+}
+
+async fn run(
+    mut b2bua: B2bua,
+    mut media: TableMedia,
+    io: Io,
+    mut feed: broadcast::Receiver<pb::Event>,
+    mut stop: mpsc::Receiver<()>,
+) {
+    let (conn_tx, mut conn_rx) = mpsc::channel::<Conn>(1024);
+    let mut streams = Streams::default();
+    let mut bufs = [vec![0u8; MAX_DATAGRAM], vec![0u8; MAX_DATAGRAM]];
+    let mut stopping: Option<Instant> = None;
+    loop {
+        flush(&mut b2bua, &io, &mut streams, &conn_tx).await;
+        log_events(&mut b2bua);
+        if let Some(until) = stopping
+            && (b2bua.calls() == 0 || Instant::now() >= until)
+        {
+            tracing::info!(calls_left = b2bua.calls(), "SIP stopped");
+            return;
+        }
+        let draining = media.state.is_draining();
+        if draining != b2bua.is_draining() {
+            b2bua.set_draining(draining);
+        }
+        let deadline = match (b2bua.poll_timeout(), stopping) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        let [buf0, buf1] = &mut bufs;
+        tokio::select! {
+            r = io.udp[0].recv_from(buf0) => udp_in(&mut b2bua, &mut media, Side::Server, r, buf0),
+            r = io.udp[1].recv_from(buf1) => udp_in(&mut b2bua, &mut media, Side::Pbx, r, buf1),
+            r = io.tcp[0].accept() => accept(Side::Server, r, &conn_tx),
+            r = io.tcp[1].accept() => accept(Side::Pbx, r, &conn_tx),
+            Some(c) = conn_rx.recv() => conn_event(&mut b2bua, &mut media, &mut streams, c),
+            ev = feed.recv() => media_event(&mut b2bua, &mut media, ev),
+            _ = stop.recv(), if stopping.is_none() => {
+                let now = Instant::now();
+                let calls: Vec<CallId> = media.ours.iter().copied().collect();
+                tracing::info!(calls = calls.len(), "SIP stopping: hanging up calls");
+                for call in calls {
+                    b2bua.hangup(now, call, HangupReason::Drain, &mut media);
+                }
+                stopping = Some(now + STOP_WITHIN);
+            }
+            () = sleep => b2bua.handle_timeout(Instant::now(), &mut media),
+        }
+    }
+}
+
+fn udp_in(
+    b2bua: &mut B2bua,
+    media: &mut TableMedia,
+    side: Side,
+    r: std::io::Result<(usize, SocketAddr)>,
+    buf: &[u8],
+) {
+    match r {
+        Ok((n, from)) => {
+            let source = Peer {
+                addr: from,
+                transport: Transport::Udp,
+            };
+            b2bua.handle_bytes(Instant::now(), side, source, &buf[..n], media);
+        }
+        // ICMP port unreachable from an earlier send surfaces here on Linux: keep serving.
+        Err(e) => tracing::debug!(%side, error = %e, "SIP UDP receive"),
+    }
+}
+
+fn accept(
+    side: Side,
+    r: std::io::Result<(tokio::net::TcpStream, SocketAddr)>,
+    conns: &mpsc::Sender<Conn>,
+) {
+    match r {
+        Ok((stream, addr)) => {
+            tokio::spawn(serve_conn(side, stream, addr, conns.clone()));
+        }
+        Err(e) => tracing::debug!(%side, error = %e, "SIP TCP accept"),
+    }
+}
+
+fn conn_event(b2bua: &mut B2bua, media: &mut TableMedia, streams: &mut Streams, c: Conn) {
+    match c {
+        Conn::Up(side, addr, tx) => {
+            for bytes in streams.pending[side.index()]
+                .remove(&addr)
+                .unwrap_or_default()
+            {
+                if tx.try_send(bytes).is_err() {
+                    tracing::warn!(%side, peer = %addr, "SIP connection queue full; message dropped");
+                }
+            }
+            streams.conns[side.index()].insert(addr, tx);
+        }
+        Conn::Down(side, addr) => {
+            streams.conns[side.index()].remove(&addr);
+            // Bytes still pending: the connection never came up; its transactions fail now.
+            if streams.pending[side.index()].remove(&addr).is_some() {
+                let peer = Peer {
+                    addr,
+                    transport: Transport::Tcp,
+                };
+                b2bua.handle_transport_error(Instant::now(), side, peer, media);
+            }
+        }
+        Conn::Frame(side, addr, frame) => match frame {
+            Frame::Message(m) => {
+                // The B2BUA takes bytes (it has no parsed-message entry point): re-encode.
+                let peer = Peer {
+                    addr,
+                    transport: Transport::Tcp,
+                };
+                b2bua.handle_bytes(Instant::now(), side, peer, &m.to_bytes(), media);
+            }
+            Frame::Malformed(e) => {
+                tracing::debug!(%side, peer = %addr, error = ?e, "malformed SIP message on TCP dropped");
+            }
+            Frame::Ping => {
+                if let Some(tx) = streams.conns[side.index()].get(&addr) {
+                    let _ = tx.try_send(PONG.to_vec());
+                }
+            }
+        },
+    }
+}
+
+/// A media-plane event: the end of a SIP call's media (gRPC `HangUp`, media timeout, shutdown)
+/// hangs the call up in SIP.
+fn media_event(
+    b2bua: &mut B2bua,
+    media: &mut TableMedia,
+    ev: std::result::Result<pb::Event, broadcast::error::RecvError>,
+) {
+    let now = Instant::now();
+    match ev {
+        Ok(pb::Event {
+            call_id,
+            kind: Some(pb::event::Kind::Ended(ended)),
+            ..
+        }) => {
+            let call = CallId(call_id);
+            if !media.ours.contains(&call) {
+                return;
+            }
+            let reason = match pb::call_ended::Reason::try_from(ended.reason) {
+                Ok(pb::call_ended::Reason::MediaTimeout) => HangupReason::MediaTimeout,
+                Ok(pb::call_ended::Reason::Shutdown) => HangupReason::Drain,
+                _ => HangupReason::Api,
+            };
+            tracing::info!(%call, ?reason, "media ended: hanging up the SIP call");
+            b2bua.hangup(now, call, reason, media);
+        }
+        Ok(_) => {}
+        Err(broadcast::error::RecvError::Lagged(missed)) => {
+            // Missed events may include ends: hang up every SIP call the table no longer knows.
+            tracing::warn!(missed, "SIP task lagged on the event feed; reconciling");
+            let gone: Vec<CallId> = media
+                .ours
+                .iter()
+                .copied()
+                .filter(|c| media.sessions.get(*c).is_err())
+                .collect();
+            for call in gone {
+                b2bua.hangup(now, call, HangupReason::Api, media);
+            }
+        }
+        // The hub closed: the daemon is stopping and will call `stop`.
+        Err(broadcast::error::RecvError::Closed) => {}
+    }
+}
+
+/// Sends everything the B2BUA queued, each on its side's listener.
+async fn flush(b2bua: &mut B2bua, io: &Io, streams: &mut Streams, conn_tx: &mpsc::Sender<Conn>) {
+    while let Some((side, Transmit { target, bytes })) = b2bua.poll_transmit() {
+        let peer = match target {
+            Target::Peer(p) => p,
+            Target::Resolve { host, port } => {
+                // RFC 3263 resolution of a Via sent-by host is not wired (see docs/sip.md).
+                tracing::warn!(%side, %host, port, "SIP response needs DNS resolution; dropped");
+                continue;
+            }
+        };
+        match peer.transport {
+            Transport::Udp => {
+                if let Err(e) = io.udp[side.index()].send_to(&bytes, peer.addr).await {
+                    tracing::debug!(%side, to = %peer.addr, error = %e, "SIP UDP send");
+                }
+            }
+            _ => match streams.conns[side.index()].get(&peer.addr) {
+                Some(tx) => {
+                    if tx.try_send(bytes).is_err() {
+                        tracing::warn!(%side, peer = %peer.addr, "SIP connection queue full; message dropped");
+                    }
+                }
+                None => {
+                    let pending = &mut streams.pending[side.index()];
+                    let first = !pending.contains_key(&peer.addr);
+                    pending.entry(peer.addr).or_default().push(bytes);
+                    if first {
+                        tokio::spawn(connect(side, peer.addr, conn_tx.clone()));
+                    }
+                }
+            },
+        }
+    }
+}
+
+fn log_events(b2bua: &mut B2bua) {
+    while let Some(ev) = b2bua.poll_event() {
+        match ev {
+            B2buaEvent::CallStarted {
+                call,
+                from,
+                caller,
+                callee,
+                sip_call_id,
+            } => tracing::info!(%call, %from, %caller, %callee, %sip_call_id, "SIP call started"),
+            B2buaEvent::CallAnswered { call } => tracing::info!(%call, "SIP call answered"),
+            B2buaEvent::CallEnded { call, reason } => {
+                tracing::info!(%call, ?reason, "SIP call ended")
+            }
+            B2buaEvent::CallRefused { from, status } => {
+                tracing::info!(%from, status, "SIP call refused")
+            }
+            B2buaEvent::PeerHealth { side, health } => {
+                tracing::warn!(%side, ?health, "SIP peer health changed")
+            }
+        }
+    }
+}
+
+async fn connect(side: Side, addr: SocketAddr, conns: mpsc::Sender<Conn>) {
+    match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => serve_conn(side, stream, addr, conns).await,
+        Ok(Err(e)) => {
+            tracing::debug!(%side, %addr, error = %e, "SIP TCP connect");
+            let _ = conns.send(Conn::Down(side, addr)).await;
+        }
+        Err(_) => {
+            tracing::debug!(%side, %addr, "SIP TCP connect timed out");
+            let _ = conns.send(Conn::Down(side, addr)).await;
+        }
+    }
+}
+
+/// Owns one connection: frames what it reads, writes what the task queues.
+async fn serve_conn(
+    side: Side,
+    stream: tokio::net::TcpStream,
+    addr: SocketAddr,
+    conns: mpsc::Sender<Conn>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(CONN_QUEUE);
+    if conns.send(Conn::Up(side, addr, tx)).await.is_err() {
+        return;
+    }
+    let (mut rd, mut wr) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        while let Some(bytes) = rx.recv().await {
+            if wr.write_all(&bytes).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut framer = StreamFramer::default();
+    let mut buf = vec![0u8; 16 * 1024];
+    'read: loop {
+        match rd.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => framer.push(&buf[..n]),
+        }
+        loop {
+            match framer.poll_frame() {
+                Ok(Some(frame)) => {
+                    if conns.send(Conn::Frame(side, addr, frame)).await.is_err() {
+                        break 'read;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(%side, %addr, error = %e, "closing SIP stream");
+                    break 'read;
+                }
+            }
+        }
+    }
+    writer.abort();
+    let _ = conns.send(Conn::Down(side, addr)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Secret, SipTransport};
+
+    fn settings() -> SipSettings {
+        SipSettings {
+            trunk_listen: "0.0.0.0:5060".parse().unwrap(),
+            server_listen: "10.1.1.1:4901".parse().unwrap(),
+            server_target: "10.9.9.9:4900".parse().unwrap(),
+            server_transport: SipTransport::Tcp,
+            pbx_target: "10.8.8.8:5060".parse().unwrap(),
+            pbx_transport: SipTransport::Udp,
+            trunk_advertised: None,
+            server_advertised: None,
+            pbx_credentials: Some(("xcc".into(), Secret("pw".into()))),
+            options_interval: Some(Duration::from_secs(30)),
+            dscp: 24,
+            retry_after_secs: 17,
+            t1: Duration::from_millis(100),
+        }
+    }
+
+    fn advertised() -> Advertised {
+        Advertised {
+            client: "203.0.113.5".parse().unwrap(),
+            pbx: "10.0.0.5".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn via_contact_addresses_follow_advertised_then_listener_then_pbx_leg() {
+        let mut s = settings();
+        let cfg = b2bua_config(&s, advertised(), 4901, 5060);
+        assert_eq!(
+            cfg.pbx.local,
+            "10.0.0.5:5060".parse().unwrap(),
+            "wildcard listener"
+        );
+        assert_eq!(
+            cfg.server.local,
+            "10.1.1.1:4901".parse().unwrap(),
+            "specific listener"
+        );
+        s.trunk_advertised = Some("198.51.100.7".parse().unwrap());
+        let cfg = b2bua_config(&s, advertised(), 4901, 5061);
+        assert_eq!(cfg.pbx.local, "198.51.100.7:5061".parse().unwrap());
+        assert_eq!(cfg.server.peer.transport, Transport::Tcp);
+        assert_eq!(cfg.pbx.peer.addr, s.pbx_target);
+        assert_eq!(cfg.pbx.credentials.as_ref().unwrap().username, "xcc");
+        assert!(cfg.server.credentials.is_none());
+        assert_eq!(cfg.retry_after, 17);
+        assert_eq!(cfg.timers.t1, Duration::from_millis(100));
+    }
+
+    #[test]
+    fn long_call_keys_are_hashed_to_fit_the_table() {
+        let h = std::collections::hash_map::RandomState::new();
+        assert_eq!(table_key(&h, "pbx/abc/tag"), "sip:pbx/abc/tag");
+        let long_a = format!("server/{}/t", "a".repeat(300));
+        let long_b = format!("server/{}/t", "b".repeat(300));
+        let ka = table_key(&h, &long_a);
+        assert!(ka.len() <= xcc_grpc::session::MAX_IDEMPOTENCY_KEY);
+        assert_eq!(
+            ka,
+            table_key(&h, &long_a),
+            "a retried INVITE maps to the same key"
+        );
+        assert_ne!(ka, table_key(&h, &long_b));
+    }
+
+    #[test]
+    fn table_errors_map_to_sip_statuses() {
+        let exhausted = xcc_grpc::Error::Media {
+            field: None,
+            source: xcc_core::Error::PoolExhausted { free: 0, needed: 4 },
+        };
+        assert_eq!(refusal(exhausted), MediaRefusal::Exhausted);
+        assert_eq!(refusal(xcc_grpc::Error::Draining).status(), 503);
+        let bad = xcc_grpc::Error::InvalidArgument {
+            field: "sdp",
+            reason: "no audio".into(),
+        };
+        assert_eq!(refusal(bad).status(), 488);
+        let gone = xcc_grpc::Error::NotFound {
+            field: "session_id",
+            call: CallId(7),
+        };
+        assert_eq!(refusal(gone), MediaRefusal::UnknownCall);
+        let pending = xcc_grpc::Error::WrongState {
+            call: CallId(7),
+            reason: "pending",
+        };
+        assert_eq!(refusal(pending).status(), 491);
+    }
+}

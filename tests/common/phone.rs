@@ -1,0 +1,162 @@
+//! A test-owned SDES-SRTP "phone" on XCC's client leg: a UDP socket with a known key, and the
+//! SDP helpers to find where media goes and which key XCC chose.
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use webrtc_srtp::context::Context;
+use webrtc_srtp::protection_profile::ProtectionProfile;
+
+/// The suite the phone speaks.
+pub const SUITE: &str = "AES_CM_128_HMAC_SHA1_80";
+
+/// Where an SDP says its audio goes: the c= address and the m=audio port.
+pub fn media_target(sdp: &str) -> SocketAddr {
+    let mut ip: Option<IpAddr> = None;
+    let mut port = None;
+    for line in sdp.lines() {
+        if let Some(rest) = line
+            .strip_prefix("c=IN IP4 ")
+            .or_else(|| line.strip_prefix("c=IN IP6 "))
+        {
+            ip = Some(rest.trim().parse().unwrap());
+        }
+        if let Some(rest) = line.strip_prefix("m=audio ") {
+            port = Some(rest.split(' ').next().unwrap().parse::<u16>().unwrap());
+        }
+    }
+    SocketAddr::new(ip.expect("c= line"), port.expect("m=audio line"))
+}
+
+/// The (tag, key+salt) of the `a=crypto` line for [`SUITE`].
+pub fn crypto_of(sdp: &str) -> (u32, Vec<u8>) {
+    for line in sdp.lines() {
+        let Some(rest) = line.strip_prefix("a=crypto:") else {
+            continue;
+        };
+        let mut parts = rest.split_whitespace();
+        let tag: u32 = parts.next().unwrap().parse().unwrap();
+        if parts.next() != Some(SUITE) {
+            continue;
+        }
+        let inline = parts.next().unwrap().strip_prefix("inline:").unwrap();
+        return (tag, decode_key(inline));
+    }
+    panic!("no a=crypto {SUITE} in:\n{sdp}");
+}
+
+/// key||salt from an `inline:` value (lifetime/MKI parameters ignored).
+pub fn decode_key(inline: &str) -> Vec<u8> {
+    let b64 = inline.split('|').next().unwrap().trim();
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap()
+}
+
+/// base64 of a key||salt, for `inline:`.
+pub fn encode_key(key: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(key)
+}
+
+/// An SRTP context for key||salt.
+pub fn srtp_context(key_salt: &[u8]) -> Context {
+    Context::new(
+        &key_salt[..16],
+        &key_salt[16..30],
+        ProtectionProfile::Aes128CmHmacSha1_80,
+        None,
+        None,
+    )
+    .unwrap()
+}
+
+/// An RTP packet, PCMA (8), 20 ms timestamps.
+pub fn rtp_packet(seq: u16, ssrc: u32, payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![0x80, 8];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+    p.extend_from_slice(&ssrc.to_be_bytes());
+    p.extend_from_slice(payload);
+    p
+}
+
+/// The phone: its socket and its own key.
+pub struct Phone {
+    /// Bound to an explicit loopback port in the test's range.
+    pub socket: UdpSocket,
+    /// The phone's key||salt (it encrypts with it).
+    pub key: [u8; 30],
+}
+
+/// What the phone heard during [`Phone::talk`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Heard {
+    /// SRTP packets that authenticated with XCC's key.
+    pub packets: u32,
+    /// Of those, how many carried the phone's own payload back (an echo at the far end).
+    pub echoes: u32,
+    /// Of those, how many carried other audio (the far end's own).
+    pub far_audio: u32,
+    /// Packets that did not authenticate.
+    pub bad: u32,
+}
+
+impl Phone {
+    /// A phone on `addr` with a random key.
+    pub fn bind(addr: SocketAddr) -> Phone {
+        let socket = UdpSocket::bind(addr).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        Phone {
+            socket,
+            key: rand::random(),
+        }
+    }
+
+    /// The port, for the SDP.
+    pub fn port(&self) -> u16 {
+        self.socket.local_addr().unwrap().port()
+    }
+
+    /// Sends 20 ms SRTP packets of a fixed payload to `target` and decrypts what comes back with
+    /// `xcc_key`, until `enough` says so or `within` passes.
+    pub fn talk(
+        &self,
+        target: SocketAddr,
+        xcc_key: &[u8],
+        within: Duration,
+        enough: impl Fn(&Heard) -> bool,
+    ) -> Heard {
+        let payload = [0x5au8; 160];
+        let mut tx = srtp_context(&self.key);
+        let mut rx = srtp_context(xcc_key);
+        let mut heard = Heard::default();
+        let mut buf = [0u8; 2048];
+        let deadline = Instant::now() + within;
+        let mut seq: u16 = 1;
+        while Instant::now() < deadline && !enough(&heard) {
+            let srtp = tx.encrypt_rtp(&rtp_packet(seq, 0x5151, &payload)).unwrap();
+            let _ = self.socket.send_to(&srtp, target);
+            seq = seq.wrapping_add(1);
+            while let Ok((len, _)) = self.socket.recv_from(&mut buf) {
+                match rx.decrypt_rtp(&buf[..len]) {
+                    Ok(plain) if plain.len() > 12 => {
+                        heard.packets += 1;
+                        if plain[12..] == payload[..] {
+                            heard.echoes += 1;
+                        } else {
+                            heard.far_audio += 1;
+                        }
+                    }
+                    _ => heard.bad += 1,
+                }
+                if enough(&heard) {
+                    break;
+                }
+            }
+        }
+        heard
+    }
+}

@@ -1,0 +1,711 @@
+//! SIP through a real xccd, with SIPp as the controlling server and as the PBX, and a test-owned
+//! SDES-SRTP phone on the client leg. Ports 20000-21299 (each test owns 100 from its base);
+//! benches/sip_setup.sh uses 21300-21999.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tonic::transport::Channel;
+use xcc_grpc::pb;
+
+mod common;
+use common::phone::{self, Phone};
+use common::sipp::{self, Outcome, Sipp};
+use common::{Daemon, DaemonConfig};
+
+/// One test's ports, all on 127.0.0.1.
+#[derive(Debug, Clone, Copy)]
+struct Ports {
+    base: u16,
+}
+
+impl Ports {
+    fn new(index: u16) -> Self {
+        Ports {
+            base: 20000 + index * 100,
+        }
+    }
+    /// XCC's server-side listener (4901's stand-in).
+    fn xcc_server(self) -> SocketAddr {
+        addr(self.base)
+    }
+    /// XCC's trunk listener (5060's stand-in).
+    fn xcc_trunk(self) -> SocketAddr {
+        addr(self.base + 1)
+    }
+    /// SIPp as the controlling server (4900's stand-in).
+    fn server(self) -> SocketAddr {
+        addr(self.base + 2)
+    }
+    /// SIPp as the PBX.
+    fn pbx(self) -> SocketAddr {
+        addr(self.base + 3)
+    }
+    fn server_cp(self) -> u16 {
+        self.base + 4
+    }
+    fn pbx_cp(self) -> u16 {
+        self.base + 5
+    }
+    fn server_media(self) -> u16 {
+        self.base + 10
+    }
+    fn pbx_media(self) -> u16 {
+        self.base + 30
+    }
+    fn phone(self) -> SocketAddr {
+        addr(self.base + 50)
+    }
+    /// xccd's media pool: base+60..base+99 (10 calls).
+    fn pool(self) -> (u16, u16) {
+        (self.base + 60, 40)
+    }
+}
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// xccd with SIP between SIPp-server and SIPp-PBX over UDP.
+fn sip_daemon(name: &str, p: Ports, extra: &str) -> DaemonConfig {
+    let (min, len) = p.pool();
+    let mut cfg = DaemonConfig::new(name, min, len);
+    cfg.sections = format!(
+        "[sip]\nserver_listen = \"{}\"\ntrunk_listen = \"{}\"\nserver_target = \"{}\"\n\
+         server_transport = \"udp\"\npbx_target = \"{}\"\npbx_transport = \"udp\"\n\
+         options_interval_secs = 0\n{extra}",
+        p.xcc_server(),
+        p.xcc_trunk(),
+        p.server(),
+        p.pbx(),
+    );
+    cfg
+}
+
+fn run_dir(d: &Daemon) -> PathBuf {
+    d.dir.join("sipp")
+}
+
+/// Skips (or fails under CI) when SIPp is missing.
+fn have_sipp() -> bool {
+    if sipp::available() {
+        return true;
+    }
+    common::skip("sipp (Debian sip-tester) is not installed");
+    false
+}
+
+struct Grpc {
+    sessions: pb::sessions_client::SessionsClient<Channel>,
+    calls: pb::calls_client::CallsClient<Channel>,
+    satellite: pb::satellite_client::SatelliteClient<Channel>,
+}
+
+async fn grpc(d: &Daemon) -> Grpc {
+    let ch = d.channel().await;
+    Grpc {
+        sessions: pb::sessions_client::SessionsClient::new(ch.clone()),
+        calls: pb::calls_client::CallsClient::new(ch.clone()),
+        satellite: pb::satellite_client::SatelliteClient::new(ch),
+    }
+}
+
+impl Grpc {
+    async fn status(&mut self) -> pb::StatusResponse {
+        self.satellite
+            .status(pb::StatusRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    async fn sessions(&mut self) -> Vec<pb::Session> {
+        self.sessions
+            .list_sessions(pb::ListSessionsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .sessions
+    }
+
+    async fn calls(&mut self) -> Vec<pb::Call> {
+        self.calls
+            .list_calls(pb::ListCallsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .calls
+    }
+
+    /// Waits (bounded) for one session in state ACTIVE and returns it.
+    async fn active_session(&mut self) -> pb::Session {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let all = self.sessions().await;
+            if let Some(s) = all
+                .iter()
+                .find(|s| s.state == pb::session::State::Active as i32)
+            {
+                return s.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no active session in time: {all:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits (bounded) until every media port is back in the pool and no call is left.
+    async fn ports_back(&mut self) -> pb::StatusResponse {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let s = self.status().await;
+            if s.ports_free == s.ports_total && s.calls == 0 {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ports not back in the pool: {s:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+async fn wait(run: sipp::Running) -> Outcome {
+    tokio::task::spawn_blocking(move || run.wait())
+        .await
+        .unwrap()
+}
+
+fn assert_clean(name: &str, o: &Outcome, calls: u64) {
+    assert!(o.status.success(), "{name}: SIPp failed\n{}", o.report());
+    assert_eq!(
+        o.stat("SuccessfulCall(C)"),
+        calls,
+        "{name}: successful calls\n{}",
+        o.report()
+    );
+    assert_eq!(o.stat("FailedCall(C)"), 0, "{name}\n{}", o.report());
+}
+
+/// The server (SIPp UAC) calls through XCC to the PBX (SIPp UAS); the phone on the client leg
+/// talks SRTP, the PBX plays g711a.pcap and echoes what it gets; the server hangs up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_originated_call_relays_media_both_ways_and_bye_frees_ports() {
+    if !have_sipp() {
+        return;
+    }
+    let p = Ports::new(0);
+    let d = Daemon::start_config(&sip_daemon("sip-server-call", p, ""));
+    let mut g = grpc(&d).await;
+    let dir = run_dir(&d);
+    let pbx = Sipp::new("pbx_uas.xml", p.pbx(), p.pbx_media(), p.pbx_cp())
+        .arg("-rtp_echo")
+        .spawn(&dir);
+    let phone = Phone::bind(p.phone());
+    let mut server = Sipp::new(
+        "server_uac.xml",
+        p.server(),
+        p.server_media(),
+        p.server_cp(),
+    )
+    .key("phone_port", phone.port())
+    .key("phone_key", phone::encode_key(&phone.key))
+    .arg("-d")
+    .arg("6000");
+    server.remote = Some(p.xcc_server());
+    let server = server.spawn(&dir);
+
+    let session = g.active_session().await;
+    assert_eq!(session.sdp_for, pb::Side::Client as i32, "{session:?}");
+    assert!(session.sdp.contains("RTP/SAVP"), "{}", session.sdp);
+    let (tag, xcc_key) = phone::crypto_of(&session.sdp);
+    assert_eq!(tag, 1);
+    let target = phone::media_target(&session.sdp);
+    assert_eq!(
+        g.calls().await.len(),
+        1,
+        "the SIP call is a call in ListCalls"
+    );
+
+    let heard = tokio::task::spawn_blocking(move || {
+        phone.talk(target, &xcc_key, Duration::from_secs(5), |h| {
+            h.echoes >= 5 && h.far_audio >= 5
+        })
+    })
+    .await
+    .unwrap();
+    assert!(
+        heard.far_audio >= 5,
+        "the PBX's audio reaches the phone: {heard:?}"
+    );
+    assert!(
+        heard.echoes >= 5,
+        "the phone's audio reaches the PBX (and its echo comes back): {heard:?}"
+    );
+    assert_eq!(heard.bad, 0, "{heard:?}");
+
+    let s = wait(server).await;
+    assert_clean("server", &s, 1);
+    let b = wait(pbx).await;
+    assert_clean("pbx", &b, 1);
+    let after = g.ports_back().await;
+    assert_eq!(after.ports_used, 0);
+    d.wait_log("SIP call ended", Duration::from_secs(5));
+}
+
+/// Waits (bounded) for SIPp's `<log>` line `xcc_port=P xcc_key=K end` and returns XCC's media
+/// address (loopback) and key for the phone.
+fn logged_xcc_media(run: &sipp::Running) -> (SocketAddr, Vec<u8>) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = std::fs::read_to_string(run.dir.join("logs.log")).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains(" end")) {
+            let field = |name: &str| {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix(name))
+                    .unwrap_or_else(|| panic!("{name} in {line:?}"))
+                    .to_owned()
+            };
+            let port: u16 = field("xcc_port=").parse().unwrap();
+            return (addr(port), phone::decode_key(&field("xcc_key=")));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "SIPp never logged XCC's offer in {}",
+            run.dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The PBX (SIPp UAC) calls through XCC to the server (SIPp UAS), which answers XCC's SRTP offer
+/// for the phone; media flows both ways; the PBX hangs up and XCC's BYE reaches the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pbx_originated_call_gets_srtp_offer_media_flows_and_pbx_bye_ends_both() {
+    if !have_sipp() {
+        return;
+    }
+    let p = Ports::new(1);
+    let d = Daemon::start_config(&sip_daemon("sip-pbx-call", p, ""));
+    let mut g = grpc(&d).await;
+    let dir = run_dir(&d);
+    let phone = Phone::bind(p.phone());
+    let server = Sipp::new(
+        "server_uas.xml",
+        p.server(),
+        p.server_media(),
+        p.server_cp(),
+    )
+    .key("phone_port", phone.port())
+    .key("phone_key", phone::encode_key(&phone.key))
+    .spawn(&dir);
+    let mut pbx = Sipp::new("pbx_uac.xml", p.pbx(), p.pbx_media(), p.pbx_cp())
+        .arg("-rtp_echo")
+        .arg("-d")
+        .arg("6000");
+    pbx.remote = Some(p.xcc_trunk());
+    let pbx = pbx.spawn(&dir);
+
+    let (target, xcc_key) = logged_xcc_media(&server);
+    let session = g.active_session().await;
+    assert_eq!(session.offer_from, pb::Side::Pbx as i32, "{session:?}");
+    let heard = tokio::task::spawn_blocking(move || {
+        phone.talk(target, &xcc_key, Duration::from_secs(5), |h| {
+            h.echoes >= 5 && h.far_audio >= 5
+        })
+    })
+    .await
+    .unwrap();
+    assert!(heard.far_audio >= 5, "PBX audio at the phone: {heard:?}");
+    assert!(heard.echoes >= 5, "phone audio at the PBX: {heard:?}");
+    assert_eq!(heard.bad, 0, "{heard:?}");
+
+    let b = wait(pbx).await;
+    assert_clean("pbx", &b, 1);
+    let s = wait(server).await;
+    assert_clean("server", &s, 1);
+    g.ports_back().await;
+}
+
+/// The server cancels while the PBX rings: XCC answers the CANCEL, cancels towards the PBX,
+/// relays its 487, and frees the ports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_cancel_while_ringing_cancels_the_pbx_leg_and_frees_ports() {
+    if !have_sipp() {
+        return;
+    }
+    let p = Ports::new(2);
+    let d = Daemon::start_config(&sip_daemon("sip-cancel", p, ""));
+    let mut g = grpc(&d).await;
+    let dir = run_dir(&d);
+    let pbx = Sipp::new("pbx_uas_cancel.xml", p.pbx(), p.pbx_media(), p.pbx_cp()).spawn(&dir);
+    let mut server = Sipp::new(
+        "server_uac_cancel.xml",
+        p.server(),
+        p.server_media(),
+        p.server_cp(),
+    );
+    server.remote = Some(p.xcc_server());
+    let server = server.spawn(&dir);
+    let s = wait(server).await;
+    assert_clean("server", &s, 1);
+    let b = wait(pbx).await;
+    assert_clean("pbx", &b, 1);
+    assert_eq!(g.ports_back().await.ports_used, 0);
+    d.wait_log("Cancelled", Duration::from_secs(5));
+}
+
+/// The PBX never answers (nothing listens at its address): XCC gives up after timer B (T1 is
+/// 50 ms here, so 3.2 s) with 408 (or 503 once it knows the PBX is unreachable), and the media
+/// ports allocated for the call are back in the pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pbx_timeout_answers_the_server_408_or_503_and_frees_ports() {
+    if !have_sipp() {
+        return;
+    }
+    let p = Ports::new(3);
+    let d = Daemon::start_config(&sip_daemon("sip-timeout", p, "t1_ms = 50\n"));
+    let mut g = grpc(&d).await;
+    let dir = run_dir(&d);
+    let mut server = Sipp::new(
+        "server_uac_timeout.xml",
+        p.server(),
+        p.server_media(),
+        p.server_cp(),
+    );
+    server.remote = Some(p.xcc_server());
+    let server = server.spawn(&dir);
+    // The call holds its ports while XCC retries the INVITE.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while g.status().await.ports_used == 0 {
+        assert!(Instant::now() < deadline, "the call never took ports");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let s = wait(server).await;
+    assert_clean("server", &s, 1);
+    let logs = s.logs();
+    assert!(
+        logs.contains("final=408") || logs.contains("final=503"),
+        "{logs}"
+    );
+    assert_eq!(g.ports_back().await.ports_used, 0);
+}
+
+/// Every media port is taken (by a gRPC session): a SIP INVITE gets 503 with Retry-After (the
+/// configured value), and the pool is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_exhaustion_answers_503_with_retry_after() {
+    if !have_sipp() {
+        return;
+    }
+    let p = Ports::new(4);
+    let mut cfg = sip_daemon("sip-exhausted", p, "retry_after_secs = 17\n");
+    cfg.pool_len = 4;
+    let d = Daemon::start_config(&cfg);
+    let mut g = grpc(&d).await;
+    let offer = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+                 m=audio 20490 RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n";
+    let held = g
+        .sessions
+        .create_session(pb::CreateSessionRequest {
+            idempotency_key: "hog".into(),
+            offer_from: pb::Side::Pbx as i32,
+            sdp: offer.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(g.status().await.ports_free, 0);
+    let dir = run_dir(&d);
+    let mut server = Sipp::new(
+        "server_uac_503.xml",
+        p.server(),
+        p.server_media(),
+        p.server_cp(),
+    );
+    server.remote = Some(p.xcc_server());
+    let s = wait(server.spawn(&dir)).await;
+    assert_clean("server", &s, 1);
+    assert!(s.logs().contains("retry_after=17 end"), "{}", s.logs());
+    assert_eq!(
+        g.sessions().await.len(),
+        1,
+        "no session for the refused call"
+    );
+    g.sessions
+        .delete_session(pb::DeleteSessionRequest {
+            session_id: held.session_id,
+        })
+        .await
+        .unwrap();
+    g.ports_back().await;
+}
+
+/// A BYE that matches no dialog, on either listener, is answered 481.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bye_for_an_unknown_dialog_gets_481_on_both_listeners() {
+    if !have_sipp() {
+        return;
+    }
+    let p = Ports::new(5);
+    let d = Daemon::start_config(&sip_daemon("sip-481", p, ""));
+    let dir = run_dir(&d);
+    for (i, target) in [p.xcc_trunk(), p.xcc_server()].into_iter().enumerate() {
+        let mut bye = Sipp::new("bye_unknown.xml", p.pbx(), p.pbx_media(), p.pbx_cp());
+        bye.remote = Some(target);
+        let o = wait(bye.spawn(&dir.join(i.to_string()))).await;
+        assert_clean("bye", &o, 1);
+    }
+}
+
+/// The server holds (re-INVITE a=sendonly) and resumes (a=sendrecv): XCC relays each re-offer to
+/// the PBX with the same direction and each answer back (recvonly, then sendrecv), both checked
+/// by the SIPp scenarios; the call then ends normally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_hold_and_resume_reinvites_are_relayed_with_their_directions() {
+    if !have_sipp() {
+        return;
+    }
+    let p = Ports::new(6);
+    let d = Daemon::start_config(&sip_daemon("sip-hold", p, ""));
+    let mut g = grpc(&d).await;
+    let dir = run_dir(&d);
+    let pbx = Sipp::new("pbx_uas_hold.xml", p.pbx(), p.pbx_media(), p.pbx_cp()).spawn(&dir);
+    let key: [u8; 30] = rand::random();
+    let mut server = Sipp::new(
+        "server_uac_hold.xml",
+        p.server(),
+        p.server_media(),
+        p.server_cp(),
+    )
+    .key("phone_port", p.phone().port())
+    .key("phone_key", phone::encode_key(&key));
+    server.remote = Some(p.xcc_server());
+    let s = wait(server.spawn(&dir)).await;
+    assert_clean("server", &s, 1);
+    assert!(
+        s.logs().contains("answer2=a=recvonly") && s.logs().contains("answer3=a=sendrecv"),
+        "{}",
+        s.logs()
+    );
+    let b = wait(pbx).await;
+    assert_clean("pbx", &b, 1);
+    assert!(
+        b.logs().contains("offer1=a=sendonly") && b.logs().contains("offer2=a=sendrecv"),
+        "{}",
+        b.logs()
+    );
+    g.ports_back().await;
+}
+
+/// gRPC `HangUp` of a SIP call ends it in SIP: BYE to the server and to the PBX (both SIPp
+/// scenarios wait for it), ports freed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_hangup_sends_bye_to_both_sides() {
+    if !have_sipp() {
+        return;
+    }
+    let p = Ports::new(7);
+    let d = Daemon::start_config(&sip_daemon("sip-hangup", p, ""));
+    let mut g = grpc(&d).await;
+    let dir = run_dir(&d);
+    let pbx = Sipp::new("pbx_uas.xml", p.pbx(), p.pbx_media(), p.pbx_cp()).spawn(&dir);
+    let key: [u8; 30] = rand::random();
+    let mut server = Sipp::new(
+        "server_uac_byed.xml",
+        p.server(),
+        p.server_media(),
+        p.server_cp(),
+    )
+    .key("phone_port", p.phone().port())
+    .key("phone_key", phone::encode_key(&key));
+    server.remote = Some(p.xcc_server());
+    let server = server.spawn(&dir);
+    let session = g.active_session().await;
+    // The answer reached the server once the session is active; let the ACK land (bounded).
+    d.wait_log("SIP call answered", Duration::from_secs(5));
+    g.calls
+        .hang_up(pb::HangUpRequest {
+            call_id: session.session_id,
+        })
+        .await
+        .unwrap();
+    let s = wait(server).await;
+    assert_clean("server", &s, 1);
+    let b = wait(pbx).await;
+    assert_clean("pbx", &b, 1);
+    g.ports_back().await;
+    d.wait_log("Hangup(Api)", Duration::from_secs(5));
+}
+
+/// While draining (gRPC `Drain`), a new INVITE is refused 503 with Retry-After.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_refuses_new_invites_with_503_retry_after() {
+    if !have_sipp() {
+        return;
+    }
+    let p = Ports::new(8);
+    let d = Daemon::start_config(&sip_daemon("sip-drain", p, "retry_after_secs = 17\n"));
+    let mut g = grpc(&d).await;
+    g.satellite.drain(pb::DrainRequest {}).await.unwrap();
+    let dir = run_dir(&d);
+    let mut server = Sipp::new(
+        "server_uac_503.xml",
+        p.server(),
+        p.server_media(),
+        p.server_cp(),
+    );
+    server.remote = Some(p.xcc_server());
+    let s = wait(server.spawn(&dir)).await;
+    assert_clean("server", &s, 1);
+    assert!(s.logs().contains("retry_after=17 end"), "{}", s.logs());
+    assert_eq!(g.status().await.ports_used, 0);
+}
+
+/// The server side over TCP (the product default): SIPp connects to XCC's server-side TCP
+/// listener, the call is relayed to the PBX over UDP, and the BYE comes back on the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_call_over_tcp_is_relayed_to_a_udp_pbx() {
+    if !have_sipp() {
+        return;
+    }
+    let p = Ports::new(9);
+    let mut cfg = sip_daemon("sip-tcp", p, "");
+    cfg.sections = cfg
+        .sections
+        .replace("server_transport = \"udp\"", "server_transport = \"tcp\"");
+    let d = Daemon::start_config(&cfg);
+    let mut g = grpc(&d).await;
+    let dir = run_dir(&d);
+    let pbx = Sipp::new("pbx_uas.xml", p.pbx(), p.pbx_media(), p.pbx_cp()).spawn(&dir);
+    let key: [u8; 30] = rand::random();
+    let mut server = Sipp::new(
+        "server_uac.xml",
+        p.server(),
+        p.server_media(),
+        p.server_cp(),
+    )
+    .key("phone_port", p.phone().port())
+    .key("phone_key", phone::encode_key(&key))
+    .arg("-t")
+    .arg("t1")
+    .arg("-d")
+    .arg("500");
+    server.remote = Some(p.xcc_server());
+    let s = wait(server.spawn(&dir)).await;
+    assert_clean("server", &s, 1);
+    assert!(
+        s.messages().contains("TCP message received"),
+        "{}",
+        s.report()
+    );
+    let b = wait(pbx).await;
+    assert_clean("pbx", &b, 1);
+    g.ports_back().await;
+}
+
+/// A SIP call with no media at all ends on the media timeout (1 s here): XCC sends BYE to the
+/// server and to the PBX (both scenarios wait for it) and frees the ports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_timeout_sends_bye_to_both_sides() {
+    if !have_sipp() {
+        return;
+    }
+    let p = Ports::new(10);
+    let mut cfg = sip_daemon("sip-media-timeout", p, "");
+    cfg.media_extra = "media_timeout_secs = 1\n".into();
+    let d = Daemon::start_config(&cfg);
+    let mut g = grpc(&d).await;
+    let dir = run_dir(&d);
+    let pbx = Sipp::new("bench_pbx_uas.xml", p.pbx(), p.pbx_media(), p.pbx_cp()).spawn(&dir);
+    let key: [u8; 30] = rand::random();
+    let mut server = Sipp::new(
+        "server_uac_byed.xml",
+        p.server(),
+        p.server_media(),
+        p.server_cp(),
+    )
+    .key("phone_port", p.phone().port())
+    .key("phone_key", phone::encode_key(&key));
+    server.remote = Some(p.xcc_server());
+    let s = wait(server.spawn(&dir)).await;
+    assert_clean("server", &s, 1);
+    let b = wait(pbx).await;
+    assert_clean("pbx", &b, 1);
+    g.ports_back().await;
+    d.wait_log("Hangup(MediaTimeout)", Duration::from_secs(5));
+}
+
+/// xccd stopping (SIGINT) with a SIP call up hangs it up in SIP first: BYE to both sides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_xccd_sends_bye_to_both_sides_of_live_calls() {
+    if !have_sipp() {
+        return;
+    }
+    let p = Ports::new(11);
+    let mut d = Daemon::start_config(&sip_daemon("sip-stop", p, ""));
+    let mut g = grpc(&d).await;
+    let dir = run_dir(&d);
+    let pbx = Sipp::new("bench_pbx_uas.xml", p.pbx(), p.pbx_media(), p.pbx_cp()).spawn(&dir);
+    let key: [u8; 30] = rand::random();
+    let mut server = Sipp::new(
+        "server_uac_byed.xml",
+        p.server(),
+        p.server_media(),
+        p.server_cp(),
+    )
+    .key("phone_port", p.phone().port())
+    .key("phone_key", phone::encode_key(&key));
+    server.remote = Some(p.xcc_server());
+    let server = server.spawn(&dir);
+    g.active_session().await;
+    d.wait_log("SIP call answered", Duration::from_secs(5));
+    d.signal(libc::SIGINT);
+    let status = d.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "{status:?}\n{}", d.log());
+    let s = wait(server).await;
+    assert_clean("server", &s, 1);
+    let b = wait(pbx).await;
+    assert_clean("pbx", &b, 1);
+}
+
+/// A SIP listener that cannot be bound is a start-up error naming it (exit 69), not a daemon
+/// that reports READY without SIP.
+#[test]
+fn a_taken_sip_port_stops_startup_with_69_naming_the_listener() {
+    let p = Ports::new(12);
+    let _taken = std::net::UdpSocket::bind(p.xcc_trunk()).unwrap();
+    let dir = std::env::temp_dir().join(format!("xcc-e2e-sip-taken-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let control = addr(p.base + 51);
+    let cfg = sip_daemon("sip-taken", p, "");
+    std::fs::write(dir.join("xcc.toml"), cfg.toml(control)).unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_xccd"))
+        .arg("--config")
+        .arg(dir.join("xcc.toml"))
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    let out = match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            // SAFETY: kill(2) on the pid of the child this test spawned and has not reaped.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            panic!("xccd kept running without its SIP trunk listener");
+        }
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{stderr}");
+    assert!(stderr.contains("cannot bind SIP trunk UDP"), "{stderr}");
+    assert!(!stderr.contains("xccd ready"), "{stderr}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
