@@ -206,6 +206,9 @@ fn sharded_receivers_account_for_every_packet() {
         "the phones' sockets are read from /proc/net/udp: {r:#}"
     );
     assert!(r["media"]["relay_socket_drops"].is_u64(), "{r:#}");
+    for w in ["sender_cpu_wait_pct", "receiver_cpu_wait_pct"] {
+        assert!(r["media"][w].is_number(), "run-queue wait read: {r:#}");
+    }
 }
 
 #[test]

@@ -34,6 +34,8 @@ use report::{CpuSummary, Quantiles, RunReport};
 
 /// Send lag p99 above which the load generator, not the relay, is suspected, µs.
 const LAG_LIMIT_US: f64 = 5_000.0;
+/// Share of the media phase a load thread may wait for a CPU before it is suspected, %.
+const CPU_WAIT_LIMIT_PCT: f64 = 10.0;
 /// Share of the cores the load generator may run on above which it is the bottleneck.
 const LOAD_CORES_LIMIT: f64 = 0.9;
 /// Capacity criteria (issue 7): loss below 0.1 % and p99 latency below 5 ms.
@@ -192,6 +194,16 @@ fn measure(
             "send lag p99 {:.0} µs > {LAG_LIMIT_US:.0} µs",
             media_summary.send_lag_us.p99
         ));
+    }
+    for (who, w) in [
+        ("sender", media_summary.sender_cpu_wait_pct),
+        ("busiest receiver", media_summary.receiver_cpu_wait_pct),
+    ] {
+        if let Some(w) = w.filter(|&w| w > CPU_WAIT_LIMIT_PCT) {
+            load_limited.push(format!(
+                "the {who} waited {w:.1} % of the media phase for a CPU (runnable, not running)"
+            ));
+        }
     }
     let allowed = cpu::allowed_cpus().unwrap_or(1);
     if let Some(l) = load_cpu.filter(|l| l.cores > LOAD_CORES_LIMIT * allowed as f64) {

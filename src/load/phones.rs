@@ -130,6 +130,10 @@ pub struct MediaOutcome {
     pub relay_socket_drops: Option<u64>,
     /// Receiver threads used.
     pub rx_threads: usize,
+    /// How long the sender was runnable but waited for a CPU; `None` without schedstats.
+    pub sender_cpu_wait: Option<Duration>,
+    /// The same for the receiver that waited longest.
+    pub receiver_cpu_wait: Option<Duration>,
     /// Wall time from the first due packet to the last send.
     pub elapsed: Duration,
 }
@@ -309,6 +313,7 @@ pub fn play(
     let mut latency = Histogram::new();
     let (mut foreign, mut auth_failures) = (0, 0);
     let mut open_sockets = Vec::with_capacity(shards);
+    let mut receiver_cpu_wait: Option<Duration> = None;
     for t in rx_threads {
         let rx = t
             .join()
@@ -321,6 +326,10 @@ pub fn play(
         foreign += rx.foreign;
         auth_failures += rx.auth_failures;
         open_sockets.push(rx.sockets);
+        receiver_cpu_wait = match (receiver_cpu_wait, rx.cpu_wait) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
     }
     // Both ends' sockets are still open here (the phones' in `open_sockets`, the relay's in
     // the relay): their drop counters are still there to read.
@@ -346,6 +355,8 @@ pub fn play(
         phone_socket_drops: phone_drops,
         relay_socket_drops: relay_drops,
         rx_threads: shards,
+        sender_cpu_wait: tx.cpu_wait,
+        receiver_cpu_wait,
         elapsed: tx.elapsed,
     })
 }
@@ -373,6 +384,7 @@ struct TxCall {
 }
 
 struct TxOutcome {
+    cpu_wait: Option<Duration>,
     sent: Vec<u64>,
     lag: Histogram,
     errors: u64,
@@ -387,6 +399,7 @@ fn send(
     quantum: Duration,
     progress: &Progress,
 ) -> TxOutcome {
+    let wait_before = super::cpu::thread_runqueue_wait();
     let n = calls.len() as u64;
     let mut sent = vec![0u64; calls.len() * 2];
     let mut lag = Histogram::new();
@@ -453,6 +466,9 @@ fn send(
         .sender_done_ns
         .store(((end - epoch).as_nanos() as u64).max(1), Ordering::Release);
     TxOutcome {
+        cpu_wait: wait_before
+            .zip(super::cpu::thread_runqueue_wait())
+            .map(|(a, b)| b.saturating_sub(a)),
         sent,
         lag,
         errors,
@@ -473,6 +489,7 @@ struct RxCall {
 }
 
 struct RxOutcome {
+    cpu_wait: Option<Duration>,
     /// (call index, [to PBX, to client]) for the shard's calls.
     streams: Vec<(usize, [StreamStats; 2])>,
     latency: Histogram,
@@ -590,6 +607,7 @@ fn receive(
     epoch: Instant,
     progress: &Progress,
 ) -> RxOutcome {
+    let wait_before = super::cpu::thread_runqueue_wait();
     let mut streams: Vec<[StreamStats; 2]> = (0..calls.len())
         .map(|_| [StreamStats::new(packets), StreamStats::new(packets)])
         .collect();
@@ -628,6 +646,9 @@ fn receive(
         }
     }
     RxOutcome {
+        cpu_wait: wait_before
+            .zip(super::cpu::thread_runqueue_wait())
+            .map(|(a, b)| b.saturating_sub(a)),
         streams: calls.iter().map(|c| c.index).zip(streams).collect(),
         latency,
         foreign,

@@ -52,6 +52,10 @@ pub struct SipSummary {
     pub strays: u64,
 }
 
+fn pct(part: std::time::Duration, whole: std::time::Duration) -> f64 {
+    100.0 * part.as_secs_f64() / whole.as_secs_f64().max(1e-9)
+}
+
 /// Quantiles of a distribution in the report's unit.
 #[derive(Debug, Serialize, Clone, Copy)]
 pub struct Quantiles {
@@ -120,6 +124,10 @@ pub struct MediaSummary {
     pub relay_socket_drops: Option<u64>,
     /// The phones' receiver threads.
     pub rx_threads: usize,
+    /// Share of the media phase the sender was runnable but waited for a CPU, %.
+    pub sender_cpu_wait_pct: Option<f64>,
+    /// The same for the receiver that waited longest, %.
+    pub receiver_cpu_wait_pct: Option<f64>,
 }
 
 /// Jitter across streams.
@@ -235,6 +243,8 @@ pub fn summarize(
         phone_socket_drops: media.phone_socket_drops,
         relay_socket_drops: media.relay_socket_drops,
         rx_threads: media.rx_threads,
+        sender_cpu_wait_pct: media.sender_cpu_wait.map(|w| pct(w, media.elapsed)),
+        receiver_cpu_wait_pct: media.receiver_cpu_wait.map(|w| pct(w, media.elapsed)),
     };
     let mut jitter_sum = 0.0;
     for s in &media.streams {
@@ -303,6 +313,13 @@ pub fn table(r: &RunReport) -> String {
         drops(m.phone_socket_drops),
         drops(m.relay_socket_drops),
         m.rx_threads
+    );
+    let wait = |w: Option<f64>| w.map_or_else(|| "?".to_owned(), |w| format!("{w:.1} %"));
+    let _ = writeln!(
+        out,
+        "  waited for CPU   sender {}  worst receiver {}",
+        wait(m.sender_cpu_wait_pct),
+        wait(m.receiver_cpu_wait_pct)
     );
     let l = &m.latency_us;
     let _ = writeln!(
