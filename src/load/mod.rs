@@ -447,11 +447,24 @@ fn run_sip(args: &SipArgs) -> Result<RunReport, LoadError> {
         ids.push((c.index, 0, c.setup));
         media.push(c.media);
     }
+    // SIP keeps being answered during the media phase, on a thread of its own.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let serving = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::Builder::new()
+            .name("load-sip".into())
+            .spawn(move || driver.serve(&stop).map(|()| driver))
+            .map_err(LoadError::io("spawn SIP thread"))?
+    };
     let measured = if media.is_empty() {
         None
     } else {
         Some(measure("sip", args.calls, media, &ids, &args.common, xccd))
     };
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let mut driver = serving
+        .join()
+        .map_err(|_| LoadError::io("SIP thread")(std::io::Error::other("panicked")))??;
     let release_failures = driver.tear_down()?;
     let mut report = match measured {
         Some(r) => r?,

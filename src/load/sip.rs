@@ -3,9 +3,8 @@
 //! INVITEs XCC relays); calls start at `--rate` and are told apart on the trunk by the
 //! Request-URI user (`load<i>`), which XCC keeps on the far INVITE.
 //!
-//! Setup and teardown run on this thread with mio; during the media phase SIP is not serviced
-//! (a retransmission from XCC then is answered at teardown), which is fine while XCC's
-//! retransmissions are answered before media starts: the UAC ACKs every 2xx at once.
+//! Setup and teardown run on the caller's thread with mio; during the media phase [`Driver::serve`]
+//! keeps answering on a thread of its own (XCC's retransmitted 2xx, OPTIONS, a BYE from XCC).
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
@@ -144,6 +143,16 @@ impl Driver {
             }
         }
         Ok(Setup { calls, failures })
+    }
+
+    /// Keeps answering SIP until `stop` is set (checked every 50 ms): run on its own thread during
+    /// the media phase, then hand the driver back for [`Driver::tear_down`].
+    pub fn serve(&mut self, stop: &std::sync::atomic::AtomicBool) -> Result<(), LoadError> {
+        while !stop.load(std::sync::atomic::Ordering::Acquire) {
+            let until = Instant::now() + Duration::from_millis(50);
+            self.turn(None, until)?;
+        }
+        Ok(())
     }
 
     /// Sends BYE on every established call and waits for the answers (and answers XCC's BYEs
