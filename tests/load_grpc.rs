@@ -17,10 +17,22 @@ fn start(name: &str, pool_min: u16, pool_len: u16) -> Daemon {
     })
 }
 
+/// Phones' ports for every run here: inside the load tests' range (25000-25999), not xcc-load's
+/// default 26000-29999, which overlaps xcc-core's test ports. Concurrent runs share it safely:
+/// phones skip ports in use.
+const PHONE_PORTS: &str = "25700-25899";
+
 /// Runs xcc-load to completion (bounded by its own --duration; the test harness bounds the rest).
 fn xcc_load(args: &[&str]) -> Output {
+    let measuring = matches!(args.first(), Some(&("grpc" | "bare" | "sweep")));
+    let phones: &[&str] = if measuring {
+        &["--phone-ports", PHONE_PORTS]
+    } else {
+        &[]
+    };
     Command::new(env!("CARGO_BIN_EXE_xcc-load"))
         .args(args)
+        .args(phones)
         .stdin(Stdio::null())
         .output()
         .unwrap()
@@ -166,6 +178,40 @@ fn bare_forwarder_forwards_both_ways() {
 }
 
 #[test]
+fn sharded_receivers_account_for_every_packet() {
+    let out = xcc_load(&[
+        "bare",
+        "--pairs",
+        "5",
+        "--duration",
+        "1",
+        "--rx-threads",
+        "3",
+        "--json",
+        "--ports",
+        "25320-25329",
+    ]);
+    assert!(
+        out.status.success(),
+        "stderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = json_of(&out);
+    assert_eq!(r["media"]["rx_threads"], 3, "{r:#}");
+    // Calls 0..5 over 3 shards: every call's both streams measured, none misattributed.
+    assert_clean_media(&r, 5);
+    assert_eq!(r["media"]["foreign"], 0, "{r:#}");
+    assert_eq!(
+        r["media"]["phone_socket_drops"], 0,
+        "the phones' sockets are read from /proc/net/udp: {r:#}"
+    );
+    assert!(r["media"]["relay_socket_drops"].is_u64(), "{r:#}");
+    for w in ["sender_cpu_wait_pct", "receiver_cpu_wait_pct"] {
+        assert!(r["media"][w].is_number(), "run-queue wait read: {r:#}");
+    }
+}
+
+#[test]
 fn argument_errors_exit_2_with_a_message() {
     for (args, needle) in [
         (&["grpc", "--duration", "2"][..], "--calls"),
@@ -220,7 +266,18 @@ fn argument_errors_exit_2_with_a_message() {
             ][..],
             "below",
         ),
-        (&["sip", "--calls", "3", "--duration", "2"][..], "SIP"),
+        (
+            &[
+                "sip",
+                "--calls",
+                "3",
+                "--duration",
+                "2",
+                "--server",
+                "192.0.2.1:4901",
+            ][..],
+            "loopback",
+        ),
         (
             &[
                 "grpc",

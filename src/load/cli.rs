@@ -24,12 +24,9 @@ pub struct Cli {
 pub enum Mode {
     /// Media sessions through xccd's gRPC API (client SRTP offer, PBX RTP answer), then media.
     Grpc(GrpcArgs),
-    /// Calls over SIP (INVITE to XCC:4901, PBX on a trunk): not available until the SIP B2BUA lands.
-    Sip {
-        /// Ignored: the mode is not available yet.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-        rest: Vec<String>,
-    },
+    /// Calls over SIP: xcc-load plays the controlling server (INVITE with an SDES-SRTP offer to
+    /// XCC's server-side port) and the PBX (answers XCC's INVITE on a trunk port with RTP).
+    Sip(SipArgs),
     /// The same media pattern through the bare forwarder only.
     Bare(BareArgs),
     /// Raise the call count step by step through xccd and report capacity.
@@ -57,6 +54,14 @@ pub struct Common {
     /// from the relay's media pool and the kernel's ephemeral range (32768-60999 on Linux).
     #[arg(long, default_value = "26000-29999", value_parser = PortRange::parse)]
     pub phone_ports: PortRange,
+    /// Receiver threads for the phones (calls sharded by index); default: one per core the
+    /// load generator may run on, minus one for the sender when it has more than two.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub rx_threads: Option<u32>,
+    /// The sender sends every packet due within this many µs of now per wake-up (pacing
+    /// granularity; 0 = sleep for every call slot).
+    #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u32).range(0..=20_000))]
+    pub pace_quantum_us: u32,
 }
 
 /// Options for runs through xccd.
@@ -89,6 +94,34 @@ pub struct GrpcArgs {
     pub repeat: u32,
     #[command(flatten)]
     pub xccd: XccdArgs,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// `sip` mode.
+#[derive(Debug, Args, Clone)]
+pub struct SipArgs {
+    /// Concurrent calls.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_CALLS)))]
+    pub calls: u32,
+    /// INVITEs per second.
+    #[arg(long, default_value_t = 100.0, value_parser = parse_rate)]
+    pub rate: f64,
+    /// XCC's server-side SIP address (its `sip.server_listen`), loopback only.
+    #[arg(long, default_value = "127.0.0.1:4901", value_parser = parse_loopback_addr)]
+    pub server: std::net::SocketAddr,
+    /// Where the synthetic PBX listens (XCC's `sip.pbx_target` must point here), loopback only.
+    #[arg(long, default_value = "127.0.0.1:5080", value_parser = parse_loopback_addr)]
+    pub trunk: std::net::SocketAddr,
+    /// The synthetic controlling server's own SIP address (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:0", value_parser = parse_loopback_addr)]
+    pub uac: std::net::SocketAddr,
+    /// xccd's pid, to measure its CPU from /proc (and pin it with --relay-cpu).
+    #[arg(long)]
+    pub xccd_pid: Option<u32>,
+    /// Also measure the bare forwarder on these loopback ports (as in `grpc`).
+    #[arg(long, value_parser = PortRange::parse)]
+    pub bare_ports: Option<PortRange>,
     #[command(flatten)]
     pub common: Common,
 }
@@ -146,6 +179,17 @@ fn parse_rate(text: &str) -> Result<f64, String> {
         return Err("rate must be within 0.1..=10000 setups/s".into());
     }
     Ok(rate)
+}
+
+/// SIP addresses must be loopback: the run only talks to loopback.
+fn parse_loopback_addr(text: &str) -> Result<std::net::SocketAddr, String> {
+    let addr: std::net::SocketAddr = text
+        .parse()
+        .map_err(|_| format!("{text:?}: expected IP:PORT"))?;
+    if !addr.ip().is_loopback() {
+        return Err(format!("{text:?}: only loopback addresses are allowed"));
+    }
+    Ok(addr)
 }
 
 /// The control endpoint must be `http://` to a loopback address: the run only talks to loopback.

@@ -70,6 +70,33 @@ fn set_affinity(tid: i32, cpu: usize) -> Result<(), LoadError> {
     Ok(())
 }
 
+/// How many CPUs the calling thread may run on (its affinity mask), `None` if unreadable.
+pub fn allowed_cpus() -> Option<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity writes at most the size we pass.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return None;
+        }
+        usize::try_from(libc::CPU_COUNT(&set))
+            .ok()
+            .filter(|&n| n > 0)
+    }
+}
+
+/// Time the calling thread has spent runnable but waiting for a CPU (second field of
+/// `/proc/thread-self/schedstat`), `None` where the kernel does not keep schedstats. Measured
+/// evidence that other processes (or our own threads) starved the load generator.
+pub fn thread_runqueue_wait() -> Option<std::time::Duration> {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    parse_schedstat_wait(&text)
+}
+
+fn parse_schedstat_wait(text: &str) -> Option<std::time::Duration> {
+    let ns: u64 = text.split_ascii_whitespace().nth(1)?.parse().ok()?;
+    Some(std::time::Duration::from_nanos(ns))
+}
+
 /// Pins the calling thread; threads it spawns afterwards inherit the mask.
 pub fn pin_current_thread(cpu: usize) -> Result<(), LoadError> {
     set_affinity(0, cpu)
@@ -106,6 +133,24 @@ mod tests {
         );
         assert_eq!(parse_stat_cpu(&line), Some(Duration::from_secs(3)));
         assert_eq!(parse_stat_cpu("garbage"), None);
+    }
+
+    #[test]
+    fn schedstat_wait_is_the_second_field() {
+        assert_eq!(
+            parse_schedstat_wait("123 4567 8\n"),
+            Some(std::time::Duration::from_nanos(4567))
+        );
+        assert_eq!(parse_schedstat_wait("123"), None);
+        assert!(
+            thread_runqueue_wait().is_some(),
+            "this kernel keeps schedstats"
+        );
+    }
+
+    #[test]
+    fn affinity_mask_counts_at_least_one_cpu() {
+        assert!(allowed_cpus().is_some_and(|n| n >= 1));
     }
 
     #[test]

@@ -12,14 +12,6 @@ pub enum LoadError {
         /// What is wrong.
         reason: String,
     },
-    /// The mode exists in the CLI but not in this build yet; exit status 2.
-    #[error("mode `{mode}` is not available yet: {why}")]
-    Unavailable {
-        /// The mode asked for.
-        mode: &'static str,
-        /// What it waits for.
-        why: &'static str,
-    },
     /// Could not reach xccd's control API.
     #[error("cannot connect to {addr}: {source}")]
     Connect {
@@ -37,6 +29,14 @@ pub enum LoadError {
         call: u32,
         /// What xccd said.
         status: Box<tonic::Status>,
+    },
+    /// A SIP call did not set up (or was refused); the reason names the response or timer.
+    #[error("call {call}: SIP: {reason}")]
+    Sip {
+        /// Call index within the run.
+        call: u32,
+        /// What happened.
+        reason: String,
     },
     /// XCC's SDP could not be used.
     #[error("call {call}: unusable SDP from XCC: {reason}")]

@@ -11,10 +11,13 @@ pub mod cli;
 pub mod cpu;
 pub mod error;
 pub mod forwarder;
+pub mod netstat;
 pub mod payload;
 pub mod phones;
 pub mod report;
 pub mod sessions;
+pub mod sip;
+pub mod sip_ua;
 pub mod stats;
 
 use std::process::ExitCode;
@@ -22,7 +25,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use cli::{BareArgs, Cli, Common, GrpcArgs, Mode, SweepArgs, XccdArgs};
+use cli::{BareArgs, Cli, Common, GrpcArgs, Mode, SipArgs, SweepArgs, XccdArgs};
 use cpu::Pid;
 use error::LoadError;
 use forwarder::{ForwarderChild, PortRange};
@@ -31,7 +34,9 @@ use report::{CpuSummary, Quantiles, RunReport};
 
 /// Send lag p99 above which the load generator, not the relay, is suspected, µs.
 const LAG_LIMIT_US: f64 = 5_000.0;
-/// Load generator CPU (cores) above which it is suspected of being the bottleneck.
+/// Share of the media phase a load thread may wait for a CPU before it is suspected, %.
+const CPU_WAIT_LIMIT_PCT: f64 = 10.0;
+/// Share of the cores the load generator may run on above which it is the bottleneck.
 const LOAD_CORES_LIMIT: f64 = 0.9;
 /// Capacity criteria (issue 7): loss below 0.1 % and p99 latency below 5 ms.
 const CAPACITY_LOSS_PCT: f64 = 0.1;
@@ -63,10 +68,9 @@ pub fn run(cli: Cli) -> ExitCode {
             forwarder::serve(args.ports, Duration::from_secs(u64::from(args.max_secs)))
                 .map(|()| None)
         }
-        Mode::Sip { .. } => Err(LoadError::Unavailable {
-            mode: "sip",
-            why: "it needs XCC's SIP B2BUA, which is not merged yet; use `xcc-load grpc`",
-        }),
+        Mode::Sip(args) => {
+            run_sip(&args).map(|r| emit(&r, args.common.json, report::table(&r)).then_some(r))
+        }
     };
     match result {
         Ok(Some(r)) if r.calls_established < r.calls_requested => ExitCode::from(1),
@@ -74,7 +78,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Err(e) => {
             eprintln!("xcc-load: {e}");
             match e {
-                LoadError::Usage { .. } | LoadError::Unavailable { .. } => ExitCode::from(2),
+                LoadError::Usage { .. } => ExitCode::from(2),
                 _ => ExitCode::from(1),
             }
         }
@@ -92,6 +96,18 @@ fn emit<T: Serialize>(value: &T, json: bool, table: String) -> bool {
         print!("{table}");
     }
     true
+}
+
+/// Receiver threads: as asked, else one per core this process may run on (after `--load-cpu`),
+/// leaving one for the sender when there are several.
+fn rx_threads(common: &Common) -> usize {
+    common.rx_threads.map_or_else(
+        || {
+            let cores = cpu::allowed_cpus().unwrap_or(1);
+            if cores > 2 { cores - 1 } else { 1 }
+        },
+        |n| n as usize,
+    )
 }
 
 /// Pins this process (before any thread is spawned) and the relay, as asked.
@@ -150,15 +166,21 @@ fn measure(
     requested: u32,
     media: Vec<CallMedia>,
     calls: &[(u32, u64, Duration)],
-    duration: Duration,
+    common: &Common,
     relay: Option<Pid>,
 ) -> Result<RunReport, LoadError> {
+    let duration = Duration::from_secs(u64::from(common.duration));
     let mut probe = CpuProbe::new(relay);
     let mut start = None;
     let mut end = None;
+    let options = phones::PlayOptions {
+        rx_threads: rx_threads(common),
+        quantum: Duration::from_micros(u64::from(common.pace_quantum_us)),
+    };
     let outcome = phones::play(
         media,
         duration,
+        options,
         || start = Some(probe.sample()),
         || end = Some(probe.sample()),
     )?;
@@ -173,8 +195,27 @@ fn measure(
             media_summary.send_lag_us.p99
         ));
     }
-    if let Some(l) = load_cpu.filter(|l| l.cores > LOAD_CORES_LIMIT) {
-        load_limited.push(format!("load generator used {:.2} cores", l.cores));
+    for (who, w) in [
+        ("sender", media_summary.sender_cpu_wait_pct),
+        ("busiest receiver", media_summary.receiver_cpu_wait_pct),
+    ] {
+        if let Some(w) = w.filter(|&w| w > CPU_WAIT_LIMIT_PCT) {
+            load_limited.push(format!(
+                "the {who} waited {w:.1} % of the media phase for a CPU (runnable, not running)"
+            ));
+        }
+    }
+    let allowed = cpu::allowed_cpus().unwrap_or(1);
+    if let Some(l) = load_cpu.filter(|l| l.cores > LOAD_CORES_LIMIT * allowed as f64) {
+        load_limited.push(format!(
+            "load generator used {:.2} of the {allowed} cores it may run on",
+            l.cores
+        ));
+    }
+    if let Some(d) = media_summary.phone_socket_drops.filter(|&d| d > 0) {
+        load_limited.push(format!(
+            "{d} packets dropped at the phones' full receive buffers"
+        ));
     }
     if media_summary.send_errors > 0 {
         load_limited.push(format!(
@@ -196,6 +237,7 @@ fn measure(
         reference: None,
         cpu_ratio_to_reference: None,
         relay_counters: None,
+        sip: None,
         calls: per_call,
     })
 }
@@ -309,7 +351,6 @@ fn grpc_once(calls: u32, x: &XccdArgs, common: &Common) -> Result<RunReport, Loa
             ),
         });
     }
-    let duration = Duration::from_secs(u64::from(common.duration));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -342,7 +383,7 @@ fn grpc_once(calls: u32, x: &XccdArgs, common: &Common) -> Result<RunReport, Loa
             calls,
             media,
             &ids,
-            duration,
+            common,
             x.xccd_pid.map(Pid),
         ))
     };
@@ -366,6 +407,89 @@ fn grpc_once(calls: u32, x: &XccdArgs, common: &Common) -> Result<RunReport, Loa
     report.relay_counters = relay_counters;
     if let Some(ports) = x.bare_ports {
         let reference = run_bare(report.calls_established, ports, common)?;
+        report.cpu_ratio_to_reference = report
+            .relay_cpu
+            .zip(reference.relay_cpu)
+            .map(|(a, b)| a.cores_per_1000_calls / b.cores_per_1000_calls.max(1e-12));
+        report.reference = Some(Box::new(reference));
+    }
+    Ok(report)
+}
+
+/// One run over SIP through xccd, plus the bare reference when `--bare-ports` is given.
+fn run_sip(args: &SipArgs) -> Result<RunReport, LoadError> {
+    let x = XccdArgs {
+        rate: args.rate,
+        addr: String::new(),
+        xccd_pid: args.xccd_pid,
+        bare_ports: args.bare_ports,
+    };
+    check_relay_cpu(&args.common, &x)?;
+    if let Some(ports) = args.bare_ports.filter(|p| p.pairs() < args.calls) {
+        return Err(LoadError::Usage {
+            reason: format!(
+                "--bare-ports {ports} has {} pairs for {} calls",
+                ports.pairs(),
+                args.calls
+            ),
+        });
+    }
+    let xccd = args.xccd_pid.map(Pid);
+    pin(&args.common, xccd)?;
+    let phone_pairs = phones::PhoneBinder::new(args.common.phone_ports).bind_pairs(args.calls)?;
+    let mut driver = sip::Driver::bind(args.uac, args.trunk, args.server, phone_pairs)?;
+    let setup = driver.set_up(args.rate)?;
+    let mut setup_hist = stats::Histogram::new();
+    let mut ids = Vec::with_capacity(setup.calls.len());
+    let mut media = Vec::with_capacity(setup.calls.len());
+    for c in setup.calls {
+        setup_hist.record(c.setup.as_nanos() as u64);
+        ids.push((c.index, 0, c.setup));
+        media.push(c.media);
+    }
+    // SIP keeps being answered during the media phase, on a thread of its own.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let serving = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::Builder::new()
+            .name("load-sip".into())
+            .spawn(move || driver.serve(&stop).map(|()| driver))
+            .map_err(LoadError::io("spawn SIP thread"))?
+    };
+    let measured = if media.is_empty() {
+        None
+    } else {
+        Some(measure("sip", args.calls, media, &ids, &args.common, xccd))
+    };
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let mut driver = serving
+        .join()
+        .map_err(|_| LoadError::io("SIP thread")(std::io::Error::other("panicked")))??;
+    let release_failures = driver.tear_down()?;
+    let mut report = match measured {
+        Some(r) => r?,
+        None => {
+            return Err(LoadError::Sip {
+                call: 0,
+                reason: format!(
+                    "no call set up; first failure: {}",
+                    setup
+                        .failures
+                        .first()
+                        .map_or("none reported", String::as_str)
+                ),
+            });
+        }
+    };
+    report.setup_ms = Some(Quantiles::of(&setup_hist, 1e6));
+    report.setup_failures = setup.failures;
+    report.release_failures = release_failures;
+    report.sip = Some(report::SipSummary {
+        trunk_byes: driver.trunk_byes(),
+        strays: driver.strays,
+    });
+    if let Some(ports) = args.bare_ports {
+        let reference = run_bare(report.calls_established, ports, &args.common)?;
         report.cpu_ratio_to_reference = report
             .relay_cpu
             .zip(reference.relay_cpu)
@@ -427,7 +551,7 @@ fn run_bare(calls: u32, ports: PortRange, common: &Common) -> Result<RunReport, 
     // The forwarder learns both peers from traffic: latch them before media is measured.
     phones::send_probes(&media)?;
     std::thread::sleep(Duration::from_millis(100));
-    let report = measure("bare", calls, media, &ids, duration, Some(child.pid()));
+    let report = measure("bare", calls, media, &ids, common, Some(child.pid()));
     drop(child);
     report
 }

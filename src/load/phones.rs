@@ -1,12 +1,16 @@
-//! The synthetic phones: one sender loop and one receiver loop for every call of the run (not a
-//! thread per call), playing 20 ms packets both ways on each call, paced evenly across calls.
+//! The synthetic phones: one paced sender loop for every call of the run and a few receiver
+//! loops, each owning a shard of the calls (not a thread per call), playing 20 ms packets both
+//! ways on each call, paced evenly across calls. Receivers read with `recvmmsg` (up to `BATCH`
+//! datagrams per system call) from edge-triggered mio readiness.
 //!
 //! Call `i` has two streams: `2i` from the client phone to the PBX phone (SRTP into the relay when
 //! the client leg is keyed, RTP out) and `2i + 1` back. Packet `k` of call `i` is due at
 //! `k * 20 ms + i * 20 ms / calls`, so the relay sees a steady rate instead of bursts every 20 ms.
 
+use std::collections::HashSet;
 use std::io::{ErrorKind, IsTerminal, Write};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -17,6 +21,7 @@ use xcc_core::srtp::SrtpContext;
 
 use super::error::LoadError;
 use super::forwarder::PortRange;
+use super::netstat;
 use super::payload::{self, Direction, PACKET_LEN, Payload, Stamp, TS_PER_PACKET};
 use super::stats::{Histogram, StreamStats};
 
@@ -118,6 +123,17 @@ pub struct MediaOutcome {
     pub foreign: u64,
     /// SRTP packets from the relay that did not authenticate.
     pub auth_failures: u64,
+    /// Datagrams the kernel dropped at the phones' sockets (receive buffer full): the load
+    /// generator did not read fast enough. `None` if /proc/net/udp was unreadable.
+    pub phone_socket_drops: Option<u64>,
+    /// Datagrams the kernel dropped at the relay's leg sockets (IPv4 loopback relays only).
+    pub relay_socket_drops: Option<u64>,
+    /// Receiver threads used.
+    pub rx_threads: usize,
+    /// How long the sender was runnable but waited for a CPU; `None` without schedstats.
+    pub sender_cpu_wait: Option<Duration>,
+    /// The same for the receiver that waited longest.
+    pub receiver_cpu_wait: Option<Duration>,
     /// Wall time from the first due packet to the last send.
     pub elapsed: Duration,
 }
@@ -165,11 +181,42 @@ pub fn send_probes(calls: &[CallMedia]) -> Result<(), LoadError> {
     Ok(())
 }
 
+/// How the phones' loops run: threads and pacing.
+#[derive(Debug, Clone, Copy)]
+pub struct PlayOptions {
+    /// Receiver threads, each owning a shard of the calls (call `i` goes to shard `i % n`).
+    pub rx_threads: usize,
+    /// The sender sends every packet due within this much of now before it sleeps again: one
+    /// wake-up per quantum instead of one per call slot (`k * 20 ms + i * 20 ms / N`).
+    pub quantum: Duration,
+}
+
+impl Default for PlayOptions {
+    fn default() -> Self {
+        Self {
+            rx_threads: 1,
+            quantum: DEFAULT_QUANTUM,
+        }
+    }
+}
+
+/// Default pacing quantum: 1/80 of the packet interval. At 750 calls the slots are 27 µs apart,
+/// so one wake-up covers ~9 slots (18 packets) and no packet leaves more than 250 µs early.
+pub const DEFAULT_QUANTUM: Duration = Duration::from_micros(250);
+
+/// Datagrams one `recvmmsg` reads at most.
+const BATCH: usize = 8;
+/// Receive buffer per datagram (larger than any packet of ours).
+const RX_BUF: usize = 2048;
+
 /// Plays `duration` of media on every call; `on_start`/`on_end` run on this thread right when the
-/// sender starts and finishes (CPU sampling brackets exactly the media phase).
+/// sender starts and finishes (CPU sampling brackets exactly the media phase). `on_sockets` runs
+/// after every loop has finished but while the sockets are still open, with the phones' and the
+/// relay's local addresses, to read their kernel drop counters.
 pub fn play(
     calls: Vec<CallMedia>,
     duration: Duration,
+    options: PlayOptions,
     mut on_start: impl FnMut(),
     mut on_end: impl FnMut(),
 ) -> Result<MediaOutcome, LoadError> {
@@ -179,13 +226,27 @@ pub fn play(
         })?
         .max(1);
     let progress = Arc::new(Progress::default());
-    let poll = Poll::new().map_err(LoadError::io("create poll"))?;
-    let mut receivers = Vec::with_capacity(calls.len());
+    let shards = options.rx_threads.clamp(1, calls.len().max(1));
+    let mut polls = Vec::with_capacity(shards);
+    let mut receivers: Vec<Vec<RxCall>> = Vec::with_capacity(shards);
+    for _ in 0..shards {
+        polls.push(Poll::new().map_err(LoadError::io("create poll"))?);
+        receivers.push(Vec::with_capacity(calls.len() / shards + 1));
+    }
     let mut senders = Vec::with_capacity(calls.len());
+    let mut phone_addrs = HashSet::with_capacity(calls.len() * 2);
     for (i, c) in calls.into_iter().enumerate() {
-        let pbx_rx = register(&poll, &c.pbx, Token(2 * i))?;
-        let client_rx = register(&poll, &c.client, Token(2 * i + 1))?;
-        receivers.push(RxCall {
+        let shard = i % shards;
+        let j = receivers[shard].len();
+        for s in [&c.pbx, &c.client] {
+            if let Ok(a) = s.local_addr() {
+                phone_addrs.insert(a);
+            }
+        }
+        let pbx_rx = register(&polls[shard], &c.pbx, Token(2 * j))?;
+        let client_rx = register(&polls[shard], &c.client, Token(2 * j + 1))?;
+        receivers[shard].push(RxCall {
+            index: i,
             pbx: pbx_rx,
             client: client_rx,
             client_source: c.client_target,
@@ -200,18 +261,28 @@ pub fn play(
             srtp: c.client_tx,
         });
     }
+    let relay_addrs: HashSet<SocketAddr> = senders
+        .iter()
+        .flat_map(|c| [c.client_target, c.pbx_target])
+        .collect();
     let epoch = Instant::now();
     let start = epoch + Duration::from_millis(20);
     let n = senders.len();
-    let rx_progress = Arc::clone(&progress);
-    let receiver = std::thread::Builder::new()
-        .name("load-rx".into())
-        .spawn(move || receive(poll, receivers, packets, epoch, &rx_progress))
-        .map_err(LoadError::io("spawn receiver"))?;
+    let mut rx_threads = Vec::with_capacity(shards);
+    for (shard, (poll, calls)) in polls.into_iter().zip(receivers).enumerate() {
+        let rx_progress = Arc::clone(&progress);
+        rx_threads.push(
+            std::thread::Builder::new()
+                .name(format!("load-rx{shard}"))
+                .spawn(move || receive(poll, calls, packets, epoch, &rx_progress))
+                .map_err(LoadError::io("spawn receiver"))?,
+        );
+    }
     let tx_progress = Arc::clone(&progress);
+    let quantum = options.quantum;
     let sender = std::thread::Builder::new()
         .name("load-tx".into())
-        .spawn(move || send(senders, packets, epoch, start, &tx_progress))
+        .spawn(move || send(senders, packets, epoch, start, quantum, &tx_progress))
         .map_err(LoadError::io("spawn sender"))?;
 
     let live = std::io::stderr().is_terminal();
@@ -237,25 +308,55 @@ pub fn play(
     let tx = sender
         .join()
         .map_err(|_| LoadError::io("sender thread")(std::io::Error::other("panicked")))?;
-    let rx = receiver
-        .join()
-        .map_err(|_| LoadError::io("receiver thread")(std::io::Error::other("panicked")))?;
+    let mut streams: Vec<StreamStats> = Vec::new();
+    streams.resize_with(n * 2, || StreamStats::new(0));
+    let mut latency = Histogram::new();
+    let (mut foreign, mut auth_failures) = (0, 0);
+    let mut open_sockets = Vec::with_capacity(shards);
+    let mut receiver_cpu_wait: Option<Duration> = None;
+    for t in rx_threads {
+        let rx = t
+            .join()
+            .map_err(|_| LoadError::io("receiver thread")(std::io::Error::other("panicked")))?;
+        for (index, [to_pbx, to_client]) in rx.streams {
+            streams[2 * index] = to_pbx;
+            streams[2 * index + 1] = to_client;
+        }
+        latency.merge(&rx.latency);
+        foreign += rx.foreign;
+        auth_failures += rx.auth_failures;
+        open_sockets.push(rx.sockets);
+        receiver_cpu_wait = match (receiver_cpu_wait, rx.cpu_wait) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    // Both ends' sockets are still open here (the phones' in `open_sockets`, the relay's in
+    // the relay): their drop counters are still there to read.
+    let phone_drops = netstat::udp_drops(&phone_addrs);
+    let relay_drops = netstat::udp_drops(&relay_addrs);
+    drop(open_sockets);
     if live {
         let _ = writeln!(std::io::stderr());
     }
     let streams = tx
         .sent
         .into_iter()
-        .zip(rx.streams)
+        .zip(streams)
         .map(|(sent, stats)| StreamOutcome { sent, stats })
         .collect();
     Ok(MediaOutcome {
         streams,
-        latency: rx.latency,
+        latency,
         send_lag: tx.lag,
         send_errors: tx.errors,
-        foreign: rx.foreign,
-        auth_failures: rx.auth_failures,
+        foreign,
+        auth_failures,
+        phone_socket_drops: phone_drops,
+        relay_socket_drops: relay_drops,
+        rx_threads: shards,
+        sender_cpu_wait: tx.cpu_wait,
+        receiver_cpu_wait,
         elapsed: tx.elapsed,
     })
 }
@@ -283,6 +384,7 @@ struct TxCall {
 }
 
 struct TxOutcome {
+    cpu_wait: Option<Duration>,
     sent: Vec<u64>,
     lag: Histogram,
     errors: u64,
@@ -294,8 +396,10 @@ fn send(
     packets: u32,
     epoch: Instant,
     start: Instant,
+    quantum: Duration,
     progress: &Progress,
 ) -> TxOutcome {
+    let wait_before = super::cpu::thread_runqueue_wait();
     let n = calls.len() as u64;
     let mut sent = vec![0u64; calls.len() * 2];
     let mut lag = Histogram::new();
@@ -307,10 +411,10 @@ fn send(
         let (k, i) = (j / n, (j % n) as usize);
         let due = start + Duration::from_nanos(k * ptime + i as u64 * ptime / n);
         let now = Instant::now();
-        if due > now {
+        if due > now + quantum {
             std::thread::sleep(due - now);
         }
-        // Every packet's lateness, oversleeping included (0 when on time).
+        // Every packet's lateness, oversleeping included (0 when on time or early).
         lag.record(Instant::now().saturating_duration_since(due).as_nanos() as u64);
         let call = &mut calls[i];
         let k32 = k as u32; // k < packets, a u32.
@@ -362,6 +466,9 @@ fn send(
         .sender_done_ns
         .store(((end - epoch).as_nanos() as u64).max(1), Ordering::Release);
     TxOutcome {
+        cpu_wait: wait_before
+            .zip(super::cpu::thread_runqueue_wait())
+            .map(|(a, b)| b.saturating_sub(a)),
         sent,
         lag,
         errors,
@@ -370,6 +477,8 @@ fn send(
 }
 
 struct RxCall {
+    /// The call's index in the run.
+    index: usize,
     pbx: MioSocket,
     client: MioSocket,
     /// Where the client phone's packets must come from (the relay's client leg).
@@ -380,10 +489,115 @@ struct RxCall {
 }
 
 struct RxOutcome {
-    streams: Vec<StreamStats>,
+    cpu_wait: Option<Duration>,
+    /// (call index, [to PBX, to client]) for the shard's calls.
+    streams: Vec<(usize, [StreamStats; 2])>,
     latency: Histogram,
     foreign: u64,
     auth_failures: u64,
+    /// The shard's sockets, kept open until the drop counters are read.
+    sockets: Vec<RxCall>,
+}
+
+/// Receive buffers and addresses for one `recvmmsg` call; reused for every call.
+struct Batch {
+    bufs: Box<[[u8; RX_BUF]; BATCH]>,
+    addrs: [libc::sockaddr_storage; BATCH],
+    iovs: [libc::iovec; BATCH],
+    hdrs: [libc::mmsghdr; BATCH],
+}
+
+impl Batch {
+    fn new() -> Self {
+        // SAFETY: sockaddr_storage, iovec and mmsghdr are plain C data for which all-zero bytes
+        // are valid (null pointers and zero lengths); `recv` points them at the buffers before
+        // every use.
+        unsafe {
+            Self {
+                bufs: Box::new([[0; RX_BUF]; BATCH]),
+                addrs: std::mem::zeroed(),
+                iovs: std::mem::zeroed(),
+                hdrs: std::mem::zeroed(),
+            }
+        }
+    }
+
+    /// Reads up to `BATCH` datagrams without blocking: one system call however many are queued
+    /// (where `recv_from` needs one per datagram plus one that says "empty"). `Ok(n < BATCH)`
+    /// means the queue was empty when it returned, so the edge-triggered readiness is re-armed.
+    fn recv(&mut self, fd: RawFd) -> std::io::Result<usize> {
+        for i in 0..BATCH {
+            self.iovs[i] = libc::iovec {
+                iov_base: self.bufs[i].as_mut_ptr().cast(),
+                iov_len: RX_BUF,
+            };
+            let hdr = &mut self.hdrs[i].msg_hdr;
+            hdr.msg_name = (&raw mut self.addrs[i]).cast();
+            hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            hdr.msg_iov = &raw mut self.iovs[i];
+            hdr.msg_iovlen = 1;
+            hdr.msg_control = std::ptr::null_mut();
+            hdr.msg_controllen = 0;
+            hdr.msg_flags = 0;
+            self.hdrs[i].msg_len = 0;
+        }
+        // SAFETY: every header points at a live buffer of RX_BUF bytes and a sockaddr_storage of
+        // the size given, all owned by `self` and not moved during the call; vlen = BATCH is the
+        // array's length.
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.hdrs.as_mut_ptr(),
+                BATCH as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+
+    /// Datagram `i` of the last `recv`: its bytes (mutable, for in-place SRTP) and its source.
+    fn datagram(&mut self, i: usize) -> (&mut [u8; RX_BUF], usize, Option<SocketAddr>) {
+        let len = (self.hdrs[i].msg_len as usize).min(RX_BUF);
+        let from = sockaddr_to_std(&self.addrs[i], self.hdrs[i].msg_hdr.msg_namelen);
+        (&mut self.bufs[i], len, from)
+    }
+}
+
+/// An IPv4/IPv6 source address written by the kernel, or `None` for anything else.
+fn sockaddr_to_std(sa: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
+    let len = len as usize;
+    match i32::from(sa.ss_family) {
+        libc::AF_INET if len >= std::mem::size_of::<libc::sockaddr_in>() => {
+            // SAFETY: the family and length say the storage holds a sockaddr_in, which is
+            // smaller than and alignment-compatible with sockaddr_storage.
+            let a = unsafe { &*(sa as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            Some(SocketAddr::from((
+                a.sin_addr.s_addr.to_ne_bytes(),
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 if len >= std::mem::size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: as above, for sockaddr_in6.
+            let a = unsafe { &*(sa as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            Some(SocketAddr::from((
+                a.sin6_addr.s6_addr,
+                u16::from_be(a.sin6_port),
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// What one receiver counts, apart from the per-stream statistics.
+struct RxCounters<'a> {
+    latency: &'a mut Histogram,
+    foreign: &'a mut u64,
+    auth_failures: &'a mut u64,
+    progress: &'a Progress,
 }
 
 fn receive(
@@ -393,13 +607,14 @@ fn receive(
     epoch: Instant,
     progress: &Progress,
 ) -> RxOutcome {
-    let mut streams: Vec<StreamStats> = (0..calls.len() * 2)
-        .map(|_| StreamStats::new(packets))
+    let wait_before = super::cpu::thread_runqueue_wait();
+    let mut streams: Vec<[StreamStats; 2]> = (0..calls.len())
+        .map(|_| [StreamStats::new(packets), StreamStats::new(packets)])
         .collect();
     let mut latency = Histogram::new();
     let (mut foreign, mut auth_failures) = (0u64, 0u64);
     let mut events = Events::with_capacity(1024);
-    let mut buf = [0u8; 2048];
+    let mut batch = Batch::new();
     // Bound even if the sender stalls: twice the media time plus slack.
     let hard_stop = epoch + PTIME * packets * 2 + Duration::from_secs(5);
     loop {
@@ -415,82 +630,124 @@ fn receive(
             continue;
         }
         for event in events.iter() {
-            let stream = event.token().0;
-            let Some(call) = calls.get_mut(stream / 2) else {
+            let token = event.token().0;
+            let j = token / 2;
+            let (Some(call), Some(stats)) = (calls.get_mut(j), streams.get_mut(j)) else {
                 continue;
             };
-            let to_pbx = stream % 2 == 0;
-            // Edge-triggered: drain until WouldBlock, skipping a bounded number of one-shot errors.
-            let mut errors = 0;
-            loop {
-                let socket = if to_pbx { &call.pbx } else { &call.client };
-                let (len, from) = match socket.recv_from(&mut buf) {
-                    Ok(r) => r,
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    Err(_) if errors < super::forwarder::MAX_RECV_ERRORS => {
-                        errors += 1;
-                        continue;
-                    }
-                    Err(_) => break,
-                };
-                let arrival = (Instant::now() - epoch).as_nanos() as u64;
-                let expected_from = if to_pbx {
-                    call.pbx_source
-                } else {
-                    call.client_source
-                };
-                if from != expected_from {
-                    foreign += 1;
-                    continue;
-                }
-                // XCC's hole-punching probes reach the client until its leg latches; a phone's
-                // RTP stack discards STUN (RFC 7983), and so does this one.
-                if !to_pbx && xcc_core::nat::stun::is_stun(&buf[..len]) {
-                    continue;
-                }
-                let len = match (to_pbx, call.srtp.as_mut()) {
-                    (false, Some(ctx)) => match ctx.unprotect_rtp(&mut buf, len) {
-                        Ok(len) => len,
-                        Err(_) => {
-                            auth_failures += 1;
-                            continue;
-                        }
-                    },
-                    _ => len,
-                };
-                let Ok(hdr) = xcc_core::rtp::parse_rtp(&buf[..len]) else {
-                    foreign += 1;
-                    continue;
-                };
-                let want = if to_pbx {
-                    Direction::ToPbx
-                } else {
-                    Direction::ToClient
-                };
-                match payload::read_payload(&buf[hdr.header_len.min(len)..len]) {
-                    Some(Payload::Probe) => {}
-                    Some(Payload::Media(s))
-                        if s.call as usize == stream / 2 && s.direction == want =>
-                    {
-                        streams[stream].record(
-                            s.index,
-                            hdr.timestamp,
-                            s.sent_ns,
-                            arrival,
-                            &mut latency,
-                        );
-                        progress.received.fetch_add(1, Ordering::Relaxed);
-                    }
-                    _ => foreign += 1,
-                }
-            }
+            let to_pbx = token % 2 == 0;
+            let mut counters = RxCounters {
+                latency: &mut latency,
+                foreign: &mut foreign,
+                auth_failures: &mut auth_failures,
+                progress,
+            };
+            drain(call, to_pbx, stats, &mut batch, epoch, &mut counters);
         }
     }
     RxOutcome {
-        streams,
+        cpu_wait: wait_before
+            .zip(super::cpu::thread_runqueue_wait())
+            .map(|(a, b)| b.saturating_sub(a)),
+        streams: calls.iter().map(|c| c.index).zip(streams).collect(),
         latency,
         foreign,
         auth_failures,
+        sockets: calls,
+    }
+}
+
+/// Edge-triggered: reads one socket until the kernel says it is empty, skipping a bounded
+/// number of one-shot errors.
+fn drain(
+    call: &mut RxCall,
+    to_pbx: bool,
+    stats: &mut [StreamStats; 2],
+    batch: &mut Batch,
+    epoch: Instant,
+    c: &mut RxCounters<'_>,
+) {
+    let mut errors = 0;
+    loop {
+        let socket = if to_pbx { &call.pbx } else { &call.client };
+        let n = match batch.recv(socket.as_raw_fd()) {
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+            Err(_) if errors < super::forwarder::MAX_RECV_ERRORS => {
+                errors += 1;
+                continue;
+            }
+            Err(_) => return,
+        };
+        let arrival = (Instant::now() - epoch).as_nanos() as u64;
+        for i in 0..n {
+            let (buf, len, from) = batch.datagram(i);
+            accept(call, to_pbx, stats, buf, len, from, arrival, c);
+        }
+        if n < BATCH {
+            return;
+        }
+    }
+}
+
+/// Checks and measures one datagram received by a phone.
+#[allow(clippy::too_many_arguments)]
+fn accept(
+    call: &mut RxCall,
+    to_pbx: bool,
+    stats: &mut [StreamStats; 2],
+    buf: &mut [u8],
+    len: usize,
+    from: Option<SocketAddr>,
+    arrival: u64,
+    c: &mut RxCounters<'_>,
+) {
+    let expected_from = if to_pbx {
+        call.pbx_source
+    } else {
+        call.client_source
+    };
+    if from != Some(expected_from) {
+        *c.foreign += 1;
+        return;
+    }
+    // XCC's hole-punching probes reach the client until its leg latches; a phone's RTP stack
+    // discards STUN (RFC 7983), and so does this one.
+    if !to_pbx && xcc_core::nat::stun::is_stun(&buf[..len]) {
+        return;
+    }
+    let len = match (to_pbx, call.srtp.as_mut()) {
+        (false, Some(ctx)) => match ctx.unprotect_rtp(buf, len) {
+            Ok(len) => len,
+            Err(_) => {
+                *c.auth_failures += 1;
+                return;
+            }
+        },
+        _ => len,
+    };
+    let Ok(hdr) = xcc_core::rtp::parse_rtp(&buf[..len]) else {
+        *c.foreign += 1;
+        return;
+    };
+    let want = if to_pbx {
+        Direction::ToPbx
+    } else {
+        Direction::ToClient
+    };
+    match payload::read_payload(&buf[hdr.header_len.min(len)..len]) {
+        Some(Payload::Probe) => {}
+        Some(Payload::Media(s)) if s.call as usize == call.index && s.direction == want => {
+            stats[usize::from(!to_pbx)].record(
+                s.index,
+                hdr.timestamp,
+                s.sent_ns,
+                arrival,
+                c.latency,
+            );
+            c.progress.received.fetch_add(1, Ordering::Relaxed);
+        }
+        _ => *c.foreign += 1,
     }
 }
 

@@ -37,8 +37,23 @@ pub struct RunReport {
     pub cpu_ratio_to_reference: Option<f64>,
     /// xccd's own per-leg counters for the run's calls, read after the media phase (grpc only).
     pub relay_counters: Option<super::sessions::RelayCounters>,
+    /// SIP signalling outcome (sip mode only).
+    pub sip: Option<SipSummary>,
     /// Per call detail.
     pub calls: Vec<CallReport>,
+}
+
+/// What `sip` mode saw of the signalling besides setup times.
+#[derive(Debug, Serialize, Clone, Copy)]
+pub struct SipSummary {
+    /// Calls whose synthetic PBX received XCC's BYE (our hang-up relayed to the trunk).
+    pub trunk_byes: usize,
+    /// Datagrams on the SIP sockets that were not SIP or matched no call of ours.
+    pub strays: u64,
+}
+
+fn pct(part: std::time::Duration, whole: std::time::Duration) -> f64 {
+    100.0 * part.as_secs_f64() / whole.as_secs_f64().max(1e-9)
 }
 
 /// Quantiles of a distribution in the report's unit.
@@ -102,6 +117,17 @@ pub struct MediaSummary {
     pub jitter_ms: JitterSummary,
     /// How late the sender was against the pacing schedule, µs.
     pub send_lag_us: Quantiles,
+    /// Datagrams the kernel dropped at the phones' sockets (receive buffer full): packets the
+    /// relay delivered but the load generator did not read in time. `None`: not readable.
+    pub phone_socket_drops: Option<u64>,
+    /// Datagrams the kernel dropped at the relay's leg sockets (IPv4 relays only).
+    pub relay_socket_drops: Option<u64>,
+    /// The phones' receiver threads.
+    pub rx_threads: usize,
+    /// Share of the media phase the sender was runnable but waited for a CPU, %.
+    pub sender_cpu_wait_pct: Option<f64>,
+    /// The same for the receiver that waited longest, %.
+    pub receiver_cpu_wait_pct: Option<f64>,
 }
 
 /// Jitter across streams.
@@ -214,6 +240,11 @@ pub fn summarize(
             max: 0.0,
         },
         send_lag_us: Quantiles::of(&media.send_lag, 1e3),
+        phone_socket_drops: media.phone_socket_drops,
+        relay_socket_drops: media.relay_socket_drops,
+        rx_threads: media.rx_threads,
+        sender_cpu_wait_pct: media.sender_cpu_wait.map(|w| pct(w, media.elapsed)),
+        receiver_cpu_wait_pct: media.receiver_cpu_wait.map(|w| pct(w, media.elapsed)),
     };
     let mut jitter_sum = 0.0;
     for s in &media.streams {
@@ -275,6 +306,21 @@ pub fn table(r: &RunReport) -> String {
         "  dropped          foreign {}  auth failures {}  send errors {}  silent streams {}",
         m.foreign, m.auth_failures, m.send_errors, m.streams_without_packets
     );
+    let drops = |d: Option<u64>| d.map_or_else(|| "?".to_owned(), |d| d.to_string());
+    let _ = writeln!(
+        out,
+        "  socket drops     phones {}  relay {}    receiver threads {}",
+        drops(m.phone_socket_drops),
+        drops(m.relay_socket_drops),
+        m.rx_threads
+    );
+    let wait = |w: Option<f64>| w.map_or_else(|| "?".to_owned(), |w| format!("{w:.1} %"));
+    let _ = writeln!(
+        out,
+        "  waited for CPU   sender {}  worst receiver {}",
+        wait(m.sender_cpu_wait_pct),
+        wait(m.receiver_cpu_wait_pct)
+    );
     let l = &m.latency_us;
     let _ = writeln!(
         out,
@@ -310,6 +356,13 @@ pub fn table(r: &RunReport) -> String {
     }
     for why in &r.load_limited {
         let _ = writeln!(out, "  WARNING load generator may be the bottleneck: {why}");
+    }
+    if let Some(sip) = &r.sip {
+        let _ = writeln!(
+            out,
+            "  sip              BYEs relayed to the trunk {}  stray datagrams {}",
+            sip.trunk_byes, sip.strays
+        );
     }
     if !r.setup_failures.is_empty() {
         let _ = writeln!(out, "  setup failures   {}", r.setup_failures.len());

@@ -16,7 +16,7 @@ use super::error::LoadError;
 use super::phones::CallMedia;
 
 /// The suite the client phone offers: what nearly every softphone offers first.
-const SUITE: SrtpSuite = SrtpSuite::AesCm128HmacSha1_80;
+pub(crate) const SUITE: SrtpSuite = SrtpSuite::AesCm128HmacSha1_80;
 
 /// One call that xccd accepted.
 pub struct EstablishedCall {
@@ -252,7 +252,7 @@ fn port_of(socket: &UdpSocket) -> Result<u16, LoadError> {
         .port())
 }
 
-fn sdp(port: u16, transport: &str, crypto: Option<&str>) -> String {
+pub(crate) fn sdp(port: u16, transport: &str, crypto: Option<&str>) -> String {
     let mut text = format!(
         "v=0\r\no=xcc-load 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
          m=audio {port} {transport} 0\r\na=rtpmap:0 PCMU/8000\r\n"
@@ -266,7 +266,10 @@ fn sdp(port: u16, transport: &str, crypto: Option<&str>) -> String {
 }
 
 /// Where XCC's SDP says to send, refusing anything but loopback, and its `a=crypto` lines.
-fn media_target(call: u32, text: &str) -> Result<(SocketAddr, Vec<CryptoAttribute>), LoadError> {
+pub(crate) fn media_target(
+    call: u32,
+    text: &str,
+) -> Result<(SocketAddr, Vec<CryptoAttribute>), LoadError> {
     let sdp_error = |e: xcc_core::Error| LoadError::Sdp {
         call,
         reason: e.to_string(),
