@@ -654,15 +654,19 @@ fn conn_event(b2bua: &mut B2bua, media: &mut TableMedia, streams: &mut Streams, 
         }
         Conn::Frame(side, addr, frame) => match frame {
             Frame::Message(m) => {
-                // The B2BUA takes bytes (it has no parsed-message entry point): re-encode.
                 let peer = Peer {
                     addr,
                     transport: Transport::Tcp,
                 };
-                b2bua.handle_bytes(Instant::now(), side, peer, &m.to_bytes(), media);
+                b2bua.handle_message(Instant::now(), side, peer, *m, media);
             }
             Frame::Malformed(e) => {
-                tracing::debug!(%side, peer = %addr, error = ?e, "malformed SIP message on TCP dropped");
+                tracing::debug!(%side, peer = %addr, error = ?e, "malformed SIP message on TCP");
+                let peer = Peer {
+                    addr,
+                    transport: Transport::Tcp,
+                };
+                b2bua.handle_malformed(side, peer, &e);
             }
             Frame::Ping => {
                 if let Some(tx) = streams.conns[side.index()].get(&addr) {
