@@ -1,6 +1,6 @@
 //! SIP through a real xccd, with SIPp as the controlling server and as the PBX, and a test-owned
 //! SDES-SRTP phone on the client leg. Ports 20000-21299 (each test owns 100 from its base);
-//! benches/sip_setup.sh uses 21300-21699; the restart tests at the end 21700-21899.
+//! benches/sip_setup.sh uses 21300-21699; the restart tests at the end 21700-21999.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -980,5 +980,55 @@ async fn kill9_mid_sip_call_then_the_pbxs_bye_reaches_the_server() {
     let s = wait(server).await;
     assert_clean("server", &s, 1);
     g.ports_back().await;
+    store_empty(&d).await;
+}
+
+/// A SIP call still ringing at the crash is not restored (only answered calls store their
+/// dialogs): the restarted xccd releases its resumed media at once, so no port leaks and the
+/// store ends empty. The PBX here is a socket that takes the INVITE and never answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_while_ringing_releases_the_calls_media_at_restart() {
+    if !have_sipp() {
+        return;
+    }
+    let p = Ports::new(19);
+    let mut d = Daemon::start_config(&sip_daemon("sip-restart-ringing", p, ""));
+    let mut g = grpc(&d).await;
+    let dir = run_dir(&d);
+    let silent_pbx = std::net::UdpSocket::bind(p.pbx()).unwrap();
+    silent_pbx
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut server = Sipp::new(
+        "server_uac_timeout.xml",
+        p.server(),
+        p.server_media(),
+        p.server_cp(),
+    );
+    server.remote = Some(p.xcc_server());
+    let _server = server.spawn(&dir);
+    // The INVITE reached the "PBX": the call exists, with ports and a stored record.
+    let mut buf = [0u8; 4096];
+    let (len, _) = silent_pbx.recv_from(&mut buf).expect("INVITE at the PBX");
+    assert!(buf[..len].starts_with(b"INVITE "));
+    assert!(g.status().await.ports_used > 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store_files(&d).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the ringing call was never stored"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    d.kill9();
+    let d = d.restart();
+    d.wait_log(
+        "SIP call was being set up at the restart",
+        Duration::from_secs(5),
+    );
+    let mut g = grpc(&d).await;
+    assert_eq!(g.ports_back().await.ports_used, 0);
+    assert!(g.sessions().await.is_empty());
     store_empty(&d).await;
 }
