@@ -97,6 +97,7 @@ pub async fn run(
             state: state.clone(),
             hub: hub.clone(),
         },
+        &reloader,
     );
     state.set_log_hook(Box::new(crate::logging::apply_level));
     // Subsystems add their collectors to `metrics` (`metrics.register(..)`) before it is served;
