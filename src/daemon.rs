@@ -139,6 +139,9 @@ pub async fn run(
         )?),
         None => None,
     };
+    if let Some(sip) = &sip {
+        reloader.register(sip.peers_applier());
+    }
 
     state.set_ready().await;
     tracing::info!(control = %control_addr, tls = v.tls.is_some(), workers = media.workers(), "xccd ready");
