@@ -1198,3 +1198,65 @@ fn a_forked_second_2xx_is_acked_and_byed_and_the_call_keeps_the_first() {
     assert_eq!(bye_a.headers.to.tag(), Some("fork-a"));
     h.settle_and_check();
 }
+
+#[test]
+fn replaced_pbx_peer_takes_new_calls_and_running_calls_keep_their_dialogs() {
+    let mut h = Harness::default();
+    let (_server, pbx) = established(&mut h, "c1");
+    let moved = addr("127.0.0.1:20571");
+    let mut next = xcc_sip::b2bua::SideConfig::new(
+        xcc_sip::endpoint::Peer {
+            addr: moved,
+            transport: Transport::Udp,
+        },
+        addr("127.0.0.1:1"),
+    );
+    next.options_interval = Some(Duration::from_secs(30));
+    let now = h.now;
+    h.b2bua.set_side(now, Side::Pbx, next);
+    h.collect_now();
+
+    // A new call goes to the new peer, with its address in the Request-URI.
+    h.invite(Side::Server, "c2", Some(SERVER_OFFER), "");
+    let sent: Vec<_> = h
+        .outbox
+        .iter()
+        .filter_map(|(side, p, m)| match m {
+            Message::Request(r) if *side == Side::Pbx && r.method == Method::Invite => {
+                Some((p.addr, r.uri.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        sent,
+        [(moved, "sip:1001@127.0.0.1:20571".to_owned())],
+        "{}",
+        h.dump()
+    );
+    // The monitor restarted towards the new peer, from XCC's unchanged local address.
+    h.advance(Duration::from_millis(1));
+    let probe = h.outbox.iter().find_map(|(side, p, m)| match m {
+        Message::Request(r) if *side == Side::Pbx && r.method == Method::Options => {
+            Some((p.addr, r.headers.via[0].sent_by()))
+        }
+        _ => None,
+    });
+    let (to, via) = probe.expect("an OPTIONS probe");
+    assert_eq!(to, moved);
+    assert!(via.contains(PBX_LOCAL), "{via}");
+
+    // The established call's BYE follows its dialog (the old PBX's Contact), not the new peer.
+    h.hangup(1, HangupReason::Api);
+    let bye = h
+        .outbox
+        .iter()
+        .find_map(|(side, p, m)| match m {
+            Message::Request(r) if *side == Side::Pbx && r.method == Method::Bye => {
+                Some((p.addr, r.headers.call_id.clone()))
+            }
+            _ => None,
+        })
+        .expect("a BYE to the PBX");
+    assert_eq!(bye, (addr(PBX_PEER), pbx.key.call_id.clone()));
+}
