@@ -1260,3 +1260,33 @@ fn replaced_pbx_peer_takes_new_calls_and_running_calls_keep_their_dialogs() {
         .expect("a BYE to the PBX");
     assert_eq!(bye, (addr(PBX_PEER), pbx.key.call_id.clone()));
 }
+
+#[test]
+fn a_call_challenged_after_the_pbx_moved_retries_where_its_invite_went() {
+    let mut h = Harness::default();
+    h.invite(Side::Server, "c1", Some(SERVER_OFFER), "");
+    let out = h.request(Side::Pbx, Method::Invite);
+    let mut next = xcc_sip::b2bua::SideConfig::new(
+        xcc_sip::endpoint::Peer {
+            addr: addr("127.0.0.1:20571"),
+            transport: Transport::Udp,
+        },
+        addr(PBX_LOCAL),
+    );
+    next.credentials = Some(Credentials {
+        username: "xcc".into(),
+        password: "secret".into(),
+    });
+    let now = h.now;
+    h.b2bua.set_side(now, Side::Pbx, next);
+    let mut r = Response::for_request(&out, 401, "Unauthorized", Some("p1"));
+    r.headers.other.push(xcc_sip::Header {
+        name: "WWW-Authenticate".into(),
+        value: "Digest realm=\"pbx\", nonce=\"abc\", qop=\"auth\"".into(),
+    });
+    h.inject(Side::Pbx, &Message::Response(r));
+    // `request` checks the destination: the old PBX, which issued the challenge.
+    let retry = h.request(Side::Pbx, Method::Invite);
+    assert_eq!(retry.headers.call_id, out.headers.call_id);
+    assert!(retry.headers.other("Authorization").is_some());
+}
