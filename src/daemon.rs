@@ -97,6 +97,7 @@ pub async fn run(
             state: state.clone(),
             hub: hub.clone(),
         },
+        &reloader,
     );
     state.set_log_hook(Box::new(crate::logging::apply_level));
     // Subsystems add their collectors to `metrics` (`metrics.register(..)`) before it is served;
@@ -142,6 +143,9 @@ pub async fn run(
         )?),
         None => None,
     };
+    if let Some(sip) = &sip {
+        reloader.register(sip.peers_applier());
+    }
 
     state.set_ready().await;
     tracing::info!(control = %control_addr, tls = v.tls.is_some(), workers = media.workers(), "xccd ready");

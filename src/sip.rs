@@ -52,6 +52,10 @@ pub struct SipHandle {
     task: tokio::task::JoinHandle<()>,
     /// Where each listener is bound: server UDP, server TCP, trunk UDP, trunk TCP.
     pub bound: [SocketAddr; 4],
+    /// Live `[sip]` peer changes into the task (see [`PeersApplier`]).
+    peers: Arc<PeerSlot>,
+    /// What the B2BUA's sides were built from: `[sip]` and the start-time addresses.
+    built: (SipSettings, Advertised),
 }
 
 impl SipHandle {
@@ -131,14 +135,22 @@ pub fn start_sip(
     let mut media = TableMedia::new(sessions, state, hub.clone(), stored.store);
     restore_calls(&mut b2bua, &mut media, stored.resumed);
     let (stop, stop_rx) = mpsc::channel(1);
+    let peers = Arc::new(PeerSlot::default());
     let io = Io {
         udp: [server_udp, trunk_udp],
         tcp: [server_tcp, trunk_tcp],
+        peers: peers.clone(),
     };
     let published = Arc::new(SipMetrics::default());
     metrics.register(published.clone());
     let task = tokio::spawn(run(b2bua, media, io, hub.subscribe(), stop_rx, published));
-    Ok(SipHandle { stop, task, bound })
+    Ok(SipHandle {
+        stop,
+        task,
+        bound,
+        peers,
+        built: (s.clone(), advertised),
+    })
 }
 
 /// After a restart: re-creates the dialogs of the SIP calls the store resumed (their media is
@@ -506,6 +518,8 @@ impl crate::metrics::Collector for SipMetrics {
 struct Io {
     udp: [UdpSocket; 2],
     tcp: [TcpListener; 2],
+    /// New peer configurations from a reload.
+    peers: Arc<PeerSlot>,
 }
 
 /// What connection tasks report.
@@ -601,6 +615,14 @@ async fn run(
                     b2bua.hangup(now, call, HangupReason::Drain, &mut media);
                 }
                 stopping = Some(now + STOP_WITHIN);
+            }
+            () = io.peers.changed.notified() => {
+                if let Some((server, pbx)) = io.peers.take() {
+                    let now = Instant::now();
+                    b2bua.set_side(now, Side::Server, server);
+                    b2bua.set_side(now, Side::Pbx, pbx);
+                    tracing::info!("SIP peers replaced: new calls use them");
+                }
             }
             () = sleep => b2bua.handle_timeout(Instant::now(), &mut media),
         }
@@ -979,5 +1001,152 @@ mod tests {
             reason: "pending",
         };
         assert_eq!(refusal(pending).status(), 491);
+    }
+}
+
+// ---- live reload of the peers ---------------------------------------------------------------------
+
+/// The last peer configuration a reload handed to the task, not yet taken.
+#[derive(Default)]
+struct PeerSlot {
+    next: std::sync::Mutex<Option<(SideConfig, SideConfig)>>,
+    changed: tokio::sync::Notify,
+}
+
+impl PeerSlot {
+    fn put(&self, sides: (SideConfig, SideConfig)) {
+        *self
+            .next
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(sides);
+        // notify_one keeps a permit when the task is busy: the change is never missed.
+        self.changed.notify_one();
+    }
+
+    fn take(&self) -> Option<(SideConfig, SideConfig)> {
+        self.next
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+}
+
+/// `[sip]` peers live: `server_target`, `pbx_target`, their transports, the PBX digest
+/// credentials and `options_interval_secs`. New calls and OPTIONS probes use the new values;
+/// calls already set up keep their dialogs (their in-dialog requests follow the peers'
+/// Contact). Listeners, advertised addresses, `dscp`, `t1_ms`, `retry_after_secs` and `enabled`
+/// stay restart-only (sockets and timers are built once).
+pub struct PeersApplier {
+    peers: Arc<PeerSlot>,
+    advertised: Advertised,
+    /// Bound ports (server side, trunk): Via/Contact keep them.
+    ports: (u16, u16),
+    /// The settings the sides were last built from (start or last reload).
+    current: std::sync::Mutex<SipSettings>,
+}
+
+impl SipHandle {
+    /// The reload applier for this task's peers (register it with the daemon's reloader).
+    pub fn peers_applier(&self) -> PeersApplier {
+        PeersApplier {
+            peers: self.peers.clone(),
+            advertised: self.built.1,
+            ports: (self.bound[0].port(), self.bound[2].port()),
+            current: std::sync::Mutex::new(self.built.0.clone()),
+        }
+    }
+}
+
+/// Keys [`PeersApplier`] changes live.
+const LIVE_SIP_KEYS: &[&str] = &[
+    "sip.server_target",
+    "sip.server_transport",
+    "sip.pbx_target",
+    "sip.pbx_transport",
+    "sip.pbx_user",
+    "sip.pbx_password",
+    "sip.pbx_password_file",
+    "sip.options_interval_secs",
+];
+
+impl PeersApplier {
+    /// `next`'s `[sip]` resolved, or why it cannot replace the running peers.
+    fn settings(next: &crate::config::Config) -> std::result::Result<SipSettings, String> {
+        match next.sip.validate() {
+            Ok(Some(s)) => Ok(s),
+            Ok(None) => Err(
+                "sip.enabled: this change switches SIP off (a target removed or enabled = false); \
+                 that takes a restart"
+                    .to_owned(),
+            ),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+impl crate::reload::Applier for PeersApplier {
+    fn keys(&self) -> &'static [&'static str] {
+        LIVE_SIP_KEYS
+    }
+
+    fn check(
+        &self,
+        _running: &crate::config::Config,
+        next: &crate::config::Config,
+    ) -> std::result::Result<(), String> {
+        Self::settings(next).map(|_| ())
+    }
+
+    fn apply(&self, _running: &crate::config::Config, next: &crate::config::Config) -> Vec<String> {
+        let n = match Self::settings(next) {
+            Ok(n) => n,
+            // `check` passed moments ago: only a password file or DNS name that changed since.
+            Err(e) => return vec![format!("sip peers kept: {e}")],
+        };
+        let mut current = self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let o = current.clone();
+        let mut lines = Vec::new();
+        let diff = |key: &str, from: String, to: String| {
+            (from != to).then(|| format!("{key}: {from} -> {to} (new calls)"))
+        };
+        lines.extend(diff(
+            "sip.server_target",
+            format!("{} {:?}", o.server_target, o.server_transport),
+            format!("{} {:?}", n.server_target, n.server_transport),
+        ));
+        lines.extend(diff(
+            "sip.pbx_target",
+            format!("{} {:?}", o.pbx_target, o.pbx_transport),
+            format!("{} {:?}", n.pbx_target, n.pbx_transport),
+        ));
+        let user = |s: &SipSettings| {
+            s.pbx_credentials
+                .as_ref()
+                .map_or("none".to_owned(), |(u, _)| format!("user {u:?}"))
+        };
+        if o.pbx_credentials != n.pbx_credentials {
+            let (from, to) = (user(&o), user(&n));
+            lines.push(if from == to {
+                "sip.pbx_password: changed (new challenges)".to_owned()
+            } else {
+                format!("sip.pbx_user: {from} -> {to} (new challenges)")
+            });
+        }
+        let secs = |s: &SipSettings| s.options_interval.map_or(0, |d| d.as_secs());
+        lines.extend(diff(
+            "sip.options_interval_secs",
+            secs(&o).to_string(),
+            secs(&n).to_string(),
+        ));
+        if lines.is_empty() {
+            return lines;
+        }
+        let cfg = b2bua_config(&n, self.advertised, self.ports.0, self.ports.1);
+        self.peers.put((cfg.server, cfg.pbx));
+        *current = n;
+        lines
     }
 }

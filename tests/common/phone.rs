@@ -100,6 +100,9 @@ pub struct Heard {
     pub far_audio: u32,
     /// Packets that did not authenticate.
     pub bad: u32,
+    /// XCC's hole-punching STUN probes, sent until the leg latches; a phone's RTP stack sets
+    /// them aside (RFC 7983), and so does this one.
+    pub stun: u32,
 }
 
 impl Phone {
@@ -154,6 +157,10 @@ impl Phone {
             let _ = self.socket.send_to(&srtp, target);
             seq = seq.wrapping_add(1);
             while let Ok((len, _)) = self.socket.recv_from(&mut buf) {
+                if xcc_core::nat::stun::is_stun(&buf[..len]) {
+                    heard.stun += 1;
+                    continue;
+                }
                 match rx.decrypt_rtp(&buf[..len]) {
                     Ok(plain) if plain.len() > 12 => {
                         heard.packets += 1;

@@ -165,25 +165,7 @@ impl B2bua {
     /// with an `options_interval` starts at `now`.
     pub fn new(cfg: B2buaConfig, now: Instant, seed: [u8; 32]) -> Self {
         let mut rng = StdRng::from_seed(seed);
-        let monitors = [&cfg.server, &cfg.pbx].map(|side| {
-            let interval = side.options_interval?;
-            let host = uri_target(side);
-            Some(OptionsMonitor::new(
-                now,
-                MonitorConfig {
-                    target: format!("sip:{host}"),
-                    local: NameAddr {
-                        display: None,
-                        uri: format!("sip:xcc@{}", compose::uri_host(side.local.ip())),
-                        params: Vec::new(),
-                    },
-                    via: compose::via(side, &mut rng),
-                    interval,
-                    down_after: side.down_after.max(1),
-                },
-                &mut rng,
-            ))
-        });
+        let monitors = [&cfg.server, &cfg.pbx].map(|side| monitor_for(side, now, &mut rng));
         Self {
             endpoints: [Endpoint::new(cfg.timers), Endpoint::new(cfg.timers)],
             monitors,
@@ -308,6 +290,28 @@ impl B2bua {
     /// Retry-After; calls in progress continue.
     pub fn set_draining(&mut self, draining: bool) {
         self.draining = draining;
+    }
+
+    /// Replaces `side`'s peer configuration (a live reload of `[sip]`): new calls and OPTIONS
+    /// probes go to `next.peer` with `next`'s Request-URI host, credentials and probe interval.
+    /// Calls already set up keep their dialogs (in-dialog requests follow each dialog's remote
+    /// target and route set). `next.local` is ignored: it follows the listener, which does not
+    /// move. The side's monitor restarts (health Unknown) when what it probes or how changed.
+    pub fn set_side(&mut self, now: Instant, side: Side, next: SideConfig) {
+        let current = match side {
+            Side::Server => &mut self.cfg.server,
+            Side::Pbx => &mut self.cfg.pbx,
+        };
+        let probe_changed = current.peer != next.peer
+            || current.peer_host != next.peer_host
+            || current.options_interval != next.options_interval
+            || current.down_after != next.down_after;
+        let local = current.local;
+        *current = SideConfig { local, ..next };
+        if probe_changed {
+            let cfg = config::side_of(&self.cfg, side);
+            self.monitors[side.index()] = monitor_for(cfg, now, &mut self.rng);
+        }
     }
 
     /// Whether new calls are refused.
@@ -748,6 +752,27 @@ impl B2bua {
     fn retry_after(&self) -> Header {
         header("Retry-After", &self.cfg.retry_after.to_string())
     }
+}
+
+/// The OPTIONS monitor of a side with an `options_interval`, first probe at `now`.
+fn monitor_for(side: &SideConfig, now: Instant, rng: &mut StdRng) -> Option<OptionsMonitor> {
+    let interval = side.options_interval?;
+    let host = uri_target(side);
+    Some(OptionsMonitor::new(
+        now,
+        MonitorConfig {
+            target: format!("sip:{host}"),
+            local: NameAddr {
+                display: None,
+                uri: format!("sip:xcc@{}", compose::uri_host(side.local.ip())),
+                params: Vec::new(),
+            },
+            via: compose::via(side, rng),
+            interval,
+            down_after: side.down_after.max(1),
+        },
+        rng,
+    ))
 }
 
 /// Request-URI host of probes and new calls towards a side.
