@@ -70,6 +70,15 @@ impl SipHandle {
     }
 }
 
+/// The call store as the SIP layer uses it: where dialog blobs are written, and what the store
+/// resumed at start-up (calls whose dialogs are re-created before the listeners serve).
+pub struct StoredCalls<'a> {
+    /// Dialog blobs are stored with their call through it.
+    pub store: crate::store::StoreHandle,
+    /// The calls the store resumed, with their dialog blobs.
+    pub resumed: &'a crate::store::Resumed,
+}
+
 /// Binds the four SIP listeners (a failure is a startup error naming the listener) and starts
 /// the B2BUA task. Call before READY=1.
 pub fn start_sip(
@@ -79,6 +88,7 @@ pub fn start_sip(
     state: Arc<ControlState>,
     hub: EventHub,
     metrics: &crate::metrics::Registry,
+    stored: StoredCalls<'_>,
 ) -> Result<SipHandle> {
     let udp = |what: &'static str, addr: SocketAddr| {
         xcc_sip::driver::bind_udp(addr, s.dscp).map_err(|e| bind_error(what, addr, e))
@@ -121,8 +131,9 @@ pub fn start_sip(
     );
     let mut seed = [0u8; 32];
     rand::rng().fill_bytes(&mut seed);
-    let b2bua = B2bua::new(cfg, Instant::now(), seed);
-    let media = TableMedia::new(sessions, state, hub.clone());
+    let mut b2bua = B2bua::new(cfg, Instant::now(), seed);
+    let mut media = TableMedia::new(sessions, state, hub.clone(), stored.store);
+    restore_calls(&mut b2bua, &mut media, stored.resumed);
     let (stop, stop_rx) = mpsc::channel(1);
     let peers = Arc::new(PeerSlot::default());
     let io = Io {
@@ -140,6 +151,39 @@ pub fn start_sip(
         peers,
         built: (s.clone(), advertised),
     })
+}
+
+/// After a restart: re-creates the dialogs of the SIP calls the store resumed (their media is
+/// already forwarding), before the listeners serve. A blob the B2BUA refuses, or a SIP call
+/// resumed without one (it was still being set up at the crash: its caller's INVITE transaction
+/// fails on its own timers), has its media released, so nothing is left half alive.
+fn restore_calls(b2bua: &mut B2bua, media: &mut TableMedia, resumed: &crate::store::Resumed) {
+    let now = Instant::now();
+    for (&call, blob) in &resumed.signalling {
+        match b2bua.restore_dialogs(call, blob, now) {
+            Ok(()) => {
+                media.ours.insert(call);
+                tracing::info!(%call, "SIP call resumed");
+            }
+            Err(e) => {
+                tracing::warn!(%call, error = %e, "SIP call cannot resume; media released");
+                media.release(call);
+            }
+        }
+    }
+    for &call in &resumed.calls {
+        if resumed.signalling.contains_key(&call) {
+            continue;
+        }
+        let sip = media
+            .sessions
+            .get(call)
+            .is_ok_and(|v| v.idempotency_key.starts_with("sip"));
+        if sip {
+            tracing::info!(%call, "SIP call was being set up at the restart; media released");
+            media.release(call);
+        }
+    }
 }
 
 fn bind_error(what: &'static str, addr: SocketAddr, e: xcc_sip::Error) -> Error {
@@ -212,6 +256,8 @@ struct TableMedia {
     sessions: Arc<SessionTable>,
     state: Arc<ControlState>,
     hub: EventHub,
+    /// The call store: dialog blobs go with their call's record.
+    store: crate::store::StoreHandle,
     /// Calls offered and not yet released.
     ours: HashSet<CallId>,
     /// Keyed hash for idempotency keys longer than the table accepts.
@@ -219,11 +265,17 @@ struct TableMedia {
 }
 
 impl TableMedia {
-    fn new(sessions: Arc<SessionTable>, state: Arc<ControlState>, hub: EventHub) -> Self {
+    fn new(
+        sessions: Arc<SessionTable>,
+        state: Arc<ControlState>,
+        hub: EventHub,
+        store: crate::store::StoreHandle,
+    ) -> Self {
         Self {
             sessions,
             state,
             hub,
+            store,
             ours: HashSet::new(),
             hasher: std::collections::hash_map::RandomState::new(),
         }
@@ -508,7 +560,7 @@ async fn run(
     let mut dirty = true;
     loop {
         flush(&mut b2bua, &io, &mut streams, &conn_tx).await;
-        log_events(&mut b2bua);
+        log_events(&mut b2bua, &media.store);
         let now = Instant::now();
         if dirty && now >= published_at + PUBLISH_EVERY {
             published.publish(&b2bua);
@@ -764,7 +816,7 @@ async fn flush(b2bua: &mut B2bua, io: &Io, streams: &mut Streams, conn_tx: &mpsc
     }
 }
 
-fn log_events(b2bua: &mut B2bua) {
+fn log_events(b2bua: &mut B2bua, store: &crate::store::StoreHandle) {
     while let Some(ev) = b2bua.poll_event() {
         match ev {
             B2buaEvent::CallStarted {
@@ -776,7 +828,13 @@ fn log_events(b2bua: &mut B2bua) {
             } => tracing::info!(%call, %from, %caller, %callee, %sip_call_id, "SIP call started"),
             B2buaEvent::CallAnswered { call } => tracing::info!(%call, "SIP call answered"),
             B2buaEvent::CallEnded { call, reason } => {
+                // The media release already deleted the record; this forgets the blob too.
+                store.set_signalling(call, None);
                 tracing::info!(%call, ?reason, "SIP call ended")
+            }
+            B2buaEvent::DialogState { call, blob } => {
+                store.set_signalling(call, Some(blob));
+                store.poke();
             }
             B2buaEvent::CallRefused { from, status } => {
                 tracing::info!(%from, status, "SIP call refused")

@@ -16,10 +16,11 @@ mod config;
 mod event;
 mod indialog;
 mod media;
+mod persist;
 mod setup;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::time::Instant;
 
 use rand::SeedableRng;
@@ -29,6 +30,7 @@ use xcc_core::ids::{CallId, LegSide};
 pub use config::{B2buaConfig, SideConfig};
 pub use event::{B2buaCounters, B2buaEvent, EndReason, HangupReason, SideCounters};
 pub use media::{MediaOffer, MediaRefusal, MediaSessions};
+pub use persist::DIALOG_STATE_VERSION;
 
 use crate::dialog::DialogKey;
 use crate::endpoint::{Endpoint, EndpointEvent, Peer, Transmit};
@@ -151,6 +153,8 @@ pub struct B2bua {
     call_timers: BinaryHeap<Reverse<(Instant, CallId)>>,
     /// Lifecycle events for the daemon.
     events: VecDeque<B2buaEvent>,
+    /// Calls whose dialog state changed since the last [`B2buaEvent::DialogState`].
+    dirty: BTreeSet<CallId>,
     /// What is counted (the endpoints' malformed counts are added on read).
     counters: B2buaCounters,
 }
@@ -176,6 +180,7 @@ impl B2bua {
             ack_expiry: VecDeque::new(),
             call_timers: BinaryHeap::new(),
             events: VecDeque::new(),
+            dirty: BTreeSet::new(),
             counters: B2buaCounters::default(),
         }
     }
@@ -422,7 +427,13 @@ impl B2bua {
                 }
             }
             if !any {
-                return;
+                break;
+            }
+        }
+        while let Some(id) = self.dirty.pop_first() {
+            if let Some(blob) = self.export_dialogs(id) {
+                self.events
+                    .push_back(B2buaEvent::DialogState { call: id, blob });
             }
         }
     }

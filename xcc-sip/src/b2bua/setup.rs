@@ -358,6 +358,7 @@ impl B2bua {
         }
         self.counters.calls_answered += 1;
         self.events.push_back(B2buaEvent::CallAnswered { call: id });
+        self.dirty.insert(id);
     }
 
     /// Starts retransmitting a 2xx to `side` until its ACK.
