@@ -313,11 +313,11 @@ pub struct SipConfig {
     pub trunk_listen: SocketAddr,
     /// Server-side listener (UDP and TCP): the XPhone server sends here.
     pub server_listen: SocketAddr,
-    /// The XPhone server, `host[:port]` (port default 4900); resolved once at start.
+    /// The XPhone server, `host[:port]` (port default 4900); resolved at start and at each reload.
     pub server_target: Option<String>,
     /// Transport towards the server.
     pub server_transport: SipTransport,
-    /// The PBX/SBC, `host[:port]` (port default 5060); resolved once at start.
+    /// The PBX/SBC, `host[:port]` (port default 5060); resolved at start and at each reload.
     pub pbx_target: Option<String>,
     /// Transport towards the PBX.
     pub pbx_transport: SipTransport,
@@ -891,6 +891,8 @@ servers = []
 # Seconds between checks once the address is known; a change is re-advertised without a restart.
 refresh_secs = {refresh}
 # Seconds to wait after every server failed in a row before asking again.
+# The three [stun] keys are live on reload: discovery restarts with the new list and the advertised
+# address stays until a new server answers.
 retry_secs = {retry}
 
 [sdes]
@@ -930,6 +932,9 @@ pbx_transport = "{pbx_transport}"
 # pbx_user = "xcc"
 # pbx_password_file = "/etc/xcc/pbx-password"
 # OPTIONS keepalive towards both peers, seconds (0 = off).
+# Live on reload: server_target, pbx_target, their transports, the pbx_* credentials and
+# options_interval_secs (new calls and probes; running calls keep their dialogs). The rest of [sip]
+# needs a restart, and so does switching SIP on or off.
 options_interval_secs = {options}
 # DSCP on signalling packets (24 = CS3).
 dscp = {sip_dscp}

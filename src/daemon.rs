@@ -76,9 +76,9 @@ pub async fn run(
         v.offer_suites.clone(),
     ));
     // Before the control port serves: resumed calls keep their ids and ports.
-    // `resumed.signalling` holds the SIP layer's dialog blobs of the resumed calls: the B2BUA's
-    // `start_sip` takes `&resumed` when it is wired in (docs/ops.md, "SIP hook").
-    let (_resumed, store_writer) = crate::store::start(&v.config.state, inbox, &media, &sessions);
+    // `resumed.signalling` holds the SIP layer's dialog blobs of the resumed calls: `start_sip`
+    // re-creates their dialogs (docs/ops.md, "SIP hook").
+    let (resumed, store_writer) = crate::store::start(&v.config.state, inbox, &media, &sessions);
     let grace = DrainGrace::new(v.config.control.drain_grace_secs);
     let reloader = crate::reload::start_reload(reload, &v, &media, &grace);
     state.set_reloader(reloader.clone());
@@ -97,6 +97,7 @@ pub async fn run(
             state: state.clone(),
             hub: hub.clone(),
         },
+        &reloader,
     );
     state.set_log_hook(Box::new(crate::logging::apply_level));
     // Subsystems add their collectors to `metrics` (`metrics.register(..)`) before it is served;
@@ -135,9 +136,16 @@ pub async fn run(
             state.clone(),
             hub.clone(),
             &metrics,
+            crate::sip::StoredCalls {
+                store: store.clone(),
+                resumed: &resumed,
+            },
         )?),
         None => None,
     };
+    if let Some(sip) = &sip {
+        reloader.register(sip.peers_applier());
+    }
 
     state.set_ready().await;
     tracing::info!(control = %control_addr, tls = v.tls.is_some(), workers = media.workers(), "xccd ready");

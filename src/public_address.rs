@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::net::UdpSocket;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use xcc_core::ids::CallId;
 use xcc_core::nat::Retransmission;
@@ -56,13 +57,42 @@ impl Sinks {
     }
 }
 
-/// Starts discovery when `[stun] servers` are configured and `[nat] public_address` is not;
-/// otherwise records the static or fallback address in the status and returns `None`.
-/// `fallback` is the client address advertised until a server answers.
+/// What the discovery task runs with; replaced live by a reload ([`StunApplier`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StunSettings {
+    /// `[stun] servers`, in order; empty: no discovery, the fallback is advertised.
+    pub servers: Vec<StunServer>,
+    /// `[stun] refresh_secs`.
+    pub refresh: Duration,
+    /// `[stun] retry_secs`.
+    pub retry: Duration,
+}
+
+impl StunSettings {
+    /// The `[stun]` table of `c` (validated: every entry parses).
+    pub fn of(c: &crate::config::Config) -> Self {
+        Self {
+            servers: c
+                .stun
+                .servers
+                .iter()
+                .filter_map(|e| StunServer::parse(e).ok())
+                .collect(),
+            refresh: Duration::from_secs(c.stun.refresh_secs),
+            retry: Duration::from_secs(c.stun.retry_secs),
+        }
+    }
+}
+
+/// Starts the discovery task unless `[nat] public_address` is set (then it records the static
+/// address in the status and returns `None`). The task runs even without `[stun] servers`
+/// (advertising the fallback), so a reload can add servers. Registers [`StunApplier`] with
+/// `reloader`. `fallback` is the client address advertised until a server answers.
 pub fn start_public_address(
     v: &Validated,
     fallback: IpAddr,
     sinks: Sinks,
+    reloader: &crate::reload::Reloader,
 ) -> Option<JoinHandle<()>> {
     let c = &v.config;
     if let Some(ip) = c.nat.public_address {
@@ -72,41 +102,82 @@ pub fn start_public_address(
         sinks
             .state
             .set_public_address(PublicAddressStatus::without_stun(ip, AddressOrigin::Static));
+        reloader.register(StunApplier { settings: None });
         return None;
     }
-    if v.stun_servers.is_empty() {
-        sinks
-            .state
-            .set_public_address(PublicAddressStatus::without_stun(
-                fallback,
-                AddressOrigin::Fallback,
-            ));
-        return None;
-    }
-    let mut initial = PublicAddressStatus::without_stun(fallback, AddressOrigin::Fallback);
-    initial.state = DiscoveryState::Discovering;
-    sinks.state.set_public_address(initial.clone());
-    let driver = Driver {
-        bind: c.media.bind_address,
+    let settings = StunSettings {
         servers: v.stun_servers.clone(),
         refresh: Duration::from_secs(c.stun.refresh_secs),
         retry: Duration::from_secs(c.stun.retry_secs),
-        status: initial,
+    };
+    let (tx, rx) = watch::channel(settings);
+    reloader.register(StunApplier { settings: Some(tx) });
+    // Set now, so a `Status` before the task's first turn already says what it will do.
+    let mut status = PublicAddressStatus::without_stun(fallback, AddressOrigin::Fallback);
+    if !v.stun_servers.is_empty() {
+        status.state = DiscoveryState::Discovering;
+    }
+    sinks.state.set_public_address(status.clone());
+    let driver = Driver {
+        bind: c.media.bind_address,
+        fallback,
+        status,
         sinks,
     };
-    Some(tokio::spawn(driver.run()))
+    Some(tokio::spawn(driver.run(rx)))
+}
+
+/// `[stun] servers`, `refresh_secs`, `retry_secs` live: the running discovery restarts its
+/// schedule with the new values and keeps advertising the last learned address until the new
+/// servers answer (or all fail). `[nat] public_address` stays restart-only: the session table's
+/// host candidate and the PBX-leg fallback are chosen from it at start.
+pub struct StunApplier {
+    /// The discovery task's settings; `None` when `[nat] public_address` is set (no task).
+    settings: Option<watch::Sender<StunSettings>>,
+}
+
+impl crate::reload::Applier for StunApplier {
+    fn keys(&self) -> &'static [&'static str] {
+        &["stun.servers", "stun.refresh_secs", "stun.retry_secs"]
+    }
+
+    fn apply(&self, running: &crate::config::Config, next: &crate::config::Config) -> Vec<String> {
+        let (o, n) = (StunSettings::of(running), StunSettings::of(next));
+        if o == n {
+            return Vec::new();
+        }
+        let show = |s: &StunSettings| {
+            let servers: Vec<String> = s.servers.iter().map(ToString::to_string).collect();
+            format!(
+                "[{}] refresh {}s retry {}s",
+                servers.join(", "),
+                s.refresh.as_secs(),
+                s.retry.as_secs()
+            )
+        };
+        let what = match &self.settings {
+            None => "saved; not asked while nat.public_address is set".to_owned(),
+            Some(tx) => {
+                if tx.send(n.clone()).is_err() {
+                    "kept: the discovery task is gone".to_owned()
+                } else if n.servers.is_empty() {
+                    "discovery off, the fallback address is advertised".to_owned()
+                } else {
+                    "discovery restarted; the last address stays advertised until the new servers answer"
+                        .to_owned()
+                }
+            }
+        };
+        vec![format!("stun: {} -> {} ({what})", show(&o), show(&n))]
+    }
 }
 
 /// The task's state.
 struct Driver {
     /// Media bind address: STUN must see the NAT mapping media sockets get.
     bind: IpAddr,
-    /// Configured servers, resolved by the task.
-    servers: Vec<StunServer>,
-    /// Interval between successful checks.
-    refresh: Duration,
-    /// Pause after a failed round.
-    retry: Duration,
+    /// Advertised while no server ever answered, and when discovery is switched off.
+    fallback: IpAddr,
     /// What was last published.
     status: PublicAddressStatus,
     /// Where it goes.
@@ -114,7 +185,9 @@ struct Driver {
 }
 
 impl Driver {
-    async fn run(mut self) {
+    /// Runs discovery with the current settings, restarting it whenever they change; ends
+    /// when the settings' sender is gone (the daemon stops).
+    async fn run(mut self, mut settings: watch::Receiver<StunSettings>) {
         let socket = match UdpSocket::bind(SocketAddr::new(self.bind, 0)).await {
             Ok(s) => s,
             Err(e) => {
@@ -122,12 +195,45 @@ impl Driver {
                 return;
             }
         };
-        let servers = self.resolve().await;
+        loop {
+            let current = settings.borrow_and_update().clone();
+            if current.servers.is_empty() {
+                // As at a start without servers: the fallback, no STUN traffic.
+                let previous = self.status.address;
+                self.status =
+                    PublicAddressStatus::without_stun(self.fallback, AddressOrigin::Fallback);
+                self.sinks.publish(Some(previous), self.status.clone());
+                if settings.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            // The address stays (learned or fallback); the state says a new round runs.
+            self.status.state = DiscoveryState::Discovering;
+            self.status.last_error = None;
+            self.sinks
+                .publish(Some(self.status.address), self.status.clone());
+            tokio::select! {
+                () = self.discover(&socket, &current) => return,
+                changed = settings.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    tracing::info!("[stun] changed: public address discovery restarts");
+                }
+            }
+        }
+    }
+
+    /// One discovery run with `settings` (never ends by itself; dropped on a change).
+    async fn discover(&mut self, socket: &UdpSocket, settings: &StunSettings) {
+        let servers = self.resolve(&settings.servers, settings.retry).await;
+        let refresh = settings.refresh;
         let config = DiscoveryConfig {
             servers,
             static_address: None,
-            refresh: self.refresh,
-            retry_after_all_failed: self.retry,
+            refresh,
+            retry_after_all_failed: settings.retry,
             retransmission: Retransmission::FAILOVER,
         };
         let count = config.servers.len();
@@ -135,7 +241,7 @@ impl Driver {
             Ok(d) => d,
             Err(e) => {
                 self.fail_hard(format!("discovery cannot start: {e}"));
-                return;
+                return std::future::pending().await;
             }
         };
         tracing::info!(servers = count, local = ?socket.local_addr().ok(), "public address discovery started");
@@ -151,10 +257,7 @@ impl Driver {
                 }
             }
             self.drain_events(&mut discovery, &mut failures_in_a_row, count);
-            let wake = discovery
-                .poll_timeout()
-                .unwrap_or(now + self.refresh)
-                .max(now);
+            let wake = discovery.poll_timeout().unwrap_or(now + refresh).max(now);
             tokio::select! {
                 received = socket.recv_from(&mut buf) => {
                     let Ok((len, from)) = received else { continue };
@@ -174,10 +277,10 @@ impl Driver {
 
     /// Resolves every configured server (names through the system resolver), keeping the ones of
     /// the socket's address family, in order; retries while none resolves.
-    async fn resolve(&mut self) -> Vec<SocketAddr> {
+    async fn resolve(&mut self, servers: &[StunServer], retry: Duration) -> Vec<SocketAddr> {
         loop {
             let mut out = Vec::new();
-            for s in &self.servers {
+            for s in servers {
                 match tokio::net::lookup_host((s.host.as_str(), s.port)).await {
                     Ok(addrs) => {
                         let mut addrs = addrs.filter(|a| a.is_ipv4() == self.bind.is_ipv4());
@@ -199,7 +302,7 @@ impl Driver {
             self.status.last_error = Some("no STUN server name resolves".to_owned());
             self.sinks
                 .publish(Some(self.status.address), self.status.clone());
-            tokio::time::sleep(self.retry).await;
+            tokio::time::sleep(retry).await;
         }
     }
 

@@ -52,6 +52,10 @@ pub struct SipHandle {
     task: tokio::task::JoinHandle<()>,
     /// Where each listener is bound: server UDP, server TCP, trunk UDP, trunk TCP.
     pub bound: [SocketAddr; 4],
+    /// Live `[sip]` peer changes into the task (see [`PeersApplier`]).
+    peers: Arc<PeerSlot>,
+    /// What the B2BUA's sides were built from: `[sip]` and the start-time addresses.
+    built: (SipSettings, Advertised),
 }
 
 impl SipHandle {
@@ -66,6 +70,15 @@ impl SipHandle {
     }
 }
 
+/// The call store as the SIP layer uses it: where dialog blobs are written, and what the store
+/// resumed at start-up (calls whose dialogs are re-created before the listeners serve).
+pub struct StoredCalls<'a> {
+    /// Dialog blobs are stored with their call through it.
+    pub store: crate::store::StoreHandle,
+    /// The calls the store resumed, with their dialog blobs.
+    pub resumed: &'a crate::store::Resumed,
+}
+
 /// Binds the four SIP listeners (a failure is a startup error naming the listener) and starts
 /// the B2BUA task. Call before READY=1.
 pub fn start_sip(
@@ -75,6 +88,7 @@ pub fn start_sip(
     state: Arc<ControlState>,
     hub: EventHub,
     metrics: &crate::metrics::Registry,
+    stored: StoredCalls<'_>,
 ) -> Result<SipHandle> {
     let udp = |what: &'static str, addr: SocketAddr| {
         xcc_sip::driver::bind_udp(addr, s.dscp).map_err(|e| bind_error(what, addr, e))
@@ -117,12 +131,15 @@ pub fn start_sip(
     );
     let mut seed = [0u8; 32];
     rand::rng().fill_bytes(&mut seed);
-    let b2bua = B2bua::new(cfg, Instant::now(), seed);
-    let media = TableMedia::new(sessions, state, hub.clone());
+    let mut b2bua = B2bua::new(cfg, Instant::now(), seed);
+    let mut media = TableMedia::new(sessions, state, hub.clone(), stored.store);
+    restore_calls(&mut b2bua, &mut media, stored.resumed);
     let (stop, stop_rx) = mpsc::channel(1);
+    let peers = Arc::new(PeerSlot::default());
     let io = Io {
         udp: [server_udp, trunk_udp],
         tcp: [server_tcp, trunk_tcp],
+        peers: peers.clone(),
     };
     let published = Arc::new(SipMetrics::default());
     metrics.register(published.clone());
@@ -134,7 +151,46 @@ pub fn start_sip(
         stop_rx,
         published,
     ));
-    Ok(SipHandle { stop, task, bound })
+    Ok(SipHandle {
+        stop,
+        task,
+        bound,
+        peers,
+        built: (s.clone(), advertised),
+    })
+}
+
+/// After a restart: re-creates the dialogs of the SIP calls the store resumed (their media is
+/// already forwarding), before the listeners serve. A blob the B2BUA refuses, or a SIP call
+/// resumed without one (it was still being set up at the crash: its caller's INVITE transaction
+/// fails on its own timers), has its media released, so nothing is left half alive.
+fn restore_calls(b2bua: &mut B2bua, media: &mut TableMedia, resumed: &crate::store::Resumed) {
+    let now = Instant::now();
+    for (&call, blob) in &resumed.signalling {
+        match b2bua.restore_dialogs(call, blob, now) {
+            Ok(()) => {
+                media.ours.insert(call);
+                tracing::info!(%call, "SIP call resumed");
+            }
+            Err(e) => {
+                tracing::warn!(%call, error = %e, "SIP call cannot resume; media released");
+                media.release(call);
+            }
+        }
+    }
+    for &call in &resumed.calls {
+        if resumed.signalling.contains_key(&call) {
+            continue;
+        }
+        let sip = media
+            .sessions
+            .get(call)
+            .is_ok_and(|v| v.idempotency_key.starts_with("sip"));
+        if sip {
+            tracing::info!(%call, "SIP call was being set up at the restart; media released");
+            media.release(call);
+        }
+    }
 }
 
 fn bind_error(what: &'static str, addr: SocketAddr, e: xcc_sip::Error) -> Error {
@@ -207,6 +263,8 @@ struct TableMedia {
     sessions: Arc<SessionTable>,
     state: Arc<ControlState>,
     hub: EventHub,
+    /// The call store: dialog blobs go with their call's record.
+    store: crate::store::StoreHandle,
     /// Calls offered and not yet released.
     ours: HashSet<CallId>,
     /// Keyed hash for idempotency keys longer than the table accepts.
@@ -214,11 +272,17 @@ struct TableMedia {
 }
 
 impl TableMedia {
-    fn new(sessions: Arc<SessionTable>, state: Arc<ControlState>, hub: EventHub) -> Self {
+    fn new(
+        sessions: Arc<SessionTable>,
+        state: Arc<ControlState>,
+        hub: EventHub,
+        store: crate::store::StoreHandle,
+    ) -> Self {
         Self {
             sessions,
             state,
             hub,
+            store,
             ours: HashSet::new(),
             hasher: std::collections::hash_map::RandomState::new(),
         }
@@ -466,6 +530,8 @@ impl crate::metrics::Collector for SipMetrics {
 struct Io {
     udp: [UdpSocket; 2],
     tcp: [TcpListener; 2],
+    /// New peer configurations from a reload.
+    peers: Arc<PeerSlot>,
 }
 
 /// What connection tasks report.
@@ -504,7 +570,7 @@ async fn run(
     let mut dirty = true;
     loop {
         flush(&mut b2bua, &io, &mut streams, &conn_tx).await;
-        log_events(&mut b2bua);
+        log_events(&mut b2bua, &media.store);
         let now = Instant::now();
         if dirty && now >= published_at + PUBLISH_EVERY {
             published.publish(&b2bua);
@@ -561,6 +627,14 @@ async fn run(
                     b2bua.hangup(now, call, HangupReason::Drain, &mut media);
                 }
                 stopping = Some(now + STOP_WITHIN);
+            }
+            () = io.peers.changed.notified() => {
+                if let Some((server, pbx)) = io.peers.take() {
+                    let now = Instant::now();
+                    b2bua.set_side(now, Side::Server, server);
+                    b2bua.set_side(now, Side::Pbx, pbx);
+                    tracing::info!("SIP peers replaced: new calls use them");
+                }
             }
             () = sleep => b2bua.handle_timeout(Instant::now(), &mut media),
         }
@@ -730,7 +804,7 @@ async fn flush(b2bua: &mut B2bua, io: &Io, streams: &mut Streams, conn_tx: &mpsc
     }
 }
 
-fn log_events(b2bua: &mut B2bua) {
+fn log_events(b2bua: &mut B2bua, store: &crate::store::StoreHandle) {
     while let Some(ev) = b2bua.poll_event() {
         match ev {
             B2buaEvent::CallStarted {
@@ -742,7 +816,13 @@ fn log_events(b2bua: &mut B2bua) {
             } => tracing::info!(%call, %from, %caller, %callee, %sip_call_id, "SIP call started"),
             B2buaEvent::CallAnswered { call } => tracing::info!(%call, "SIP call answered"),
             B2buaEvent::CallEnded { call, reason } => {
+                // The media release already deleted the record; this forgets the blob too.
+                store.set_signalling(call, None);
                 tracing::info!(%call, ?reason, "SIP call ended")
+            }
+            B2buaEvent::DialogState { call, blob } => {
+                store.set_signalling(call, Some(blob));
+                store.poke();
             }
             B2buaEvent::CallRefused { from, status } => {
                 tracing::info!(%from, status, "SIP call refused")
@@ -909,5 +989,152 @@ mod tests {
             reason: "pending",
         };
         assert_eq!(refusal(pending).status(), 491);
+    }
+}
+
+// ---- live reload of the peers ---------------------------------------------------------------------
+
+/// The last peer configuration a reload handed to the task, not yet taken.
+#[derive(Default)]
+struct PeerSlot {
+    next: std::sync::Mutex<Option<(SideConfig, SideConfig)>>,
+    changed: tokio::sync::Notify,
+}
+
+impl PeerSlot {
+    fn put(&self, sides: (SideConfig, SideConfig)) {
+        *self
+            .next
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(sides);
+        // notify_one keeps a permit when the task is busy: the change is never missed.
+        self.changed.notify_one();
+    }
+
+    fn take(&self) -> Option<(SideConfig, SideConfig)> {
+        self.next
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+}
+
+/// `[sip]` peers live: `server_target`, `pbx_target`, their transports, the PBX digest
+/// credentials and `options_interval_secs`. New calls and OPTIONS probes use the new values;
+/// calls already set up keep their dialogs (their in-dialog requests follow the peers'
+/// Contact). Listeners, advertised addresses, `dscp`, `t1_ms`, `retry_after_secs` and `enabled`
+/// stay restart-only (sockets and timers are built once).
+pub struct PeersApplier {
+    peers: Arc<PeerSlot>,
+    advertised: Advertised,
+    /// Bound ports (server side, trunk): Via/Contact keep them.
+    ports: (u16, u16),
+    /// The settings the sides were last built from (start or last reload).
+    current: std::sync::Mutex<SipSettings>,
+}
+
+impl SipHandle {
+    /// The reload applier for this task's peers (register it with the daemon's reloader).
+    pub fn peers_applier(&self) -> PeersApplier {
+        PeersApplier {
+            peers: self.peers.clone(),
+            advertised: self.built.1,
+            ports: (self.bound[0].port(), self.bound[2].port()),
+            current: std::sync::Mutex::new(self.built.0.clone()),
+        }
+    }
+}
+
+/// Keys [`PeersApplier`] changes live.
+const LIVE_SIP_KEYS: &[&str] = &[
+    "sip.server_target",
+    "sip.server_transport",
+    "sip.pbx_target",
+    "sip.pbx_transport",
+    "sip.pbx_user",
+    "sip.pbx_password",
+    "sip.pbx_password_file",
+    "sip.options_interval_secs",
+];
+
+impl PeersApplier {
+    /// `next`'s `[sip]` resolved, or why it cannot replace the running peers.
+    fn settings(next: &crate::config::Config) -> std::result::Result<SipSettings, String> {
+        match next.sip.validate() {
+            Ok(Some(s)) => Ok(s),
+            Ok(None) => Err(
+                "sip.enabled: this change switches SIP off (a target removed or enabled = false); \
+                 that takes a restart"
+                    .to_owned(),
+            ),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+impl crate::reload::Applier for PeersApplier {
+    fn keys(&self) -> &'static [&'static str] {
+        LIVE_SIP_KEYS
+    }
+
+    fn check(
+        &self,
+        _running: &crate::config::Config,
+        next: &crate::config::Config,
+    ) -> std::result::Result<(), String> {
+        Self::settings(next).map(|_| ())
+    }
+
+    fn apply(&self, _running: &crate::config::Config, next: &crate::config::Config) -> Vec<String> {
+        let n = match Self::settings(next) {
+            Ok(n) => n,
+            // `check` passed moments ago: only a password file or DNS name that changed since.
+            Err(e) => return vec![format!("sip peers kept: {e}")],
+        };
+        let mut current = self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let o = current.clone();
+        let mut lines = Vec::new();
+        let diff = |key: &str, from: String, to: String| {
+            (from != to).then(|| format!("{key}: {from} -> {to} (new calls)"))
+        };
+        lines.extend(diff(
+            "sip.server_target",
+            format!("{} {:?}", o.server_target, o.server_transport),
+            format!("{} {:?}", n.server_target, n.server_transport),
+        ));
+        lines.extend(diff(
+            "sip.pbx_target",
+            format!("{} {:?}", o.pbx_target, o.pbx_transport),
+            format!("{} {:?}", n.pbx_target, n.pbx_transport),
+        ));
+        let user = |s: &SipSettings| {
+            s.pbx_credentials
+                .as_ref()
+                .map_or("none".to_owned(), |(u, _)| format!("user {u:?}"))
+        };
+        if o.pbx_credentials != n.pbx_credentials {
+            let (from, to) = (user(&o), user(&n));
+            lines.push(if from == to {
+                "sip.pbx_password: changed (new challenges)".to_owned()
+            } else {
+                format!("sip.pbx_user: {from} -> {to} (new challenges)")
+            });
+        }
+        let secs = |s: &SipSettings| s.options_interval.map_or(0, |d| d.as_secs());
+        lines.extend(diff(
+            "sip.options_interval_secs",
+            secs(&o).to_string(),
+            secs(&n).to_string(),
+        ));
+        if lines.is_empty() {
+            return lines;
+        }
+        let cfg = b2bua_config(&n, self.advertised, self.ports.0, self.ports.1);
+        self.peers.put((cfg.server, cfg.pbx));
+        *current = n;
+        lines
     }
 }

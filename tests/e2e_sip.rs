@@ -1,7 +1,7 @@
 //! SIP through a real xccd, with SIPp as the controlling server and as the PBX, and a test-owned
-//! SDES-SRTP phone on the client leg. Ports 20000-21299 (each test owns 100 from its base) and
-//! 21400-21699 (the burst tests, ports named on each);
-//! benches/sip_setup.sh uses 21300-21999.
+//! SDES-SRTP phone on the client leg. Ports 20000-21299 (each test owns 100 from its base);
+//! the burst tests 21400-21699 (ports named on each); the restart tests 21700-21999.
+//! benches/sip_setup.sh uses 21300-21399 and its media pool (see the script).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -806,6 +806,232 @@ async fn pbx_digest_challenge_is_answered_with_the_configured_credentials() {
         b.report()
     );
     g.ports_back().await;
+}
+
+// ---- calls survive a crash of xccd (dialogs from the call store) ---------------------------------
+
+/// Waits (bounded) until the call store holds a record with a SIP dialog blob: the B2BUA's state
+/// reached the disk, so a crash now keeps the dialogs.
+fn wait_stored_dialog(d: &Daemon) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stored = std::fs::read_dir(d.store_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "call"))
+            .any(|e| {
+                std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains("\"signalling\":\""))
+            });
+        if stored {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no dialog blob in {}",
+            d.store_dir().display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Phone talks until it hears its echo (the PBX's `-rtp_echo`): media through XCC both ways.
+async fn talk_both_ways(phone: Phone, first_seq: u16, target: SocketAddr, key: Vec<u8>) -> Phone {
+    let (phone, heard) = tokio::task::spawn_blocking(move || {
+        // Drop what queued up since the last talk (the PBX's audio through the old process):
+        // this talk counts what the current xccd relays.
+        let mut buf = [0u8; 2048];
+        while phone.socket.recv_from(&mut buf).is_ok() {}
+        let heard = phone.talk_from(first_seq, target, &key, Duration::from_secs(5), |h| {
+            h.echoes >= 5
+        });
+        (phone, heard)
+    })
+    .await
+    .unwrap();
+    assert!(
+        heard.echoes >= 5,
+        "phone -> XCC -> PBX echo -> XCC -> phone: {heard:?}"
+    );
+    assert_eq!(heard.bad, 0, "{heard:?}");
+    phone
+}
+
+/// Files left in the call store (records, temporaries, set-aside damage).
+fn store_files(d: &Daemon) -> Vec<String> {
+    std::fs::read_dir(d.store_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Waits (bounded) until the call store is empty.
+async fn store_empty(d: &Daemon) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !store_files(d).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "call store not empty: {:?}",
+            store_files(d)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A server-originated SIP call with media both ways; xccd is killed (-9) and restarted; media
+/// resumes on the same ports, and the server's BYE afterwards (its dialog restored from the call
+/// store) is relayed to the PBX: 200 on both sides, ports and store empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_mid_sip_call_then_the_servers_bye_reaches_the_pbx() {
+    if !have_sipp() {
+        return;
+    }
+    let p = Ports::new(17);
+    let mut d = Daemon::start_config(&sip_daemon("sip-restart-server-bye", p, ""));
+    let mut g = grpc(&d).await;
+    let dir = run_dir(&d);
+    let pbx = Sipp::new("pbx_uas.xml", p.pbx(), p.pbx_media(), p.pbx_cp())
+        .arg("-rtp_echo")
+        .spawn(&dir);
+    let phone = Phone::bind(p.phone());
+    let mut server = Sipp::new(
+        "server_uac.xml",
+        p.server(),
+        p.server_media(),
+        p.server_cp(),
+    )
+    .key("phone_port", phone.port())
+    .key("phone_key", phone::encode_key(&phone.key))
+    .arg("-d")
+    .arg("8000");
+    server.remote = Some(p.xcc_server());
+    let server = server.spawn(&dir);
+
+    let session = g.active_session().await;
+    let (_, xcc_key) = phone::crypto_of(&session.sdp);
+    let target = phone::media_target(&session.sdp);
+    let phone = talk_both_ways(phone, 1, target, xcc_key.clone()).await;
+    wait_stored_dialog(&d);
+
+    d.kill9();
+    let d = d.restart();
+    d.wait_log("SIP call resumed", Duration::from_secs(5));
+    let mut g = grpc(&d).await;
+    let resumed = g.active_session().await;
+    assert_eq!(resumed.session_id, session.session_id, "same call");
+    let _phone = talk_both_ways(phone, 1000, target, xcc_key).await;
+
+    // The server's BYE (after its pause) finds the restored dialog: relayed to the PBX.
+    let s = wait(server).await;
+    assert_clean("server", &s, 1);
+    assert!(!s.messages().contains("481"), "no 481:\n{}", s.messages());
+    let b = wait(pbx).await;
+    assert_clean("pbx", &b, 1);
+    let after = g.ports_back().await;
+    assert_eq!(after.ports_used, 0);
+    d.wait_log("SIP call ended", Duration::from_secs(5));
+    store_empty(&d).await;
+}
+
+/// The same with the PBX calling and hanging up: after the restart the PBX's BYE is relayed to
+/// the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_mid_sip_call_then_the_pbxs_bye_reaches_the_server() {
+    if !have_sipp() {
+        return;
+    }
+    let p = Ports::new(18);
+    let mut d = Daemon::start_config(&sip_daemon("sip-restart-pbx-bye", p, ""));
+    let mut g = grpc(&d).await;
+    let dir = run_dir(&d);
+    let phone = Phone::bind(p.phone());
+    let server = Sipp::new(
+        "server_uas.xml",
+        p.server(),
+        p.server_media(),
+        p.server_cp(),
+    )
+    .key("phone_port", phone.port())
+    .key("phone_key", phone::encode_key(&phone.key))
+    .spawn(&dir);
+    let mut pbx = Sipp::new("pbx_uac.xml", p.pbx(), p.pbx_media(), p.pbx_cp())
+        .arg("-rtp_echo")
+        .arg("-d")
+        .arg("8000");
+    pbx.remote = Some(p.xcc_trunk());
+    let pbx = pbx.spawn(&dir);
+
+    let (target, xcc_key) = logged_xcc_media(&server);
+    let session = g.active_session().await;
+    let phone = talk_both_ways(phone, 1, target, xcc_key.clone()).await;
+    wait_stored_dialog(&d);
+
+    d.kill9();
+    let d = d.restart();
+    d.wait_log("SIP call resumed", Duration::from_secs(5));
+    let mut g = grpc(&d).await;
+    assert_eq!(g.active_session().await.session_id, session.session_id);
+    let _phone = talk_both_ways(phone, 1000, target, xcc_key).await;
+
+    let b = wait(pbx).await;
+    assert_clean("pbx", &b, 1);
+    assert!(!b.messages().contains("481"), "no 481:\n{}", b.messages());
+    let s = wait(server).await;
+    assert_clean("server", &s, 1);
+    g.ports_back().await;
+    store_empty(&d).await;
+}
+
+/// A SIP call still ringing at the crash is not restored (only answered calls store their
+/// dialogs): the restarted xccd releases its resumed media at once, so no port leaks and the
+/// store ends empty. The PBX here is a socket that takes the INVITE and never answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_while_ringing_releases_the_calls_media_at_restart() {
+    if !have_sipp() {
+        return;
+    }
+    let p = Ports::new(19);
+    let mut d = Daemon::start_config(&sip_daemon("sip-restart-ringing", p, ""));
+    let mut g = grpc(&d).await;
+    let dir = run_dir(&d);
+    let silent_pbx = std::net::UdpSocket::bind(p.pbx()).unwrap();
+    silent_pbx
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut server = Sipp::new(
+        "server_uac_timeout.xml",
+        p.server(),
+        p.server_media(),
+        p.server_cp(),
+    );
+    server.remote = Some(p.xcc_server());
+    let _server = server.spawn(&dir);
+    // The INVITE reached the "PBX": the call exists, with ports and a stored record.
+    let mut buf = [0u8; 4096];
+    let (len, _) = silent_pbx.recv_from(&mut buf).expect("INVITE at the PBX");
+    assert!(buf[..len].starts_with(b"INVITE "));
+    assert!(g.status().await.ports_used > 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store_files(&d).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the ringing call was never stored"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    d.kill9();
+    let d = d.restart();
+    d.wait_log(
+        "SIP call was being set up at the restart",
+        Duration::from_secs(5),
+    );
+    let mut g = grpc(&d).await;
+    assert_eq!(g.ports_back().await.ports_used, 0);
+    assert!(g.sessions().await.is_empty());
+    store_empty(&d).await;
 }
 
 /// `n` calls from SIPp-server through xccd to SIPp-PBX, each waiting for XCC's BYE (both

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod call;
+pub mod coturn;
 pub mod phone;
 pub mod sipp;
 

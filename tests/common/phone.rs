@@ -100,6 +100,9 @@ pub struct Heard {
     pub far_audio: u32,
     /// Packets that did not authenticate.
     pub bad: u32,
+    /// XCC's hole-punching STUN probes, sent until the leg latches; a phone's RTP stack sets
+    /// them aside (RFC 7983), and so does this one.
+    pub stun: u32,
 }
 
 impl Phone {
@@ -129,18 +132,35 @@ impl Phone {
         within: Duration,
         enough: impl Fn(&Heard) -> bool,
     ) -> Heard {
+        self.talk_from(1, target, xcc_key, within, enough)
+    }
+
+    /// [`Phone::talk`] starting at sequence number `first_seq`: a second talk on the same call
+    /// continues above the first, as a real phone would (XCC's SRTP receiver refuses replays).
+    pub fn talk_from(
+        &self,
+        first_seq: u16,
+        target: SocketAddr,
+        xcc_key: &[u8],
+        within: Duration,
+        enough: impl Fn(&Heard) -> bool,
+    ) -> Heard {
         let payload = [0x5au8; 160];
         let mut tx = srtp_context(&self.key);
         let mut rx = srtp_context(xcc_key);
         let mut heard = Heard::default();
         let mut buf = [0u8; 2048];
         let deadline = Instant::now() + within;
-        let mut seq: u16 = 1;
+        let mut seq = first_seq;
         while Instant::now() < deadline && !enough(&heard) {
             let srtp = tx.encrypt_rtp(&rtp_packet(seq, 0x5151, &payload)).unwrap();
             let _ = self.socket.send_to(&srtp, target);
             seq = seq.wrapping_add(1);
             while let Ok((len, _)) = self.socket.recv_from(&mut buf) {
+                if xcc_core::nat::stun::is_stun(&buf[..len]) {
+                    heard.stun += 1;
+                    continue;
+                }
                 match rx.decrypt_rtp(&buf[..len]) {
                     Ok(plain) if plain.len() > 12 => {
                         heard.packets += 1;

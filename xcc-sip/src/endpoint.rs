@@ -192,6 +192,12 @@ impl Endpoint {
         self.transactions.contains_key(key)
     }
 
+    /// The peer a live transaction talks to (a challenged INVITE is retried there, even when
+    /// the side's configured peer changed meanwhile).
+    pub fn peer(&self, key: &TransactionKey) -> Option<Peer> {
+        self.transactions.get(key).map(|e| e.peer)
+    }
+
     /// State of a live transaction.
     pub fn state(&self, key: &TransactionKey) -> Option<State> {
         self.transactions

@@ -73,6 +73,13 @@ pub enum Error {
         /// What was missing or unsupported.
         reason: &'static str,
     },
+    /// A stored dialog-state blob (call store, after a restart) cannot be restored: not the
+    /// format or version this build writes, a damaged field, or a call that already exists.
+    #[error("dialog state refused: {reason}")]
+    DialogState {
+        /// What was wrong.
+        reason: String,
+    },
     /// A peer address was expected to be reachable but is not (used by drivers).
     #[error("peer {addr} unreachable")]
     Unreachable {

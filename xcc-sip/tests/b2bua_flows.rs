@@ -91,8 +91,14 @@ fn server_call_is_set_up_relayed_and_torn_down_by_the_pbx() {
     );
     h.reply(Side::Server, &bye, 200, None, None);
     assert_eq!(h.b2bua.calls(), 0);
+    let lifecycle: Vec<_> = h
+        .events
+        .iter()
+        .filter(|e| !matches!(e, B2buaEvent::DialogState { .. }))
+        .cloned()
+        .collect();
     assert!(matches!(
-        h.events.as_slice(),
+        lifecycle.as_slice(),
         [
             B2buaEvent::CallStarted {
                 from: Side::Server,
@@ -1238,4 +1244,96 @@ fn parsed_and_malformed_stream_frames_are_handled_like_datagrams() {
     assert!(text.starts_with("SIP/2.0 400 "), "{text}");
     assert!(text.contains("Call-ID: bad-1\r\n"), "{text}");
     assert_eq!(h.b2bua.counters().malformed_answered, 1);
+}
+
+#[test]
+fn replaced_pbx_peer_takes_new_calls_and_running_calls_keep_their_dialogs() {
+    let mut h = Harness::default();
+    let (_server, pbx) = established(&mut h, "c1");
+    let moved = addr("127.0.0.1:20571");
+    let mut next = xcc_sip::b2bua::SideConfig::new(
+        xcc_sip::endpoint::Peer {
+            addr: moved,
+            transport: Transport::Udp,
+        },
+        addr("127.0.0.1:1"),
+    );
+    next.options_interval = Some(Duration::from_secs(30));
+    let now = h.now;
+    h.b2bua.set_side(now, Side::Pbx, next);
+    h.collect_now();
+
+    // A new call goes to the new peer, with its address in the Request-URI.
+    h.invite(Side::Server, "c2", Some(SERVER_OFFER), "");
+    let sent: Vec<_> = h
+        .outbox
+        .iter()
+        .filter_map(|(side, p, m)| match m {
+            Message::Request(r) if *side == Side::Pbx && r.method == Method::Invite => {
+                Some((p.addr, r.uri.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        sent,
+        [(moved, "sip:1001@127.0.0.1:20571".to_owned())],
+        "{}",
+        h.dump()
+    );
+    // The monitor restarted towards the new peer, from XCC's unchanged local address.
+    h.advance(Duration::from_millis(1));
+    let probe = h.outbox.iter().find_map(|(side, p, m)| match m {
+        Message::Request(r) if *side == Side::Pbx && r.method == Method::Options => {
+            Some((p.addr, r.headers.via[0].sent_by()))
+        }
+        _ => None,
+    });
+    let (to, via) = probe.expect("an OPTIONS probe");
+    assert_eq!(to, moved);
+    assert!(via.contains(PBX_LOCAL), "{via}");
+
+    // The established call's BYE follows its dialog (the old PBX's Contact), not the new peer.
+    h.hangup(1, HangupReason::Api);
+    let bye = h
+        .outbox
+        .iter()
+        .find_map(|(side, p, m)| match m {
+            Message::Request(r) if *side == Side::Pbx && r.method == Method::Bye => {
+                Some((p.addr, r.headers.call_id.clone()))
+            }
+            _ => None,
+        })
+        .expect("a BYE to the PBX");
+    assert_eq!(bye, (addr(PBX_PEER), pbx.key.call_id.clone()));
+}
+
+#[test]
+fn a_call_challenged_after_the_pbx_moved_retries_where_its_invite_went() {
+    let mut h = Harness::default();
+    h.invite(Side::Server, "c1", Some(SERVER_OFFER), "");
+    let out = h.request(Side::Pbx, Method::Invite);
+    let mut next = xcc_sip::b2bua::SideConfig::new(
+        xcc_sip::endpoint::Peer {
+            addr: addr("127.0.0.1:20571"),
+            transport: Transport::Udp,
+        },
+        addr(PBX_LOCAL),
+    );
+    next.credentials = Some(Credentials {
+        username: "xcc".into(),
+        password: "secret".into(),
+    });
+    let now = h.now;
+    h.b2bua.set_side(now, Side::Pbx, next);
+    let mut r = Response::for_request(&out, 401, "Unauthorized", Some("p1"));
+    r.headers.other.push(xcc_sip::Header {
+        name: "WWW-Authenticate".into(),
+        value: "Digest realm=\"pbx\", nonce=\"abc\", qop=\"auth\"".into(),
+    });
+    h.inject(Side::Pbx, &Message::Response(r));
+    // `request` checks the destination: the old PBX, which issued the challenge.
+    let retry = h.request(Side::Pbx, Method::Invite);
+    assert_eq!(retry.headers.call_id, out.headers.call_id);
+    assert!(retry.headers.other("Authorization").is_some());
 }

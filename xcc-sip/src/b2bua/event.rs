@@ -79,6 +79,15 @@ pub enum B2buaEvent {
         /// Why.
         reason: EndReason,
     },
+    /// A confirmed call's dialog state changed (answered, in-dialog request, re-INVITE done):
+    /// store `blob` with the call; [`super::B2bua::restore_dialogs`] re-creates the call from it
+    /// after a restart. Coalesced: at most one per call per `handle_*` call.
+    DialogState {
+        /// Call id.
+        call: CallId,
+        /// The serialised dialogs (versioned JSON, see `persist.rs`).
+        blob: Vec<u8>,
+    },
     /// An INVITE was refused before a call existed (503 pool/drain, 488 SDP, 483, 420, ...).
     CallRefused {
         /// The side that sent it.

@@ -32,6 +32,8 @@ impl B2bua {
             self.respond(now, side, &key, &req, 481, None, None, Vec::new());
             return;
         };
+        // The peer's CSeq (and maybe our own, relaying) moves: the stored state follows.
+        self.dirty.insert(id);
         let phase = call.phase;
         let checked = match call.leg_mut(side).dialog.as_mut() {
             Some(d) => d.handle_request(&req),
@@ -235,6 +237,7 @@ impl B2bua {
         media: &mut impl MediaSessions,
     ) {
         let status = resp.status;
+        self.dirty.insert(id);
         let Some(call) = self.calls.get_mut(&id) else {
             if (200..300).contains(&status) {
                 // The call ended meanwhile (BYE already sent): only stop the retransmissions.

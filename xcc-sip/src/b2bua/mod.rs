@@ -16,10 +16,11 @@ mod config;
 mod event;
 mod indialog;
 mod media;
+mod persist;
 mod setup;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::time::Instant;
 
 use rand::SeedableRng;
@@ -29,6 +30,7 @@ use xcc_core::ids::{CallId, LegSide};
 pub use config::{B2buaConfig, SideConfig};
 pub use event::{B2buaCounters, B2buaEvent, EndReason, HangupReason, SideCounters};
 pub use media::{MediaOffer, MediaRefusal, MediaSessions};
+pub use persist::DIALOG_STATE_VERSION;
 
 use crate::dialog::DialogKey;
 use crate::endpoint::{Endpoint, EndpointEvent, Peer, Transmit};
@@ -151,6 +153,8 @@ pub struct B2bua {
     call_timers: BinaryHeap<Reverse<(Instant, CallId)>>,
     /// Lifecycle events for the daemon.
     events: VecDeque<B2buaEvent>,
+    /// Calls whose dialog state changed since the last [`B2buaEvent::DialogState`].
+    dirty: BTreeSet<CallId>,
     /// What is counted (the endpoints' malformed counts are added on read).
     counters: B2buaCounters,
 }
@@ -161,25 +165,7 @@ impl B2bua {
     /// with an `options_interval` starts at `now`.
     pub fn new(cfg: B2buaConfig, now: Instant, seed: [u8; 32]) -> Self {
         let mut rng = StdRng::from_seed(seed);
-        let monitors = [&cfg.server, &cfg.pbx].map(|side| {
-            let interval = side.options_interval?;
-            let host = uri_target(side);
-            Some(OptionsMonitor::new(
-                now,
-                MonitorConfig {
-                    target: format!("sip:{host}"),
-                    local: NameAddr {
-                        display: None,
-                        uri: format!("sip:xcc@{}", compose::uri_host(side.local.ip())),
-                        params: Vec::new(),
-                    },
-                    via: compose::via(side, &mut rng),
-                    interval,
-                    down_after: side.down_after.max(1),
-                },
-                &mut rng,
-            ))
-        });
+        let monitors = [&cfg.server, &cfg.pbx].map(|side| monitor_for(side, now, &mut rng));
         Self {
             endpoints: [Endpoint::new(cfg.timers), Endpoint::new(cfg.timers)],
             monitors,
@@ -194,6 +180,7 @@ impl B2bua {
             ack_expiry: VecDeque::new(),
             call_timers: BinaryHeap::new(),
             events: VecDeque::new(),
+            dirty: BTreeSet::new(),
             counters: B2buaCounters::default(),
         }
     }
@@ -326,6 +313,28 @@ impl B2bua {
         self.draining = draining;
     }
 
+    /// Replaces `side`'s peer configuration (a live reload of `[sip]`): new calls and OPTIONS
+    /// probes go to `next.peer` with `next`'s Request-URI host, credentials and probe interval.
+    /// Calls already set up keep their dialogs (in-dialog requests follow each dialog's remote
+    /// target and route set). `next.local` is ignored: it follows the listener, which does not
+    /// move. The side's monitor restarts (health Unknown) when what it probes or how changed.
+    pub fn set_side(&mut self, now: Instant, side: Side, next: SideConfig) {
+        let current = match side {
+            Side::Server => &mut self.cfg.server,
+            Side::Pbx => &mut self.cfg.pbx,
+        };
+        let probe_changed = current.peer != next.peer
+            || current.peer_host != next.peer_host
+            || current.options_interval != next.options_interval
+            || current.down_after != next.down_after;
+        let local = current.local;
+        *current = SideConfig { local, ..next };
+        if probe_changed {
+            let cfg = config::side_of(&self.cfg, side);
+            self.monitors[side.index()] = monitor_for(cfg, now, &mut self.rng);
+        }
+    }
+
     /// Whether new calls are refused.
     pub fn is_draining(&self) -> bool {
         self.draining
@@ -439,7 +448,13 @@ impl B2bua {
                 }
             }
             if !any {
-                return;
+                break;
+            }
+        }
+        while let Some(id) = self.dirty.pop_first() {
+            if let Some(blob) = self.export_dialogs(id) {
+                self.events
+                    .push_back(B2buaEvent::DialogState { call: id, blob });
             }
         }
     }
@@ -758,6 +773,27 @@ impl B2bua {
     fn retry_after(&self) -> Header {
         header("Retry-After", &self.cfg.retry_after.to_string())
     }
+}
+
+/// The OPTIONS monitor of a side with an `options_interval`, first probe at `now`.
+fn monitor_for(side: &SideConfig, now: Instant, rng: &mut StdRng) -> Option<OptionsMonitor> {
+    let interval = side.options_interval?;
+    let host = uri_target(side);
+    Some(OptionsMonitor::new(
+        now,
+        MonitorConfig {
+            target: format!("sip:{host}"),
+            local: NameAddr {
+                display: None,
+                uri: format!("sip:xcc@{}", compose::uri_host(side.local.ip())),
+                params: Vec::new(),
+            },
+            via: compose::via(side, rng),
+            interval,
+            down_after: side.down_after.max(1),
+        },
+        rng,
+    ))
 }
 
 /// Request-URI host of probes and new calls towards a side.

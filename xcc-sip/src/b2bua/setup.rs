@@ -358,6 +358,7 @@ impl B2bua {
         }
         self.counters.calls_answered += 1;
         self.events.push_back(B2buaEvent::CallAnswered { call: id });
+        self.dirty.insert(id);
     }
 
     /// Starts retransmitting a 2xx to `side` until its ACK.
@@ -405,6 +406,7 @@ impl B2bua {
                 return false;
             }
         };
+        let invite_out_key = call.invite_out_key.clone();
         let mut invite = call.invite_out.clone();
         invite
             .headers
@@ -415,7 +417,12 @@ impl B2bua {
         if let Some(via) = invite.headers.via.first_mut() {
             via.set_param("branch", Some(generate_branch(&mut self.rng)));
         }
-        let dest = self.side_cfg(called).peer;
+        // Where the challenged INVITE went (a reload may have moved the side's peer since).
+        let dest = self
+            .endpoints
+            .get(called.index())
+            .and_then(|ep| ep.peer(&invite_out_key))
+            .unwrap_or(self.side_cfg(called).peer);
         let Some(key) = self.send(now, called, invite.clone(), dest) else {
             return false;
         };
