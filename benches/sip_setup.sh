@@ -5,12 +5,13 @@
 # Each step places RATE calls/s for STEP_SECS seconds (server -> XCC -> PBX, HOLD_MS hold,
 # default 100 ms, then BYE); a step passes when no call failed. Port quarantine is off
 # (`quarantine_secs = 0`): the 600-port pool (150 calls) would otherwise be the limit
-# (5 s quarantine * rate), not setup. Loopback only, ports 21300-21999 (sipwire's bench range),
-# every SIPp run bounded by -timeout. Prints one line per step and the highest passing rate for
+# (5 s quarantine * rate), not setup. Loopback only: SIP, SIPp and control ports 21300-21399,
+# the media pool 28000-28599 (outside every test range: the e2e tests use 21400-21999), every SIPp run bounded by -timeout. Prints one line per step and the highest passing rate for
 # each path. KEEP=1 keeps the run's files (SIPp errors name each failed call's response).
 #
 #   benches/sip_setup.sh [XCCD]          (default: target/release/xccd, else target/debug/xccd)
 #   RATES="50 100 200" STEP_SECS=5 benches/sip_setup.sh
+#   POOL_MIN=28000 POOL_MAX=28599 STATE_DIR=/dev/shm/x ...   (media pool; call store location)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -27,7 +28,7 @@ STEP_SECS=${STEP_SECS:-5}
 HOLD_MS=${HOLD_MS:-100}
 ip=127.0.0.1
 xcc_server=21300 xcc_trunk=21301 sipp_server=21302 sipp_pbx=21303 cp_server=21304 cp_pbx=21305
-control=21350 pool_min=21400 pool_max=21999
+control=21350 pool_min=${POOL_MIN:-28000} pool_max=${POOL_MAX:-28599}
 
 work=$(mktemp -d /tmp/xcc-sip-bench.XXXXXX)
 xpid=
@@ -55,7 +56,7 @@ pbx_address = "$ip"
 level = "warn"
 
 [state]
-dir = "$work/state"
+dir = "${STATE_DIR:-$work/state}"
 
 [sip]
 server_listen = "$ip:$xcc_server"
@@ -92,11 +93,14 @@ run_step() {
 
 NOTIFY_SOCKET= "$xccd" --config "$work/xcc.toml" 2>"$work/xccd.log" &
 xpid=$!
+# This xccd's listener (pid-matched: a previous run's xccd may still be draining on the port).
+bound() { ss -lunp | grep "$ip:$xcc_server " | grep -q "pid=$xpid,"; }
 for _ in $(seq 100); do
-    ss -lun | grep -q "$ip:$xcc_server " && break
+    bound && break
+    kill -0 "$xpid" 2>/dev/null || break
     sleep 0.1
 done
-ss -lun | grep -q "$ip:$xcc_server " || { echo "xccd did not bind SIP" >&2; cat "$work/xccd.log" >&2; exit 1; }
+bound || { echo "xccd did not bind SIP" >&2; cat "$work/xccd.log" >&2; exit 1; }
 
 best_ref=0 best_xcc=0
 for rate in $RATES; do

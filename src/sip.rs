@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 
 use rand::RngCore;
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use xcc_core::ids::CallId;
 use xcc_grpc::control::ControlState;
-use xcc_grpc::events::EventHub;
+use xcc_grpc::events::{CallEnd, EventHub};
 use xcc_grpc::pb;
 use xcc_grpc::session::{Advertised, Outcome, SessionTable};
 use xcc_sip::auth::Credentials;
@@ -143,7 +143,14 @@ pub fn start_sip(
     };
     let published = Arc::new(SipMetrics::default());
     metrics.register(published.clone());
-    let task = tokio::spawn(run(b2bua, media, io, hub.subscribe(), stop_rx, published));
+    let task = tokio::spawn(run(
+        b2bua,
+        media,
+        io,
+        hub.subscribe_ends(),
+        stop_rx,
+        published,
+    ));
     Ok(SipHandle {
         stop,
         task,
@@ -375,12 +382,17 @@ impl MediaSessions for TableMedia {
         self.sessions.abandon_offer(call);
     }
 
+    /// Off the task: `SessionTable::delete` returns only once the call store has durably deleted
+    /// the call's record (a directory fsync, ~0.3 ms here, more on a busy disk). Run on the
+    /// task, that wait capped the setup rate (benches/README.md); on blocking threads, the
+    /// deletions of calls ending together share one fsync and the task answers the BYE at once.
     fn release(&mut self, call: CallId) {
         self.ours.remove(&call);
-        match self.sessions.delete(call) {
+        let sessions = self.sessions.clone();
+        tokio::task::spawn_blocking(move || match sessions.delete(call) {
             Ok(()) | Err(xcc_grpc::Error::NotFound { .. }) => {}
             Err(e) => tracing::warn!(%call, error = %e, "releasing a SIP call's media failed"),
-        }
+        });
     }
 }
 
@@ -544,7 +556,7 @@ async fn run(
     mut b2bua: B2bua,
     mut media: TableMedia,
     io: Io,
-    mut feed: broadcast::Receiver<pb::Event>,
+    mut ends: mpsc::UnboundedReceiver<CallEnd>,
     mut stop: mpsc::Receiver<()>,
     published: Arc<SipMetrics>,
 ) {
@@ -552,8 +564,6 @@ async fn run(
     let mut streams = Streams::default();
     let mut bufs = [vec![0u8; MAX_DATAGRAM], vec![0u8; MAX_DATAGRAM]];
     let mut stopping: Option<Instant> = None;
-    // A closed feed returns at once forever: stop polling it rather than spin.
-    let mut feed_open = true;
     // Counters are copied for scrapes at most once per PUBLISH_EVERY; `dirty` schedules the copy
     // of the last change even when nothing else wakes the task.
     let mut published_at = Instant::now();
@@ -601,11 +611,13 @@ async fn run(
             r = io.tcp[0].accept() => accept(Side::Server, r, &conn_tx),
             r = io.tcp[1].accept() => accept(Side::Pbx, r, &conn_tx),
             Some(c) = conn_rx.recv() => conn_event(&mut b2bua, &mut media, &mut streams, c),
-            ev = feed.recv(), if feed_open => {
-                if matches!(ev, Err(broadcast::error::RecvError::Closed)) {
-                    feed_open = false;
+            Some(end) = ends.recv() => {
+                media_ended(&mut b2bua, &mut media, end);
+                // Ends come in bursts (a media timeout of many calls, a bulk hang-up): take
+                // what is queued before the next timeout scan.
+                while let Ok(end) = ends.try_recv() {
+                    media_ended(&mut b2bua, &mut media, end);
                 }
-                media_event(&mut b2bua, &mut media, ev);
             }
             _ = stop.recv(), if stopping.is_none() => {
                 let now = Instant::now();
@@ -716,15 +728,19 @@ fn conn_event(b2bua: &mut B2bua, media: &mut TableMedia, streams: &mut Streams, 
         }
         Conn::Frame(side, addr, frame) => match frame {
             Frame::Message(m) => {
-                // The B2BUA takes bytes (it has no parsed-message entry point): re-encode.
                 let peer = Peer {
                     addr,
                     transport: Transport::Tcp,
                 };
-                b2bua.handle_bytes(Instant::now(), side, peer, &m.to_bytes(), media);
+                b2bua.handle_message(Instant::now(), side, peer, *m, media);
             }
             Frame::Malformed(e) => {
-                tracing::debug!(%side, peer = %addr, error = ?e, "malformed SIP message on TCP dropped");
+                tracing::debug!(%side, peer = %addr, error = ?e, "malformed SIP message on TCP");
+                let peer = Peer {
+                    addr,
+                    transport: Transport::Tcp,
+                };
+                b2bua.handle_malformed(side, peer, &e);
             }
             Frame::Ping => {
                 if let Some(tx) = streams.conns[side.index()].get(&addr) {
@@ -735,49 +751,21 @@ fn conn_event(b2bua: &mut B2bua, media: &mut TableMedia, streams: &mut Streams, 
     }
 }
 
-/// A media-plane event: the end of a SIP call's media (gRPC `HangUp`, media timeout, shutdown)
-/// hangs the call up in SIP.
-fn media_event(
-    b2bua: &mut B2bua,
-    media: &mut TableMedia,
-    ev: std::result::Result<pb::Event, broadcast::error::RecvError>,
-) {
-    let now = Instant::now();
-    match ev {
-        Ok(pb::Event {
-            call_id,
-            kind: Some(pb::event::Kind::Ended(ended)),
-            ..
-        }) => {
-            let call = CallId(call_id);
-            if !media.ours.contains(&call) {
-                return;
-            }
-            let reason = match pb::call_ended::Reason::try_from(ended.reason) {
-                Ok(pb::call_ended::Reason::MediaTimeout) => HangupReason::MediaTimeout,
-                Ok(pb::call_ended::Reason::Shutdown) => HangupReason::Drain,
-                _ => HangupReason::Api,
-            };
-            tracing::info!(%call, ?reason, "media ended: hanging up the SIP call");
-            b2bua.hangup(now, call, reason, media);
-        }
-        Ok(_) => {}
-        Err(broadcast::error::RecvError::Lagged(missed)) => {
-            // Missed events may include ends: hang up every SIP call the table no longer knows.
-            tracing::warn!(missed, "SIP task lagged on the event feed; reconciling");
-            let gone: Vec<CallId> = media
-                .ours
-                .iter()
-                .copied()
-                .filter(|c| media.sessions.get(*c).is_err())
-                .collect();
-            for call in gone {
-                b2bua.hangup(now, call, HangupReason::Api, media);
-            }
-        }
-        // The hub closed: the daemon is stopping and will call `stop`.
-        Err(broadcast::error::RecvError::Closed) => {}
+/// The end of a call's media (gRPC `HangUp`, media timeout, shutdown): a SIP call's end hangs it
+/// up in SIP (BYE, or CANCEL while ringing). Ends of other calls, and of SIP calls the B2BUA
+/// already released, are ignored. Delivered by [`EventHub::subscribe_ends`], which never drops
+/// one: no end can be missed however busy the event feed is (docs/sip.md, "Decisions").
+fn media_ended(b2bua: &mut B2bua, media: &mut TableMedia, end: CallEnd) {
+    if !media.ours.contains(&end.call) {
+        return;
     }
+    let reason = match end.reason {
+        pb::call_ended::Reason::MediaTimeout => HangupReason::MediaTimeout,
+        pb::call_ended::Reason::Shutdown => HangupReason::Drain,
+        _ => HangupReason::Api,
+    };
+    tracing::info!(call = %end.call, ?reason, "media ended: hanging up the SIP call");
+    b2bua.hangup(Instant::now(), end.call, reason, media);
 }
 
 /// Sends everything the B2BUA queued, each on its side's listener.

@@ -240,6 +240,14 @@ impl Store {
 
     /// Writes a record durably: temp file, fsync, rename, directory fsync.
     pub fn write(&self, call: &StoredCall) -> Result<(), StoreError> {
+        self.write_file(call)?;
+        self.sync_dir();
+        Ok(())
+    }
+
+    /// [`Store::write`] without the directory fsync: the rename is durable only after the next
+    /// [`Store::sync_dir`], so a batch of writes shares one directory fsync.
+    fn write_file(&self, call: &StoredCall) -> Result<(), StoreError> {
         let path = self.path_of(call.call);
         let tmp = path.with_extension("tmp");
         let io = |p: &Path| {
@@ -258,19 +266,24 @@ impl Store {
         f.sync_all().map_err(io(&tmp))?;
         drop(f);
         std::fs::rename(&tmp, &path).map_err(io(&path))?;
-        self.sync_dir();
         Ok(())
     }
 
     /// Deletes a call's record (the call ended); a missing file is fine.
     pub fn remove(&self, call: CallId) -> Result<(), StoreError> {
+        if self.unlink(call)? {
+            self.sync_dir();
+        }
+        Ok(())
+    }
+
+    /// [`Store::remove`] without the directory fsync (see [`Store::write_file`]); true when a
+    /// file was there.
+    fn unlink(&self, call: CallId) -> Result<bool, StoreError> {
         let path = self.path_of(call);
         match std::fs::remove_file(&path) {
-            Ok(()) => {
-                self.sync_dir();
-                Ok(())
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
             Err(source) => Err(StoreError::Io { path, source }),
         }
     }
@@ -465,26 +478,40 @@ pub fn spawn_writer(
         .spawn(move || w.run(inbox.0))
 }
 
+/// Releases taken from the inbox whose deletions are not yet durable: confirmed together after
+/// one directory fsync.
+#[derive(Default)]
+struct Releasing {
+    /// A file was unlinked: the directory needs an fsync.
+    unlinked: bool,
+    /// Who waits for the confirmation.
+    waiting: Vec<mpsc::SyncSender<()>>,
+}
+
 impl Writer {
     fn run(&mut self, rx: mpsc::Receiver<Msg>) {
+        // Messages taken while a sync was writing (releases are handled there at once).
+        let mut deferred: Vec<Msg> = Vec::new();
         loop {
-            let first = match rx.recv_timeout(SYNC_EVERY) {
-                Ok(m) => Some(m),
-                Err(mpsc::RecvTimeoutError::Timeout) => None,
-                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            let first = if deferred.is_empty() {
+                match rx.recv_timeout(SYNC_EVERY) {
+                    Ok(m) => Some(m),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+            } else {
+                None
             };
-            for msg in first.into_iter().chain(rx.try_iter()) {
+            let batch: Vec<Msg> = std::mem::take(&mut deferred)
+                .into_iter()
+                .chain(first)
+                .chain(rx.try_iter())
+                .collect();
+            let mut releasing = Releasing::default();
+            for msg in batch {
                 match msg {
                     Msg::Poke => {}
-                    Msg::Released(call, done) => {
-                        self.released.insert(call);
-                        self.signalling.remove(&call);
-                        self.written.remove(&call);
-                        self.remove(call);
-                        if let Some(done) = done {
-                            let _ = done.try_send(());
-                        }
-                    }
+                    Msg::Released(call, done) => self.release(call, done, &mut releasing),
                     Msg::Signalling(call, Some(blob)) => {
                         self.signalling.insert(call, blob);
                     }
@@ -492,28 +519,69 @@ impl Writer {
                         self.signalling.remove(&call);
                     }
                     Msg::FinishAndStop => {
-                        self.sync();
+                        self.confirm(releasing);
+                        self.sync(&rx, &mut deferred);
                         return;
                     }
-                    Msg::Stop => return,
+                    Msg::Stop => {
+                        self.confirm(releasing);
+                        return;
+                    }
                 }
             }
-            self.sync();
+            self.confirm(releasing);
+            self.sync(&rx, &mut deferred);
         }
     }
 
-    fn remove(&self, call: CallId) {
-        match self.store.remove(call) {
-            Ok(()) => tracing::debug!(%call, "call record deleted"),
+    /// A call released by signalling: never written again, its file unlinked now (durable at
+    /// [`Writer::confirm`]).
+    fn release(
+        &mut self,
+        call: CallId,
+        done: Option<mpsc::SyncSender<()>>,
+        releasing: &mut Releasing,
+    ) {
+        self.released.insert(call);
+        self.signalling.remove(&call);
+        self.written.remove(&call);
+        match self.store.unlink(call) {
+            Ok(unlinked) => releasing.unlinked |= unlinked,
             Err(e) => tracing::error!(error = %e, "cannot delete a call record"),
         }
+        releasing.waiting.extend(done);
     }
 
-    /// Writes changed records, deletes those of calls that ended.
-    fn sync(&mut self) {
+    /// Makes the batch's deletions durable (one directory fsync) and tells the waiters.
+    fn confirm(&self, releasing: Releasing) {
+        if releasing.unlinked {
+            self.store.sync_dir();
+        }
+        for done in releasing.waiting {
+            let _ = done.try_send(());
+        }
+    }
+
+    /// Releases that arrived while the writer was busy are handled at once (their senders,
+    /// e.g. the SIP task answering a BYE, wait for them); anything else waits for the next round.
+    fn take_releases(&mut self, rx: &mpsc::Receiver<Msg>, deferred: &mut Vec<Msg>) {
+        let mut releasing = Releasing::default();
+        while let Ok(msg) = rx.try_recv() {
+            match msg {
+                Msg::Released(call, done) => self.release(call, done, &mut releasing),
+                other => deferred.push(other),
+            }
+        }
+        self.confirm(releasing);
+    }
+
+    /// Writes changed records, deletes those of calls that ended. The renames and unlinks share
+    /// one directory fsync at the end; between two record writes, releases are served.
+    fn sync(&mut self, rx: &mpsc::Receiver<Msg>, deferred: &mut Vec<Msg>) {
         let points = self.media.resume_points();
         let live: HashSet<CallId> = points.iter().map(|p| p.call).collect();
         self.released.retain(|c| live.contains(c));
+        let mut renamed = Vec::new();
         for p in points {
             if self.released.contains(&p.call) {
                 continue;
@@ -536,13 +604,14 @@ impl Writer {
             if self.written.get(&p.call) == Some(&bytes) {
                 continue;
             }
-            match self.store.write(&rec) {
+            match self.store.write_file(&rec) {
                 Ok(()) => {
                     tracing::debug!(call = %p.call, bytes = bytes.len(), "call record written");
-                    self.written.insert(p.call, bytes);
+                    renamed.push((p.call, bytes));
                 }
                 Err(e) => tracing::error!(error = %e, "cannot write a call record"),
             }
+            self.take_releases(rx, deferred);
         }
         let gone: Vec<CallId> = self
             .written
@@ -550,10 +619,26 @@ impl Writer {
             .filter(|c| !live.contains(c))
             .copied()
             .collect();
+        let mut unlinked = false;
         for call in gone {
             self.written.remove(&call);
             self.signalling.remove(&call);
-            self.remove(call);
+            match self.store.unlink(call) {
+                Ok(u) => {
+                    unlinked |= u;
+                    tracing::debug!(%call, "call record deleted");
+                }
+                Err(e) => tracing::error!(error = %e, "cannot delete a call record"),
+            }
+        }
+        if unlinked || !renamed.is_empty() {
+            self.store.sync_dir();
+        }
+        for (call, bytes) in renamed {
+            // Released while its write was in flight: the file is already gone, keep it so.
+            if !self.released.contains(&call) {
+                self.written.insert(call, bytes);
+            }
         }
     }
 }
@@ -787,6 +872,80 @@ mod tests {
         stop(&handle, true);
         writer.join().unwrap();
         assert!(!file.exists(), "record deleted after the call ended");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A release is durable when `Persisting::release` returns, while the writer is also
+    /// rewriting other records (batched directory fsync), and the released call is never
+    /// written again; the other call's rewrite still lands.
+    #[test]
+    fn a_release_deletes_the_record_before_returning_and_it_stays_deleted() {
+        use xcc_core::media::{MediaConfig, MediaEngine};
+
+        let dir = std::env::temp_dir().join(format!("xcc-store-rel-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let state = StateConfig { dir: dir.clone() };
+        // Ports 21452-21459: the sipfix range, unused by the SIP burst e2e tests.
+        let (engine, _events) = MediaEngine::start(MediaConfig {
+            bind_address: [127, 0, 0, 1].into(),
+            port_min: 21452,
+            port_max: 21459,
+            workers: 1,
+            ..MediaConfig::default()
+        })
+        .unwrap();
+        let media = engine.control();
+        let (handle, inbox) = StoreHandle::channel();
+        let persisting = Persisting {
+            inner: media.clone(),
+            store: handle.clone(),
+        };
+        let sessions = Arc::new(SessionTable::new(
+            Arc::new(Persisting {
+                inner: media.clone(),
+                store: handle.clone(),
+            }),
+            xcc_grpc::session::Advertised {
+                client: [127, 0, 0, 1].into(),
+                pbx: [127, 0, 0, 1].into(),
+            },
+            Vec::new(),
+        ));
+        let (_resumed, writer) = start(&state, inbox, &media, &sessions);
+        let writer = writer.unwrap();
+        let a = persisting.allocate().unwrap().call;
+        let b = persisting.allocate().unwrap().call;
+        let file = |c: CallId| dir.join("calls").join(format!("{}.call", c.0));
+        let wait_for = |what: &str, ok: &dyn Fn() -> bool| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while !ok() {
+                assert!(std::time::Instant::now() < deadline, "{what}");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        wait_for("both records written", &|| {
+            file(a).exists() && file(b).exists()
+        });
+        // A rewrite of `a` in flight while `b` is released.
+        handle.set_signalling(a, Some(b"a's dialog".to_vec()));
+        handle.set_signalling(b, Some(b"b's dialog".to_vec()));
+        handle.poke();
+        persisting.release(b).unwrap();
+        assert!(!file(b).exists(), "deleted before release returned");
+        let blob = |c: CallId| read_call(&file(c)).ok().and_then(|r| r.signalling);
+        wait_for("a's rewrite landed", &|| {
+            blob(a).as_deref() == Some(b"a's dialog".as_slice())
+        });
+        // Another sync after the release (it lands a's next rewrite): b stays deleted.
+        handle.set_signalling(a, Some(b"a's second dialog".to_vec()));
+        handle.poke();
+        wait_for("a's second rewrite landed", &|| {
+            blob(a).as_deref() == Some(b"a's second dialog".as_slice())
+        });
+        assert!(!file(b).exists(), "a released call is never written again");
+        stop(&handle, false);
+        writer.join().unwrap();
+        engine.shutdown();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

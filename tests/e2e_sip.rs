@@ -1,6 +1,7 @@
 //! SIP through a real xccd, with SIPp as the controlling server and as the PBX, and a test-owned
 //! SDES-SRTP phone on the client leg. Ports 20000-21299 (each test owns 100 from its base);
-//! benches/sip_setup.sh uses 21300-21699; the restart tests at the end 21700-21999.
+//! the burst tests 21400-21699 (ports named on each); the restart tests 21700-21999.
+//! benches/sip_setup.sh uses 21300-21399 and its media pool (see the script).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -1031,4 +1032,121 @@ async fn kill9_while_ringing_releases_the_calls_media_at_restart() {
     assert_eq!(g.ports_back().await.ports_used, 0);
     assert!(g.sessions().await.is_empty());
     store_empty(&d).await;
+}
+
+/// `n` calls from SIPp-server through xccd to SIPp-PBX, each waiting for XCC's BYE (both
+/// scenarios fail a call that never gets one), placed at `n` calls/s.
+fn burst_calls(d: &Daemon, p: Ports, n: u32) -> (sipp::Running, sipp::Running) {
+    let dir = run_dir(d);
+    let mut pbx = Sipp::new("bench_pbx_uas.xml", p.pbx(), p.pbx_media(), p.pbx_cp());
+    pbx.calls = n;
+    let pbx = pbx.spawn(&dir);
+    let key: [u8; 30] = rand::random();
+    let mut server = Sipp::new(
+        "server_uac_byed.xml",
+        p.server(),
+        p.server_media(),
+        p.server_cp(),
+    )
+    .key("phone_port", p.phone().port())
+    .key("phone_key", phone::encode_key(&key))
+    .arg("-r")
+    .arg(&n.to_string())
+    .arg("-l")
+    .arg(&n.to_string());
+    server.calls = n;
+    server.remote = Some(p.xcc_server());
+    (server.spawn(&dir), pbx)
+}
+
+/// Many SIP calls whose media ends at about the same time (no media: a 1 s media timeout) each
+/// get BYE on both sides: the ends reach the SIP task on a lossless queue, not on the event
+/// feed that also carries records and quality alerts and drops events for a lagging watcher.
+/// Ports 21400-21579.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_media_timeouts_sends_bye_to_both_sides_of_every_call() {
+    if !have_sipp() {
+        return;
+    }
+    const CALLS: u32 = 30;
+    let p = Ports { base: 21400 };
+    let mut cfg = sip_daemon("sip-timeout-burst", p, "");
+    (cfg.pool_min, cfg.pool_len) = (21460, 120);
+    cfg.media_extra = "media_timeout_secs = 1\n".into();
+    let d = Daemon::start_config(&cfg);
+    let mut g = grpc(&d).await;
+    let (server, pbx) = burst_calls(&d, p, CALLS);
+    let s = wait(server).await;
+    assert_clean("server", &s, CALLS.into());
+    let b = wait(pbx).await;
+    assert_clean("pbx", &b, CALLS.into());
+    g.ports_back().await;
+    assert_eq!(
+        d.log()
+            .lines()
+            .filter(|l| l.contains("SIP call ended") && l.contains("Hangup(MediaTimeout)"))
+            .count(),
+        CALLS as usize,
+        "one media-timeout hang-up per call"
+    );
+}
+
+/// Every SIP call hung up through gRPC at once (concurrent `HangUp`s) gets BYE on both sides.
+/// Ports 21580-21699.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_grpc_hangups_sends_bye_to_both_sides_of_every_call() {
+    if !have_sipp() {
+        return;
+    }
+    const CALLS: u32 = 15;
+    let p = Ports { base: 21580 };
+    let mut cfg = sip_daemon("sip-hangup-burst", p, "");
+    (cfg.pool_min, cfg.pool_len) = (21640, 60);
+    let d = Daemon::start_config(&cfg);
+    let mut g = grpc(&d).await;
+    let (server, pbx) = burst_calls(&d, p, CALLS);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let active = loop {
+        let active: Vec<u64> = g
+            .sessions()
+            .await
+            .iter()
+            .filter(|s| s.state == pb::session::State::Active as i32)
+            .map(|s| s.session_id)
+            .collect();
+        if active.len() == CALLS as usize {
+            break active;
+        }
+        assert!(Instant::now() < deadline, "active sessions: {active:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Every answer reached the server once its session is active; let the ACKs land (bounded).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while d.log().matches("SIP call answered").count() < CALLS as usize {
+        assert!(Instant::now() < deadline, "not every call answered in SIP");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let hangups: Vec<_> = active
+        .into_iter()
+        .map(|call_id| {
+            let mut calls = g.calls.clone();
+            tokio::spawn(async move { calls.hang_up(pb::HangUpRequest { call_id }).await })
+        })
+        .collect();
+    for h in hangups {
+        h.await.unwrap().unwrap();
+    }
+    let s = wait(server).await;
+    assert_clean("server", &s, CALLS.into());
+    let b = wait(pbx).await;
+    assert_clean("pbx", &b, CALLS.into());
+    g.ports_back().await;
+    assert_eq!(
+        d.log()
+            .lines()
+            .filter(|l| l.contains("SIP call ended") && l.contains("Hangup(Api)"))
+            .count(),
+        CALLS as usize,
+        "one API hang-up per call"
+    );
 }

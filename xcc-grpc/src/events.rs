@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 use xcc_core::ids::CallId;
 use xcc_core::media::MediaEvent;
 
@@ -29,6 +29,17 @@ pub struct EventHub {
     /// When each live call was answered (first `answered` event), for its call record; taken
     /// when the call ends. Whichever plane answers a call (gRPC or SIP) publishes `answered`.
     answered: Arc<Mutex<HashMap<CallId, SystemTime>>>,
+    /// Lossless listeners for call ends (see [`EventHub::subscribe_ends`]).
+    ends: Arc<Mutex<Vec<mpsc::UnboundedSender<CallEnd>>>>,
+}
+
+/// One call's end, as a signalling layer needs it to hang the call up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallEnd {
+    /// The call that ended.
+    pub call: CallId,
+    /// Why, as on the feed's `CallEnded`.
+    pub reason: pb::call_ended::Reason,
 }
 
 impl Default for EventHub {
@@ -44,6 +55,7 @@ impl EventHub {
             tx: broadcast::channel(EVENT_BUFFER).0,
             closed: tokio::sync::watch::channel(false).0,
             answered: Arc::default(),
+            ends: Arc::default(),
         }
     }
 
@@ -62,11 +74,32 @@ impl EventHub {
         self.tx.subscribe()
     }
 
+    /// Every call end published from now on, never dropped: unlike [`EventHub::subscribe`] (a
+    /// broadcast that drops the oldest events for a slow watcher), the queue is unbounded. For a
+    /// layer that must act on each end (SIP sends BYE): one small entry per ended call, drained
+    /// by its task as fast as calls end. Dropping the receiver unsubscribes.
+    pub fn subscribe_ends(&self) -> mpsc::UnboundedReceiver<CallEnd> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.ends_list().push(tx);
+        rx
+    }
+
     /// Sends to every watcher; no watcher is not an error.
     pub fn publish(&self, call: CallId, kind: pb::event::Kind) {
         let now = SystemTime::now();
-        if matches!(kind, pb::event::Kind::Answered(_)) {
-            self.answered_map().entry(call).or_insert(now);
+        match &kind {
+            pb::event::Kind::Answered(_) => {
+                self.answered_map().entry(call).or_insert(now);
+            }
+            pb::event::Kind::Ended(ended) => {
+                let end = CallEnd {
+                    call,
+                    reason: pb::call_ended::Reason::try_from(ended.reason)
+                        .unwrap_or(pb::call_ended::Reason::Unspecified),
+                };
+                self.ends_list().retain(|tx| tx.send(end).is_ok());
+            }
+            _ => {}
         }
         let _ = self.tx.send(pb::Event {
             call_id: call.0,
@@ -78,6 +111,11 @@ impl EventHub {
     /// When `call` was first answered, forgetting it (the call ended).
     pub fn take_answered(&self, call: CallId) -> Option<SystemTime> {
         self.answered_map().remove(&call)
+    }
+
+    fn ends_list(&self) -> std::sync::MutexGuard<'_, Vec<mpsc::UnboundedSender<CallEnd>>> {
+        // Every mutation is one push or retain: a poisoned list is still consistent.
+        self.ends.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn answered_map(&self) -> std::sync::MutexGuard<'_, HashMap<CallId, SystemTime>> {
@@ -174,4 +212,61 @@ pub fn spawn_media_forwarder(
             }
             tracing::debug!("media event channel closed");
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ended(reason: pb::call_ended::Reason) -> pb::event::Kind {
+        pb::event::Kind::Ended(pb::CallEnded {
+            reason: reason as i32,
+            last: None,
+        })
+    }
+
+    /// A burst of ends far beyond the broadcast's buffer, with records and quality alerts in
+    /// between, while nobody reads: the broadcast watcher lags, the ends subscriber gets every
+    /// end, in order, and nothing else.
+    #[test]
+    fn ends_subscribers_lose_no_end_when_the_feed_overflows() {
+        let hub = EventHub::new();
+        let mut feed = hub.subscribe();
+        let mut ends = hub.subscribe_ends();
+        let n = EVENT_BUFFER as u64 * 4;
+        for i in 0..n {
+            hub.publish(CallId(i), pb::event::Kind::Answered(pb::CallAnswered {}));
+            hub.publish(CallId(i), ended(pb::call_ended::Reason::MediaTimeout));
+            hub.publish(
+                CallId(i),
+                pb::event::Kind::Record(pb::CallRecord::default()),
+            );
+        }
+        assert!(matches!(
+            feed.try_recv(),
+            Err(broadcast::error::TryRecvError::Lagged(_))
+        ));
+        for i in 0..n {
+            assert_eq!(
+                ends.try_recv(),
+                Ok(CallEnd {
+                    call: CallId(i),
+                    reason: pb::call_ended::Reason::MediaTimeout
+                })
+            );
+        }
+        assert!(ends.try_recv().is_err(), "only ends, each once");
+    }
+
+    /// A dropped receiver is forgotten on the next end; the others still get it.
+    #[test]
+    fn a_dropped_ends_receiver_unsubscribes() {
+        let hub = EventHub::new();
+        let gone = hub.subscribe_ends();
+        let mut kept = hub.subscribe_ends();
+        drop(gone);
+        hub.publish(CallId(7), ended(pb::call_ended::Reason::Released));
+        assert_eq!(hub.ends_list().len(), 1);
+        assert_eq!(kept.try_recv().map(|e| e.call), Ok(CallId(7)));
+    }
 }

@@ -1205,6 +1205,47 @@ fn a_forked_second_2xx_is_acked_and_byed_and_the_call_keeps_the_first() {
     h.settle_and_check();
 }
 
+/// TCP frames arrive parsed: `handle_message` runs the same flow as bytes (100 to the caller,
+/// INVITE to the PBX), and a frame that did not parse is answered 400 on its side through
+/// `handle_malformed` instead of being lost.
+#[test]
+fn parsed_and_malformed_stream_frames_are_handled_like_datagrams() {
+    let mut h = Harness::default();
+    let inv = h.invite(Side::Server, "c1", Some(SERVER_OFFER), "");
+    // `invite` injected bytes; start over with the same request as a parsed message.
+    let mut h = Harness::default();
+    let source = h.source(Side::Server);
+    h.b2bua.handle_message(
+        h.now,
+        Side::Server,
+        source,
+        Message::Request(inv),
+        &mut h.media,
+    );
+    h.collect_now();
+    h.response(Side::Server, 100);
+    h.request(Side::Pbx, Method::Invite);
+
+    let mut framer = xcc_sip::framing::StreamFramer::default();
+    framer.push(
+        b"OPTIONS sip:xcc@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:4900;branch=z9hG4bK-bad\r\n\
+          From: <sip:s@127.0.0.1>;tag=1\r\nTo: <sip:xcc@127.0.0.1>\r\nCall-ID: bad-1\r\n\
+          CSeq: one OPTIONS\r\nContent-Length: 0\r\n\r\n",
+    );
+    let Ok(Some(xcc_sip::framing::Frame::Malformed(err))) = framer.poll_frame() else {
+        panic!("the frame should be malformed");
+    };
+    h.b2bua.handle_malformed(Side::Server, source, &err);
+    // Read raw: the 400 copies the broken CSeq back, so it does not parse itself.
+    let (side, t) = h.b2bua.poll_transmit().expect("a 400");
+    assert_eq!(side, Side::Server);
+    assert_eq!(t.target, xcc_sip::endpoint::Target::Peer(source));
+    let text = String::from_utf8_lossy(&t.bytes);
+    assert!(text.starts_with("SIP/2.0 400 "), "{text}");
+    assert!(text.contains("Call-ID: bad-1\r\n"), "{text}");
+    assert_eq!(h.b2bua.counters().malformed_answered, 1);
+}
+
 #[test]
 fn replaced_pbx_peer_takes_new_calls_and_running_calls_keep_their_dialogs() {
     let mut h = Harness::default();

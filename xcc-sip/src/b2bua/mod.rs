@@ -200,6 +200,27 @@ impl B2bua {
         self.process(now, media);
     }
 
+    /// A message from `side` that is already parsed (a stream framer's frame): as
+    /// [`B2bua::handle_bytes`] without encoding it again to be parsed again.
+    pub fn handle_message(
+        &mut self,
+        now: Instant,
+        side: Side,
+        source: Peer,
+        msg: crate::Message,
+        media: &mut impl MediaSessions,
+    ) {
+        self.endpoints[side.index()].handle_message(now, source, msg);
+        self.process(now, media);
+    }
+
+    /// A message from `side` that did not parse (a malformed stream frame): answered 400/505
+    /// when the error carries enough to address a response, else counted as dropped, exactly
+    /// as for a datagram.
+    pub fn handle_malformed(&mut self, side: Side, source: Peer, err: &crate::ParseError) {
+        self.endpoints[side.index()].handle_malformed(source, err);
+    }
+
     /// Fires due timers: transactions, 2xx retransmission, OPTIONS probes, lingering state.
     pub fn handle_timeout(&mut self, now: Instant, media: &mut impl MediaSessions) {
         for ep in &mut self.endpoints {
