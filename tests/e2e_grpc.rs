@@ -4,7 +4,7 @@
 //! Each test starts its own xccd with its own control port and media pool, and waits for readiness
 //! on an sd_notify socket (READY=1), which also proves the notification protocol.
 
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -26,6 +26,7 @@ use xcc_grpc::pb;
 const SUITE: &str = "AES_CM_128_HMAC_SHA1_80";
 
 mod common;
+use common::call::media_target;
 use common::{Daemon, DaemonConfig};
 
 struct Clients {
@@ -118,24 +119,6 @@ fn crypto_line(tag: u32, key: &[u8; 30]) -> String {
         "a=crypto:{tag} {SUITE} inline:{}",
         base64::engine::general_purpose::STANDARD.encode(key)
     )
-}
-
-/// Where an SDP says its audio goes: the c= address and the m=audio port.
-fn media_target(sdp: &str) -> SocketAddr {
-    let mut ip: Option<IpAddr> = None;
-    let mut port = None;
-    for line in sdp.lines() {
-        if let Some(rest) = line
-            .strip_prefix("c=IN IP4 ")
-            .or_else(|| line.strip_prefix("c=IN IP6 "))
-        {
-            ip = Some(rest.trim().parse().unwrap());
-        }
-        if let Some(rest) = line.strip_prefix("m=audio ") {
-            port = Some(rest.split(' ').next().unwrap().parse::<u16>().unwrap());
-        }
-    }
-    SocketAddr::new(ip.expect("c= line"), port.expect("m=audio line"))
 }
 
 /// The (tag, key+salt) of the `a=crypto` line for [`SUITE`].

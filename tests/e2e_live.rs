@@ -4,7 +4,7 @@
 //!
 //! Ports 22600-22899 (the ops range).
 
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -12,6 +12,7 @@ use tonic::transport::Channel;
 use xcc_grpc::pb;
 
 mod common;
+use common::call::media_target;
 use common::{Daemon, DaemonConfig};
 
 struct Clients {
@@ -42,25 +43,6 @@ fn sdp(port: u16, transport: &str, extra: &str) -> String {
         "v=0\r\no=- 7 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
          m=audio {port} {transport} 0\r\na=rtpmap:0 PCMU/8000\r\n{extra}a=sendrecv\r\n"
     )
-}
-
-/// The `c=` address and `m=audio` port of an SDP XCC wrote.
-fn media_target(sdp: &str) -> SocketAddr {
-    let ip: IpAddr = sdp
-        .lines()
-        .find_map(|l| l.strip_prefix("c=IN IP4 "))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let port = sdp
-        .lines()
-        .find_map(|l| l.strip_prefix("m=audio "))
-        .and_then(|r| r.split(' ').next())
-        .unwrap()
-        .parse()
-        .unwrap();
-    SocketAddr::new(ip, port)
 }
 
 fn phone() -> UdpSocket {

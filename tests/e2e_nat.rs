@@ -16,6 +16,7 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use common::call::media_target;
 use common::{Daemon, DaemonConfig};
 use netns_support::{Nat, PEER, PRIVATE, PUBLIC_HOST, STUN_PRIMARY, Topology, enter};
 use tonic::transport::Channel;
@@ -245,20 +246,6 @@ fn crypto_line(key: &[u8; 30]) -> String {
         "a=crypto:1 {SUITE} inline:{}",
         base64::engine::general_purpose::STANDARD.encode(key)
     )
-}
-
-/// The c= address and m=audio port of an SDP.
-fn media_target(sdp: &str) -> SocketAddr {
-    let ip = sdp
-        .lines()
-        .find_map(|l| l.strip_prefix("c=IN IP4 "))
-        .expect("c= line");
-    let port = sdp
-        .lines()
-        .find_map(|l| l.strip_prefix("m=audio "))
-        .and_then(|r| r.split(' ').next())
-        .expect("m=audio line");
-    SocketAddr::new(ip.trim().parse().unwrap(), port.parse().unwrap())
 }
 
 /// The key+salt of the answer's `a=crypto` line.

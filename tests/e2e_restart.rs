@@ -5,7 +5,7 @@
 //!
 //! Ports 22000-22299 (the ops range).
 
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,7 @@ use webrtc_srtp::protection_profile::ProtectionProfile;
 use xcc_grpc::pb;
 
 mod common;
+use common::call::media_target;
 use common::{Daemon, DaemonConfig};
 
 const SUITE: &str = "AES_CM_128_HMAC_SHA1_80";
@@ -40,24 +41,6 @@ fn sdp(port: u16, transport: &str, extra: &str) -> String {
         "v=0\r\no=- 7 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
          m=audio {port} {transport} 0\r\na=rtpmap:0 PCMU/8000\r\n{extra}a=sendrecv\r\n"
     )
-}
-
-fn media_target(sdp: &str) -> SocketAddr {
-    let ip: IpAddr = sdp
-        .lines()
-        .find_map(|l| l.strip_prefix("c=IN IP4 "))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let port = sdp
-        .lines()
-        .find_map(|l| l.strip_prefix("m=audio "))
-        .and_then(|r| r.split(' ').next())
-        .unwrap()
-        .parse()
-        .unwrap();
-    SocketAddr::new(ip, port)
 }
 
 fn xcc_key(sdp: &str) -> Vec<u8> {
