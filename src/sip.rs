@@ -456,17 +456,18 @@ impl crate::metrics::Collector for SipMetrics {
         }
         out.family(
             "xcc_sip_responses_total",
-            "SIP responses by side, direction and status (sent: the B2BUA's own, not 100 Trying).",
+            "SIP responses by side, direction, method (CSeq) and status (sent: the B2BUA's own, not 100 Trying).",
             Kind::Counter,
         );
         for side in [Side::Server, Side::Pbx] {
             let sc = &c.sides[side.index()];
             for (dir, map) in [("in", &sc.responses_in), ("out", &sc.responses_out)] {
-                for (status, n) in map {
+                for ((method, status), n) in map {
                     let status = status.to_string();
                     let labels = [
                         ("side", side.as_str()),
                         ("direction", dir),
+                        ("method", method),
                         ("status", &status),
                     ];
                     out.sample("xcc_sip_responses_total", &labels, *n as f64);

@@ -276,7 +276,9 @@ async fn server_originated_call_relays_media_both_ways_and_bye_frees_ports() {
         "xcc_sip_requests_total{side=\"server\",direction=\"in\",method=\"INVITE\"} 1",
         "xcc_sip_requests_total{side=\"pbx\",direction=\"out\",method=\"INVITE\"} 1",
         "xcc_sip_requests_total{side=\"server\",direction=\"in\",method=\"BYE\"} 1",
-        "xcc_sip_responses_total{side=\"server\",direction=\"out\",status=\"200\"}",
+        "xcc_sip_responses_total{side=\"server\",direction=\"out\",method=\"INVITE\",status=\"200\"}",
+        "xcc_sip_responses_total{side=\"server\",direction=\"out\",method=\"BYE\",status=\"200\"}",
+        "xcc_sip_responses_total{side=\"pbx\",direction=\"in\",method=\"INVITE\",status=\"200\"}",
         "xcc_sip_calls 0",
     ] {
         assert!(text.contains(line), "{line} missing:\n{text}");

@@ -122,7 +122,10 @@ fn server_call_is_set_up_relayed_and_torn_down_by_the_pbx() {
         (1, 1, 1)
     );
     assert_eq!(c.sides[Side::Server.index()].requests_in["INVITE"], 1);
-    assert_eq!(c.sides[Side::Pbx.index()].responses_in[&200], 1);
+    assert_eq!(
+        c.sides[Side::Pbx.index()].responses_in[&("INVITE".to_owned(), 200)],
+        1
+    );
 }
 
 #[test]

@@ -111,11 +111,12 @@ pub struct SideCounters {
     pub requests_in: BTreeMap<String, u64>,
     /// Requests sent, by method.
     pub requests_out: BTreeMap<String, u64>,
-    /// Responses received, by status code.
-    pub responses_in: BTreeMap<u16, u64>,
+    /// Responses received, by the method they answer (CSeq) and status code: "INVITE 503" is
+    /// what an operator looks for, and a bare status cannot say which transaction failed.
+    pub responses_in: BTreeMap<(String, u16), u64>,
     /// Responses sent by the B2BUA (not the transaction layer's 100 Trying or retransmissions),
-    /// by status code.
-    pub responses_out: BTreeMap<u16, u64>,
+    /// by method and status code.
+    pub responses_out: BTreeMap<(String, u16), u64>,
 }
 
 /// Everything the B2BUA counts.

@@ -487,17 +487,11 @@ impl B2bua {
                 self.on_ack(side, &request);
             }
             EndpointEvent::Response { key, response } => {
-                *self.counters.sides[side.index()]
-                    .responses_in
-                    .entry(response.status)
-                    .or_default() += 1;
+                self.count_response_in(side, &response);
                 self.on_response(now, side, key, *response, media);
             }
             EndpointEvent::StrayResponse { response, .. } => {
-                *self.counters.sides[side.index()]
-                    .responses_in
-                    .entry(response.status)
-                    .or_default() += 1;
+                self.count_response_in(side, &response);
                 if response.headers.cseq.method == "INVITE" && (200..300).contains(&response.status)
                 {
                     if !self.reack(now, side, &response) {
@@ -510,6 +504,13 @@ impl B2bua {
             EndpointEvent::Timeout { key } => self.on_failure(now, side, key, 408, media),
             EndpointEvent::TransportError { key } => self.on_failure(now, side, key, 503, media),
         }
+    }
+
+    fn count_response_in(&mut self, side: Side, response: &Response) {
+        *self.counters.sides[side.index()]
+            .responses_in
+            .entry((response.headers.cseq.method.to_string(), response.status))
+            .or_default() += 1;
     }
 
     fn count_request_in(&mut self, side: Side, method: &Method) {
@@ -758,7 +759,7 @@ impl B2bua {
             Ok(()) => {
                 *self.counters.sides[side.index()]
                     .responses_out
-                    .entry(status)
+                    .entry((req.method.as_str().to_owned(), status))
                     .or_default() += 1;
                 Some(resp)
             }
