@@ -16,9 +16,8 @@ use stun_rs::{
     StunMessageBuilder, TransactionId,
 };
 use tonic::Code;
-use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use webrtc_srtp::context::Context;
 use webrtc_srtp::protection_profile::ProtectionProfile;
 use xcc_grpc::pb;
@@ -27,24 +26,7 @@ const SUITE: &str = "AES_CM_128_HMAC_SHA1_80";
 
 mod common;
 use common::call::media_target;
-use common::{Daemon, DaemonConfig};
-
-struct Clients {
-    sessions: pb::sessions_client::SessionsClient<Channel>,
-    calls: pb::calls_client::CallsClient<Channel>,
-    satellite: pb::satellite_client::SatelliteClient<Channel>,
-    health: HealthClient<Channel>,
-}
-
-async fn clients(d: &Daemon) -> Clients {
-    let ch = d.channel().await;
-    Clients {
-        sessions: pb::sessions_client::SessionsClient::new(ch.clone()),
-        calls: pb::calls_client::CallsClient::new(ch.clone()),
-        satellite: pb::satellite_client::SatelliteClient::new(ch.clone()),
-        health: HealthClient::new(ch),
-    }
-}
+use common::{Clients, Daemon, DaemonConfig, clients};
 
 impl Clients {
     async fn status(&mut self) -> pb::StatusResponse {

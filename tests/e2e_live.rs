@@ -8,27 +8,11 @@ use std::net::{SocketAddr, UdpSocket};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use tonic::transport::Channel;
 use xcc_grpc::pb;
 
 mod common;
 use common::call::media_target;
-use common::{Daemon, DaemonConfig};
-
-struct Clients {
-    sessions: pb::sessions_client::SessionsClient<Channel>,
-    calls: pb::calls_client::CallsClient<Channel>,
-    satellite: pb::satellite_client::SatelliteClient<Channel>,
-}
-
-async fn clients(d: &Daemon) -> Clients {
-    let ch = d.channel().await;
-    Clients {
-        sessions: pb::sessions_client::SessionsClient::new(ch.clone()),
-        calls: pb::calls_client::CallsClient::new(ch.clone()),
-        satellite: pb::satellite_client::SatelliteClient::new(ch),
-    }
-}
+use common::{Clients, Daemon, DaemonConfig, clients};
 
 async fn status(c: &mut Clients) -> pb::StatusResponse {
     c.satellite

@@ -10,31 +10,15 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use tonic::transport::Channel;
 use webrtc_srtp::context::Context;
 use webrtc_srtp::protection_profile::ProtectionProfile;
 use xcc_grpc::pb;
 
 mod common;
 use common::call::media_target;
-use common::{Daemon, DaemonConfig};
+use common::{Clients, Daemon, DaemonConfig, clients};
 
 const SUITE: &str = "AES_CM_128_HMAC_SHA1_80";
-
-struct Clients {
-    sessions: pb::sessions_client::SessionsClient<Channel>,
-    calls: pb::calls_client::CallsClient<Channel>,
-    satellite: pb::satellite_client::SatelliteClient<Channel>,
-}
-
-async fn clients(d: &Daemon) -> Clients {
-    let ch = d.channel().await;
-    Clients {
-        sessions: pb::sessions_client::SessionsClient::new(ch.clone()),
-        calls: pb::calls_client::CallsClient::new(ch.clone()),
-        satellite: pb::satellite_client::SatelliteClient::new(ch),
-    }
-}
 
 fn sdp(port: u16, transport: &str, extra: &str) -> String {
     format!(

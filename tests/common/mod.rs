@@ -331,3 +331,22 @@ pub fn skip(why: &str) {
     );
     eprintln!("SKIPPED: {why}");
 }
+
+/// One set of gRPC clients on the daemon's control channel, as the controlling server holds them.
+pub struct Clients {
+    pub sessions: xcc_grpc::pb::sessions_client::SessionsClient<tonic::transport::Channel>,
+    pub calls: xcc_grpc::pb::calls_client::CallsClient<tonic::transport::Channel>,
+    pub satellite: xcc_grpc::pb::satellite_client::SatelliteClient<tonic::transport::Channel>,
+    pub health: tonic_health::pb::health_client::HealthClient<tonic::transport::Channel>,
+}
+
+/// Connects [`Clients`] to `d`'s control port.
+pub async fn clients(d: &Daemon) -> Clients {
+    let ch = d.channel().await;
+    Clients {
+        sessions: xcc_grpc::pb::sessions_client::SessionsClient::new(ch.clone()),
+        calls: xcc_grpc::pb::calls_client::CallsClient::new(ch.clone()),
+        satellite: xcc_grpc::pb::satellite_client::SatelliteClient::new(ch.clone()),
+        health: tonic_health::pb::health_client::HealthClient::new(ch),
+    }
+}
