@@ -11,7 +11,7 @@ use super::setup::warning;
 use super::{B2bua, Client, EndReason, MediaSessions, Side, header};
 use crate::dialog::DialogKey;
 use crate::endpoint::Peer;
-use crate::message::{Method, Request, Response};
+use crate::message::{Header, Method, Request, Response};
 use crate::transaction::TransactionKey;
 use xcc_core::ids::CallId;
 
@@ -283,34 +283,13 @@ impl B2bua {
                 }
                 Err(reason) => {
                     tracing::info!(call = %id, %reason, "re-INVITE answer refused; hanging up");
-                    media.abandon_offer(id);
-                    let extra = vec![warning(&reason)];
-                    self.respond(
-                        now,
-                        rv.from,
-                        &rv.server,
-                        &rv.request,
-                        500,
-                        None,
-                        None,
-                        extra,
-                    );
+                    self.refuse_reinvite(now, id, &rv, 500, vec![warning(&reason)], media);
                     self.bye_call(now, id, None, EndReason::MediaRefused, media);
                 }
             }
             return;
         }
-        media.abandon_offer(id);
-        self.respond(
-            now,
-            rv.from,
-            &rv.server,
-            &rv.request,
-            status,
-            None,
-            None,
-            Vec::new(),
-        );
+        self.refuse_reinvite(now, id, &rv, status, Vec::new(), media);
         if status == 481 || status == 408 {
             // RFC 3261 §14.1: the dialog is gone on the other side.
             self.bye_call(now, id, None, EndReason::ReInviteFailed { status }, media);
@@ -403,6 +382,21 @@ impl B2bua {
         let Some(rv) = self.calls.get_mut(&id).and_then(|c| c.reinvite.take()) else {
             return;
         };
+        self.refuse_reinvite(now, id, &rv, status, Vec::new(), media);
+        self.bye_call(now, id, None, EndReason::ReInviteFailed { status }, media);
+    }
+
+    /// Ends a relayed re-INVITE without a new session: the offer it made is abandoned (the call
+    /// keeps its old media) and its sender gets `status`.
+    fn refuse_reinvite(
+        &mut self,
+        now: Instant,
+        id: CallId,
+        rv: &ReInvite,
+        status: u16,
+        extra: Vec<Header>,
+        media: &mut impl MediaSessions,
+    ) {
         media.abandon_offer(id);
         self.respond(
             now,
@@ -412,9 +406,8 @@ impl B2bua {
             status,
             None,
             None,
-            Vec::new(),
+            extra,
         );
-        self.bye_call(now, id, None, EndReason::ReInviteFailed { status }, media);
     }
 
     /// An ACK for a 2xx XCC sent: stops that 2xx's retransmission.
