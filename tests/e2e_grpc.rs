@@ -18,14 +18,12 @@ use stun_rs::{
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
-use webrtc_srtp::context::Context;
-use webrtc_srtp::protection_profile::ProtectionProfile;
 use xcc_grpc::pb;
 
 const SUITE: &str = "AES_CM_128_HMAC_SHA1_80";
 
 mod common;
-use common::call::media_target;
+use common::call::{media_target, srtp_context};
 use common::{Clients, Daemon, DaemonConfig, clients};
 
 impl Clients {
@@ -124,17 +122,6 @@ fn crypto_of(sdp: &str) -> (u32, Vec<u8>) {
         );
     }
     panic!("no a=crypto {SUITE} in:\n{sdp}");
-}
-
-fn srtp_context(key_salt: &[u8]) -> Context {
-    Context::new(
-        &key_salt[..16],
-        &key_salt[16..30],
-        ProtectionProfile::Aes128CmHmacSha1_80,
-        None,
-        None,
-    )
-    .unwrap()
 }
 
 fn rtp_packet(seq: u16, ssrc: u32, payload: &[u8]) -> Vec<u8> {

@@ -16,12 +16,11 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::call::media_target;
+use common::call::{media_target, rtp_filled, srtp_context};
 use common::{Daemon, DaemonConfig};
 use netns_support::{Nat, PEER, PRIVATE, PUBLIC_HOST, STUN_PRIMARY, Topology, enter};
 use tonic::transport::Channel;
 use webrtc_srtp::context::Context;
-use webrtc_srtp::protection_profile::ProtectionProfile;
 use xcc_core::nat::Retransmission;
 use xcc_core::nat::stun;
 use xcc_core::nat::turn::{TurnClient, TurnConfig, TurnEvent, TurnInput, TurnTransport};
@@ -269,26 +268,6 @@ fn attribute<'a>(sdp: &'a str, name: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no a={name} in:\n{sdp}"))
 }
 
-fn srtp(key_salt: &[u8]) -> Context {
-    Context::new(
-        &key_salt[..16],
-        &key_salt[16..30],
-        ProtectionProfile::Aes128CmHmacSha1_80,
-        None,
-        None,
-    )
-    .unwrap()
-}
-
-fn rtp(seq: u16, ssrc: u32, fill: u8) -> Vec<u8> {
-    let mut p = vec![0x80, 0];
-    p.extend_from_slice(&seq.to_be_bytes());
-    p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
-    p.extend_from_slice(&ssrc.to_be_bytes());
-    p.extend_from_slice(&[fill; 160]);
-    p
-}
-
 fn seq_of(p: &[u8]) -> u16 {
     u16::from_be_bytes([p[2], p[3]])
 }
@@ -327,7 +306,7 @@ impl Phone {
     }
 
     fn send(&mut self, sock: &UdpSocket, seq: u16, to: SocketAddr) {
-        let wire = self.tx.encrypt_rtp(&rtp(seq, 0x1111, 0x11)).unwrap();
+        let wire = self.tx.encrypt_rtp(&rtp_filled(seq, 0x1111, 0x11)).unwrap();
         self.send_raw(sock, &wire, to);
     }
 
@@ -459,7 +438,9 @@ fn exchange_counted(
     let (mut at_pbx, mut at_phone) = (Vec::new(), Vec::new());
     for seq in first..first + COUNTED {
         phone.send(&w.phone, seq, to_xcc);
-        w.pbx.send_to(&rtp(seq, 0x2222, 0x22), to_pbx).unwrap();
+        w.pbx
+            .send_to(&rtp_filled(seq, 0x2222, 0x22), to_pbx)
+            .unwrap();
         std::thread::sleep(Duration::from_millis(20));
         at_pbx.extend(pbx_recv(&w.pbx));
         at_phone.extend(phone.recv(&w.phone));
@@ -485,8 +466,8 @@ fn phone_offer(at: SocketAddr, key: &[u8; 30], extra: &[String]) -> String {
 
 fn new_phone(key: &[u8; 30], answer: &str) -> Phone {
     Phone {
-        tx: srtp(key),
-        rx: srtp(&crypto_of(answer)),
+        tx: srtp_context(key),
+        rx: srtp_context(&crypto_of(answer)),
         stun_seen: Vec::new(),
         turn: None,
     }
@@ -496,7 +477,7 @@ fn new_phone(key: &[u8; 30], answer: &str) -> Phone {
 /// without STUN does): XCC latches on its first authenticated SRTP packet, from the NAT's public
 /// address, and sends the PBX's audio back there.
 #[test]
-fn cone_nat_phone_talks_first_and_xcc_latches_on_its_srtp() {
+fn cone_nat_phone_talks_first_and_xcc_latches_on_its_srtp_context() {
     let Some(w) = World::build(
         "nat-cone-first",
         Nat::PortRestrictedCone,
@@ -814,7 +795,9 @@ fn symmetric_nat_ice_phone_latches_after_authenticated_check_and_hears_the_pbx_f
 fn pbx_talks_first(w: &World, phone: &mut Phone, to_pbx: SocketAddr) {
     let mut heard = Vec::new();
     for seq in 1..=COUNTED {
-        w.pbx.send_to(&rtp(seq, 0x2222, 0x22), to_pbx).unwrap();
+        w.pbx
+            .send_to(&rtp_filled(seq, 0x2222, 0x22), to_pbx)
+            .unwrap();
         heard.extend(phone.recv(&w.phone));
     }
     let deadline = Instant::now() + Duration::from_secs(2);

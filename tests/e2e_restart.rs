@@ -11,11 +11,10 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use webrtc_srtp::context::Context;
-use webrtc_srtp::protection_profile::ProtectionProfile;
 use xcc_grpc::pb;
 
 mod common;
-use common::call::media_target;
+use common::call::{media_target, rtp_filled, srtp_context};
 use common::{Clients, Daemon, DaemonConfig, clients};
 
 const SUITE: &str = "AES_CM_128_HMAC_SHA1_80";
@@ -37,26 +36,6 @@ fn xcc_key(sdp: &str) -> Vec<u8> {
     base64::engine::general_purpose::STANDARD
         .decode(b64.unwrap())
         .unwrap()
-}
-
-fn srtp(key_salt: &[u8]) -> Context {
-    Context::new(
-        &key_salt[..16],
-        &key_salt[16..30],
-        ProtectionProfile::Aes128CmHmacSha1_80,
-        None,
-        None,
-    )
-    .unwrap()
-}
-
-fn rtp(seq: u16, ssrc: u32, fill: u8) -> Vec<u8> {
-    let mut p = vec![0x80, 0];
-    p.extend_from_slice(&seq.to_be_bytes());
-    p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
-    p.extend_from_slice(&ssrc.to_be_bytes());
-    p.extend_from_slice(&[fill; 160]);
-    p
 }
 
 fn phone() -> UdpSocket {
@@ -112,8 +91,8 @@ async fn call(c: &mut Clients, key: &str, first_seq: u16) -> Call {
         id: s.session_id,
         client_target: media_target(&a.sdp),
         pbx_target,
-        client_tx: srtp(&client_key),
-        client_rx: srtp(&xcc_key(&a.sdp)),
+        client_tx: srtp_context(&client_key),
+        client_rx: srtp_context(&xcc_key(&a.sdp)),
         client,
         pbx,
         seq: first_seq,
@@ -159,11 +138,11 @@ impl Call {
         for _ in 0..packets {
             let out = self
                 .client_tx
-                .encrypt_rtp(&rtp(self.seq, 0x1111, 0x11))
+                .encrypt_rtp(&rtp_filled(self.seq, 0x1111, 0x11))
                 .unwrap();
             self.client.send_to(&out, self.client_target).unwrap();
             self.pbx
-                .send_to(&rtp(self.seq, 0x2222, 0x22), self.pbx_target)
+                .send_to(&rtp_filled(self.seq, 0x2222, 0x22), self.pbx_target)
                 .unwrap();
             self.seq = self.seq.wrapping_add(1);
             std::thread::sleep(gap);

@@ -228,7 +228,7 @@ async fn server_originated_call_relays_media_both_ways_and_bye_frees_ports() {
     assert!(session.sdp.contains("RTP/SAVP"), "{}", session.sdp);
     let (tag, xcc_key) = phone::crypto_of(&session.sdp);
     assert_eq!(tag, 1);
-    let target = phone::media_target(&session.sdp);
+    let target = common::call::media_target(&session.sdp);
     assert_eq!(
         g.calls().await.len(),
         1,
@@ -913,7 +913,7 @@ async fn kill9_mid_sip_call_then_the_servers_bye_reaches_the_pbx() {
 
     let session = g.active_session().await;
     let (_, xcc_key) = phone::crypto_of(&session.sdp);
-    let target = phone::media_target(&session.sdp);
+    let target = common::call::media_target(&session.sdp);
     let phone = talk_both_ways(phone, 1, target, xcc_key.clone()).await;
     wait_stored_dialog(&d);
 

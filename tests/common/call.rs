@@ -155,18 +155,22 @@ pub fn sdp(port: u16, transport: &str, extra: &[&str]) -> String {
     lines.join("\r\n") + "\r\n"
 }
 
-/// The c= address and m=audio port of an SDP.
+/// Where an SDP says its audio goes: the c= address and the m=audio port.
 pub fn media_target(sdp: &str) -> SocketAddr {
-    let ip = sdp
-        .lines()
-        .find_map(|l| l.strip_prefix("c=IN IP4 "))
-        .expect("c= line");
-    let port = sdp
-        .lines()
-        .find_map(|l| l.strip_prefix("m=audio "))
-        .and_then(|r| r.split(' ').next())
-        .expect("m=audio line");
-    format!("{}:{}", ip.trim(), port).parse().unwrap()
+    let mut ip: Option<std::net::IpAddr> = None;
+    let mut port = None;
+    for line in sdp.lines() {
+        if let Some(rest) = line
+            .strip_prefix("c=IN IP4 ")
+            .or_else(|| line.strip_prefix("c=IN IP6 "))
+        {
+            ip = Some(rest.trim().parse().unwrap());
+        }
+        if let Some(rest) = line.strip_prefix("m=audio ") {
+            port = Some(rest.split(' ').next().unwrap().parse::<u16>().unwrap());
+        }
+    }
+    SocketAddr::new(ip.expect("c= line"), port.expect("m=audio line"))
 }
 
 /// The key+salt of the SDP's `a=crypto` line for [`SUITE`].
@@ -225,4 +229,15 @@ pub fn sr_compact_ntp(rtcp: &[u8]) -> Option<(u32, u32)> {
     let ssrc = u32::from_be_bytes(rtcp[4..8].try_into().unwrap());
     let compact = u32::from_be_bytes(rtcp[10..14].try_into().unwrap());
     Some((ssrc, compact))
+}
+
+/// A 172-byte PCMU RTP packet whose payload is `fill`, timestamps 160 apart: easy to recognise
+/// after a relay, one byte tells the streams apart.
+pub fn rtp_filled(seq: u16, ssrc: u32, fill: u8) -> Vec<u8> {
+    let mut p = vec![0x80, 0];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+    p.extend_from_slice(&ssrc.to_be_bytes());
+    p.extend_from_slice(&[fill; 160]);
+    p
 }

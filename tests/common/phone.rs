@@ -1,33 +1,15 @@
 //! A test-owned SDES-SRTP "phone" on XCC's client leg: a UDP socket with a known key, and the
 //! SDP helpers to find where media goes and which key XCC chose.
 
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use webrtc_srtp::context::Context;
-use webrtc_srtp::protection_profile::ProtectionProfile;
+
+use super::call::srtp_context;
 
 /// The suite the phone speaks.
 pub const SUITE: &str = "AES_CM_128_HMAC_SHA1_80";
-
-/// Where an SDP says its audio goes: the c= address and the m=audio port.
-pub fn media_target(sdp: &str) -> SocketAddr {
-    let mut ip: Option<IpAddr> = None;
-    let mut port = None;
-    for line in sdp.lines() {
-        if let Some(rest) = line
-            .strip_prefix("c=IN IP4 ")
-            .or_else(|| line.strip_prefix("c=IN IP6 "))
-        {
-            ip = Some(rest.trim().parse().unwrap());
-        }
-        if let Some(rest) = line.strip_prefix("m=audio ") {
-            port = Some(rest.split(' ').next().unwrap().parse::<u16>().unwrap());
-        }
-    }
-    SocketAddr::new(ip.expect("c= line"), port.expect("m=audio line"))
-}
 
 /// The (tag, key+salt) of the `a=crypto` line for [`SUITE`].
 pub fn crypto_of(sdp: &str) -> (u32, Vec<u8>) {
@@ -57,18 +39,6 @@ pub fn decode_key(inline: &str) -> Vec<u8> {
 /// base64 of a key||salt, for `inline:`.
 pub fn encode_key(key: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(key)
-}
-
-/// An SRTP context for key||salt.
-pub fn srtp_context(key_salt: &[u8]) -> Context {
-    Context::new(
-        &key_salt[..16],
-        &key_salt[16..30],
-        ProtectionProfile::Aes128CmHmacSha1_80,
-        None,
-        None,
-    )
-    .unwrap()
 }
 
 /// An RTP packet, PCMA (8), 20 ms timestamps.
