@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -16,10 +16,11 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::ids::{CallId, LegSide};
 use crate::leg::LatchPolicy;
-use crate::ports::{PortPool, RangeChange, allocate_pairs};
+use crate::ports::{PortPool, RangeChange, allocate_n, allocate_pairs};
 use crate::quality::{LegQualitySummary, MonitorConfig, QualityEvent, QualitySnapshot};
 use crate::relay::call::CallTimers;
 use crate::relay::published::{CallState, Published};
+use crate::relay::spares::{ReleasePair, SparePool, TakePair};
 use crate::relay::totals::WorkerTotals;
 use crate::relay::worker::{self, WAKER, WorkerSetup};
 use crate::relay::{Command, Freed, NewCall};
@@ -191,6 +192,40 @@ pub struct RelayConfig {
     /// Client legs kept allocated ahead of calls; a burst larger than this waits for new ones
     /// (refused with [`crate::Error::RelayUnavailable`] meanwhile).
     pub spares: usize,
+}
+
+impl RelayConfig {
+    /// Checks the values a daemon may have read from its configuration.
+    pub fn validate(&self) -> crate::Result<()> {
+        let bad = |key, reason: &str| {
+            Err(crate::Error::Config {
+                key,
+                reason: reason.to_owned(),
+            })
+        };
+        if self.server.port() == 0 || self.server.ip().is_unspecified() {
+            return bad("turn.server", "needs a routable address and a port");
+        }
+        if self.username.is_empty() || self.password.is_empty() {
+            return bad(
+                "turn.username",
+                "long-term credentials need a username and a password",
+            );
+        }
+        if self.lifetime < Duration::from_secs(60) {
+            return bad(
+                "turn.lifetime_secs",
+                "at least 60 s (refreshes come a minute early)",
+            );
+        }
+        if self.spares == 0 {
+            return bad(
+                "turn.spares",
+                "at least 1, or no call could ever be answered",
+            );
+        }
+        Ok(())
+    }
 }
 
 /// How the relay stands, for `Status` and metrics.
@@ -521,6 +556,9 @@ struct Shared {
     epoch: Instant,
     /// DSCP for sockets bound from now on; a reload changes it (live calls keep theirs).
     dscp: AtomicU8,
+    /// Client legs allocated on the TURN server ahead of calls, when `[turn]` is on (set once,
+    /// right after start).
+    spares: OnceLock<SparePool>,
 }
 
 /// How the control plane reaches one worker.
@@ -575,7 +613,9 @@ impl MediaEngine {
         relay: Option<RelayConfig>,
     ) -> crate::Result<(MediaEngine, Receiver<MediaEvent>)> {
         config.validate()?;
-        let _ = relay;
+        if let Some(relay) = &relay {
+            relay.validate()?;
+        }
         let n = match config.workers {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             n => n,
@@ -641,6 +681,7 @@ impl MediaEngine {
             stopped: AtomicBool::new(false),
             epoch,
             dscp: AtomicU8::new(dscp),
+            spares: OnceLock::new(),
         });
         let mut engine = MediaEngine {
             shared,
@@ -657,6 +698,22 @@ impl MediaEngine {
                     engine.stop();
                     return Err(crate::Error::Socket {
                         addr: SocketAddr::new(engine.shared.config.bind_address, 0),
+                        source,
+                    });
+                }
+            }
+        }
+        if let Some(relay) = relay {
+            let server = relay.server;
+            let (take, release) = spare_pairs(&engine.shared);
+            match SparePool::start(relay, take, release) {
+                Ok(pool) => {
+                    let _ = engine.shared.spares.set(pool);
+                }
+                Err(source) => {
+                    engine.stop();
+                    return Err(crate::Error::Socket {
+                        addr: server,
                         source,
                     });
                 }
@@ -683,6 +740,10 @@ impl MediaEngine {
             return;
         }
         self.shared.stopped.store(true, Ordering::Release);
+        // Spares first: their thread frees ports through the registry, workers then end calls.
+        if let Some(spares) = self.shared.spares.get() {
+            spares.stop();
+        }
         for link in &self.shared.workers {
             let _ = link.commands.send(Command::Shutdown);
             let _ = link.waker.wake();
@@ -704,6 +765,24 @@ impl Drop for MediaEngine {
 }
 
 impl Shared {
+    /// Binds an even/odd pair on the media address with the current DSCP and buffer size.
+    fn pair_binder(
+        &self,
+    ) -> impl FnMut(u16) -> Result<(mio::net::UdpSocket, mio::net::UdpSocket), crate::ports::BindError>
+    {
+        let opts = SocketOptions {
+            dscp: self.dscp.load(Ordering::Relaxed),
+            buffer_bytes: self.config.socket_buffer_bytes,
+        };
+        let ip = self.config.bind_address;
+        move |rtp| {
+            let a = bind_media_socket(SocketAddr::new(ip, rtp), opts)?;
+            // The pool only holds pairs whose odd port is inside the range, so rtp + 1 fits.
+            let b = bind_media_socket(SocketAddr::new(ip, rtp + 1), opts)?;
+            Ok((a, b))
+        }
+    }
+
     /// Locks the registry and folds in what workers freed since the last look.
     fn lock(&self) -> MutexGuard<'_, Registry> {
         // A panic while holding the lock leaves consistent counts (each step is one operation).
@@ -746,6 +825,25 @@ impl Shared {
             &state,
         ))
     }
+}
+
+/// How the TURN spare thread takes pairs from, and returns them to, the engine's port pool. Weak
+/// references: the engine owns the spare pool, not the other way round.
+fn spare_pairs(shared: &Arc<Shared>) -> (TakePair, ReleasePair) {
+    let weak = Arc::downgrade(shared);
+    let take: TakePair = Box::new(move || {
+        let sh = weak.upgrade().ok_or(crate::Error::Stopped)?;
+        let bind = sh.pair_binder();
+        let [(rtp, (a, b))] = allocate_n::<1, _>(&mut sh.lock().pool, Instant::now(), bind)?;
+        Ok((rtp, [a, b]))
+    });
+    let weak = Arc::downgrade(shared);
+    let release: ReleasePair = Box::new(move |rtp| {
+        if let Some(sh) = weak.upgrade() {
+            sh.lock().pool.release(rtp, Instant::now());
+        }
+    });
+    (take, release)
 }
 
 /// Builds the public snapshot from what the control plane knows and what the worker published.
@@ -791,29 +889,43 @@ pub struct MediaControl {
 impl MediaControl {
     /// How XCC's own TURN relay stands; `None` when `[turn]` is off.
     pub fn relay_status(&self) -> Option<RelayStatus> {
-        None
+        self.shared.spares.get().map(SparePool::status)
     }
 
     /// Takes four ports (two even/odd pairs) from the pool, binds them with DSCP set and hands them
-    /// to a worker. Fails with [`crate::Error::PoolExhausted`] when no pair is left.
+    /// to a worker. Fails with [`crate::Error::PoolExhausted`] when no pair is left. With `[turn]`
+    /// on, the client pair is a ready TURN spare (its relayed addresses in
+    /// [`AllocatedCall::relay`]), or the call is refused with [`crate::Error::RelayUnavailable`].
     pub fn allocate(&self) -> crate::Result<AllocatedCall> {
         let sh = &self.shared;
         if sh.stopped.load(Ordering::Acquire) {
             return Err(crate::Error::Stopped);
         }
-        let opts = SocketOptions {
-            dscp: sh.dscp.load(Ordering::Relaxed),
-            buffer_bytes: sh.config.socket_buffer_bytes,
+        let bind = sh.pair_binder();
+        let (client, pbx, relay) = match sh.spares.get() {
+            None => {
+                let mut reg = sh.lock();
+                let [client, pbx] = allocate_pairs(&mut reg.pool, Instant::now(), bind)?;
+                (client, pbx, None)
+            }
+            Some(spares) => {
+                // The PBX pair first: a call refused for want of ports must not use up a spare.
+                let [pbx] = allocate_n::<1, _>(&mut sh.lock().pool, Instant::now(), bind)?;
+                match spares.take() {
+                    Ok(ready) => {
+                        let [a, b] = ready.sockets;
+                        ((ready.rtp_port, (a, b)), pbx, Some(Box::new(ready.relay)))
+                    }
+                    Err(e) => {
+                        let port = pbx.0;
+                        drop(pbx);
+                        sh.lock().pool.put_back(port);
+                        return Err(e);
+                    }
+                }
+            }
         };
-        let ip = sh.config.bind_address;
-        let mut reg = sh.lock();
-        let pairs = allocate_pairs(&mut reg.pool, Instant::now(), |rtp| {
-            let a = bind_media_socket(SocketAddr::new(ip, rtp), opts)?;
-            // The pool only holds pairs whose odd port is inside the range, so rtp + 1 fits.
-            let b = bind_media_socket(SocketAddr::new(ip, rtp + 1), opts)?;
-            Ok((a, b))
-        })?;
-        let [(crtp, (c0, c1)), (prtp, (p0, p1))] = pairs;
+        let ((crtp, (c0, c1)), (prtp, (p0, p1))) = (client, pbx);
         let ports = [
             LegPorts {
                 rtp: crtp,
@@ -824,6 +936,8 @@ impl MediaControl {
                 rtcp: prtp + 1,
             },
         ];
+        let relayed = relay.as_ref().map(|r| r.relayed());
+        let mut reg = sh.lock();
         // `load` has one entry per worker and there is at least one worker.
         let worker = (0..reg.load.len())
             .min_by_key(|&w| reg.load[w])
@@ -851,13 +965,14 @@ impl MediaControl {
             created,
             published,
             resume: None,
+            relay,
         };
         sh.send(worker, Command::Add(Box::new(new)))?;
-        tracing::debug!(%call, worker, client = crtp, pbx = prtp, "call allocated");
+        tracing::debug!(%call, worker, client = crtp, pbx = prtp, relayed = ?relayed, "call allocated");
         Ok(AllocatedCall {
             call,
             ports,
-            relay: None,
+            relay: relayed,
         })
     }
 
@@ -1052,6 +1167,7 @@ impl MediaControl {
             created: point.created,
             published,
             resume: Some(Box::new(point.legs.clone())),
+            relay: None,
         };
         sh.send(worker, Command::Add(Box::new(new)))?;
         tracing::info!(call = %point.call, worker, client = point.ports[0].rtp, pbx = point.ports[1].rtp, "call restored");

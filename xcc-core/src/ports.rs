@@ -210,12 +210,22 @@ fn pairs_in(first: u32, last: u32) -> impl Iterator<Item = u16> {
 pub fn allocate_pairs<T>(
     pool: &mut PortPool,
     now: Instant,
-    mut bind: impl FnMut(u16) -> Result<T, BindError>,
+    bind: impl FnMut(u16) -> Result<T, BindError>,
 ) -> crate::Result<[(u16, T); PAIRS_PER_CALL]> {
+    allocate_n(pool, now, bind)
+}
+
+/// [`allocate_pairs`] for `N` pairs: one for a call whose client leg comes from the TURN spares,
+/// one for each spare.
+pub fn allocate_n<const N: usize, T>(
+    pool: &mut PortPool,
+    now: Instant,
+    mut bind: impl FnMut(u16) -> Result<T, BindError>,
+) -> crate::Result<[(u16, T); N]> {
     let mut attempts = pool.free_pairs(now);
-    let mut bound: [Option<(u16, T)>; PAIRS_PER_CALL] = [None, None];
+    let mut bound: [Option<(u16, T)>; N] = std::array::from_fn(|_| None);
     let mut filled = 0;
-    while filled < PAIRS_PER_CALL {
+    while filled < N {
         let next = if attempts > 0 { pool.take(now) } else { None };
         let Some(rtp) = next else {
             for (port, _) in bound.iter_mut().filter_map(Option::take) {
@@ -224,7 +234,7 @@ pub fn allocate_pairs<T>(
             let free = pool.free_pairs(now) * 2;
             return Err(crate::Error::PoolExhausted {
                 free,
-                needed: PAIRS_PER_CALL * 2,
+                needed: N * 2,
             });
         };
         attempts -= 1;
@@ -246,12 +256,8 @@ pub fn allocate_pairs<T>(
             }
         }
     }
-    let [a, b] = bound;
-    match (a, b) {
-        (Some(a), Some(b)) => Ok([a, b]),
-        // The loop above only exits once both slots are filled.
-        _ => unreachable!("allocate_pairs: loop exits with both pairs bound"),
-    }
+    // The loop above only exits once every slot is filled.
+    Ok(bound.map(|b| b.expect("allocate_n: loop exits with every pair bound")))
 }
 
 /// Why binding a pair failed, as far as the pool cares.

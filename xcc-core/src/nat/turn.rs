@@ -803,18 +803,20 @@ impl TcpFramer {
     }
 }
 
+/// A scripted long-term-credential TURN server and helpers, shared by the TURN tests of this
+/// crate (the client relay in the worker uses it too).
 #[cfg(test)]
-mod tests {
+pub(crate) mod fake {
     use super::*;
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
 
-    const SERVER: &str = "203.0.113.10:3478";
-    const RELAYED: &str = "203.0.113.10:49200";
-    const MAPPED: &str = "203.0.113.1:30000";
-    const PEER: &str = "198.51.100.20:40000";
+    pub(crate) const SERVER: &str = "203.0.113.10:3478";
+    pub(crate) const RELAYED: &str = "203.0.113.10:49200";
+    pub(crate) const MAPPED: &str = "203.0.113.1:30000";
+    pub(crate) const PEER: &str = "198.51.100.20:40000";
 
-    fn config(password: &str) -> TurnConfig {
+    pub(crate) fn config(password: &str) -> TurnConfig {
         TurnConfig {
             server: SERVER.parse().unwrap(),
             username: "xcc".into(),
@@ -826,19 +828,19 @@ mod tests {
     }
 
     /// A long-term-credential TURN server: realm `xcc.test`, user `xcc`, password `secret`.
-    struct Server {
-        nonce: &'static str,
+    pub(crate) struct Server {
+        pub(crate) nonce: &'static str,
         /// Answer the next authenticated request with 438 and switch to this nonce.
-        stale_next: Option<&'static str>,
-        requests: Vec<Vec<u8>>,
+        pub(crate) stale_next: Option<&'static str>,
+        pub(crate) requests: Vec<Vec<u8>>,
     }
 
     impl Server {
-        fn key() -> [u8; 16] {
+        pub(crate) fn key() -> [u8; 16] {
             md5::Md5::digest(b"xcc:xcc.test:secret").into()
         }
 
-        fn answer(&mut self, request: &[u8]) -> Vec<u8> {
+        pub(crate) fn answer(&mut self, request: &[u8]) -> Vec<u8> {
             self.requests.push(request.to_vec());
             let msg = Message::parse(request).unwrap();
             let id = msg.transaction_id();
@@ -881,7 +883,7 @@ mod tests {
         }
     }
 
-    fn server() -> Server {
+    pub(crate) fn server() -> Server {
         Server {
             nonce: "n1",
             stale_next: None,
@@ -890,7 +892,12 @@ mod tests {
     }
 
     /// Exchanges every pending request with `server` at `now`.
-    fn pump(c: &mut TurnClient, server: &mut Server, now: Instant, rng: &mut ChaCha8Rng) {
+    pub(crate) fn pump(
+        c: &mut TurnClient,
+        server: &mut Server,
+        now: Instant,
+        rng: &mut ChaCha8Rng,
+    ) {
         for _ in 0..10 {
             c.handle_timeout(now, rng);
             let Some((_, req)) = c.poll_transmit() else {
@@ -905,13 +912,21 @@ mod tests {
         }
     }
 
-    fn allocated(t0: Instant) -> (TurnClient, Server, ChaCha8Rng) {
+    pub(crate) fn allocated(t0: Instant) -> (TurnClient, Server, ChaCha8Rng) {
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         let mut c = TurnClient::new(config("secret"), t0);
         let mut s = server();
         pump(&mut c, &mut s, t0, &mut rng);
         (c, s, rng)
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fake::*;
+    use super::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
 
     #[test]
     fn allocates_after_401_with_the_long_term_key() {

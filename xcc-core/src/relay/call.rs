@@ -195,6 +195,13 @@ impl Call {
         }
     }
 
+    /// Counts a drop the worker decided before the leg saw the packet (a datagram that bypassed
+    /// the leg's TURN relay).
+    pub fn record_drop(&mut self, side: LegSide, reason: DropReason) {
+        self.legs[side.index()].record_drop(reason);
+        self.dirty = true;
+    }
+
     /// The silence after which this call ends: the hold timeout while any leg is not sendrecv.
     pub fn timeout(&self) -> Duration {
         let on_hold = self

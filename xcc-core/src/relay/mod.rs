@@ -6,7 +6,9 @@
 //! channel and the lock-free [`published::Published`] record of each call.
 
 pub mod call;
+pub(crate) mod client_relay;
 pub(crate) mod published;
+pub(crate) mod spares;
 pub(crate) mod totals;
 pub(crate) mod worker;
 
@@ -31,6 +33,8 @@ pub(crate) struct NewCall {
     pub published: Arc<published::Published>,
     /// For a call restored after a restart: configuration, latches and SRTP progress per leg.
     pub resume: Option<Box<[crate::media::LegResume; 2]>>,
+    /// The client leg's TURN allocations when `[turn]` relays client legs.
+    pub relay: Option<Box<client_relay::ClientRelay>>,
 }
 
 /// Control plane to worker.

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -15,12 +15,14 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use mio::{Events, Interest, Poll, Token};
 
 use crate::ids::{CallId, LegSide};
-use crate::leg::{LatchPolicy, LocalPort};
+use crate::leg::{DropReason, LatchPolicy, LocalPort};
 use crate::media::{EndReason, LegCounters, LegPorts, MediaEvent};
 use crate::nat::ice::MAX_RESPONSE_LEN;
 use crate::nat::stun::is_stun;
+use crate::nat::turn::SEND_OVERHEAD;
 use crate::quality::{MonitorConfig, QualityEvent, VoipEvent};
 use crate::relay::call::{Call, CallTimers};
+use crate::relay::client_relay::{ClientRelay, RelayNotice, Unwrapped};
 use crate::relay::published::Published;
 use crate::relay::totals::{WorkerTotals, add_counters};
 use crate::relay::{Command, Freed, NewCall};
@@ -81,6 +83,9 @@ struct Slot {
     created: SystemTime,
     /// Where counters go.
     published: Arc<Published>,
+    /// The client leg's TURN allocations when `[turn]` relays client legs: what its sockets send
+    /// and receive passes the TURN server.
+    relay: Option<Box<ClientRelay>>,
 }
 
 /// Socket index inside a slot for a leg's local port.
@@ -108,6 +113,8 @@ struct Worker {
     /// Hole-punching probes are written here (an ICE check with USERNAME of two 256-byte ufrags
     /// at most fits; a probe that does not is skipped by the puncher, never truncated).
     punch_out: [u8; PUNCH_BUF_LEN],
+    /// Datagrams for a TURN server are wrapped here (payload plus a Send indication's header).
+    relay_out: Box<[u8]>,
     /// Transaction ids and tie-breakers of hole-punching probes (thread-local CSPRNG).
     rng: rand::rngs::ThreadRng,
     /// Stop after this loop iteration.
@@ -130,6 +137,7 @@ pub(crate) fn run(setup: WorkerSetup) {
         buf: vec![0u8; BUF_LEN].into_boxed_slice(),
         stun_out: [0u8; MAX_RESPONSE_LEN],
         punch_out: [0u8; PUNCH_BUF_LEN],
+        relay_out: vec![0u8; BUF_LEN + SEND_OVERHEAD].into_boxed_slice(),
         rng: rand::rng(),
         stopping: false,
         retired: LegCounters::default(),
@@ -197,12 +205,27 @@ impl Worker {
             LocalPort::Rtcp
         };
         for _ in 0..BURST {
-            let (len, from) = match slot.sockets[sock_i].recv_from(&mut self.buf[..MAX_DATAGRAM]) {
-                Ok(r) => r,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                // A pending socket error (e.g. ICMP) is consumed by this call: read on.
-                Err(_) => continue,
-            };
+            let (mut len, mut from) =
+                match slot.sockets[sock_i].recv_from(&mut self.buf[..MAX_DATAGRAM]) {
+                    Ok(r) => r,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                    // A pending socket error (e.g. ICMP) is consumed by this call: read on.
+                    Err(_) => continue,
+                };
+            // A relayed client leg hears its peer only through the TURN server.
+            if let Some(relay) = slot.relay.as_deref_mut().filter(|_| sock_i < 2) {
+                match relay.unwrap(now, sock_i, from, &mut self.buf, len, &mut self.rng) {
+                    Unwrapped::Media { peer, len: n } => (from, len) = (peer, n),
+                    Unwrapped::Control => {
+                        pump_relay(&slot.sockets, relay);
+                        continue;
+                    }
+                    Unwrapped::Stray => {
+                        slot.call.record_drop(side, DropReason::Stray);
+                        continue;
+                    }
+                }
+            }
             // RFC 7983 demux: STUN on a leg port is an ICE check (or a stray), never media.
             if is_stun(&self.buf[..len]) {
                 let reply = slot.call.handle_stun(
@@ -214,9 +237,17 @@ impl Worker {
                     &mut self.stun_out,
                 );
                 if let Some(n) = reply.send {
-                    let _ = slot.sockets[sock_i].send_to(&self.stun_out[..n], from);
+                    let _ = send_via(
+                        &slot.sockets,
+                        slot.relay.as_deref_mut(),
+                        sock_i,
+                        &self.stun_out[..n],
+                        from,
+                        &mut self.relay_out,
+                    );
                 }
                 if let Some(addr) = reply.latched {
+                    relay_latched(slot, sock_i, addr, now);
                     let _ = self.setup.events.send(MediaEvent::Latched {
                         call: slot.id,
                         side,
@@ -230,6 +261,7 @@ impl Worker {
                 .handle_receive(now, side, port, from, &mut self.buf, len);
             if let Some(addr) = step.latched {
                 // Latching happens once per peer (and per proven move): not a per-packet cost.
+                relay_latched(slot, sock_i, addr, now);
                 let _ = self.setup.events.send(MediaEvent::Latched {
                     call: slot.id,
                     side,
@@ -237,9 +269,14 @@ impl Worker {
                 });
             }
             if let Some((to, out, rtcp)) = step.send {
-                let sock = &slot.sockets[socket_index(to, out.from)];
-                let ok =
-                    matches!(sock.send_to(&self.buf[..out.len], out.to), Ok(n) if n == out.len);
+                let ok = send_via(
+                    &slot.sockets,
+                    slot.relay.as_deref_mut(),
+                    socket_index(to, out.from),
+                    &self.buf[..out.len],
+                    out.to,
+                    &mut self.relay_out,
+                );
                 slot.call.record_send(side, to, out.len, rtcp, ok);
             }
         }
@@ -255,6 +292,14 @@ impl Worker {
                 Ok(Command::Configure { call, side, config }) => {
                     if let Some(slot) = self.by_id.get(&call).and_then(|&i| self.slots[i].as_mut())
                     {
+                        if let Some(relay) = slot.relay.as_deref_mut()
+                            && side == LegSide::Client
+                        {
+                            // The peer's permissions go out now, ahead of its first packets.
+                            relay.permit(now, &config);
+                            relay.handle_timeout(now, &mut self.rng);
+                            pump_relay(&slot.sockets, relay);
+                        }
                         slot.call.configure(side, *config, now);
                     }
                 }
@@ -282,6 +327,7 @@ impl Worker {
             created,
             published,
             resume,
+            relay,
         } = new;
         let i = self.free_slots.pop().unwrap_or_else(|| {
             self.slots.push(None);
@@ -315,6 +361,7 @@ impl Worker {
             ports,
             created,
             published,
+            relay,
         });
         self.by_id.insert(id, i);
         tracing::debug!(worker = self.setup.index, call = %id, "call added");
@@ -335,7 +382,22 @@ impl Worker {
             slot.call.handle_punch_timeout(now, &mut self.rng);
             let client_rtp = socket_index(LegSide::Client, LocalPort::Rtp);
             while let Some((to, len)) = slot.call.poll_punch(&mut self.punch_out) {
-                let _ = slot.sockets[client_rtp].send_to(&self.punch_out[..len], to);
+                let _ = send_via(
+                    &slot.sockets,
+                    slot.relay.as_deref_mut(),
+                    client_rtp,
+                    &self.punch_out[..len],
+                    to,
+                    &mut self.relay_out,
+                );
+            }
+            if let Some(relay) = slot.relay.as_deref_mut() {
+                relay.handle_timeout(now, &mut self.rng);
+                pump_relay(&slot.sockets, relay);
+                while let Some(RelayNotice::Failed { socket, code }) = relay.poll_notice() {
+                    let _span = tracing::info_span!("call", id = slot.id.0).entered();
+                    tracing::warn!(socket, ?code, "TURN request for the client leg failed");
+                }
             }
             while let Some((side, event)) = slot.call.poll_quality_event() {
                 let _span = tracing::info_span!("call", id = slot.id.0).entered();
@@ -406,6 +468,12 @@ impl Worker {
             ],
             &state,
         );
+        if let Some(relay) = slot.relay.as_deref_mut() {
+            // Deallocate now rather than leave the server holding relayed ports for the lifetime.
+            relay.close(now);
+            relay.handle_timeout(now, &mut self.rng);
+            pump_relay(&slot.sockets, relay);
+        }
         for s in slot.sockets.iter_mut() {
             let _ = self.setup.poll.registry().deregister(s);
         }
@@ -429,5 +497,43 @@ impl Worker {
             last: Box::new(last),
             quality: Box::new(quality),
         });
+    }
+}
+
+/// Sends `bytes` to `to` from socket `sock_i` of a call: wrapped for the TURN server when that is
+/// a relayed client-leg socket. Returns whether the kernel took the whole datagram.
+fn send_via(
+    sockets: &[mio::net::UdpSocket; 4],
+    relay: Option<&mut ClientRelay>,
+    sock_i: usize,
+    bytes: &[u8],
+    to: SocketAddr,
+    wrap_buf: &mut [u8],
+) -> bool {
+    match relay {
+        Some(relay) if sock_i < 2 => match relay.wrap(sock_i, to, bytes, wrap_buf) {
+            Some((server, n)) => {
+                matches!(sockets[sock_i].send_to(&wrap_buf[..n], server), Ok(m) if m == n)
+            }
+            None => false,
+        },
+        _ => matches!(sockets[sock_i].send_to(bytes, to), Ok(n) if n == bytes.len()),
+    }
+}
+
+/// Sends the TURN requests a relay has queued (permissions, channel binds, refreshes).
+fn pump_relay(sockets: &[mio::net::UdpSocket; 4], relay: &mut ClientRelay) {
+    for (k, socket) in sockets.iter().take(2).enumerate() {
+        while let Some((to, bytes)) = relay.poll_transmit(k) {
+            let _ = socket.send_to(bytes, to);
+        }
+    }
+}
+
+/// A relayed client leg latched to `peer` on socket `sock_i`: bind it a channel.
+fn relay_latched(slot: &mut Slot, sock_i: usize, peer: SocketAddr, now: Instant) {
+    if let Some(relay) = slot.relay.as_deref_mut().filter(|_| sock_i < 2) {
+        relay.latched(now, sock_i, peer);
+        // The ChannelBind goes out on the next tick with the other requests.
     }
 }

@@ -1,0 +1,257 @@
+//! Client legs relayed through XCC's own TURN allocations (`MediaEngine::start_relayed`), against
+//! a real coturn on loopback with long-term credentials: spares are allocated ahead of calls, the
+//! call's client leg speaks SRTP through the relay both ways, direct datagrams to the bound client
+//! ports are dropped, and a server refusing the credentials makes allocation fail cleanly without
+//! leaking ports.
+//!
+//! coturn must allow loopback peers here (`--allow-loopback-peers`): the phone and XCC both live on
+//! 127.0.0.1. Without coturn installed each test skips, failing under CI.
+
+mod media_support;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use media_support::*;
+use xcc_core::ids::LegSide;
+use xcc_core::media::{MediaConfig, MediaEngine, MediaEvent, RelayConfig};
+use xcc_core::srtp::SrtpSuite;
+
+/// coturn's listening port on 127.0.0.1.
+const TURN_PORT: u16 = 27478;
+/// coturn's relay port range (outside every test pool).
+const RELAY_PORTS: (u16, u16) = (27500, 27599);
+/// The engine's pool.
+const POOL: (u16, u16) = (27400, 27449);
+/// Bound of every wait.
+const LIMIT: Duration = Duration::from_secs(10);
+
+/// One coturn per test binary at a time: the tests share its port.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// coturn with user `xcc:secret` in realm `xcc.test`, killed on drop.
+struct Coturn {
+    _serial: MutexGuard<'static, ()>,
+    child: Child,
+}
+
+impl Coturn {
+    fn start() -> Option<Coturn> {
+        let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        if Command::new("turnserver")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "coturn (turnserver) must be installed under CI"
+            );
+            eprintln!("skipped: coturn (turnserver) not installed");
+            return None;
+        }
+        let pidfile = format!("/tmp/xcc-media-turn-{}.pid", std::process::id());
+        let child = Command::new("turnserver")
+            .args(["-n", "--no-cli", "--no-tls", "--no-dtls"])
+            .args(["-L", "127.0.0.1", "--relay-ip", "127.0.0.1"])
+            .args(["--listening-port", &TURN_PORT.to_string()])
+            .args(["--min-port", &RELAY_PORTS.0.to_string()])
+            .args(["--max-port", &RELAY_PORTS.1.to_string()])
+            .args([
+                "--lt-cred-mech",
+                "--user",
+                "xcc:secret",
+                "--realm",
+                "xcc.test",
+            ])
+            .args(["--allow-loopback-peers", "--pidfile", &pidfile])
+            .args(["--log-file", "stdout"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn turnserver");
+        Some(Coturn {
+            _serial: serial,
+            child,
+        })
+    }
+}
+
+impl Drop for Coturn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn relay(password: &str) -> RelayConfig {
+    RelayConfig {
+        server: local(TURN_PORT),
+        username: "xcc".into(),
+        password: password.into(),
+        lifetime: Duration::from_secs(600),
+        spares: 2,
+    }
+}
+
+fn relayed_engine(password: &str) -> (MediaEngine, crossbeam_channel::Receiver<MediaEvent>) {
+    let cfg = MediaConfig {
+        bind_address: "127.0.0.1".parse().unwrap(),
+        port_min: POOL.0,
+        port_max: POOL.1,
+        workers: 1,
+        quarantine_secs: 0,
+        ..MediaConfig::default()
+    };
+    MediaEngine::start_relayed(cfg, Some(relay(password))).expect("engine starts")
+}
+
+/// Receives datagrams on `sock` until one is not a TURN/STUN message from XCC's punching.
+fn recv_media(sock: &UdpSocket) -> (Vec<u8>, SocketAddr) {
+    recv(sock)
+}
+
+#[test]
+fn relayed_client_leg_carries_srtp_both_ways_through_coturn() {
+    let Some(_coturn) = Coturn::start() else {
+        return;
+    };
+    let (engine, _events) = relayed_engine("secret");
+    let ctl = engine.control();
+    // Spares are made ahead of calls: the first one appears within a few round trips (coturn
+    // may take a moment to listen, the failover schedule retries).
+    let status = wait_for(LIMIT, || ctl.relay_status().filter(|s| s.ready >= 1));
+    assert_eq!(status.server, local(TURN_PORT));
+    assert!(status.allocated_total >= 1 && status.last_error.is_none());
+
+    let call = ctl.allocate().expect("a spare is ready");
+    let relayed = call.relay.expect("the client leg is relayed");
+    for addr in [relayed.rtp, relayed.rtcp] {
+        assert_eq!(addr.ip(), local(0).ip());
+        assert!(
+            (RELAY_PORTS.0..=RELAY_PORTS.1).contains(&addr.port()),
+            "{addr} is on coturn's relay range, not one of XCC's ports"
+        );
+    }
+    assert_ne!(relayed.rtp, relayed.rtcp, "one allocation per socket");
+
+    let (phone, pbx) = (Phone::new(), Phone::new());
+    let mut sp = SrtpPhone::new(SrtpSuite::AesCm128HmacSha1_80);
+    ctl.configure_leg(
+        call.call,
+        LegSide::Client,
+        leg_to(&phone, Some(sp.keys.clone())),
+    )
+    .unwrap();
+    ctl.configure_leg(call.call, LegSide::Pbx, leg_to(&pbx, None))
+        .unwrap();
+    let [c, p] = call.ports;
+
+    // XCC permits the phone as soon as the leg is configured; the phone's first packets may
+    // still race the CreatePermission round trip, so it repeats its first one until it passes.
+    let first = rtp_packet(1, 0xc1, 0x11);
+    let wire = sp.protect(&first, false);
+    pbx.rtp
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut got = None;
+    for _ in 0..50 {
+        phone.rtp.send_to(&wire, relayed.rtp).unwrap();
+        let mut buf = [0u8; 2048];
+        if let Ok((n, from)) = pbx.rtp.recv_from(&mut buf) {
+            got = Some((buf[..n].to_vec(), from));
+            break;
+        }
+    }
+    pbx.rtp.set_read_timeout(Some(LIMIT)).unwrap();
+    assert_eq!(
+        got,
+        Some((first, local(p.rtp))),
+        "the phone's SRTP reached the PBX decrypted, through the relay"
+    );
+    for seq in 2..=30u16 {
+        let up = rtp_packet(seq, 0xc1, 0x11);
+        phone
+            .rtp
+            .send_to(&sp.protect(&up, false), relayed.rtp)
+            .unwrap();
+        assert_eq!(recv_media(&pbx.rtp), (up, local(p.rtp)));
+
+        let down = rtp_packet(seq, 0xb2, 0x22);
+        pbx.rtp.send_to(&down, local(p.rtp)).unwrap();
+        let (wire, from) = recv_media(&phone.rtp);
+        assert_eq!(
+            from, relayed.rtp,
+            "XCC's media comes from the relayed address"
+        );
+        assert_eq!(sp.unprotect(&wire, false), down);
+    }
+    // RTCP travels on its own allocation.
+    let rr = rtcp_packet(0xc1);
+    let mut srtcp = sp.protect(&rr, true);
+    let mut delivered = None;
+    pbx.rtcp
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    for _ in 0..50 {
+        phone.rtcp.send_to(&srtcp, relayed.rtcp).unwrap();
+        let mut buf = [0u8; 2048];
+        if let Ok((n, from)) = pbx.rtcp.recv_from(&mut buf) {
+            delivered = Some((buf[..n].to_vec(), from));
+            break;
+        }
+        // A repeated SRTCP index would be a replay: protect the next one.
+        srtcp = sp.protect(&rr, true);
+    }
+    assert_eq!(delivered, Some((rr, local(p.rtcp))));
+
+    // The bound client port is not where the phone was told to send: direct packets are strays.
+    let snapshot_strays = |ctl: &xcc_core::media::MediaControl| {
+        ctl.snapshot(call.call).unwrap().legs[0]
+            .counters
+            .drops
+            .stray
+    };
+    let before = snapshot_strays(&ctl);
+    let direct = sp.protect(&rtp_packet(31, 0xc1, 0x11), false);
+    phone.rtp.send_to(&direct, local(c.rtp)).unwrap();
+    wait_for(LIMIT, || (snapshot_strays(&ctl) > before).then_some(()));
+    assert!(!pending(&pbx.rtp), "a direct packet never reaches the PBX");
+
+    ctl.release(call.call).unwrap();
+    drop(engine);
+}
+
+#[test]
+fn refused_credentials_fail_spares_and_calls_cleanly_without_leaking_ports() {
+    let Some(_coturn) = Coturn::start() else {
+        return;
+    };
+    let (engine, _events) = relayed_engine("wrong");
+    let ctl = engine.control();
+    let status = wait_for(LIMIT, || ctl.relay_status().filter(|s| s.failed_total >= 1));
+    assert_eq!(status.ready, 0);
+    let reason = status.last_error.expect("the failure is described");
+    assert!(
+        reason.contains("401"),
+        "the server's refusal is named: {reason}"
+    );
+    match ctl.allocate() {
+        Err(xcc_core::Error::RelayUnavailable { server, reason }) => {
+            assert_eq!(server, local(TURN_PORT));
+            assert!(reason.contains("401"), "{reason}");
+        }
+        other => panic!("expected RelayUnavailable, got {other:?}"),
+    }
+    // The refused call gave its PBX pair back; failed spares gave theirs back: only the spares
+    // being retried (at most `spares` pairs) hold ports.
+    let pool = ctl.pool_status();
+    assert!(
+        pool.used <= 2 * 2,
+        "at most the retried spares' ports are in use, got {pool:?}"
+    );
+    assert!(ctl.calls().is_empty());
+    drop(engine);
+}
