@@ -31,7 +31,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use xcc_core::ids::{CallId, LegSide};
 use xcc_core::media::{
     AllocatedCall, CallSnapshot, LegConfig, LegPorts, LegResume, MediaControl, PoolStatus,
-    ResumePoint,
+    RelayedPorts, ResumePoint,
 };
 use xcc_grpc::media::MediaPlane;
 use xcc_grpc::session::{SessionTable, StoredSession};
@@ -99,6 +99,9 @@ pub struct StoredCall {
     /// Opaque SIP dialog state (the B2BUA's), if any.
     #[serde(with = "blob", default)]
     pub signalling: Option<Vec<u8>>,
+    /// The client leg's TURN allocations (`[turn]`), refreshed again after a restart.
+    #[serde(default)]
+    pub relay: Option<RelayedPorts>,
 }
 
 /// Base64 for the opaque blob.
@@ -132,6 +135,7 @@ impl StoredCall {
             created: UNIX_EPOCH + Duration::from_millis(self.created_unix_ms),
             ports: self.ports,
             legs: self.legs.clone(),
+            relay: self.relay,
         }
     }
 }
@@ -599,6 +603,7 @@ impl Writer {
                 }),
                 session: self.sessions.export(p.call),
                 signalling: self.signalling.get(&p.call).cloned(),
+                relay: p.relay,
             };
             let bytes = encode(&rec);
             if self.written.get(&p.call) == Some(&bytes) {
@@ -748,6 +753,11 @@ mod tests {
             legs: Default::default(),
             session: None,
             signalling: Some(b"dialog".to_vec()),
+            relay: Some(RelayedPorts {
+                rtp: "203.0.113.10:49200".parse().unwrap(),
+                rtcp: "203.0.113.10:49202".parse().unwrap(),
+                mapped: Some("198.51.100.1:30000".parse().unwrap()),
+            }),
         }
     }
 

@@ -354,6 +354,9 @@ pub struct ResumePoint {
     pub ports: [LegPorts; 2],
     /// Per leg, indexed by [`LegSide::index`].
     pub legs: [LegResume; 2],
+    /// The client leg's TURN allocations, when it was relayed: the restarted engine rebinds the
+    /// same ports, so the allocations (tied to the 5-tuple) are still the server's to refresh.
+    pub relay: Option<RelayedPorts>,
 }
 
 /// Why a call's media ended.
@@ -597,6 +600,8 @@ struct CallRecord {
     configured: [bool; 2],
     /// The worker's lock-free record.
     published: Arc<Published>,
+    /// The client leg's relayed addresses (`[turn]`), for restarts.
+    relay: Option<RelayedPorts>,
 }
 
 impl MediaEngine {
@@ -955,6 +960,7 @@ impl MediaControl {
                 configs: Default::default(),
                 configured: [false; 2],
                 published: published.clone(),
+                relay: relayed,
             },
         );
         drop(reg);
@@ -1062,6 +1068,7 @@ impl MediaControl {
                     created: rec.created,
                     ports: rec.ports,
                     legs: [leg(0), leg(1)],
+                    relay: rec.relay,
                 })
             })
             .collect();
@@ -1157,9 +1164,18 @@ impl MediaControl {
                     point.legs[1].config.is_some(),
                 ],
                 published: published.clone(),
+                relay: point.relay.filter(|_| sh.spares.get().is_some()),
             },
         );
         drop(reg);
+        let relay = match (point.relay, sh.spares.get()) {
+            (Some(relayed), Some(spares)) => Some(Box::new(spares.resume(relayed, now))),
+            (Some(relayed), None) => {
+                tracing::warn!(call = %point.call, ?relayed, "call was relayed through TURN, [turn] is off now: its client leg is not reachable where the client sends");
+                None
+            }
+            (None, _) => None,
+        };
         let new = NewCall {
             call: point.call,
             sockets,
@@ -1167,7 +1183,7 @@ impl MediaControl {
             created: point.created,
             published,
             resume: Some(Box::new(point.legs.clone())),
-            relay: None,
+            relay,
         };
         sh.send(worker, Command::Add(Box::new(new)))?;
         tracing::info!(call = %point.call, worker, client = point.ports[0].rtp, pbx = point.ports[1].rtp, "call restored");

@@ -239,6 +239,17 @@ impl TurnClient {
         }
     }
 
+    /// A client for an allocation that already exists on the server: a restarted XCC rebinds
+    /// the same port, so the 5-tuple (and with it the allocation and its relayed address) is
+    /// still the server's until its lifetime ends. A Refresh goes out at once (the 401 round
+    /// supplies a fresh nonce); a failure means the allocation is gone.
+    pub fn resume(config: TurnConfig, relayed: SocketAddr, now: Instant) -> Self {
+        let mut client = Self::new(config, now);
+        client.state = State::Allocated { relayed };
+        client.queue = VecDeque::from([TurnOperation::Refresh]);
+        client
+    }
+
     /// The relayed address, once allocated.
     pub fn relayed(&self) -> Option<SocketAddr> {
         match self.state {
@@ -927,6 +938,43 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
+
+    #[test]
+    fn a_resumed_allocation_refreshes_after_the_401_round_and_relays_at_once() {
+        let t0 = Instant::now();
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let relayed: SocketAddr = RELAYED.parse().unwrap();
+        let mut c = TurnClient::resume(config("secret"), relayed, t0);
+        assert_eq!(c.relayed(), Some(relayed));
+        // Data from the peer is accepted before the refresh completes (the server kept relaying).
+        let peer: SocketAddr = PEER.parse().unwrap();
+        let mut buf = [0u8; 256];
+        let mut w = Writer::new(&mut buf, DATA_INDICATION, TransactionId([5; 12])).unwrap();
+        w.xor_address(attr::XOR_PEER_ADDRESS, peer).unwrap();
+        w.attribute(attr::DATA, b"media").unwrap();
+        let n = w.finish();
+        assert_eq!(
+            c.handle_datagram(t0, SERVER.parse().unwrap(), &buf[..n], &mut rng),
+            TurnInput::Data {
+                peer,
+                payload: b"media"
+            }
+        );
+        let mut s = server();
+        pump(&mut c, &mut s, t0, &mut rng);
+        let types: Vec<u16> = s
+            .requests
+            .iter()
+            .map(|r| Message::parse(r).unwrap().msg_type())
+            .collect();
+        assert_eq!(
+            types,
+            [REFRESH, REFRESH],
+            "unauthenticated, then with the nonce"
+        );
+        assert_eq!(c.relayed(), Some(relayed));
+        assert_eq!(c.poll_timeout(), Some(t0 + Duration::from_secs(540)));
+    }
 
     #[test]
     fn allocates_after_401_with_the_long_term_key() {

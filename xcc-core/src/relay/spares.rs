@@ -201,6 +201,14 @@ impl SparePool {
         })
     }
 
+    /// The allocations of a call relayed before a restart, taken over on the same ports (see
+    /// [`TurnClient::resume`]).
+    pub(crate) fn resume(&self, relayed: RelayedPorts, now: Instant) -> ClientRelay {
+        let config = turn_config(&self.shared.config);
+        let turn = [relayed.rtp, relayed.rtcp].map(|r| TurnClient::resume(config.clone(), r, now));
+        ClientRelay::new(turn, relayed)
+    }
+
     /// How the pool stands.
     pub(crate) fn status(&self) -> RelayStatus {
         let st = self.shared.lock();
@@ -330,14 +338,7 @@ fn refill(sh: &Shared, st: &mut State, now: Instant) {
             fail(st, now, "cannot register a spare socket".to_owned());
             return;
         }
-        let config = TurnConfig {
-            server: sh.config.server,
-            transport: TurnTransport::Udp,
-            username: sh.config.username.clone(),
-            password: sh.config.password.clone(),
-            lifetime: sh.config.lifetime,
-            retransmission: Retransmission::FAILOVER,
-        };
+        let config = turn_config(&sh.config);
         st.spares.push(Spare {
             id,
             rtp_port,
@@ -350,6 +351,18 @@ fn refill(sh: &Shared, st: &mut State, now: Instant) {
             mapped: None,
             failed: None,
         });
+    }
+}
+
+/// The sans-IO client's settings for one allocation.
+fn turn_config(relay: &RelayConfig) -> TurnConfig {
+    TurnConfig {
+        server: relay.server,
+        transport: TurnTransport::Udp,
+        username: relay.username.clone(),
+        password: relay.password.clone(),
+        lifetime: relay.lifetime,
+        retransmission: Retransmission::FAILOVER,
     }
 }
 

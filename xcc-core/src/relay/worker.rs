@@ -345,11 +345,23 @@ impl Worker {
             self.setup.policy,
             self.setup.quality,
         );
+        let mut relay = relay;
         if let Some(legs) = resume {
             for (side, leg) in [LegSide::Client, LegSide::Pbx].into_iter().zip(legs.iter()) {
                 if let Some(config) = &leg.config {
                     call.configure(side, config.clone(), now);
                     call.resume_leg(side, (leg.latched_rtp, leg.latched_rtcp), &leg.srtp);
+                    if let Some(relay) = relay.as_deref_mut().filter(|_| side == LegSide::Client) {
+                        // Permissions and channels last minutes on the server; renew them now.
+                        relay.permit(now, config);
+                        for (k, latched) in
+                            [leg.latched_rtp, leg.latched_rtcp].into_iter().enumerate()
+                        {
+                            if let Some(peer) = latched {
+                                relay.latched(now, k, peer);
+                            }
+                        }
+                    }
                 }
             }
         }
