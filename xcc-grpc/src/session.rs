@@ -1355,6 +1355,52 @@ mod tests {
         assert!(media.leg(v.call, LegSide::Client).ice.is_none());
     }
 
+    /// XCC's SDP for the client with the random parts (key, ICE credentials) put back into a
+    /// literal, so a test can compare the whole text.
+    fn with_random_parts(template: &str, sdp: &str) -> String {
+        let mut out = template.replace("{crypto}", &crypto_in(sdp).to_string());
+        if let Some(ice) = xcc_ice(sdp).credentials {
+            out = out
+                .replace("{ufrag}", &ice.ufrag)
+                .replace("{pwd}", &ice.pwd);
+        }
+        out
+    }
+
+    #[test]
+    fn without_relay_the_client_answer_is_the_pre_turn_text() {
+        let media = Recorder::with_capacity(4);
+        let t = table(media);
+        let (v, _) = t
+            .create("k", LegSide::Client, &ice_client_offer("Phn1"))
+            .unwrap();
+        let (a, _) = t.answer(v.call, &pbx_sdp(6000)).unwrap();
+        let expected = "v=0\r\no=- 6360000766056333313 1 IN IP4 203.0.113.10\r\ns=-\r\n\
+            c=IN IP4 203.0.113.10\r\nt=0 0\r\na=ice-lite\r\nm=audio 40004 RTP/SAVP 0 8\r\n\
+            a=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=sendrecv\r\na=crypto:{crypto}\r\n\
+            a=ice-ufrag:{ufrag}\r\na=ice-pwd:{pwd}\r\n\
+            a=candidate:1 1 UDP 2130706431 203.0.113.10 40004 typ host\r\n\
+            a=candidate:1 2 UDP 2130706430 203.0.113.10 40005 typ host\r\n";
+        assert_eq!(a.sdp, with_random_parts(expected, &a.sdp));
+    }
+
+    #[test]
+    fn without_relay_the_offer_to_the_client_is_the_pre_turn_text() {
+        let media = Recorder::with_capacity(4);
+        let t = table(media);
+        t.set_client_address("198.51.100.77".parse().unwrap());
+        let (v, _) = t.create("k", LegSide::Pbx, &pbx_sdp(6000)).unwrap();
+        let expected = "v=0\r\no=- 6360000766056333313 1 IN IP4 198.51.100.77\r\ns=-\r\n\
+            c=IN IP4 198.51.100.77\r\nt=0 0\r\na=ice-lite\r\nm=audio 40004 RTP/SAVP 0 8\r\n\
+            a=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=sendrecv\r\na=crypto:{crypto}\r\n\
+            a=ice-ufrag:{ufrag}\r\na=ice-pwd:{pwd}\r\n\
+            a=candidate:1 1 UDP 2130706431 203.0.113.10 40004 typ host\r\n\
+            a=candidate:1 2 UDP 2130706430 203.0.113.10 40005 typ host\r\n\
+            a=candidate:2 1 UDP 1694498815 198.51.100.77 40004 typ srflx raddr 203.0.113.10 rport 40004\r\n\
+            a=candidate:2 2 UDP 1694498814 198.51.100.77 40005 typ srflx raddr 203.0.113.10 rport 40005\r\n";
+        assert_eq!(v.sdp, with_random_parts(expected, &v.sdp));
+    }
+
     #[test]
     fn delete_releases_and_forgets() {
         let media = Recorder::with_capacity(4);
