@@ -440,6 +440,7 @@ impl SessionTable {
                     rtcp_mux: *rtcp_mux,
                     crypto: vec![ours.clone()],
                     direction: None,
+                    rtcp_address: None,
                 };
                 (LegSide::Pbx, leg, rw, ice.clone())
             }
@@ -486,6 +487,7 @@ impl SessionTable {
                     rtcp_mux: false,
                     crypto: Vec::new(),
                     direction: None,
+                    rtcp_address: None,
                 };
                 (LegSide::Client, leg, rw, None)
             }
@@ -631,6 +633,7 @@ impl SessionTable {
                     rtcp_mux: false,
                     crypto: Vec::new(),
                     direction: None,
+                    rtcp_address: None,
                 };
                 (pending, rw, None)
             }
@@ -650,6 +653,7 @@ impl SessionTable {
                     rtcp_mux: false,
                     crypto: offered.clone(),
                     direction: None,
+                    rtcp_address: None,
                 };
                 (
                     Pending::FromPbx {
