@@ -79,6 +79,7 @@ fn rewrites() -> [AudioRewrite; 2] {
             rtcp_mux: true,
             crypto: vec![CryptoAttribute::generate(1, SrtpSuite::AesCm128HmacSha1_80)],
             direction: Some(Direction::SendOnly),
+            rtcp_address: None,
         },
         AudioRewrite {
             address: "2001:db8::1".parse().unwrap(),
@@ -90,6 +91,7 @@ fn rewrites() -> [AudioRewrite; 2] {
             rtcp_mux: false,
             crypto: Vec::new(),
             direction: None,
+            rtcp_address: None,
         },
     ]
 }

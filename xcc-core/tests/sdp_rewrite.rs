@@ -39,6 +39,7 @@ fn client_leg(address: &str) -> AudioRewrite {
         rtcp_mux: false,
         crypto: vec![fixed_crypto()],
         direction: None,
+        rtcp_address: None,
     }
 }
 
@@ -53,6 +54,7 @@ fn pbx_leg() -> AudioRewrite {
         rtcp_mux: false,
         crypto: Vec::new(),
         direction: None,
+        rtcp_address: None,
     }
 }
 
@@ -361,4 +363,31 @@ fn ice_lines_replace_the_peers_at_session_level_and_in_the_audio_section_only() 
         "not in the declined video section"
     );
     SessionDescription::parse(&out).expect("still valid SDP");
+}
+
+#[test]
+fn turn_relayed_client_leg_names_its_rtcp_allocation_in_every_sample() {
+    // XCC's client leg relayed through TURN: RTP and RTCP allocations differ in IP and port.
+    let rw = AudioRewrite {
+        ports: LegPorts {
+            rtp: 49152,
+            rtcp: 49153,
+        },
+        rtcp_address: Some("192.0.2.81:50000".parse().unwrap()),
+        ..client_leg("192.0.2.80")
+    };
+    for sample in ALL {
+        let out = rewrite(sample, &rw);
+        assert_strictly_valid(&out);
+        let audio = SessionDescription::parse(&out).unwrap().audio().unwrap();
+        assert_eq!(audio.connection, Some(IpAddr::from([192, 0, 2, 80])));
+        assert_eq!(audio.port, 49152);
+        assert_eq!(audio.rtcp, rw.rtcp_address, "{out}");
+        assert_eq!(
+            out.matches("a=rtcp:").count(),
+            1,
+            "one a=rtcp, declined sections lose theirs: {out}"
+        );
+        assert_eq!(rewrite(&out, &rw), out, "idempotent");
+    }
 }

@@ -49,6 +49,7 @@ fn answered_key_in_sdp_decrypts_what_xcc_sends() {
             rtcp_mux: false,
             crypto: vec![ours.clone()],
             direction: None,
+            rtcp_address: None,
         })
         .unwrap();
         let received = SessionDescription::parse(&sdp.to_string())

@@ -3,7 +3,9 @@
 //! XCC is a back-to-back media endpoint: each side sees XCC as its peer. An offer from one side is
 //! rewritten to carry XCC's address and ports for the *other* side and emitted there; the other side's
 //! answer is rewritten back for the offerer. The client leg always speaks SDES-SRTP with XCC's public
-//! address; the PBX leg plain RTP with XCC's PBX-leg address.
+//! address; the PBX leg plain RTP with XCC's PBX-leg address. When the media plane relays the client
+//! leg through XCC's own TURN allocations ([`RelayedPorts`]), clients are told the relayed addresses
+//! and relay candidates only, since nothing reaches XCC's own address from outside then.
 //!
 //! The table is a plain mutex-guarded map: it is control-plane state touched once per request, never
 //! by the packet path. The lock is held across `allocate` so two concurrent retries carrying the same
@@ -14,8 +16,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use xcc_core::ids::{CallId, LegSide};
-use xcc_core::media::{IceSetup, LegConfig, LegPorts, SrtpKeys};
-use xcc_core::nat::candidate::{RemoteIce, answer_lines, leg_candidates};
+use xcc_core::media::{IceSetup, LegConfig, LegPorts, RelayedPorts, SrtpKeys};
+use xcc_core::nat::candidate::{RemoteIce, answer_lines, leg_candidates, relay_candidates};
 use xcc_core::nat::ice::IceCredentials;
 use xcc_core::sdes::{self, CryptoAttribute};
 use xcc_core::sdp::{AudioMedia, AudioRewrite, MediaTransport, SessionDescription};
@@ -124,6 +126,9 @@ struct Session {
     origin_id: u64,
     /// o= version per emitted leg, bumped on every SDP XCC sends that way.
     origin_version: [u64; 2],
+    /// The client leg's TURN-relayed addresses from allocation, when XCC relays through its own
+    /// TURN server: every SDP for the client carries these instead of XCC's address and ports.
+    relay: Option<RelayedPorts>,
 }
 
 #[derive(Debug, Default)]
@@ -169,6 +174,9 @@ pub struct StoredSession {
     origin_id: u64,
     /// o= versions per leg.
     origin_version: [u64; 2],
+    /// The client leg's TURN-relayed addresses; absent in records written before TURN.
+    #[serde(default)]
+    relay: Option<RelayedPorts>,
 }
 
 impl StoredSession {
@@ -225,6 +233,7 @@ impl Session {
             answered: self.answered,
             origin_id: self.origin_id,
             origin_version: self.origin_version,
+            relay: self.relay,
         }
     }
 
@@ -263,6 +272,7 @@ impl Session {
             answered: s.answered,
             origin_id: s.origin_id,
             origin_version: s.origin_version,
+            relay: s.relay,
         })
     }
 }
@@ -365,6 +375,7 @@ impl SessionTable {
             answered: false,
             origin_id,
             origin_version: [0, 0],
+            relay: allocated.relay,
         };
         let result = self.apply_offer(&mut session, from, offer, &audio, client_answer);
         match result {
@@ -433,14 +444,13 @@ impl SessionTable {
             } => {
                 // The PBX answered XCC's plain-RTP offer; the client gets XCC's SRTP answer.
                 let leg = plain_leg(&audio);
-                let rw = AudioRewrite {
-                    address: advertised.client,
-                    ports: session.view.ports[LegSide::Client.index()],
-                    transport: transport.clone(),
-                    rtcp_mux: *rtcp_mux,
-                    crypto: vec![ours.clone()],
-                    direction: None,
-                };
+                let rw = client_rewrite(
+                    session,
+                    advertised.client,
+                    transport.clone(),
+                    *rtcp_mux,
+                    vec![ours.clone()],
+                );
                 (LegSide::Pbx, leg, rw, ice.clone())
             }
             Pending::FromPbx { offered, ice } => {
@@ -486,6 +496,7 @@ impl SessionTable {
                     rtcp_mux: false,
                     crypto: Vec::new(),
                     direction: None,
+                    rtcp_address: None,
                 };
                 (LegSide::Client, leg, rw, None)
             }
@@ -631,6 +642,7 @@ impl SessionTable {
                     rtcp_mux: false,
                     crypto: Vec::new(),
                     direction: None,
+                    rtcp_address: None,
                 };
                 (pending, rw, None)
             }
@@ -643,14 +655,13 @@ impl SessionTable {
                     .as_ref()
                     .map(|setup| setup.local.clone())
                     .unwrap_or_else(|| IceCredentials::generate(&mut rand::rng()));
-                let rw = AudioRewrite {
-                    address: advertised.client,
-                    ports: session.view.ports[LegSide::Client.index()],
-                    transport: MediaTransport::RtpSavp,
-                    rtcp_mux: false,
-                    crypto: offered.clone(),
-                    direction: None,
-                };
+                let rw = client_rewrite(
+                    session,
+                    advertised.client,
+                    MediaTransport::RtpSavp,
+                    false,
+                    offered.clone(),
+                );
                 (
                     Pending::FromPbx {
                         offered,
@@ -675,8 +686,9 @@ impl SessionTable {
     }
 
     /// Rewrites `sdp` for leg `to` with XCC as the session owner and a bumped origin version;
-    /// `ice` (client leg only) adds XCC's ICE-lite lines with host candidates for the leg's ports
-    /// on the advertised address.
+    /// `ice` (client leg only) adds XCC's ICE-lite lines: host candidates for the leg's bound
+    /// ports (plus server-reflexive ones on a different advertised address), or relay candidates
+    /// only when the session's client leg is relayed through TURN.
     fn emit(
         &self,
         session: &mut Session,
@@ -688,12 +700,21 @@ impl SessionTable {
         sdp.rewrite_audio(rw)
             .map_err(|e| Error::in_field("sdp", e))?;
         if let (LegSide::Client, Some(local)) = (to, ice) {
-            let rtcp = (!rw.rtcp_mux).then_some(rw.ports.rtcp);
-            // Host candidate on the local address, server-reflexive on the public one when
-            // discovery learned a different one.
-            let host = SocketAddr::new(self.client_host, rw.ports.rtp);
-            let public = Some(rw.address).filter(|ip| *ip != self.client_host);
-            let lines = answer_lines(local, &leg_candidates(host, rtcp, public));
+            // The bound ports: `rw.ports` are the relayed ones when the leg is relayed.
+            let bound = session.view.ports[LegSide::Client.index()];
+            let rtcp = (!rw.rtcp_mux).then_some(bound.rtcp);
+            let host = SocketAddr::new(self.client_host, bound.rtp);
+            let candidates = match &session.relay {
+                // Relayed only: with TURN nothing reaches the host or reflexive address.
+                Some(relay) => relay_candidates(relay, host, rtcp),
+                // Host candidate on the local address, server-reflexive on the public one when
+                // discovery learned a different one.
+                None => {
+                    let public = Some(rw.address).filter(|ip| *ip != self.client_host);
+                    leg_candidates(host, rtcp, public)
+                }
+            };
+            let lines = answer_lines(local, &candidates);
             sdp.add_ice_lines(&lines)
                 .map_err(|e| Error::in_field("sdp", e))?;
         }
@@ -778,6 +799,43 @@ fn client_offer_ice(current: Option<&IceSetup>, offer: RemoteIce) -> Option<IceS
     })
 }
 
+/// What XCC writes into SDP for the client leg: the advertised address and bound ports, or, when
+/// the leg is relayed through TURN, the RTP allocation's address and port with a=rtcp naming the
+/// RTCP allocation (under rtcp-mux RTCP shares the RTP allocation, so a=rtcp, if the SDP has one,
+/// names that).
+fn client_rewrite(
+    session: &Session,
+    advertised: IpAddr,
+    transport: MediaTransport,
+    rtcp_mux: bool,
+    crypto: Vec<CryptoAttribute>,
+) -> AudioRewrite {
+    let (address, ports, rtcp_address) = match session.relay {
+        None => (
+            advertised,
+            session.view.ports[LegSide::Client.index()],
+            None,
+        ),
+        Some(relay) => {
+            let rtcp = if rtcp_mux { relay.rtp } else { relay.rtcp };
+            let ports = LegPorts {
+                rtp: relay.rtp.port(),
+                rtcp: rtcp.port(),
+            };
+            (relay.rtp.ip(), ports, Some(relay.rtcp))
+        }
+    };
+    AudioRewrite {
+        address,
+        ports,
+        transport,
+        rtcp_mux,
+        crypto,
+        direction: None,
+        rtcp_address,
+    }
+}
+
 /// Leg configuration from the peer's SDP, without keys.
 fn plain_leg(audio: &AudioMedia) -> LegConfig {
     let remote_rtp = match (audio.connection, audio.port) {
@@ -815,6 +873,7 @@ mod tests {
 
     use base64::Engine;
     use xcc_core::media::{AllocatedCall, CallSnapshot, Direction, PoolStatus};
+    use xcc_core::nat::candidate::CandidateType;
     use xcc_core::srtp::KeyingMaterial;
 
     use super::*;
@@ -826,11 +885,21 @@ mod tests {
         free_calls: Mutex<usize>,
         configured: Mutex<Vec<(CallId, LegSide, LegConfig)>>,
         released: Mutex<Vec<CallId>>,
+        /// Handed out with every allocation, as a media plane with `[turn]` does.
+        relay: Option<RelayedPorts>,
     }
 
     impl Recorder {
         fn with_capacity(calls: usize) -> Arc<Self> {
             let r = Arc::new(Self::default());
+            *r.free_calls.lock().unwrap() = calls;
+            r
+        }
+        fn with_relay(calls: usize, relay: RelayedPorts) -> Arc<Self> {
+            let r = Arc::new(Self {
+                relay: Some(relay),
+                ..Self::default()
+            });
             *r.free_calls.lock().unwrap() = calls;
             r
         }
@@ -867,7 +936,7 @@ mod tests {
             Ok(AllocatedCall {
                 call: CallId(*next),
                 ports,
-                relay: None,
+                relay: self.relay,
             })
         }
         fn configure_leg(
@@ -1353,6 +1422,258 @@ mod tests {
         t.answer(v.call, &sdp("192.0.2.50", 5004, "RTP/SAVP", &crypto))
             .unwrap();
         assert!(media.leg(v.call, LegSide::Client).ice.is_none());
+    }
+
+    /// XCC's SDP for the client with the random parts (key, ICE credentials) put back into a
+    /// literal, so a test can compare the whole text.
+    fn with_random_parts(template: &str, sdp: &str) -> String {
+        let mut out = template.replace("{crypto}", &crypto_in(sdp).to_string());
+        if let Some(ice) = xcc_ice(sdp).credentials {
+            out = out
+                .replace("{ufrag}", &ice.ufrag)
+                .replace("{pwd}", &ice.pwd);
+        }
+        out
+    }
+
+    #[test]
+    fn without_relay_the_client_answer_is_the_pre_turn_text() {
+        let media = Recorder::with_capacity(4);
+        let t = table(media);
+        let (v, _) = t
+            .create("k", LegSide::Client, &ice_client_offer("Phn1"))
+            .unwrap();
+        let (a, _) = t.answer(v.call, &pbx_sdp(6000)).unwrap();
+        let expected = "v=0\r\no=- 6360000766056333313 1 IN IP4 203.0.113.10\r\ns=-\r\n\
+            c=IN IP4 203.0.113.10\r\nt=0 0\r\na=ice-lite\r\nm=audio 40004 RTP/SAVP 0 8\r\n\
+            a=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=sendrecv\r\na=crypto:{crypto}\r\n\
+            a=ice-ufrag:{ufrag}\r\na=ice-pwd:{pwd}\r\n\
+            a=candidate:1 1 UDP 2130706431 203.0.113.10 40004 typ host\r\n\
+            a=candidate:1 2 UDP 2130706430 203.0.113.10 40005 typ host\r\n";
+        assert_eq!(a.sdp, with_random_parts(expected, &a.sdp));
+    }
+
+    #[test]
+    fn without_relay_the_offer_to_the_client_is_the_pre_turn_text() {
+        let media = Recorder::with_capacity(4);
+        let t = table(media);
+        t.set_client_address("198.51.100.77".parse().unwrap());
+        let (v, _) = t.create("k", LegSide::Pbx, &pbx_sdp(6000)).unwrap();
+        let expected = "v=0\r\no=- 6360000766056333313 1 IN IP4 198.51.100.77\r\ns=-\r\n\
+            c=IN IP4 198.51.100.77\r\nt=0 0\r\na=ice-lite\r\nm=audio 40004 RTP/SAVP 0 8\r\n\
+            a=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=sendrecv\r\na=crypto:{crypto}\r\n\
+            a=ice-ufrag:{ufrag}\r\na=ice-pwd:{pwd}\r\n\
+            a=candidate:1 1 UDP 2130706431 203.0.113.10 40004 typ host\r\n\
+            a=candidate:1 2 UDP 2130706430 203.0.113.10 40005 typ host\r\n\
+            a=candidate:2 1 UDP 1694498815 198.51.100.77 40004 typ srflx raddr 203.0.113.10 rport 40004\r\n\
+            a=candidate:2 2 UDP 1694498814 198.51.100.77 40005 typ srflx raddr 203.0.113.10 rport 40005\r\n";
+        assert_eq!(v.sdp, with_random_parts(expected, &v.sdp));
+    }
+
+    /// RTP and RTCP allocations on different relayed IPs, as a TURN server may hand out.
+    const RELAY_RTP: &str = "192.0.2.80:49152";
+    const RELAY_RTCP: &str = "192.0.2.81:50000";
+    const RELAY_MAPPED: &str = "198.51.100.200:61000";
+
+    fn relay(mapped: Option<&str>) -> RelayedPorts {
+        RelayedPorts {
+            rtp: RELAY_RTP.parse().unwrap(),
+            rtcp: RELAY_RTCP.parse().unwrap(),
+            mapped: mapped.map(|m| m.parse().unwrap()),
+        }
+    }
+
+    fn ice_mux_client_offer() -> String {
+        ice_client_offer("Phn1").replace("a=sendrecv\r\n", "a=rtcp-mux\r\na=sendrecv\r\n")
+    }
+
+    /// (component, kind, address, related) of XCC's candidates, sorted.
+    fn candidates_in(text: &str) -> Vec<(u16, CandidateType, SocketAddr, Option<SocketAddr>)> {
+        let mut all: Vec<_> = xcc_ice(text)
+            .candidates
+            .iter()
+            .map(|c| (c.component, c.kind, c.address, c.related))
+            .collect();
+        all.sort_by_key(|c| c.0);
+        all
+    }
+
+    /// The c=, o=, m= port and a=rtcp of XCC's SDP for the client name the TURN allocations.
+    fn assert_names_the_relay(text: &str, relay: &RelayedPorts) {
+        let parsed = SessionDescription::parse(text).unwrap();
+        let audio = parsed.audio().unwrap();
+        assert_eq!(audio.connection, Some(relay.rtp.ip()), "{text}");
+        assert_eq!(audio.port, relay.rtp.port(), "{text}");
+        assert_eq!(parsed.origin().unwrap().address, relay.rtp.ip().to_string());
+        let connection = format!("c=IN IP4 {}", relay.rtp.ip());
+        assert!(
+            text.lines()
+                .filter(|l| l.starts_with("c="))
+                .all(|l| l == connection),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn relayed_client_answer_carries_the_relay_and_only_relay_candidates() {
+        let relay = relay(Some(RELAY_MAPPED));
+        let media = Recorder::with_relay(4, relay);
+        let t = table(media.clone());
+        let (v, _) = t
+            .create("k", LegSide::Client, &ice_client_offer("Phn1"))
+            .unwrap();
+        let to_pbx = audio_of(&v.sdp);
+        assert_eq!(
+            (to_pbx.connection, to_pbx.port),
+            (Some(PBX_SIDE), v.ports[LegSide::Pbx.index()].rtp),
+            "the PBX leg is never relayed"
+        );
+        assert!(!v.sdp.contains("192.0.2.8"), "{}", v.sdp);
+
+        let (a, _) = t.answer(v.call, &pbx_sdp(6000)).unwrap();
+        assert_names_the_relay(&a.sdp, &relay);
+        assert!(!a.sdp.contains(&PUBLIC.to_string()), "{}", a.sdp);
+        assert_eq!(audio_of(&a.sdp).rtcp, Some(relay.rtcp));
+        assert_eq!(a.sdp.matches("a=rtcp:").count(), 1, "{}", a.sdp);
+        let mapped = Some(RELAY_MAPPED.parse().unwrap());
+        assert_eq!(
+            candidates_in(&a.sdp),
+            [
+                (1, CandidateType::Relayed, relay.rtp, mapped),
+                (2, CandidateType::Relayed, relay.rtcp, mapped),
+            ],
+            "no host or server-reflexive candidate: {}",
+            a.sdp
+        );
+        let setup = media.leg(v.call, LegSide::Client).ice.unwrap();
+        assert_eq!(xcc_ice(&a.sdp).credentials, Some(setup.local));
+        assert_eq!(
+            a.ports[LegSide::Client.index()],
+            v.ports[LegSide::Client.index()],
+            "the view still reports the bound ports"
+        );
+    }
+
+    #[test]
+    fn relayed_offer_to_the_client_carries_the_relay_and_only_relay_candidates() {
+        let relay = relay(None);
+        let media = Recorder::with_relay(4, relay);
+        let t = table(media.clone());
+        // A learned public address would add server-reflexive candidates without the relay.
+        t.set_client_address("198.51.100.77".parse().unwrap());
+        let (v, _) = t.create("k", LegSide::Pbx, &pbx_sdp(6000)).unwrap();
+        assert_names_the_relay(&v.sdp, &relay);
+        assert!(!v.sdp.contains("198.51.100.77"), "{}", v.sdp);
+        assert_eq!(audio_of(&v.sdp).rtcp, Some(relay.rtcp));
+        // Without a mapping from the TURN server, the related address is the bound host one.
+        let bound = v.ports[LegSide::Client.index()];
+        assert_eq!(
+            candidates_in(&v.sdp),
+            [
+                (
+                    1,
+                    CandidateType::Relayed,
+                    relay.rtp,
+                    Some(SocketAddr::new(PUBLIC, bound.rtp))
+                ),
+                (
+                    2,
+                    CandidateType::Relayed,
+                    relay.rtcp,
+                    Some(SocketAddr::new(PUBLIC, bound.rtcp))
+                ),
+            ]
+        );
+
+        // The client's answer gives the PBX XCC's own PBX-leg address, as without a relay.
+        let offered = crypto_in(&v.sdp);
+        let crypto = format!(
+            "a=crypto:{} AES_CM_128_HMAC_SHA1_80 inline:{}\r\na=sendrecv\r\n",
+            offered.tag,
+            key_b64(9)
+        );
+        let (a, _) = t
+            .answer(v.call, &sdp("192.0.2.50", 5004, "RTP/SAVP", &crypto))
+            .unwrap();
+        let to_pbx = audio_of(&a.sdp);
+        assert_eq!(
+            (to_pbx.connection, to_pbx.port),
+            (Some(PBX_SIDE), a.ports[LegSide::Pbx.index()].rtp)
+        );
+        // A PBX re-offer is relayed to the client again.
+        let (r, _) = t.update(v.call, LegSide::Pbx, &pbx_sdp(6000)).unwrap();
+        assert_names_the_relay(&r.sdp, &relay);
+        assert_eq!(audio_of(&r.sdp).rtcp, Some(relay.rtcp));
+    }
+
+    #[test]
+    fn relayed_rtcp_mux_answer_has_no_a_rtcp_and_no_rtcp_candidate() {
+        let relay = relay(Some(RELAY_MAPPED));
+        let t = table(Recorder::with_relay(4, relay));
+        let (v, _) = t
+            .create("k", LegSide::Client, &ice_mux_client_offer())
+            .unwrap();
+        let (a, _) = t.answer(v.call, &pbx_sdp(6000)).unwrap();
+        assert_names_the_relay(&a.sdp, &relay);
+        let audio = audio_of(&a.sdp);
+        assert!(audio.rtcp_mux, "{}", a.sdp);
+        assert_eq!(audio.rtcp, None, "{}", a.sdp);
+        assert!(!a.sdp.contains("a=rtcp:"), "{}", a.sdp);
+        assert_eq!(
+            candidates_in(&a.sdp),
+            [(
+                1,
+                CandidateType::Relayed,
+                relay.rtp,
+                Some(RELAY_MAPPED.parse().unwrap())
+            )]
+        );
+    }
+
+    #[test]
+    fn relayed_answer_to_a_non_ice_client_has_the_relay_and_no_ice() {
+        let relay = relay(Some(RELAY_MAPPED));
+        let t = table(Recorder::with_relay(4, relay));
+        let (v, _) = t
+            .create("k", LegSide::Client, &client_offer(5004, "sendrecv"))
+            .unwrap();
+        let (a, _) = t.answer(v.call, &pbx_sdp(6000)).unwrap();
+        assert_names_the_relay(&a.sdp, &relay);
+        assert_eq!(audio_of(&a.sdp).rtcp, Some(relay.rtcp));
+        assert!(!has_any_ice(&a.sdp), "{}", a.sdp);
+    }
+
+    #[test]
+    fn stored_session_keeps_the_relay_and_records_from_before_turn_still_load() {
+        let relay = relay(Some(RELAY_MAPPED));
+        let media = Recorder::with_relay(4, relay);
+        let before = table(media.clone());
+        let (v, _) = before
+            .create("k", LegSide::Client, &client_offer(5004, "sendrecv"))
+            .unwrap();
+        let json = serde_json::to_value(before.export(v.call).unwrap()).unwrap();
+        let after = table(media.clone());
+        after
+            .restore(serde_json::from_value(json.clone()).unwrap())
+            .unwrap();
+        let (a, _) = after.answer(v.call, &pbx_sdp(6000)).unwrap();
+        assert_names_the_relay(&a.sdp, &relay);
+
+        let mut old = json;
+        old.as_object_mut()
+            .unwrap()
+            .remove("relay")
+            .expect("stored");
+        let stored: StoredSession = serde_json::from_value(old).unwrap();
+        let restored = table(media);
+        restored.restore(stored).unwrap();
+        let (a, _) = restored.answer(v.call, &pbx_sdp(6000)).unwrap();
+        assert_eq!(
+            audio_of(&a.sdp).connection,
+            Some(PUBLIC),
+            "no relay: {}",
+            a.sdp
+        );
     }
 
     #[test]

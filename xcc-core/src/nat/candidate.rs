@@ -9,6 +9,7 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
 use super::ice::IceCredentials;
+use crate::media::RelayedPorts;
 
 /// Candidates read from one offer at most: the rest are ignored, so a hostile SDP cannot make XCC
 /// probe an unbounded list of addresses.
@@ -214,6 +215,34 @@ pub fn leg_candidates(
     out
 }
 
+/// XCC's candidates for a client leg relayed through its own TURN allocations
+/// ([`crate::media::RelayedPorts`]): relayed ones only, component 1 on the RTP allocation and
+/// component 2 on the RTCP one (`host_rtcp_port` `None` with rtcp-mux, so no component 2). Host
+/// and server-reflexive candidates are left out on purpose: the relay is used because nothing
+/// unsolicited reaches XCC directly, so checks towards those could only fail and delay the
+/// phone's nomination. The related address is the mapping the TURN server reported, else the
+/// bound host address of that component (RFC 8839 §5.1: informative only, never checked).
+pub fn relay_candidates(
+    relay: &RelayedPorts,
+    host_rtp: SocketAddr,
+    host_rtcp_port: Option<u16>,
+) -> Vec<Candidate> {
+    let mut out = vec![Candidate::relayed(
+        relay.rtp,
+        relay.mapped.unwrap_or(host_rtp),
+        COMPONENT_RTP,
+    )];
+    if let Some(port) = host_rtcp_port {
+        let host_rtcp = SocketAddr::new(host_rtp.ip(), port);
+        out.push(Candidate::relayed(
+            relay.rtcp,
+            relay.mapped.unwrap_or(host_rtcp),
+            COMPONENT_RTCP,
+        ));
+    }
+    out
+}
+
 /// The ICE lines of XCC's answer: `a=ice-lite` belongs at session level; the others in the audio
 /// section.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -401,6 +430,49 @@ mod tests {
             "a=candidate:3 1 UDP 16777215 203.0.113.10 49200 typ relay raddr 203.0.113.1 rport 30000"
         );
         assert!(c.priority < Candidate::priority_for(CandidateType::ServerReflexive, 1));
+    }
+
+    #[test]
+    fn relay_candidates_are_relayed_only_one_per_component() {
+        let relay = RelayedPorts {
+            rtp: "192.0.2.80:49152".parse().unwrap(),
+            rtcp: "192.0.2.81:50000".parse().unwrap(),
+            mapped: Some("203.0.113.1:61000".parse().unwrap()),
+        };
+        let host: SocketAddr = "10.0.0.5:30000".parse().unwrap();
+        let lines: Vec<String> = relay_candidates(&relay, host, Some(30001))
+            .iter()
+            .map(Candidate::to_string)
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "a=candidate:3 1 UDP 16777215 192.0.2.80 49152 typ relay raddr 203.0.113.1 rport 61000",
+                "a=candidate:3 2 UDP 16777214 192.0.2.81 50000 typ relay raddr 203.0.113.1 rport 61000",
+            ]
+        );
+    }
+
+    #[test]
+    fn relay_candidates_relate_to_the_host_address_without_a_mapping_and_skip_rtcp_under_mux() {
+        let relay = RelayedPorts {
+            rtp: "192.0.2.80:49152".parse().unwrap(),
+            rtcp: "192.0.2.81:50000".parse().unwrap(),
+            mapped: None,
+        };
+        let host: SocketAddr = "10.0.0.5:30000".parse().unwrap();
+        let both = relay_candidates(&relay, host, Some(30001));
+        let related: Vec<_> = both.iter().map(|c| c.related).collect();
+        assert_eq!(
+            related,
+            [Some(host), Some("10.0.0.5:30001".parse().unwrap())]
+        );
+        let muxed = relay_candidates(&relay, host, None);
+        assert_eq!(muxed.len(), 1);
+        assert_eq!(
+            (muxed[0].component, muxed[0].kind, muxed[0].address),
+            (COMPONENT_RTP, CandidateType::Relayed, relay.rtp)
+        );
     }
 
     #[test]

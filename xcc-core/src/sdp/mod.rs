@@ -124,6 +124,12 @@ pub struct AudioRewrite {
     /// `None` keeps the section's direction attribute (an old-style hold, `c=0.0.0.0`, is written
     /// as the direction [`AudioMedia::direction`] reports, since XCC's address replaces it).
     pub direction: Option<Direction>,
+    /// Where RTCP must be sent when that is not `address` and `ports.rtcp`: a client leg relayed
+    /// through TURN has a separate allocation (its own relayed IP and port) for RTCP. `Some`
+    /// writes exactly one `a=rtcp:<port> IN IP4|IP6 <addr>` with it, replacing the section's
+    /// a=rtcp or added at its end; ignored with `rtcp_mux` (RTCP then shares the RTP address).
+    /// `None`: a=rtcp lines carry `address` and `ports.rtcp`, and none is added.
+    pub rtcp_address: Option<SocketAddr>,
 }
 
 /// The origin (o=) fields a B2BUA compares to tell a changed SDP from a repeated one.

@@ -1,6 +1,6 @@
 //! [`SessionDescription::rewrite_audio`]: what XCC changes in the SDP it emits on a leg.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use super::grammar::{address_type, attribute, parse_direction, parse_media, parse_origin};
 use super::{AudioRewrite, SessionDescription, parse_error};
@@ -36,6 +36,9 @@ impl SessionDescription {
     /// verbatim), c= and a=rtcp carry XCC's address and ports, `a=crypto` lines are replaced by
     /// `rw.crypto` (at the place of the first one, else at the end of the section), the direction
     /// attribute is replaced when `rw.direction` is set, and a=rtcp-mux follows `rw.rtcp_mux`.
+    /// With `rw.rtcp_address` (and no rtcp-mux) the section carries exactly one a=rtcp, with that
+    /// address: the first a=rtcp is replaced, later ones dropped, and one is added at the end of
+    /// the section when there was none.
     pub fn rewrite_audio(&mut self, rw: &AudioRewrite) -> Result<()> {
         let (audio_start, audio_end) = self.audio_section().ok_or(Error::SdpNoAudio)?;
         let session_end = self.session_end();
@@ -59,6 +62,9 @@ impl SessionDescription {
         let mut crypto_done = false;
         let mut direction_done = false;
         let mut mux_seen = false;
+        // With rtcp-mux RTCP travels on the RTP address; `address` and `ports.rtcp` apply then.
+        let explicit_rtcp = rw.rtcp_address.filter(|_| !rw.rtcp_mux);
+        let mut rtcp_done = false;
         let mut connection_done = audio_has_c || session_has_c;
         let mut audio_out_end = None;
         for (index, line) in self.lines.iter().enumerate() {
@@ -126,12 +132,15 @@ impl SessionDescription {
                     }
                     mux_seen = true;
                 }
-                "rtcp" => out.push(format!(
-                    "a=rtcp:{} IN {} {}",
-                    rw.ports.rtcp,
-                    address_type(rw.address),
-                    rw.address
-                )),
+                "rtcp" => match explicit_rtcp {
+                    Some(rtcp) => {
+                        if !rtcp_done {
+                            out.push(rtcp_line(rtcp));
+                            rtcp_done = true;
+                        }
+                    }
+                    None => out.push(rtcp_line(SocketAddr::new(rw.address, rw.ports.rtcp))),
+                },
                 _ => match (parse_direction(name), new_direction) {
                     (Some(_), Some(direction)) => {
                         if !direction_done {
@@ -158,6 +167,9 @@ impl SessionDescription {
         if let (Some(direction), false) = (new_direction, direction_done) {
             tail.push(direction_line(direction));
         }
+        if let (Some(rtcp), false) = (explicit_rtcp, rtcp_done) {
+            tail.push(rtcp_line(rtcp));
+        }
         out.splice(audio_out_end..audio_out_end, tail);
         self.numbers = (1..=out.len()).collect();
         self.lines = out;
@@ -174,6 +186,16 @@ fn direction_line(direction: Direction) -> String {
         Direction::Inactive => "a=inactive",
     }
     .to_owned()
+}
+
+/// `a=rtcp:<port> IN IP4|IP6 <addr>` (RFC 3605).
+fn rtcp_line(rtcp: SocketAddr) -> String {
+    format!(
+        "a=rtcp:{} IN {} {}",
+        rtcp.port(),
+        address_type(rtcp.ip()),
+        rtcp.ip()
+    )
 }
 
 /// One `a=crypto` line per attribute.
@@ -200,5 +222,118 @@ fn decline_media(value: &str) -> String {
         Some(m) if m.formats.is_empty() => format!("m={} 0 {}", m.media, m.proto),
         Some(m) => format!("m={} 0 {} {}", m.media, m.proto, m.formats),
         None => format!("m={value}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::LegPorts;
+    use crate::sdp::MediaTransport;
+
+    /// A PBX offer without a=rtcp; `extra` goes at the end of its audio section.
+    fn offer(extra: &str) -> String {
+        format!(
+            "v=0\r\no=- 1 1 IN IP4 198.51.100.9\r\ns=-\r\nc=IN IP4 198.51.100.9\r\nt=0 0\r\n\
+             m=audio 6000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n{extra}a=sendrecv\r\n\
+             m=video 6002 RTP/AVP 96\r\na=rtcp:6003\r\n"
+        )
+    }
+
+    /// A client leg relayed through TURN: RTP and RTCP allocations on different relayed IPs.
+    fn relayed(rtcp_mux: bool) -> AudioRewrite {
+        AudioRewrite {
+            address: "192.0.2.80".parse().unwrap(),
+            ports: LegPorts {
+                rtp: 49152,
+                rtcp: 49153,
+            },
+            transport: MediaTransport::RtpSavp,
+            rtcp_mux,
+            crypto: Vec::new(),
+            direction: None,
+            rtcp_address: Some("192.0.2.81:50000".parse().unwrap()),
+        }
+    }
+
+    fn rewritten(text: &str, rw: &AudioRewrite) -> SessionDescription {
+        let mut sdp = SessionDescription::parse(text).unwrap();
+        sdp.rewrite_audio(rw).unwrap();
+        sdp
+    }
+
+    fn rtcp_lines(sdp: &SessionDescription) -> Vec<String> {
+        let text = sdp.to_string();
+        text.lines()
+            .filter(|l| l.starts_with("a=rtcp:"))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn explicit_rtcp_address_replaces_every_a_rtcp_with_one_line() {
+        let text = offer("a=rtcp:6001\r\na=rtcp:6001 IN IP4 198.51.100.9\r\n");
+        let sdp = rewritten(&text, &relayed(false));
+        assert_eq!(rtcp_lines(&sdp), ["a=rtcp:50000 IN IP4 192.0.2.81"]);
+        let audio = sdp.audio().unwrap();
+        assert_eq!(audio.rtcp, Some("192.0.2.81:50000".parse().unwrap()));
+        assert_eq!(audio.connection, Some("192.0.2.80".parse().unwrap()));
+        assert_eq!(audio.port, 49152);
+        assert!(
+            sdp.to_string()
+                .contains("a=rtpmap:0 PCMU/8000\r\na=rtcp:50000 IN IP4 192.0.2.81\r\n"),
+            "in place of the first a=rtcp: {sdp}"
+        );
+    }
+
+    #[test]
+    fn explicit_rtcp_address_is_added_at_the_end_of_the_audio_section() {
+        let sdp = rewritten(&offer(""), &relayed(false));
+        let text = sdp.to_string();
+        assert!(
+            text.contains("a=sendrecv\r\na=rtcp:50000 IN IP4 192.0.2.81\r\nm=video 0 "),
+            "{text}"
+        );
+        assert_eq!(
+            sdp.audio().unwrap().rtcp,
+            Some("192.0.2.81:50000".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn explicit_rtcp_address_is_written_as_ipv6() {
+        let rw = AudioRewrite {
+            rtcp_address: Some("[2001:db8::81]:50000".parse().unwrap()),
+            ..relayed(false)
+        };
+        let sdp = rewritten(&offer(""), &rw);
+        assert_eq!(rtcp_lines(&sdp), ["a=rtcp:50000 IN IP6 2001:db8::81"]);
+    }
+
+    #[test]
+    fn explicit_rtcp_address_is_ignored_under_rtcp_mux() {
+        let sdp = rewritten(&offer("a=rtcp-mux\r\n"), &relayed(true));
+        assert!(rtcp_lines(&sdp).is_empty(), "{sdp}");
+        assert!(sdp.audio().unwrap().rtcp_mux);
+        // An a=rtcp the offer had is rewritten as without an explicit address.
+        let sdp = rewritten(&offer("a=rtcp:6001\r\na=rtcp-mux\r\n"), &relayed(true));
+        assert_eq!(rtcp_lines(&sdp), ["a=rtcp:49153 IN IP4 192.0.2.80"]);
+    }
+
+    #[test]
+    fn without_explicit_rtcp_address_a_rtcp_is_rewritten_as_before() {
+        let rw = AudioRewrite {
+            rtcp_address: None,
+            ..relayed(false)
+        };
+        let sdp = rewritten(&offer("a=rtcp:6001\r\na=rtcp:6001\r\n"), &rw);
+        assert_eq!(
+            rtcp_lines(&sdp),
+            [
+                "a=rtcp:49153 IN IP4 192.0.2.80",
+                "a=rtcp:49153 IN IP4 192.0.2.80"
+            ]
+        );
+        assert!(rtcp_lines(&rewritten(&offer(""), &rw)).is_empty());
     }
 }
