@@ -82,6 +82,16 @@ fn relayed_world(topo: Topology, name: &str, pool_min: u16, password: &str) -> W
     )
 }
 
+/// xccd's log and the end of coturn's, for failure messages.
+fn logs(w: &World) -> String {
+    format!(
+        "xccd log:\n{}\ncoturn log ({}, last 40 lines):\n{}",
+        w.xccd.log(),
+        w.topo.coturn_log_path(),
+        w.topo.coturn_log_tail(40)
+    )
+}
+
 /// The client leg's relayed transport addresses as the answer names them.
 struct Relayed {
     /// `c=` and the `m=audio` port.
@@ -102,8 +112,8 @@ fn relayed_in(w: &World, answer: &str) -> Relayed {
         is_coturn_relay(rtp),
         "the phone must be told coturn's relayed address ({COTURN:?}, ports {RELAY_PORTS:?}), \
          not the NAT's ({NAT_PUBLIC}) or xccd's own ({PRIVATE}); c=/m= say {rtp}. Answer:\n\
-         {answer}\nxccd log:\n{}",
-        w.xccd.log()
+         {answer}\n{}",
+        logs(w)
     );
     let rtcp_line = answer
         .lines()
@@ -111,8 +121,8 @@ fn relayed_in(w: &World, answer: &str) -> Relayed {
         .unwrap_or_else(|| {
             panic!(
                 "no a=rtcp: the relayed RTCP address (its own allocation, not RTP + 1) must be \
-                 signalled. Answer:\n{answer}\nxccd log:\n{}",
-                w.xccd.log()
+                 signalled. Answer:\n{answer}\n{}",
+                logs(w)
             )
         });
     let fields: Vec<&str> = rtcp_line.split_whitespace().collect();
@@ -126,8 +136,8 @@ fn relayed_in(w: &World, answer: &str) -> Relayed {
     assert!(
         is_coturn_relay(rtcp) && rtcp != rtp,
         "a=rtcp must be coturn's relayed address of a second allocation, got {rtcp} (RTP {rtp}). \
-         Answer:\n{answer}\nxccd log:\n{}",
-        w.xccd.log()
+         Answer:\n{answer}\n{}",
+        logs(w)
     );
     Relayed { rtp, rtcp }
 }
@@ -138,8 +148,8 @@ fn heard_only_through(w: &World, phone: &Phone, relayed: SocketAddr) {
     assert!(
         other.is_empty(),
         "the phone heard XCC from {other:?}, not only from the relayed address {relayed}; \
-         xccd log:\n{}",
-        w.xccd.log()
+         {}",
+        logs(w)
     );
 }
 
@@ -161,8 +171,8 @@ fn phone_talks_until_the_pbx_hears(
         }
         assert!(
             Instant::now() < deadline,
-            "the phone's SRTP sent to {to} never reached the PBX; xccd log:\n{}",
-            w.xccd.log()
+            "the phone's SRTP sent to {to} never reached the PBX; {}",
+            logs(w)
         );
     }
 }
@@ -187,8 +197,8 @@ fn relayed_client_leg_carries_srtp_both_ways_when_the_phone_talks_first() {
     assert_eq!(
         leg.latched,
         signalled.to_string(),
-        "latched on the phone as the relay names it (no NAT on the phone); xccd log:\n{}",
-        w.xccd.log()
+        "latched on the phone as the relay names it (no NAT on the phone); {}",
+        logs(&w)
     );
     while pbx_recv(&w.pbx).is_some() {}
     exchange_counted(&w, &mut phone, relayed.rtp, to_pbx, seq);
@@ -216,10 +226,10 @@ fn relayed_client_leg_lets_the_pbx_talk_first() {
         assert_eq!(phone.recv(&w.phone), None, "no media: the PBX is silent");
         assert!(
             Instant::now() < deadline,
-            "no hole-punching probe from the relayed address {} (seen: {:?}); xccd log:\n{}",
+            "no hole-punching probe from the relayed address {} (seen: {:?}); {}",
             relayed.rtp,
             phone.stun_seen,
-            w.xccd.log()
+            logs(&w)
         );
     }
     let probes: Vec<_> = phone
@@ -449,14 +459,14 @@ fn no_ready_allocation_refuses_the_session_as_unavailable() {
             }
             Err(e) => panic!(
                 "attempt {attempt}: expected UNAVAILABLE (no TURN allocation: coturn refuses \
-                 xccd's credentials), got {:?}: {}; xccd log:\n{}",
+                 xccd's credentials), got {:?}: {}; {}",
                 e.code(),
                 e.message(),
-                w.xccd.log()
+                logs(&w)
             ),
             Ok(s) => panic!(
-                "attempt {attempt}: a session without a relay: {s:?}; xccd log:\n{}",
-                w.xccd.log()
+                "attempt {attempt}: a session without a relay: {s:?}; {}",
+                logs(&w)
             ),
         }
     }

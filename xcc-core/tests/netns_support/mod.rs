@@ -243,13 +243,25 @@ impl Topology {
             .args(mode)
             .args(ports)
             .args(["--pidfile", &pidfile, "--log-file", "stdout"])
-            .stdout(Stdio::null())
+            .stdout(File::create(topo.coturn_log_path()).map_err(|e| format!("coturn log: {e}"))?)
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("turnserver: {e}"))?;
         topo.coturn = Some(coturn);
         topo.wait_for_coturn()?;
         Ok(topo)
+    }
+
+    /// coturn's log (kept after a failed test, removed otherwise).
+    pub fn coturn_log_path(&self) -> String {
+        format!("/tmp/{}.coturn.log", self.prefix)
+    }
+
+    /// The last `lines` lines of coturn's log, for failure messages.
+    pub fn coturn_log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.coturn_log_path()).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
     }
 
     /// Packets [`Inbound::OnlyTurnServer`]'s filter dropped so far.
@@ -331,6 +343,9 @@ impl Drop for Topology {
             let _ = child.wait();
         }
         let _ = std::fs::remove_file(format!("/tmp/{}.coturn.pid", self.prefix));
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(self.coturn_log_path());
+        }
         for name in self.created.drain(..).rev() {
             let _ = Command::new("ip").args(["netns", "del", &name]).status();
         }
