@@ -9,37 +9,28 @@
 //! Without root, `ip netns`, nft or coturn, each test skips (`common::skip`).
 
 mod common;
+#[path = "common/netns_call.rs"]
+mod netns_call;
 #[path = "../xcc-core/tests/netns_support/mod.rs"]
 mod netns_support;
 
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-use common::call::{media_target, rtp_filled, srtp_context};
-use common::{Daemon, DaemonConfig};
-use netns_support::{Nat, PEER, PRIVATE, PUBLIC_HOST, STUN_PRIMARY, Topology, enter};
-use tonic::transport::Channel;
-use webrtc_srtp::context::Context;
-use xcc_core::nat::Retransmission;
+use common::DaemonConfig;
+use common::call::media_target;
+use netns_call::{
+    COUNTED, Places, TurnPhone, WAIT, World, attribute, exchange_counted, new_phone, nominate,
+    pbx_recv, pbx_talks_first, phone_offer,
+};
+use netns_support::{Nat, PEER, PRIVATE, PUBLIC_HOST, STUN_PRIMARY, Topology};
 use xcc_core::nat::stun;
-use xcc_core::nat::turn::{TurnClient, TurnConfig, TurnEvent, TurnInput, TurnTransport};
 use xcc_grpc::pb;
 
-const SUITE: &str = "AES_CM_128_HMAC_SHA1_80";
 /// The NAT's public address (masquerade source).
 const NAT_PUBLIC: &str = netns_support::NAT_PUBLIC;
-/// Media sockets of the phone and the PBX (inside their namespaces).
-const PHONE_PORT: u16 = 23700;
-const PBX_PORT: u16 = 23600;
-/// Packets counted each way after setup.
-const COUNTED: u16 = 50;
 /// A public-side address nobody holds: STUN requests to it vanish (no ARP answer, no ICMP).
 const SILENT_STUN: &str = "203.0.113.40:3478";
-/// xccd's Prometheus endpoint, on its namespace's loopback.
-const METRICS: &str = "127.0.0.1:23990";
-/// Bound of every wait.
-const WAIT: Duration = Duration::from_secs(10);
 
 /// Where xccd runs.
 #[derive(Clone, Copy, PartialEq)]
@@ -52,425 +43,62 @@ enum XccSide {
     BehindNat,
 }
 
-/// One test's world: namespaces, coturn, xccd, the two media sockets.
-struct World {
-    xccd: Daemon,
-    phone: UdpSocket,
-    pbx: UdpSocket,
-    rt: tokio::runtime::Runtime,
-    channel: Channel,
-    /// Dropped last (fields drop in order): coturn and the namespaces go after xccd.
-    _topo: Topology,
+/// The namespaces, coturn (`turn`: with long-term credentials) and xccd on `side` of `nat`,
+/// pool from `pool_min`; `None` when the test skips.
+fn world(name: &str, nat: Nat, side: XccSide, turn: bool, pool_min: u16) -> Option<World> {
+    world_with(name, nat, side, turn, pool_min, true)
 }
 
-impl World {
-    fn build(name: &str, nat: Nat, side: XccSide, turn: bool, pool_min: u16) -> Option<World> {
-        Self::build_with(name, nat, side, turn, pool_min, true)
-    }
-
-    /// [`World::build`]; `silent_first` puts a silent STUN server before coturn (xccd behind the
-    /// NAT only).
-    fn build_with(
-        name: &str,
-        nat: Nat,
-        side: XccSide,
-        turn: bool,
-        pool_min: u16,
-        silent_first: bool,
-    ) -> Option<World> {
-        let topo = match Topology::build(nat, true, turn) {
-            Ok(t) => t,
-            Err(why) => {
-                common::skip(&format!("network namespaces unavailable: {why}"));
-                return None;
-            }
-        };
-        let mut cfg = DaemonConfig::new(name, pool_min, 20);
-        let (xcc_ns, phone_ns, phone_ip) = match side {
-            XccSide::Public => {
-                cfg.bind_address = PUBLIC_HOST.into();
-                cfg.public_address = Some(PUBLIC_HOST.into());
-                cfg.pbx_address = PUBLIC_HOST.into();
-                ("p", "c", PRIVATE)
-            }
-            XccSide::BehindNat => {
-                cfg.bind_address = PRIVATE.into();
-                cfg.public_address = None;
-                cfg.pbx_address = PRIVATE.into();
-                // A silent server first: xccd fails over to coturn after its retransmissions
-                // (5.5 s), long enough for the test to watch the change happen.
-                let silent = if silent_first {
-                    format!("\"{SILENT_STUN}\", ")
-                } else {
-                    String::new()
-                };
-                cfg.sections = format!("[stun]\nservers = [{silent}\"{STUN_PRIMARY}\"]\n");
-                ("c", "p", PEER)
-            }
-        };
-        let pbx_ip = if side == XccSide::Public {
-            PEER
-        } else {
-            PRIVATE
-        };
-        cfg.netns = Some(topo.ns(xcc_ns));
-        // Inside xccd's own namespace: no other daemon can hold the port.
-        cfg.metrics_listen = METRICS.into();
-        let xccd = Daemon::start_config(&cfg);
-        let phone = bind_in(&topo, phone_ns, phone_ip, PHONE_PORT);
-        let pbx = bind_in(&topo, xcc_ns, pbx_ip, PBX_PORT);
-        // This test's thread joins xccd's namespace for gRPC (its control port is on that
-        // namespace's loopback); the thread ends with the test.
-        enter(&topo.ns_path(xcc_ns));
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let channel = rt.block_on(async {
-            Channel::from_shared(xccd.endpoint.clone())
-                .unwrap()
-                .connect()
-                .await
-                .unwrap()
-        });
-        Some(World {
-            _topo: topo,
-            xccd,
-            phone,
-            pbx,
-            rt,
-            channel,
-        })
-    }
-
-    /// One scrape of xccd's metrics endpoint (this thread is in xccd's namespace).
-    fn scrape(&self) -> String {
-        use std::io::{Read, Write};
-        let mut tcp = std::net::TcpStream::connect(METRICS).expect("metrics endpoint");
-        tcp.set_read_timeout(Some(WAIT)).unwrap();
-        tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: xcc\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let mut body = String::new();
-        tcp.read_to_string(&mut body).unwrap();
-        body
-    }
-
-    fn sessions(&self) -> pb::sessions_client::SessionsClient<Channel> {
-        pb::sessions_client::SessionsClient::new(self.channel.clone())
-    }
-
-    fn status(&self) -> pb::StatusResponse {
-        let mut c = pb::satellite_client::SatelliteClient::new(self.channel.clone());
-        self.rt
-            .block_on(c.status(pb::StatusRequest {}))
-            .unwrap()
-            .into_inner()
-    }
-
-    /// Client offer `offer`, PBX answer on [`PBX_PORT`]: returns (answer for the phone, where the
-    /// PBX sends, session id).
-    fn call(&self, offer: &str) -> (String, SocketAddr, u64) {
-        let mut s = self.sessions();
-        let pbx_ip = self.pbx.local_addr().unwrap().ip();
-        let created = self
-            .rt
-            .block_on(s.create_session(pb::CreateSessionRequest {
-                idempotency_key: format!("{}-1", self.xccd.dir.display()),
-                offer_from: pb::Side::Client as i32,
-                sdp: offer.into(),
-            }))
-            .unwrap_or_else(|e| panic!("create: {e}; log:\n{}", self.xccd.log()))
-            .into_inner();
-        let pbx_target = media_target(&created.sdp);
-        let answered = self
-            .rt
-            .block_on(s.answer_session(pb::AnswerSessionRequest {
-                session_id: created.session_id,
-                sdp: sdp(pbx_ip, PBX_PORT, "RTP/AVP", &[]),
-            }))
-            .unwrap_or_else(|e| panic!("answer: {e}; log:\n{}", self.xccd.log()))
-            .into_inner();
-        (answered.sdp, pbx_target, created.session_id)
-    }
-
-    /// The client leg once its snapshot shows a latch (snapshots are published by the worker
-    /// after the packet that latched; polled, bounded).
-    fn latched_client_leg(&self, session_id: u64) -> pb::Leg {
-        let mut s = self.sessions();
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let leg = self
-                .rt
-                .block_on(s.get_session(pb::GetSessionRequest { session_id }))
-                .unwrap()
-                .into_inner()
-                .client
-                .expect("client leg");
-            if !leg.latched.is_empty() {
-                return leg;
-            }
-            assert!(Instant::now() < deadline, "never latched: {leg:?}");
-            std::thread::sleep(Duration::from_millis(20));
+/// [`world`]; `silent_first` puts a silent STUN server before coturn (xccd behind the NAT only).
+fn world_with(
+    name: &str,
+    nat: Nat,
+    side: XccSide,
+    turn: bool,
+    pool_min: u16,
+    silent_first: bool,
+) -> Option<World> {
+    let topo = match Topology::build(nat, true, turn) {
+        Ok(t) => t,
+        Err(why) => {
+            common::skip(&format!("network namespaces unavailable: {why}"));
+            return None;
         }
-    }
-}
-
-/// A UDP socket bound to `ip:port` inside namespace `which`.
-fn bind_in(topo: &Topology, which: &str, ip: &str, port: u16) -> UdpSocket {
-    let addr = SocketAddr::new(ip.parse().unwrap(), port);
-    topo.inside(which, move || {
-        let s = UdpSocket::bind(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
-        s
-    })
-}
-
-fn sdp(ip: IpAddr, port: u16, transport: &str, extra: &[String]) -> String {
-    let mut lines = vec![
-        "v=0".to_owned(),
-        format!("o=- 4242 1 IN IP4 {ip}"),
-        "s=-".into(),
-        format!("c=IN IP4 {ip}"),
-        "t=0 0".into(),
-        format!("m=audio {port} {transport} 0"),
-        "a=rtpmap:0 PCMU/8000".into(),
-    ];
-    lines.extend(extra.iter().cloned());
-    lines.push("a=sendrecv".into());
-    lines.join("\r\n") + "\r\n"
-}
-
-fn crypto_line(key: &[u8; 30]) -> String {
-    format!(
-        "a=crypto:1 {SUITE} inline:{}",
-        base64::engine::general_purpose::STANDARD.encode(key)
-    )
-}
-
-/// The key+salt of the answer's `a=crypto` line.
-fn crypto_of(sdp: &str) -> Vec<u8> {
-    let inline = sdp
-        .lines()
-        .filter_map(|l| l.strip_prefix("a=crypto:"))
-        .find(|l| l.contains(SUITE))
-        .and_then(|l| l.split("inline:").nth(1))
-        .expect("a=crypto line");
-    base64::engine::general_purpose::STANDARD
-        .decode(inline.split('|').next().unwrap().trim())
-        .unwrap()
-}
-
-fn attribute<'a>(sdp: &'a str, name: &str) -> &'a str {
-    let prefix = format!("a={name}:");
-    sdp.lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str()))
-        .map(str::trim)
-        .unwrap_or_else(|| panic!("no a={name} in:\n{sdp}"))
-}
-
-fn seq_of(p: &[u8]) -> u16 {
-    u16::from_be_bytes([p[2], p[3]])
-}
-
-/// The phone's end: SRTP out under its key, SRTP in under XCC's; STUN is set aside (counted),
-/// as a phone's RTP stack discards it (RFC 7983). With `turn`, everything goes through its
-/// allocation on coturn.
-struct Phone {
-    tx: Context,
-    rx: Context,
-    stun_seen: Vec<(SocketAddr, u16)>,
-    turn: Option<TurnPhone>,
-}
-
-impl Phone {
-    /// Sends `bytes` to `to`, directly or as a TURN Send indication.
-    fn send_raw(&mut self, sock: &UdpSocket, bytes: &[u8], to: SocketAddr) {
-        match &mut self.turn {
-            None => {
-                sock.send_to(bytes, to).unwrap();
-            }
-            Some(t) => t.send(sock, bytes, to),
-        }
-    }
-
-    /// One datagram (for TURN: one Data indication's payload) within 20 ms.
-    fn recv_raw(&mut self, sock: &UdpSocket, buf: &mut [u8]) -> Option<(usize, SocketAddr)> {
-        match &mut self.turn {
-            None => sock.recv_from(buf).ok(),
-            Some(t) => {
-                let (from, payload) = t.pump(sock)?;
-                buf[..payload.len()].copy_from_slice(&payload);
-                Some((payload.len(), from))
+    };
+    let mut cfg = DaemonConfig::new(name, pool_min, 20);
+    let places = match side {
+        XccSide::Public => {
+            cfg.bind_address = PUBLIC_HOST.into();
+            cfg.public_address = Some(PUBLIC_HOST.into());
+            cfg.pbx_address = PUBLIC_HOST.into();
+            Places {
+                xcc_ns: "p",
+                phone_ns: "c",
+                phone_ip: PRIVATE,
+                pbx_ip: PEER,
             }
         }
-    }
-
-    fn send(&mut self, sock: &UdpSocket, seq: u16, to: SocketAddr) {
-        let wire = self.tx.encrypt_rtp(&rtp_filled(seq, 0x1111, 0x11)).unwrap();
-        self.send_raw(sock, &wire, to);
-    }
-
-    /// The next media packet's sequence number (payload checked), within 20 ms.
-    fn recv(&mut self, sock: &UdpSocket) -> Option<u16> {
-        let mut buf = [0u8; 1500];
-        loop {
-            let (len, from) = self.recv_raw(sock, &mut buf)?;
-            if stun::is_stun(&buf[..len]) {
-                let kind = stun::Message::parse(&buf[..len]).map_or(0, |m| m.msg_type());
-                self.stun_seen.push((from, kind));
-                continue;
-            }
-            let plain = self
-                .rx
-                .decrypt_rtp(&buf[..len])
-                .expect("the phone authenticates XCC's SRTP");
-            assert_eq!(plain[12..], [0x22; 160], "the PBX's payload");
-            return Some(seq_of(&plain));
-        }
-    }
-}
-
-/// The phone's TURN allocation on coturn (long-term credentials `xcc`/`secret`), driven on its
-/// media socket.
-struct TurnPhone {
-    turn: TurnClient,
-    relayed: Option<SocketAddr>,
-    mapped: Option<SocketAddr>,
-    permitted: bool,
-}
-
-impl TurnPhone {
-    fn new(server: SocketAddr) -> TurnPhone {
-        TurnPhone {
-            turn: TurnClient::new(
-                TurnConfig {
-                    server,
-                    transport: TurnTransport::Udp,
-                    username: "xcc".into(),
-                    password: "secret".into(),
-                    lifetime: Duration::from_secs(600),
-                    retransmission: Retransmission::FAILOVER,
-                },
-                Instant::now(),
-            ),
-            relayed: None,
-            mapped: None,
-            permitted: false,
-        }
-    }
-
-    /// Runs timers, sends what the client wants sent, takes one datagram (20 ms at most):
-    /// `Some` when it was relayed data from a peer.
-    fn pump(&mut self, sock: &UdpSocket) -> Option<(SocketAddr, Vec<u8>)> {
-        let mut rng = rand::rng();
-        self.turn.handle_timeout(Instant::now(), &mut rng);
-        while let Some((to, bytes)) = self.turn.poll_transmit() {
-            let bytes = bytes.to_vec();
-            sock.send_to(&bytes, to).unwrap();
-        }
-        while let Some(event) = self.turn.poll_event() {
-            match event {
-                TurnEvent::Allocated {
-                    relayed, mapped, ..
-                } => {
-                    self.relayed = Some(relayed);
-                    self.mapped = mapped;
-                }
-                TurnEvent::PermissionGranted { .. } => self.permitted = true,
-                TurnEvent::ChannelBound { .. } => {}
-                TurnEvent::Failed { operation, code } => {
-                    panic!("TURN {operation:?} failed: {code:?}")
-                }
+        XccSide::BehindNat => {
+            cfg.bind_address = PRIVATE.into();
+            cfg.public_address = None;
+            cfg.pbx_address = PRIVATE.into();
+            // A silent server first: xccd fails over to coturn after its retransmissions
+            // (5.5 s), long enough for the test to watch the change happen.
+            let silent = if silent_first {
+                format!("\"{SILENT_STUN}\", ")
+            } else {
+                String::new()
+            };
+            cfg.sections = format!("[stun]\nservers = [{silent}\"{STUN_PRIMARY}\"]\n");
+            Places {
+                xcc_ns: "c",
+                phone_ns: "p",
+                phone_ip: PEER,
+                pbx_ip: PRIVATE,
             }
         }
-        let mut buf = [0u8; 1500];
-        let (n, from) = sock.recv_from(&mut buf).ok()?;
-        match self
-            .turn
-            .handle_datagram(Instant::now(), from, &buf[..n], &mut rng)
-        {
-            TurnInput::Data { peer, payload } => Some((peer, payload.to_vec())),
-            _ => None,
-        }
-    }
-
-    fn send(&mut self, sock: &UdpSocket, bytes: &[u8], to: SocketAddr) {
-        let mut out = [0u8; 1600];
-        let len = self.turn.wrap_send(to, bytes, &mut out).expect("fits");
-        sock.send_to(&out[..len], self.turn.server()).unwrap();
-    }
-
-    /// Allocates and permits `peer`, bounded.
-    fn allocate_for(&mut self, sock: &UdpSocket, peer: IpAddr) {
-        let deadline = Instant::now() + WAIT;
-        while self.relayed.is_none() {
-            self.pump(sock);
-            assert!(Instant::now() < deadline, "no TURN allocation");
-        }
-        assert!(self.turn.create_permission(Instant::now(), peer));
-        while !self.permitted {
-            self.pump(sock);
-            assert!(Instant::now() < deadline, "no TURN permission");
-        }
-    }
-}
-
-fn pbx_recv(sock: &UdpSocket) -> Option<u16> {
-    let mut buf = [0u8; 1500];
-    let (len, _) = sock.recv_from(&mut buf).ok()?;
-    assert_eq!(
-        buf[12..len],
-        [0x11; 160],
-        "the phone's payload, decrypted by XCC"
-    );
-    Some(seq_of(&buf[..len]))
-}
-
-/// Both ways at once, [`COUNTED`] packets each, 20 ms apart, sequence numbers from `first`;
-/// every one must arrive (the path is set up: nothing may be lost).
-fn exchange_counted(
-    w: &World,
-    phone: &mut Phone,
-    to_xcc: SocketAddr,
-    to_pbx: SocketAddr,
-    first: u16,
-) {
-    let (mut at_pbx, mut at_phone) = (Vec::new(), Vec::new());
-    for seq in first..first + COUNTED {
-        phone.send(&w.phone, seq, to_xcc);
-        w.pbx
-            .send_to(&rtp_filled(seq, 0x2222, 0x22), to_pbx)
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(20));
-        at_pbx.extend(pbx_recv(&w.pbx));
-        at_phone.extend(phone.recv(&w.phone));
-    }
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while (at_pbx.len() < COUNTED as usize || at_phone.len() < COUNTED as usize)
-        && Instant::now() < deadline
-    {
-        at_pbx.extend(pbx_recv(&w.pbx));
-        at_phone.extend(phone.recv(&w.phone));
-    }
-    let want: Vec<u16> = (first..first + COUNTED).collect();
-    assert_eq!(at_pbx, want, "phone -> PBX: every packet, in order");
-    assert_eq!(at_phone, want, "PBX -> phone: every packet, in order");
-}
-
-/// The phone's offer: its key, SRTP, `c=`/port as given, plus `extra` lines.
-fn phone_offer(at: SocketAddr, key: &[u8; 30], extra: &[String]) -> String {
-    let mut lines = vec![crypto_line(key)];
-    lines.extend(extra.iter().cloned());
-    sdp(at.ip(), at.port(), "RTP/SAVP", &lines)
-}
-
-fn new_phone(key: &[u8; 30], answer: &str) -> Phone {
-    Phone {
-        tx: srtp_context(key),
-        rx: srtp_context(&crypto_of(answer)),
-        stun_seen: Vec::new(),
-        turn: None,
-    }
+    };
+    Some(World::start(topo, cfg, places))
 }
 
 /// Phone behind a port-restricted cone NAT, no ICE, signalling its private address (what a phone
@@ -478,7 +106,7 @@ fn new_phone(key: &[u8; 30], answer: &str) -> Phone {
 /// address, and sends the PBX's audio back there.
 #[test]
 fn cone_nat_phone_talks_first_and_xcc_latches_on_its_srtp_context() {
-    let Some(w) = World::build(
+    let Some(w) = world(
         "nat-cone-first",
         Nat::PortRestrictedCone,
         XccSide::Public,
@@ -528,7 +156,7 @@ fn cone_nat_phone_talks_first_and_xcc_latches_on_its_srtp_context() {
 /// the phone's audio in: the phone sees a probe from XCC's public port before it sends anything.
 #[test]
 fn xcc_behind_cone_nat_punches_so_the_phone_can_talk_first() {
-    let Some(w) = World::build(
+    let Some(w) = world(
         "nat-xcc-behind",
         Nat::PortRestrictedCone,
         XccSide::BehindNat,
@@ -591,7 +219,7 @@ fn xcc_behind_cone_nat_punches_so_the_phone_can_talk_first() {
 
     // XCC sends first: a probe from its public media port reaches the phone.
     let deadline = Instant::now() + WAIT;
-    while !phone.stun_seen.iter().any(|(from, _)| *from == to_xcc) {
+    while !phone.stun_seen.iter().any(|seen| seen.from == to_xcc) {
         assert_eq!(phone.recv(&w.phone), None, "no media: the PBX is silent");
         assert!(
             Instant::now() < deadline,
@@ -602,7 +230,7 @@ fn xcc_behind_cone_nat_punches_so_the_phone_can_talk_first() {
         phone
             .stun_seen
             .iter()
-            .all(|(_, kind)| *kind == stun::BINDING_INDICATION),
+            .all(|seen| seen.kind == stun::BINDING_INDICATION),
         "a non-ICE phone gets Binding indications: {:?}",
         phone.stun_seen
     );
@@ -648,27 +276,6 @@ fn xcc_behind_cone_nat_punches_so_the_phone_can_talk_first() {
     exchange_counted(&w, &mut phone, to_xcc, to_pbx, seq);
 }
 
-/// A nominating ICE check from the phone (controlling) to XCC's ICE-lite port.
-fn nominating_check(xcc_ufrag: &str, phone_ufrag: &str, xcc_pwd: &str, id: [u8; 12]) -> Vec<u8> {
-    let mut buf = [0u8; 256];
-    let mut w = stun::Writer::new(&mut buf, stun::BINDING_REQUEST, stun::TransactionId(id))
-        .expect("buffer fits a header");
-    w.attribute(
-        stun::attr::USERNAME,
-        format!("{xcc_ufrag}:{phone_ufrag}").as_bytes(),
-    )
-    .unwrap();
-    w.attribute(stun::attr::PRIORITY, &1_845_501_695u32.to_be_bytes())
-        .unwrap();
-    w.attribute(stun::attr::ICE_CONTROLLING, &7u64.to_be_bytes())
-        .unwrap();
-    w.attribute(stun::attr::USE_CANDIDATE, &[]).unwrap();
-    w.integrity(xcc_pwd.as_bytes()).unwrap();
-    w.fingerprint().unwrap();
-    let len = w.finish();
-    buf[..len].to_vec()
-}
-
 /// The phone's server-reflexive address, asked from its media socket.
 fn srflx(sock: &UdpSocket, server: SocketAddr) -> SocketAddr {
     let mut req = [0u8; 20];
@@ -691,49 +298,13 @@ fn srflx(sock: &UdpSocket, server: SocketAddr) -> SocketAddr {
     }
 }
 
-/// Sends nominating checks (directly or through TURN) until XCC's verified answer arrives;
-/// returns the answer's XOR-MAPPED-ADDRESS (the phone as XCC sees it).
-fn nominate(
-    w: &World,
-    phone: &mut Phone,
-    to: SocketAddr,
-    xcc_ufrag: &str,
-    phone_ufrag: &str,
-    xcc_pwd: &str,
-) -> SocketAddr {
-    let mut buf = [0u8; 1500];
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let id: [u8; 12] = rand::random();
-        let check = nominating_check(xcc_ufrag, phone_ufrag, xcc_pwd, id);
-        phone.send_raw(&w.phone, &check, to);
-        for _ in 0..5 {
-            let Some((n, from)) = phone.recv_raw(&w.phone, &mut buf) else {
-                continue;
-            };
-            let Ok(m) = stun::Message::parse(&buf[..n]) else {
-                continue;
-            };
-            if from == to && m.msg_type() == stun::BINDING_SUCCESS && m.transaction_id().0 == id {
-                assert!(
-                    m.verify_integrity(xcc_pwd.as_bytes()),
-                    "answer under XCC's pwd"
-                );
-                assert!(m.verify_fingerprint());
-                return m.xor_mapped_address().expect("XOR-MAPPED-ADDRESS");
-            }
-        }
-        assert!(Instant::now() < deadline, "no verified answer to the check");
-    }
-}
-
 /// Phone behind a symmetric NAT (`masquerade random`): the srflx it learned from coturn is not
 /// the mapping the NAT picks towards XCC. It signals ICE (host + srflx) and nominates; XCC latches
 /// to the authenticated check's source. Then the PBX talks first: its very first packets reach
 /// the phone, which has not sent any media yet.
 #[test]
 fn symmetric_nat_ice_phone_latches_after_authenticated_check_and_hears_the_pbx_first() {
-    let Some(w) = World::build(
+    let Some(w) = world(
         "nat-symmetric",
         Nat::Symmetric,
         XccSide::Public,
@@ -790,34 +361,13 @@ fn symmetric_nat_ice_phone_latches_after_authenticated_check_and_hears_the_pbx_f
     exchange_counted(&w, &mut phone, to_xcc, to_pbx, COUNTED + 1);
 }
 
-/// The PBX talks first (the phone has sent no media at all): its first [`COUNTED`] packets, all
-/// of them, reach the phone.
-fn pbx_talks_first(w: &World, phone: &mut Phone, to_pbx: SocketAddr) {
-    let mut heard = Vec::new();
-    for seq in 1..=COUNTED {
-        w.pbx
-            .send_to(&rtp_filled(seq, 0x2222, 0x22), to_pbx)
-            .unwrap();
-        heard.extend(phone.recv(&w.phone));
-    }
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while heard.len() < COUNTED as usize && Instant::now() < deadline {
-        heard.extend(phone.recv(&w.phone));
-    }
-    assert_eq!(
-        heard,
-        (1..=COUNTED).collect::<Vec<_>>(),
-        "the PBX's first packets, all of them, before the phone sent media"
-    );
-}
-
 /// Phone behind a symmetric NAT that relays through coturn: its only candidate is its TURN
 /// relayed address (permission for XCC's address). Its checks reach XCC from the relay; XCC
 /// latches on the authenticated nominating check to the relayed address, the PBX talks first
 /// and SRTP flows both ways through the relay (Send/Data indications).
 #[test]
 fn turn_relayed_phone_latches_on_the_relay_and_srtp_flows_through_it() {
-    let Some(w) = World::build("nat-turn", Nat::Symmetric, XccSide::Public, true, 23860) else {
+    let Some(w) = world("nat-turn", Nat::Symmetric, XccSide::Public, true, 23860) else {
         return;
     };
     let mut turn = TurnPhone::new(STUN_PRIMARY.parse().unwrap());
@@ -880,7 +430,7 @@ fn answer_check(req: &stun::Message<'_>, from: SocketAddr, phone_pwd: &str) -> V
 /// and its first packets all reach the phone, which has sent no check and no media.
 #[test]
 fn xcc_behind_cone_nat_latches_on_the_ice_phones_answer_to_its_check_and_the_pbx_talks_first() {
-    let Some(w) = World::build_with(
+    let Some(w) = world_with(
         "nat-xcc-ice",
         Nat::PortRestrictedCone,
         XccSide::BehindNat,

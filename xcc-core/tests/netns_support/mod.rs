@@ -9,6 +9,9 @@
 //!                                  masquerade out of n1                    203.0.113.20 (peer), .30
 //! ```
 //!
+//! [`Inbound::OnlyTurnServer`] adds a forward filter on the NAT for the uplink that lets no
+//! inbound media through: from n1 to n0 only replies from coturn's TURN port pass.
+//!
 //! Each test binary uses a subset, hence `allow(dead_code)`.
 #![allow(dead_code)]
 
@@ -29,6 +32,10 @@ pub const PEER: &str = "203.0.113.20";
 /// A second public host (with `peer`): xccd when it sits on the public side.
 pub const PUBLIC_HOST: &str = "203.0.113.30";
 
+/// coturn's relayed ports (`--min-port`, `--max-port`); its relayed addresses are its
+/// listening ones, 203.0.113.10 and .11.
+pub const RELAY_PORTS: std::ops::RangeInclusive<u16> = 49152..=49300;
+
 /// Upper bound of any one drive loop.
 pub const DEADLINE: Duration = Duration::from_secs(15);
 
@@ -39,6 +46,16 @@ pub enum Nat {
     PortRestrictedCone,
     /// `masquerade random`: a new random port per destination (symmetric NAT).
     Symmetric,
+}
+
+/// What the NAT lets in from the public side.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Inbound {
+    /// Whatever conntrack takes for a reply (the masquerade's own filtering).
+    Replies,
+    /// Only replies from coturn's TURN port ([`STUN_PRIMARY`], conntrack state established);
+    /// every other packet from n1 towards n0 is dropped and counted ([`Topology::inbound_dropped`]).
+    OnlyTurnServer,
 }
 
 /// The three namespaces, coturn, and their removal.
@@ -64,6 +81,16 @@ impl Topology {
 
     /// Builds the topology, or says why it cannot (then the test skips).
     pub fn build(nat: Nat, peer: bool, turn: bool) -> Result<Topology, String> {
+        Self::build_with(nat, peer, turn, Inbound::Replies)
+    }
+
+    /// [`Topology::build`] with the NAT letting in what `inbound` says.
+    pub fn build_with(
+        nat: Nat,
+        peer: bool,
+        turn: bool,
+        inbound: Inbound,
+    ) -> Result<Topology, String> {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         if Command::new("turnserver")
             .arg("--version")
@@ -146,9 +173,20 @@ impl Topology {
             Nat::PortRestrictedCone => "masquerade",
             Nat::Symmetric => "masquerade random",
         };
+        let filter = match inbound {
+            Inbound::Replies => String::new(),
+            Inbound::OnlyTurnServer => {
+                let (ip, port) = STUN_PRIMARY.split_once(':').expect("literal");
+                format!(
+                    " chain inbound {{\n  type filter hook forward priority filter; policy accept;\n  \
+                     iifname \"n1\" oifname \"n0\" ip saddr {ip} udp sport {port} ct state established \
+                     accept\n  iifname \"n1\" oifname \"n0\" counter drop\n }}\n"
+                )
+            }
+        };
         let ruleset = format!(
             "table ip xccnat {{\n chain post {{\n  type nat hook postrouting priority srcnat;\n  \
-             oifname \"n1\" {rule}\n }}\n}}\n"
+             oifname \"n1\" {rule}\n }}\n{filter}}}\n"
         );
         let mut nft = Command::new("ip")
             .args(["netns", "exec", &n, "nft", "-f", "-"])
@@ -194,20 +232,56 @@ impl Topology {
             "--listening-port",
             "3478",
         ];
-        let ports = ["--min-port", "49152", "--max-port", "49300"];
+        let (min_port, max_port) = (
+            RELAY_PORTS.start().to_string(),
+            RELAY_PORTS.end().to_string(),
+        );
+        let ports = ["--min-port", &min_port, "--max-port", &max_port];
         let coturn = Command::new("ip")
             .args(args)
             .args(listen)
             .args(mode)
             .args(ports)
             .args(["--pidfile", &pidfile, "--log-file", "stdout"])
-            .stdout(Stdio::null())
+            .stdout(File::create(topo.coturn_log_path()).map_err(|e| format!("coturn log: {e}"))?)
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("turnserver: {e}"))?;
         topo.coturn = Some(coturn);
         topo.wait_for_coturn()?;
         Ok(topo)
+    }
+
+    /// coturn's log (kept after a failed test, removed otherwise).
+    pub fn coturn_log_path(&self) -> String {
+        format!("/tmp/{}.coturn.log", self.prefix)
+    }
+
+    /// The last `lines` lines of coturn's log, for failure messages.
+    pub fn coturn_log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.coturn_log_path()).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Packets [`Inbound::OnlyTurnServer`]'s filter dropped so far.
+    pub fn inbound_dropped(&self) -> Result<u64, String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns("n"), "nft", "list", "chain"])
+            .args(["ip", "xccnat", "inbound"])
+            .output()
+            .map_err(|e| format!("nft: {e}"))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split("counter packets ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| {
+                format!(
+                    "no drop counter in the inbound chain: {text}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })
     }
 
     /// Waits until coturn answers on its primary and alternate addresses, asking from inside the
@@ -269,6 +343,9 @@ impl Drop for Topology {
             let _ = child.wait();
         }
         let _ = std::fs::remove_file(format!("/tmp/{}.coturn.pid", self.prefix));
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(self.coturn_log_path());
+        }
         for name in self.created.drain(..).rev() {
             let _ = Command::new("ip").args(["netns", "del", &name]).status();
         }

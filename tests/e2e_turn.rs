@@ -1,0 +1,485 @@
+//! XCC as its own TURN client (`[turn]`, RFC 8656 over UDP), end to end through the real xccd:
+//! a satellite whose uplink lets no inbound media through.
+//!
+//! ```text
+//!  ns "c" (private)                 ns "n" (NAT)                      ns "p" (public)
+//!  xccd + PBX 198.51.100.2  ---  198.51.100.1 | 203.0.113.1  ---  coturn 203.0.113.10:3478 (.11)
+//!                                masquerade random out of n1       phone 203.0.113.20:23700
+//!                                forward n1 -> n0: only established
+//!                                replies from 203.0.113.10:3478
+//! ```
+//!
+//! The NAT maps symmetrically and its forward filter drops everything from the public side except
+//! coturn's replies (`netns_support::Inbound::OnlyTurnServer`), so the phone can reach xccd only
+//! through the allocations xccd holds on coturn (long-term credentials `xcc`/`secret`). Each
+//! call: SDES-SRTP phone, plain-RTP PBX, every packet after setup counted in order at the far end;
+//! the phone must hear XCC from the relayed address. Without root, `ip netns`, nft or coturn,
+//! each test skips (`common::skip`).
+
+mod common;
+#[path = "common/netns_call.rs"]
+mod netns_call;
+#[path = "../xcc-core/tests/netns_support/mod.rs"]
+mod netns_support;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use common::DaemonConfig;
+use netns_call::{
+    COUNTED, Phone, Places, WAIT, World, attribute, bind_in, exchange_counted, new_phone, nominate,
+    pbx_recv, pbx_talks_first, phone_offer,
+};
+use netns_support::{
+    Inbound, NAT_PUBLIC, Nat, PEER, PRIVATE, RELAY_PORTS, STUN_PRIMARY, Topology, recv_until,
+};
+use xcc_core::nat::stun;
+use xcc_grpc::pb;
+
+/// coturn's addresses: its relayed addresses are its listening ones.
+const COTURN: [&str; 2] = ["203.0.113.10", "203.0.113.11"];
+/// Media ports per xccd: 10 calls of 4 ports, spares included.
+const POOL_LEN: u16 = 40;
+/// Client legs xccd keeps allocated ahead of calls.
+const SPARES: u16 = 2;
+/// The length of a non-ICE hole-punching probe: a STUN Binding indication with FINGERPRINT.
+const PROBE_LEN: usize = 28;
+
+/// The topology, or `None` when the test skips.
+fn topology() -> Option<Topology> {
+    match Topology::build_with(Nat::Symmetric, true, true, Inbound::OnlyTurnServer) {
+        Ok(t) => Some(t),
+        Err(why) => {
+            common::skip(&format!("network namespaces unavailable: {why}"));
+            None
+        }
+    }
+}
+
+/// xccd behind the NAT with the PBX, STUN and TURN on coturn under `password`, the phone on the
+/// public side.
+fn relayed_world(topo: Topology, name: &str, pool_min: u16, password: &str) -> World {
+    let mut cfg = DaemonConfig::new(name, pool_min, POOL_LEN);
+    cfg.bind_address = PRIVATE.into();
+    cfg.public_address = None;
+    cfg.pbx_address = PRIVATE.into();
+    // STUN too, as a satellite would have it: without the relay, xccd would advertise the NAT's
+    // address (203.0.113.1), which the filter makes useless.
+    cfg.sections = format!(
+        "[stun]\nservers = [\"{STUN_PRIMARY}\"]\n\n\
+         [turn]\nserver = \"{STUN_PRIMARY}\"\nusername = \"xcc\"\npassword = \"{password}\"\n\
+         lifetime_secs = 600\nspares = {SPARES}\n"
+    );
+    World::start(
+        topo,
+        cfg,
+        Places {
+            xcc_ns: "c",
+            phone_ns: "p",
+            phone_ip: PEER,
+            pbx_ip: PRIVATE,
+        },
+    )
+}
+
+/// xccd's log and the end of coturn's, for failure messages.
+fn logs(w: &World) -> String {
+    format!(
+        "xccd log:\n{}\ncoturn log ({}, last 40 lines):\n{}",
+        w.xccd.log(),
+        w.topo.coturn_log_path(),
+        w.topo.coturn_log_tail(40)
+    )
+}
+
+/// The client leg's relayed transport addresses as the answer names them.
+struct Relayed {
+    /// `c=` and the `m=audio` port.
+    rtp: SocketAddr,
+    /// `a=rtcp:PORT IN IP4 ADDR`.
+    rtcp: SocketAddr,
+}
+
+fn is_coturn_relay(addr: SocketAddr) -> bool {
+    COTURN.iter().any(|ip| addr.ip().to_string() == *ip) && RELAY_PORTS.contains(&addr.port())
+}
+
+/// Reads the relayed addresses from `answer` and checks they are coturn's (not the NAT's
+/// 203.0.113.1, not xccd's own 198.51.100.2), RTCP on an allocation of its own.
+fn relayed_in(w: &World, answer: &str) -> Relayed {
+    let rtp = common::call::media_target(answer);
+    assert!(
+        is_coturn_relay(rtp),
+        "the phone must be told coturn's relayed address ({COTURN:?}, ports {RELAY_PORTS:?}), \
+         not the NAT's ({NAT_PUBLIC}) or xccd's own ({PRIVATE}); c=/m= say {rtp}. Answer:\n\
+         {answer}\n{}",
+        logs(w)
+    );
+    let rtcp_line = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("a=rtcp:"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no a=rtcp: the relayed RTCP address (its own allocation, not RTP + 1) must be \
+                 signalled. Answer:\n{answer}\n{}",
+                logs(w)
+            )
+        });
+    let fields: Vec<&str> = rtcp_line.split_whitespace().collect();
+    let rtcp = match fields.as_slice() {
+        [port, "IN", "IP4", ip] => SocketAddr::new(
+            ip.parse().expect("a=rtcp address"),
+            port.parse().expect("a=rtcp port"),
+        ),
+        _ => panic!("a=rtcp:{rtcp_line} names no address (PORT IN IP4 ADDR expected)"),
+    };
+    assert!(
+        is_coturn_relay(rtcp) && rtcp != rtp,
+        "a=rtcp must be coturn's relayed address of a second allocation, got {rtcp} (RTP {rtp}). \
+         Answer:\n{answer}\n{}",
+        logs(w)
+    );
+    Relayed { rtp, rtcp }
+}
+
+/// Every media packet the phone received came from `relayed`.
+fn heard_only_through(w: &World, phone: &Phone, relayed: SocketAddr) {
+    let other: Vec<&SocketAddr> = phone.media_from.iter().filter(|f| **f != relayed).collect();
+    assert!(
+        other.is_empty(),
+        "the phone heard XCC from {other:?}, not only from the relayed address {relayed}; \
+         {}",
+        logs(w)
+    );
+}
+
+/// The phone talks to `to` (sequence numbers from `first`) until the PBX hears it; returns the
+/// next sequence number.
+fn phone_talks_until_the_pbx_hears(
+    w: &World,
+    phone: &mut Phone,
+    to: SocketAddr,
+    first: u16,
+) -> u16 {
+    let mut seq = first;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        phone.send(&w.phone, seq, to);
+        seq += 1;
+        if pbx_recv(&w.pbx).is_some() {
+            return seq;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the phone's SRTP sent to {to} never reached the PBX; {}",
+            logs(w)
+        );
+    }
+}
+
+/// Non-ICE phone signalling its own public address; the answer names coturn's relayed address;
+/// the phone's SRTP sent there reaches the PBX as RTP, and the PBX's audio reaches the phone as
+/// SRTP from the relayed address: every packet, both ways.
+#[test]
+fn relayed_client_leg_carries_srtp_both_ways_when_the_phone_talks_first() {
+    let Some(topo) = topology() else {
+        return;
+    };
+    let w = relayed_world(topo, "turn-phone-first", 25400, "secret");
+    let key: [u8; 30] = rand::random();
+    let signalled = w.phone.local_addr().unwrap();
+    let (answer, to_pbx, id) = w.call(&phone_offer(signalled, &key, &[]));
+    let relayed = relayed_in(&w, &answer);
+    let mut phone = new_phone(&key, &answer);
+
+    let seq = phone_talks_until_the_pbx_hears(&w, &mut phone, relayed.rtp, 1);
+    let leg = w.latched_client_leg(id);
+    assert_eq!(
+        leg.latched,
+        signalled.to_string(),
+        "latched on the phone as the relay names it (no NAT on the phone); {}",
+        logs(&w)
+    );
+    while pbx_recv(&w.pbx).is_some() {}
+    exchange_counted(&w, &mut phone, relayed.rtp, to_pbx, seq);
+    heard_only_through(&w, &phone, relayed.rtp);
+}
+
+/// The phone sends nothing before it has heard from XCC: XCC's hole-punching probe (a 28-byte
+/// STUN Binding indication, first byte 0) reaches it from the relayed address, then the PBX
+/// talks first and all its first packets reach the phone through the relay; then the phone
+/// talks and both ways are counted.
+#[test]
+fn relayed_client_leg_lets_the_pbx_talk_first() {
+    let Some(topo) = topology() else {
+        return;
+    };
+    let w = relayed_world(topo, "turn-pbx-first", 25440, "secret");
+    let key: [u8; 30] = rand::random();
+    let signalled = w.phone.local_addr().unwrap();
+    let (answer, to_pbx, id) = w.call(&phone_offer(signalled, &key, &[]));
+    let relayed = relayed_in(&w, &answer);
+    let mut phone = new_phone(&key, &answer);
+
+    let deadline = Instant::now() + WAIT;
+    while !phone.stun_seen.iter().any(|s| s.from == relayed.rtp) {
+        assert_eq!(phone.recv(&w.phone), None, "no media: the PBX is silent");
+        assert!(
+            Instant::now() < deadline,
+            "no hole-punching probe from the relayed address {} (seen: {:?}); {}",
+            relayed.rtp,
+            phone.stun_seen,
+            logs(&w)
+        );
+    }
+    let probes: Vec<_> = phone
+        .stun_seen
+        .iter()
+        .filter(|s| s.from == relayed.rtp)
+        .collect();
+    assert!(
+        probes
+            .iter()
+            .all(|s| s.kind == stun::BINDING_INDICATION && s.len == PROBE_LEN),
+        "a non-ICE phone gets {PROBE_LEN}-byte Binding indications (first byte 0, discarded as \
+         RTP version 0): {probes:?}"
+    );
+
+    pbx_talks_first(&w, &mut phone, to_pbx);
+    heard_only_through(&w, &phone, relayed.rtp);
+    exchange_counted(&w, &mut phone, relayed.rtp, to_pbx, COUNTED + 1);
+    heard_only_through(&w, &phone, relayed.rtp);
+    let leg = w.latched_client_leg(id);
+    assert_eq!(leg.latched, signalled.to_string());
+    assert!(leg.punch_probes_sent > 0, "{leg:?}");
+}
+
+/// `a=candidate` lines of `sdp`: (component, address, type).
+fn candidates(sdp: &str) -> Vec<(u32, SocketAddr, String)> {
+    sdp.lines()
+        .filter_map(|l| l.strip_prefix("a=candidate:"))
+        .map(|c| {
+            let f: Vec<&str> = c.split_whitespace().collect();
+            assert!(f.len() >= 8 && f[6] == "typ", "malformed candidate {c:?}");
+            let ip: IpAddr = f[4].parse().expect("candidate address");
+            let port: u16 = f[5].parse().expect("candidate port");
+            (
+                f[1].parse().expect("component"),
+                SocketAddr::new(ip, port),
+                f[7].to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// ICE phone: the answer is ICE-lite with relay candidates only (XCC's own addresses are
+/// unreachable); the phone's nominating check to the relayed address gets a success response
+/// from it under XCC's ice-pwd; XCC latches on the phone and media flows both ways.
+#[test]
+fn ice_phone_checks_through_the_relay_and_latches() {
+    let Some(topo) = topology() else {
+        return;
+    };
+    let w = relayed_world(topo, "turn-ice", 25480, "secret");
+    let phone_at = w.phone.local_addr().unwrap();
+    let key: [u8; 30] = rand::random();
+    let (phone_ufrag, phone_pwd) = ("TrnI", "phonepasswordphonepassword");
+    let offer = phone_offer(
+        phone_at,
+        &key,
+        &[
+            format!("a=ice-ufrag:{phone_ufrag}"),
+            format!("a=ice-pwd:{phone_pwd}"),
+            format!(
+                "a=candidate:1 1 UDP 2130706431 {} {} typ host",
+                phone_at.ip(),
+                phone_at.port()
+            ),
+        ],
+    );
+    let (answer, to_pbx, id) = w.call(&offer);
+    assert!(
+        answer.contains("a=ice-lite\r\n"),
+        "ICE-lite answer:\n{answer}"
+    );
+    let relayed = relayed_in(&w, &answer);
+    let offered = candidates(&answer);
+    assert!(
+        !offered.is_empty() && offered.iter().all(|(_, _, typ)| typ == "relay"),
+        "relay candidates only (typ relay): {offered:?}\n{answer}"
+    );
+    assert!(
+        offered.contains(&(1, relayed.rtp, "relay".into())),
+        "component 1 is the relayed RTP address {}: {offered:?}",
+        relayed.rtp
+    );
+    if let Some((_, rtcp, _)) = offered.iter().find(|(c, _, _)| *c == 2) {
+        assert_eq!(*rtcp, relayed.rtcp, "component 2 is a=rtcp's address");
+    }
+    let (xcc_ufrag, xcc_pwd) = (
+        attribute(&answer, "ice-ufrag"),
+        attribute(&answer, "ice-pwd"),
+    );
+    let mut phone = new_phone(&key, &answer);
+
+    let seen = nominate(&w, &mut phone, relayed.rtp, xcc_ufrag, phone_ufrag, xcc_pwd);
+    assert_eq!(
+        seen, phone_at,
+        "XCC sees the phone at its own address (the relay's peer address)"
+    );
+    let leg = w.latched_client_leg(id);
+    assert_eq!(leg.latched, phone_at.to_string(), "latched on the check");
+
+    exchange_counted(&w, &mut phone, relayed.rtp, to_pbx, 1);
+    heard_only_through(&w, &phone, relayed.rtp);
+}
+
+/// The NAT's filter, checked before xccd runs: a socket behind the NAT that sent to the phone
+/// does not hear the phone's reply (dropped and counted), while coturn's answer to a Binding
+/// request gets in.
+fn filter_lets_only_the_turn_server_in(topo: &Topology) {
+    let inside = bind_in(topo, "c", PRIVATE, 23650);
+    let outside = bind_in(topo, "p", PEER, 23702);
+    let mut buf = [0u8; 1500];
+    inside
+        .send_to(b"out", outside.local_addr().unwrap())
+        .unwrap();
+    let (_, mapped) = recv_until(&outside, &mut buf, Instant::now() + WAIT)
+        .expect("outbound from behind the NAT passes");
+    assert_eq!(mapped.ip().to_string(), NAT_PUBLIC, "masqueraded");
+    let dropped = topo.inbound_dropped().unwrap();
+    outside.send_to(b"reply", mapped).unwrap();
+    let deadline = Instant::now() + WAIT;
+    while topo.inbound_dropped().unwrap() == dropped {
+        assert!(
+            Instant::now() < deadline,
+            "the filter did not count the phone's reply"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    inside.set_nonblocking(true).unwrap();
+    assert!(
+        inside.recv_from(&mut buf).is_err(),
+        "a reply from the phone got through the filter"
+    );
+    inside.set_nonblocking(false).unwrap();
+
+    let server: SocketAddr = STUN_PRIMARY.parse().unwrap();
+    let dropped = topo.inbound_dropped().unwrap();
+    let deadline = Instant::now() + WAIT;
+    let public = loop {
+        let id = stun::TransactionId(rand::random());
+        let mut req = [0u8; 20];
+        let len = stun::Writer::new(&mut req, stun::BINDING_REQUEST, id)
+            .expect("20-byte buffer fits a header")
+            .finish();
+        inside.send_to(&req[..len], server).unwrap();
+        if let Some((n, from)) = recv_until(&inside, &mut buf, Instant::now() + WAIT / 20)
+            && from == server
+            && let Ok(m) = stun::Message::parse(&buf[..n])
+            && m.transaction_id() == id
+        {
+            break m.xor_mapped_address().expect("XOR-MAPPED-ADDRESS");
+        }
+        assert!(Instant::now() < deadline, "coturn's answer was filtered");
+    };
+    assert_eq!(public.ip().to_string(), NAT_PUBLIC);
+    assert_eq!(topo.inbound_dropped().unwrap(), dropped, "nothing dropped");
+}
+
+/// A control for the topology: the phone's SRTP sent straight to the NAT's public address on
+/// xccd's bound client port never reaches xccd (its client-leg counters do not move, the PBX
+/// hears nothing of it), while the same phone's SRTP to the relayed address does.
+#[test]
+fn direct_packets_to_xcc_are_blocked_so_only_the_relay_works() {
+    let Some(topo) = topology() else {
+        return;
+    };
+    filter_lets_only_the_turn_server_in(&topo);
+    let w = relayed_world(topo, "turn-direct", 25520, "secret");
+    let key: [u8; 30] = rand::random();
+    let signalled = w.phone.local_addr().unwrap();
+    let (answer, _, id) = w.call(&phone_offer(signalled, &key, &[]));
+    let relayed = relayed_in(&w, &answer);
+    let mut phone = new_phone(&key, &answer);
+
+    let before = w.client_leg(id);
+    let bound = SocketAddr::new(NAT_PUBLIC.parse().unwrap(), before.rtp_port as u16);
+    const DIRECT: u16 = 10;
+    for seq in 1..=DIRECT {
+        phone.send(&w.phone, seq, bound);
+    }
+    // Through the relay, after the direct packets: both arrive on xccd's client RTP socket, so
+    // by the time the PBX hears the relayed ones, any direct one would have been handled.
+    phone_talks_until_the_pbx_hears(&w, &mut phone, relayed.rtp, DIRECT + 1);
+    let mut heard = Vec::new();
+    while let Some(seq) = pbx_recv(&w.pbx) {
+        heard.push(seq);
+    }
+    assert!(
+        heard.iter().all(|seq| *seq > DIRECT),
+        "a packet sent straight to {bound} reached the PBX: {heard:?}"
+    );
+    let leg = w.latched_client_leg(id);
+    let (b, a) = (
+        before.counters.unwrap_or_default(),
+        leg.counters.unwrap_or_default(),
+    );
+    assert_eq!(
+        (a.drop_stray, a.drop_stranger, a.drop_auth_failure),
+        (b.drop_stray, b.drop_stranger, b.drop_auth_failure),
+        "xccd saw packets sent straight to {bound}: {leg:?}"
+    );
+    assert_eq!(
+        leg.latched,
+        signalled.to_string(),
+        "latched through the relay"
+    );
+}
+
+/// xccd's credentials are wrong, so coturn refuses every allocation: CreateSession fails with
+/// UNAVAILABLE every time, more times than the pool has calls, and no port is left held for
+/// a refused session.
+#[test]
+fn no_ready_allocation_refuses_the_session_as_unavailable() {
+    let Some(topo) = topology() else {
+        return;
+    };
+    let w = relayed_world(topo, "turn-refused", 25560, "not-the-secret");
+    let key: [u8; 30] = rand::random();
+    let offer = phone_offer(w.phone.local_addr().unwrap(), &key, &[]);
+    // More attempts than the pool has calls: one leaked call's ports each would exhaust it.
+    let attempts = POOL_LEN / 4 + 2;
+    for attempt in 1..=attempts {
+        match w.try_create(&offer) {
+            Err(e) if e.code() == tonic::Code::Unavailable => {
+                if attempt == 1 {
+                    eprintln!("refused: {}", e.message());
+                }
+            }
+            Err(e) => panic!(
+                "attempt {attempt}: expected UNAVAILABLE (no TURN allocation: coturn refuses \
+                 xccd's credentials), got {:?}: {}; {}",
+                e.code(),
+                e.message(),
+                logs(&w)
+            ),
+            Ok(s) => panic!(
+                "attempt {attempt}: a session without a relay: {s:?}; {}",
+                logs(&w)
+            ),
+        }
+    }
+    let mut calls = pb::calls_client::CallsClient::new(w.channel.clone());
+    let listed =
+        w.rt.block_on(calls.list_calls(pb::ListCallsRequest {}))
+            .unwrap()
+            .into_inner();
+    assert!(listed.calls.is_empty(), "no call: {listed:?}");
+    let status = w.status();
+    assert!(
+        status.ports_used <= u64::from(SPARES) * 4,
+        "at most the spares' ports are held ({SPARES} x 4), not the refused sessions': \
+         {status:?}"
+    );
+}
