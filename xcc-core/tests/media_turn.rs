@@ -3,110 +3,18 @@
 //! call's client leg speaks SRTP through the relay both ways, direct datagrams to the bound client
 //! ports are dropped, and a server refusing the credentials makes allocation fail cleanly without
 //! leaking ports.
-//!
-//! coturn must allow loopback peers here (`--allow-loopback-peers`): the phone and XCC both live on
-//! 127.0.0.1. Without coturn installed each test skips, failing under CI.
+//! The coturn harness is `turn_support`.
 
 mod media_support;
+mod turn_support;
 
 use std::net::{SocketAddr, UdpSocket};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use media_support::*;
+use turn_support::{Coturn, LIMIT, RELAY_PORTS, TURN_PORT, relayed_engine};
 use xcc_core::ids::LegSide;
-use xcc_core::media::{MediaConfig, MediaEngine, MediaEvent, RelayConfig};
 use xcc_core::srtp::SrtpSuite;
-
-/// coturn's listening port on 127.0.0.1.
-const TURN_PORT: u16 = 27478;
-/// coturn's relay port range (outside every test pool).
-const RELAY_PORTS: (u16, u16) = (27500, 27599);
-/// The engine's pool.
-const POOL: (u16, u16) = (27400, 27449);
-/// Bound of every wait.
-const LIMIT: Duration = Duration::from_secs(10);
-
-/// One coturn per test binary at a time: the tests share its port.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-/// coturn with user `xcc:secret` in realm `xcc.test`, killed on drop.
-struct Coturn {
-    _serial: MutexGuard<'static, ()>,
-    child: Child,
-}
-
-impl Coturn {
-    fn start() -> Option<Coturn> {
-        let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-        if Command::new("turnserver")
-            .arg("--version")
-            .output()
-            .is_err()
-        {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "coturn (turnserver) must be installed under CI"
-            );
-            eprintln!("skipped: coturn (turnserver) not installed");
-            return None;
-        }
-        let pidfile = format!("/tmp/xcc-media-turn-{}.pid", std::process::id());
-        let child = Command::new("turnserver")
-            .args(["-n", "--no-cli", "--no-tls", "--no-dtls"])
-            .args(["-L", "127.0.0.1", "--relay-ip", "127.0.0.1"])
-            .args(["--listening-port", &TURN_PORT.to_string()])
-            .args(["--min-port", &RELAY_PORTS.0.to_string()])
-            .args(["--max-port", &RELAY_PORTS.1.to_string()])
-            .args([
-                "--lt-cred-mech",
-                "--user",
-                "xcc:secret",
-                "--realm",
-                "xcc.test",
-            ])
-            .args(["--allow-loopback-peers", "--pidfile", &pidfile])
-            .args(["--log-file", "stdout"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn turnserver");
-        Some(Coturn {
-            _serial: serial,
-            child,
-        })
-    }
-}
-
-impl Drop for Coturn {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn relay(password: &str) -> RelayConfig {
-    RelayConfig {
-        server: local(TURN_PORT),
-        username: "xcc".into(),
-        password: password.into(),
-        lifetime: Duration::from_secs(600),
-        spares: 2,
-    }
-}
-
-fn relayed_engine(password: &str) -> (MediaEngine, crossbeam_channel::Receiver<MediaEvent>) {
-    let cfg = MediaConfig {
-        bind_address: "127.0.0.1".parse().unwrap(),
-        port_min: POOL.0,
-        port_max: POOL.1,
-        workers: 1,
-        quarantine_secs: 0,
-        ..MediaConfig::default()
-    };
-    MediaEngine::start_relayed(cfg, Some(relay(password))).expect("engine starts")
-}
 
 /// Receives datagrams on `sock` until one is not a TURN/STUN message from XCC's punching.
 fn recv_media(sock: &UdpSocket) -> (Vec<u8>, SocketAddr) {

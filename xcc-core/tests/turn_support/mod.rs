@@ -1,0 +1,102 @@
+//! coturn with long-term credentials on 127.0.0.1 and an engine relaying its client legs through
+//! it, for the TURN media tests. coturn must allow loopback peers (`--allow-loopback-peers`): the
+//! phones and XCC all live on 127.0.0.1. Without coturn installed, [`Coturn::start`] returns
+//! `None` (the test skips), which fails under CI.
+#![allow(dead_code)]
+
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::media_support::local;
+use xcc_core::media::{MediaConfig, MediaEngine, MediaEvent, RelayConfig};
+
+/// coturn's listening port on 127.0.0.1.
+pub const TURN_PORT: u16 = 27478;
+/// coturn's relay port range (outside every test pool).
+pub const RELAY_PORTS: (u16, u16) = (27500, 27599);
+/// The engine's pool.
+pub const POOL: (u16, u16) = (27400, 27449);
+/// Bound of every wait.
+pub const LIMIT: Duration = Duration::from_secs(10);
+
+/// One coturn per test binary at a time: the tests share its port.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// coturn with user `xcc:secret` in realm `xcc.test`, killed on drop.
+pub struct Coturn {
+    _serial: MutexGuard<'static, ()>,
+    child: Child,
+}
+
+impl Coturn {
+    pub fn start() -> Option<Coturn> {
+        let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        if Command::new("turnserver")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "coturn (turnserver) must be installed under CI"
+            );
+            eprintln!("skipped: coturn (turnserver) not installed");
+            return None;
+        }
+        let pidfile = format!("/tmp/xcc-media-turn-{}.pid", std::process::id());
+        let child = Command::new("turnserver")
+            .args(["-n", "--no-cli", "--no-tls", "--no-dtls"])
+            .args(["-L", "127.0.0.1", "--relay-ip", "127.0.0.1"])
+            .args(["--listening-port", &TURN_PORT.to_string()])
+            .args(["--min-port", &RELAY_PORTS.0.to_string()])
+            .args(["--max-port", &RELAY_PORTS.1.to_string()])
+            .args([
+                "--lt-cred-mech",
+                "--user",
+                "xcc:secret",
+                "--realm",
+                "xcc.test",
+            ])
+            .args(["--allow-loopback-peers", "--pidfile", &pidfile])
+            .args(["--log-file", "stdout"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn turnserver");
+        Some(Coturn {
+            _serial: serial,
+            child,
+        })
+    }
+}
+
+impl Drop for Coturn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn relay(password: &str) -> RelayConfig {
+    RelayConfig {
+        server: local(TURN_PORT),
+        username: "xcc".into(),
+        password: password.into(),
+        lifetime: Duration::from_secs(600),
+        spares: 2,
+    }
+}
+
+pub fn relayed_engine(password: &str) -> (MediaEngine, crossbeam_channel::Receiver<MediaEvent>) {
+    let cfg = MediaConfig {
+        bind_address: "127.0.0.1".parse().unwrap(),
+        port_min: POOL.0,
+        port_max: POOL.1,
+        workers: 1,
+        quarantine_secs: 0,
+        ..MediaConfig::default()
+    };
+    MediaEngine::start_relayed(cfg, Some(relay(password))).expect("engine starts")
+}
+
