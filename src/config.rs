@@ -594,7 +594,7 @@ pub struct SipConfig {
     pub options_interval_secs: u64,
     /// DSCP on signalling packets (24 = CS3).
     pub dscp: u8,
-    /// Retry-After seconds on 503 (pool exhausted, draining).
+    /// Retry-After seconds on 503 (pool exhausted, no TURN allocation ready, draining).
     pub retry_after_secs: u32,
     /// RFC 3261 T1 in milliseconds (timer B/F = 64*T1: the PBX timeout).
     pub t1_ms: u64,
@@ -1217,7 +1217,8 @@ pbx_transport = "{pbx_transport}"
 options_interval_secs = {options}
 # DSCP on signalling packets (24 = CS3).
 dscp = {sip_dscp}
-# Retry-After (seconds) on 503 when the media pool is exhausted or XCC is draining.
+# Retry-After (seconds) on 503 when the media pool is exhausted, no TURN allocation is ready
+# ([turn]) or XCC is draining.
 retry_after_secs = {retry_after}
 # RFC 3261 T1 (ms): retransmissions start here; an unanswered INVITE times out after 64*T1.
 t1_ms = {t1}
