@@ -301,11 +301,6 @@ impl TurnConfig {
             .filter(|s| !s.is_empty())
     }
 
-    /// Whether XCC relays its client legs through TURN with this configuration.
-    pub fn is_enabled(&self) -> bool {
-        self.server_text().is_some()
-    }
-
     /// Checks every key; resolves the server (preferring the family of `media_bind`, which the
     /// allocating sockets are bound to) and reads the password file. `Ok(None)` when off.
     pub fn validate(&self, media_bind: IpAddr) -> Result<Option<TurnSettings>> {
