@@ -36,6 +36,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Where calls are stored so they survive a restart.
     pub state: crate::store::StateConfig,
+    /// XCC's own TURN relay for the client legs (off unless `server` is set).
+    pub turn: TurnConfig,
 }
 
 /// `[metrics]`: the Prometheus scrape endpoint (`GET /metrics`, plain HTTP).
@@ -211,6 +213,256 @@ impl StunServer {
     }
 }
 
+/// `[turn]`: XCC as its own TURN client. For satellites whose uplink lets no inbound media
+/// through, every call's client leg is relayed through allocations XCC holds on this server
+/// (UDP). Off unless `server` is set: most satellites are reachable directly or through STUN and
+/// hole punching, and a relay costs a hop and server quota.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TurnConfig {
+    /// The TURN server, `"HOST[:PORT]"` or `"[IPv6]:PORT"` (port 3478 by default); unset or
+    /// empty: no relay. Resolved once at start: calls cannot be set up without it, so a name that
+    /// does not resolve stops xccd rather than refusing every call later.
+    pub server: Option<String>,
+    /// Transport towards the server: only `"udp"` (TCP/TLS relaying is designed in docs/nat.md,
+    /// not implemented), kept as a key so a file written for a later version is refused by name.
+    pub transport: String,
+    /// Long-term credential username (RFC 8489 §9.2).
+    pub username: Option<String>,
+    /// Long-term credential password (or `password_file`, exactly one).
+    pub password: Option<Secret>,
+    /// File holding the password (its content without a trailing newline), so the main file
+    /// can stay world-readable.
+    pub password_file: Option<PathBuf>,
+    /// Allocation lifetime XCC asks for, seconds (RFC 8656 default 600); the server may shorten
+    /// it and XCC refreshes before it ends.
+    pub lifetime_secs: u64,
+    /// Client legs kept allocated ahead of calls, so answering never waits for a round trip to
+    /// the server; a burst larger than this is refused (503 / UNAVAILABLE) until more are ready.
+    pub spares: usize,
+}
+
+/// The TURN port used when `[turn] server` names none (RFC 8656).
+pub const DEFAULT_TURN_PORT: u16 = 3478;
+/// The only `[turn] transport` xccd relays over.
+pub const TURN_TRANSPORT_UDP: &str = "udp";
+
+impl Default for TurnConfig {
+    fn default() -> Self {
+        Self {
+            server: None,
+            transport: TURN_TRANSPORT_UDP.into(),
+            username: None,
+            password: None,
+            password_file: None,
+            lifetime_secs: 600,
+            spares: 4,
+        }
+    }
+}
+
+/// `[turn]` after validation: the server resolved, the password read. `None` in
+/// [`Validated::turn`] means no relay.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TurnSettings {
+    /// `server` as written, for logs (the name an operator recognises).
+    pub server_name: String,
+    /// The address allocations are made on.
+    pub server: SocketAddr,
+    /// Long-term credential username.
+    pub username: String,
+    /// Long-term credential password.
+    pub password: Secret,
+    /// Requested allocation lifetime.
+    pub lifetime: std::time::Duration,
+    /// Client legs kept allocated ahead of calls.
+    pub spares: usize,
+}
+
+impl TurnSettings {
+    /// What the media plane needs to relay (`MediaEngine::start_relayed`).
+    pub fn relay_config(&self) -> xcc_core::media::RelayConfig {
+        xcc_core::media::RelayConfig {
+            server: self.server,
+            username: self.username.clone(),
+            password: self.password.0.clone(),
+            lifetime: self.lifetime,
+            spares: self.spares,
+        }
+    }
+}
+
+impl TurnConfig {
+    /// The server text when the relay is on (`server` set and not blank).
+    pub fn server_text(&self) -> Option<&str> {
+        self.server
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+    }
+
+    /// Checks every key; resolves the server (preferring the family of `media_bind`, which the
+    /// allocating sockets are bound to) and reads the password file. `Ok(None)` when off.
+    pub fn validate(&self, media_bind: IpAddr) -> Result<Option<TurnSettings>> {
+        match self.transport.trim() {
+            TURN_TRANSPORT_UDP => {}
+            other => {
+                let what = if other.eq_ignore_ascii_case("tcp") || other.eq_ignore_ascii_case("tls")
+                {
+                    format!("{other:?}:")
+                } else {
+                    format!("{other:?} is not a transport;")
+                };
+                return Err(invalid(
+                    "turn.transport",
+                    format!(
+                        "{what} TCP/TLS relaying in xccd is not supported yet (see docs/nat.md); \
+                         use \"udp\""
+                    ),
+                ));
+            }
+        }
+        if !(60..=3600).contains(&self.lifetime_secs) {
+            return Err(invalid(
+                "turn.lifetime_secs",
+                format!("{} is outside 60-3600", self.lifetime_secs),
+            ));
+        }
+        if !(1..=256).contains(&self.spares) {
+            return Err(invalid(
+                "turn.spares",
+                format!("{} is outside 1-256", self.spares),
+            ));
+        }
+        if self.password.is_some() && self.password_file.is_some() {
+            return Err(invalid(
+                "turn.password_file",
+                "set turn.password or turn.password_file, not both".into(),
+            ));
+        }
+        let Some(text) = self.server_text() else {
+            return Ok(None);
+        };
+        let username = match self.username.as_deref().map(str::trim) {
+            Some(u) if !u.is_empty() => u.to_owned(),
+            _ => {
+                return Err(invalid(
+                    "turn.username",
+                    "required when turn.server is set".into(),
+                ));
+            }
+        };
+        let password = match (&self.password, &self.password_file) {
+            (Some(p), _) if p.0.is_empty() => {
+                return Err(invalid("turn.password", "must not be empty".into()));
+            }
+            (Some(p), _) => p.clone(),
+            (None, Some(path)) => read_turn_password(path)?,
+            (None, None) => {
+                return Err(invalid(
+                    "turn.password",
+                    "required when turn.server is set: set turn.password or turn.password_file"
+                        .into(),
+                ));
+            }
+        };
+        let server = resolve_turn_server(text, media_bind)?;
+        Ok(Some(TurnSettings {
+            server_name: text.to_owned(),
+            server,
+            username,
+            password,
+            lifetime: std::time::Duration::from_secs(self.lifetime_secs),
+            spares: self.spares,
+        }))
+    }
+}
+
+/// The password file's content without its trailing newline (`\n` or `\r\n`); anything else,
+/// spaces included, is part of the password.
+fn read_turn_password(path: &Path) -> Result<Secret> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| invalid("turn.password_file", format!("{}: {e}", path.display())))?;
+    let text = text.strip_suffix('\n').unwrap_or(&text);
+    let text = text.strip_suffix('\r').unwrap_or(text);
+    if text.is_empty() {
+        return Err(invalid(
+            "turn.password_file",
+            format!("{} is empty", path.display()),
+        ));
+    }
+    Ok(Secret(text.to_owned()))
+}
+
+/// `[turn] server` to one address. A name may resolve to both families: the media sockets that
+/// allocate are bound to `media_bind`, so an address of its family is chosen (an IPv4 socket cannot
+/// reach an IPv6 server); an IP literal of the other family is refused.
+fn resolve_turn_server(text: &str, media_bind: IpAddr) -> Result<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    const KEY: &str = "turn.server";
+    let same_family = |a: &SocketAddr| match media_bind {
+        IpAddr::V4(_) => a.is_ipv4(),
+        // An unspecified IPv6 bind is dual-stack on Linux by default: either family is reachable.
+        IpAddr::V6(ip) => a.is_ipv6() || ip.is_unspecified(),
+    };
+    let literal = text.parse::<SocketAddr>().ok().or_else(|| {
+        text.trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, DEFAULT_TURN_PORT))
+    });
+    let addr = match literal {
+        Some(addr) => addr,
+        None => {
+            let with_port = match text.rsplit_once(':') {
+                Some((_, p)) if p.parse::<u16>().is_ok() => text.to_owned(),
+                Some(_) => {
+                    return Err(invalid(
+                        KEY,
+                        format!("{text:?} is not HOST[:PORT] (port 1-65535)"),
+                    ));
+                }
+                None => format!("{text}:{DEFAULT_TURN_PORT}"),
+            };
+            let addrs: Vec<SocketAddr> = with_port
+                .to_socket_addrs()
+                .map_err(|e| {
+                    invalid(
+                        KEY,
+                        format!(
+                            "{text:?} does not resolve: {e} (calls cannot be relayed without the \
+                             TURN server)"
+                        ),
+                    )
+                })?
+                .collect();
+            let Some(addr) = addrs
+                .iter()
+                .find(|a| same_family(a))
+                .or(addrs.first())
+                .copied()
+            else {
+                return Err(invalid(KEY, format!("{text:?} resolves to no address")));
+            };
+            addr
+        }
+    };
+    if addr.ip().is_unspecified() || addr.ip().is_multicast() || addr.port() == 0 {
+        return Err(invalid(KEY, format!("{addr} cannot be a TURN server")));
+    }
+    if !same_family(&addr) {
+        return Err(invalid(
+            KEY,
+            format!(
+                "{addr} is not reachable from media.bind_address {media_bind} (another address \
+                 family)"
+            ),
+        ));
+    }
+    Ok(addr)
+}
+
 /// `[sdes]`: SRTP suites XCC offers when it sends the offer to a client.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -337,7 +589,7 @@ pub struct SipConfig {
     pub options_interval_secs: u64,
     /// DSCP on signalling packets (24 = CS3).
     pub dscp: u8,
-    /// Retry-After seconds on 503 (pool exhausted, draining).
+    /// Retry-After seconds on 503 (pool exhausted, no TURN allocation ready, draining).
     pub retry_after_secs: u32,
     /// RFC 3261 T1 in milliseconds (timer B/F = 64*T1: the PBX timeout).
     pub t1_ms: u64,
@@ -606,6 +858,8 @@ pub struct Validated {
     pub stun_servers: Vec<StunServer>,
     /// `[sip]` resolved; `None` when SIP is off.
     pub sip: Option<SipSettings>,
+    /// `[turn]` resolved; `None` when XCC relays nothing.
+    pub turn: Option<TurnSettings>,
 }
 
 impl Config {
@@ -717,6 +971,7 @@ impl Config {
         }
         let tls = self.control_tls()?;
         let sip = self.sip.validate()?;
+        let turn = self.turn.validate(self.media.bind_address)?;
         let c = &self.control;
         if !c.listen.ip().is_loopback() && tls.is_none() && !c.allow_insecure_control {
             return Err(invalid(
@@ -734,6 +989,7 @@ impl Config {
             offer_suites,
             stun_servers,
             sip,
+            turn,
         })
     }
 
@@ -895,6 +1151,24 @@ refresh_secs = {refresh}
 # address stays until a new server answers.
 retry_secs = {retry}
 
+[turn]
+# XCC as its own TURN client (UDP), for uplinks that let no inbound media through: every call's
+# client leg is relayed through allocations XCC holds on this server. Unset or "": off.
+# "HOST[:PORT]" or "[IPv6]:PORT" (port {turn_port} when omitted). A name is resolved at start and
+# must resolve (xccd does not start otherwise). Every [turn] key needs a restart.
+# server = "turn.example.net:{turn_port}"
+# Only "udp": TCP/TLS relaying is not supported yet.
+transport = "{turn_transport}"
+# Long-term credentials: username plus password or password_file (exactly one; the file's
+# content without its trailing newline).
+# username = "xcc"
+# password_file = "/etc/xcc/turn-password"
+# Allocation lifetime XCC asks for, seconds (60-3600); refreshed before it ends.
+lifetime_secs = {turn_lifetime}
+# Client legs kept allocated ahead of calls (1-256); calls beyond them are refused (SIP 503 with
+# Retry-After, gRPC UNAVAILABLE) until new allocations are ready.
+spares = {turn_spares}
+
 [sdes]
 # SRTP suites XCC offers to clients (when the PBX made the offer), best first.
 offer_suites = [{suites}]
@@ -938,7 +1212,8 @@ pbx_transport = "{pbx_transport}"
 options_interval_secs = {options}
 # DSCP on signalling packets (24 = CS3).
 dscp = {sip_dscp}
-# Retry-After (seconds) on 503 when the media pool is exhausted or XCC is draining.
+# Retry-After (seconds) on 503 when the media pool is exhausted, no TURN allocation is ready
+# ([turn]) or XCC is draining.
 retry_after_secs = {retry_after}
 # RFC 3261 T1 (ms): retransmissions start here; an unanswered INVITE times out after 64*T1.
 t1_ms = {t1}
@@ -966,6 +1241,10 @@ listen = "{metrics}"
         level = c.log.level,
         refresh = c.stun.refresh_secs,
         retry = c.stun.retry_secs,
+        turn_port = DEFAULT_TURN_PORT,
+        turn_transport = c.turn.transport,
+        turn_lifetime = c.turn.lifetime_secs,
+        turn_spares = c.turn.spares,
         trunk_listen = c.sip.trunk_listen,
         server_listen = c.sip.server_listen,
         server_port = SIP_SERVER_OUT_PORT,
@@ -1248,5 +1527,156 @@ mod tests {
     fn advertised_addresses_must_be_usable() {
         let c = parse("[nat]\npublic_address = \"0.0.0.0\"\n").unwrap();
         assert_eq!(key_of(c.validate().unwrap_err()), "nat.public_address");
+    }
+
+    #[test]
+    fn turn_is_off_by_default_with_documented_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.turn.server, None);
+        assert_eq!(c.turn.transport, "udp");
+        assert_eq!((c.turn.lifetime_secs, c.turn.spares), (600, 4));
+        assert!(c.validate().unwrap().turn.is_none());
+        let c = parse("[turn]\nserver = \"  \"\n").unwrap();
+        assert!(
+            c.validate().unwrap().turn.is_none(),
+            "an empty server is off"
+        );
+        assert!(default_toml().contains("[turn]\n"));
+        assert!(default_toml().contains("# server = \"turn.example.net:3478\""));
+    }
+
+    #[test]
+    fn turn_parses_with_default_port_and_builds_the_relay_config() {
+        let c = parse(
+            "[turn]\nserver = \"127.0.0.1\"\nusername = \"xcc\"\npassword = \"pw\"\n\
+             lifetime_secs = 900\nspares = 8\n",
+        )
+        .unwrap();
+        let t = c.validate().unwrap().turn.expect("on");
+        assert_eq!(t.server, "127.0.0.1:3478".parse().unwrap());
+        assert_eq!(t.server_name, "127.0.0.1");
+        let r = t.relay_config();
+        assert_eq!(r.server, "127.0.0.1:3478".parse().unwrap());
+        assert_eq!((r.username.as_str(), r.password.as_str()), ("xcc", "pw"));
+        assert_eq!(r.lifetime, std::time::Duration::from_secs(900));
+        assert_eq!(r.spares, 8);
+        let c = parse(
+            "[turn]\nserver = \"localhost:3479\"\ntransport = \"udp\"\nusername = \"u\"\n\
+             password = \"p\"\n",
+        )
+        .unwrap();
+        let t = c.validate().unwrap().turn.expect("on");
+        assert_eq!(
+            t.server,
+            "127.0.0.1:3479".parse().unwrap(),
+            "IPv4 bind: IPv4 address"
+        );
+        let c = parse(
+            "[media]\nbind_address = \"::\"\n[turn]\nserver = \"[::1]:3480\"\nusername = \"u\"\n\
+             password = \"p\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.validate().unwrap().turn.unwrap().server,
+            "[::1]:3480".parse().unwrap()
+        );
+        assert!(
+            !format!("{:?}", parse("[turn]\npassword = \"hunter2\"\n").unwrap())
+                .contains("hunter2")
+        );
+    }
+
+    #[test]
+    fn turn_refusals_name_their_key() {
+        let on = "[turn]\nserver = \"127.0.0.1\"\nusername = \"u\"\npassword = \"p\"\n";
+        let refused = |extra: &str| {
+            let text = format!("{on}{extra}");
+            parse(&text).unwrap().validate().unwrap_err()
+        };
+        for transport in ["tcp", "tls", "sctp"] {
+            let e = refused(&format!("transport = \"{transport}\"\n"));
+            let text = e.to_string();
+            assert!(
+                text.contains("not supported yet") && text.contains("docs/nat.md"),
+                "{text}"
+            );
+            assert_eq!(key_of(e), "turn.transport", "{transport}");
+        }
+        assert_eq!(
+            key_of(refused("lifetime_secs = 59\n")),
+            "turn.lifetime_secs"
+        );
+        assert_eq!(
+            key_of(refused("lifetime_secs = 3601\n")),
+            "turn.lifetime_secs"
+        );
+        assert_eq!(key_of(refused("spares = 0\n")), "turn.spares");
+        assert_eq!(key_of(refused("spares = 257\n")), "turn.spares");
+        assert_eq!(
+            key_of(refused("password_file = \"/nonexistent/turn\"\n")),
+            "turn.password_file",
+            "both password and password_file"
+        );
+        let c = parse("[turn]\nserver = \"127.0.0.1\"\npassword = \"p\"\n").unwrap();
+        assert_eq!(key_of(c.validate().unwrap_err()), "turn.username");
+        let c = parse("[turn]\nserver = \"127.0.0.1\"\nusername = \"u\"\n").unwrap();
+        assert_eq!(key_of(c.validate().unwrap_err()), "turn.password");
+        let c =
+            parse("[turn]\nserver = \"127.0.0.1\"\nusername = \"u\"\npassword = \"\"\n").unwrap();
+        assert_eq!(key_of(c.validate().unwrap_err()), "turn.password");
+        let c = parse(
+            "[turn]\nserver = \"127.0.0.1\"\nusername = \"u\"\npassword_file = \"/nonexistent/turn\"\n",
+        )
+        .unwrap();
+        assert_eq!(key_of(c.validate().unwrap_err()), "turn.password_file");
+        for server in [
+            "0.0.0.0",
+            "127.0.0.1:0",
+            "224.0.0.1",
+            "host:port",
+            "no-such-host.invalid",
+            "[::1]:3478",
+        ] {
+            let c = parse(&format!(
+                "[turn]\nserver = \"{server}\"\nusername = \"u\"\npassword = \"p\"\n"
+            ))
+            .unwrap();
+            let e = c.validate().unwrap_err();
+            assert_eq!(key_of(e), "turn.server", "{server}");
+        }
+        let e = parse("[turn]\nservers = []\n").unwrap_err();
+        assert!(
+            e.to_string().contains("servers"),
+            "unknown key refused: {e}"
+        );
+    }
+
+    #[test]
+    fn turn_password_file_loses_only_its_trailing_newline() {
+        let dir = std::env::temp_dir().join(format!("xcc-turn-pw-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pw = dir.join("pw");
+        for (content, want) in [
+            ("s3cret\n", "s3cret"),
+            ("s3cret\r\n", "s3cret"),
+            (" with space ", " with space "),
+            ("two\nlines\n", "two\nlines"),
+        ] {
+            std::fs::write(&pw, content).unwrap();
+            let text = format!(
+                "[turn]\nserver = \"127.0.0.1\"\nusername = \"xcc\"\npassword_file = \"{}\"\n",
+                pw.display()
+            );
+            let t = parse(&text).unwrap().validate().unwrap().turn.unwrap();
+            assert_eq!(t.password.0, want, "{content:?}");
+        }
+        std::fs::write(&pw, "\n").unwrap();
+        let text = format!(
+            "[turn]\nserver = \"127.0.0.1\"\nusername = \"xcc\"\npassword_file = \"{}\"\n",
+            pw.display()
+        );
+        let e = parse(&text).unwrap().validate().unwrap_err();
+        assert_eq!(key_of(e), "turn.password_file");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

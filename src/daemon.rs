@@ -64,8 +64,25 @@ pub async fn run(
     let state = Arc::new(ControlState::new(started, health_reporter));
     state.publish().await;
 
-    let (engine, media_events) = MediaEngine::start(v.config.media.clone())?;
+    if let Some(turn) = &v.turn {
+        tracing::info!(
+            server = %turn.server,
+            name = %turn.server_name,
+            spares = turn.spares,
+            lifetime_secs = turn.lifetime.as_secs(),
+            "client legs relayed through XCC's own TURN allocations"
+        );
+    }
+    let relay = v.turn.as_ref().map(|t| t.relay_config());
+    let (engine, media_events) = MediaEngine::start_relayed(v.config.media.clone(), relay)?;
     let media = engine.control();
+    if let Some(turn) = &v.turn {
+        let m = media.clone();
+        state.set_turn(xcc_grpc::nat::TurnSource {
+            server: turn.server,
+            status: Box::new(move || m.relay_status()),
+        });
+    }
     let (store, inbox) = crate::store::StoreHandle::channel();
     let sessions = Arc::new(SessionTable::new(
         Arc::new(crate::store::Persisting {
@@ -104,6 +121,9 @@ pub async fn run(
     // see docs/metrics.md "Plugging in a subsystem".
     let metrics = crate::metrics::daemon_registry(media.clone(), state.clone(), &hub);
     crate::public_address::register_metrics(&metrics, media.clone(), state.clone());
+    if v.turn.is_some() {
+        crate::metrics::register_turn(&metrics, state.clone());
+    }
     let (stop_metrics, metrics_stopped) = oneshot::channel::<()>();
     crate::metrics::start(v.config.metrics.address()?, metrics.clone(), async {
         let _ = metrics_stopped.await;

@@ -3,14 +3,17 @@
 //!
 //! [`ruleset`] is a pure function of the [`Config`]; the renderers turn its result into an nftables
 //! script, iptables commands or a table for people. SIP follows `[sip]` (no SIP rules while SIP is
-//! off); ports the configuration does not carry yet (STUN, TURN, NTP) are the product
-//! documentation's defaults, named as such in every rendering so an operator knows which line
-//! follows the file and which follows the manual.
+//! off), STUN `[stun] servers` and TURN `[turn] server` when set; ports the configuration does not
+//! carry (STUN and TURN when unset, NTP) are the product documentation's defaults, named as such
+//! in every rendering so an operator knows which line follows the file and which follows the
+//! manual.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use crate::config::{Config, SIP_SERVER_OUT_PORT, SIP_TRUNK_PORT, SipTransport, target_port};
+use crate::config::{
+    Config, DEFAULT_TURN_PORT, SIP_SERVER_OUT_PORT, SIP_TRUNK_PORT, SipTransport, target_port,
+};
 
 /// STUN binding requests for the public address (documented: 3478 and 3479).
 pub const DEFAULT_STUN_PORTS: [u16; 2] = [3478, 3479];
@@ -279,36 +282,49 @@ pub fn ruleset(config: &Config) -> Ruleset {
         );
     }
     // STUN: the ports of `[stun] servers` when configured (xccd asks them), else the documented
-    // defaults (`xccctl stun-check` / `nat-type` use 3478). STUN and TURN share 3478/udp: one
-    // rule for both, never a duplicate.
+    // defaults (`xccctl stun-check` / `nat-type` use 3478). TURN: `[turn] server`'s port when
+    // set (XCC allocates from its media sockets; the server's answers and the relayed media come
+    // back on that flow through conntrack, so no inbound rule beyond the media pool's), else the
+    // documented UDP and TCP ports. STUN and TURN often share a port: one rule for both, never a
+    // duplicate.
     let stun_ports = configured_stun_ports(config);
     let (stun_ports, stun_origin) = if stun_ports.is_empty() {
         (DEFAULT_STUN_PORTS.to_vec(), doc)
     } else {
         (stun_ports, Origin::Config("stun.servers"))
     };
+    let turn = config
+        .turn
+        .server_text()
+        .map(|server| target_port(server, DEFAULT_TURN_PORT));
+    let (turn_port, turn_origin) = match turn {
+        Some(port) => (port, Origin::Config("turn.server")),
+        None => (DEFAULT_TURN_UDP_PORT, doc),
+    };
     for &port in &stun_ports {
-        let purpose = if port == DEFAULT_TURN_UDP_PORT {
-            "STUN: public address; TURN relay (UDP)"
-        } else {
-            "STUN: public address"
+        let (purpose, origin) = match (port == turn_port, stun_origin, turn_origin) {
+            (false, ..) => ("STUN: public address", stun_origin),
+            (true, Origin::Config(_), Origin::Config(_)) => (
+                "STUN: public address; TURN relay (UDP)",
+                Origin::Config("stun.servers, turn.server"),
+            ),
+            // One of the two follows the file: name that one.
+            (true, Origin::Documented, o) | (true, o, Origin::Documented) => {
+                ("STUN: public address; TURN relay (UDP)", o)
+            }
         };
-        rule(
-            Out,
-            Udp,
-            PortRange::single(port),
-            None,
-            purpose,
-            stun_origin,
-        );
+        rule(Out, Udp, PortRange::single(port), None, purpose, origin);
     }
-    if !stun_ports.contains(&DEFAULT_TURN_UDP_PORT) {
-        let p = PortRange::single(DEFAULT_TURN_UDP_PORT);
-        rule(Out, Udp, p, None, "TURN relay (UDP)", doc);
+    if !stun_ports.contains(&turn_port) {
+        let p = PortRange::single(turn_port);
+        rule(Out, Udp, p, None, "TURN relay (UDP)", turn_origin);
     }
-    for port in DEFAULT_TURN_TCP_PORTS {
-        let p = PortRange::single(port);
-        rule(Out, Tcp, p, None, "TURN relay (TCP)", doc);
+    if turn.is_none() {
+        // xccd relays over UDP only; the TCP ports are the manual's, for TURN over TCP/TLS.
+        for port in DEFAULT_TURN_TCP_PORTS {
+            let p = PortRange::single(port);
+            rule(Out, Tcp, p, None, "TURN relay (TCP)", doc);
+        }
     }
     rule(
         Out,
@@ -653,5 +669,121 @@ note: media towards clients and the PBX goes to whatever port the peer uses: all
         // The IPv4-bound media rule has no ip6tables twin.
         assert!(!ipt.contains("ip6tables -A XCC-IN -d 192.0.2.10"));
         assert!(ipt.contains("ip6tables -A XCC-IN -p tcp -m tcp --dport 3390"));
+    }
+
+    fn with_turn(extra: &str) -> Config {
+        Config::parse(
+            &format!("[turn]\nserver = \"turn.example.net:3479\"\nusername = \"u\"\npassword = \"p\"\n{extra}"),
+            Path::new("test.toml"),
+        )
+        .unwrap()
+    }
+
+    fn turn_and_stun(c: &Config) -> Vec<(Transport, Ports, &'static str, Origin)> {
+        ruleset(c)
+            .rules
+            .into_iter()
+            .filter(|r| {
+                r.direction == Direction::Out
+                    && (r.purpose.contains("TURN") || r.purpose.starts_with("STUN"))
+            })
+            .map(|r| (r.transport, r.ports, r.purpose, r.origin))
+            .collect()
+    }
+
+    #[test]
+    fn turn_rule_follows_the_configured_server_and_replaces_the_documented_ones() {
+        let one = |p| Ports::Destination(PortRange::single(p));
+        let turn = Origin::Config("turn.server");
+        assert_eq!(
+            turn_and_stun(&with_turn("")),
+            [
+                (
+                    Transport::Udp,
+                    one(3478),
+                    "STUN: public address",
+                    Origin::Documented
+                ),
+                (
+                    Transport::Udp,
+                    one(3479),
+                    "STUN: public address; TURN relay (UDP)",
+                    turn
+                ),
+            ],
+            "the server's port, UDP only: no documented TCP rules"
+        );
+        let table = ruleset(&with_turn("")).render(Format::Table);
+        assert!(
+            table.contains("out  udp   3479        any             STUN: public address; TURN relay (UDP)          config turn.server"),
+            "{table}"
+        );
+        let c = with_turn("[stun]\nservers = [\"203.0.113.10\", \"203.0.113.11:3479\"]\n");
+        assert_eq!(
+            turn_and_stun(&c),
+            [
+                (
+                    Transport::Udp,
+                    one(3478),
+                    "STUN: public address",
+                    Origin::Config("stun.servers")
+                ),
+                (
+                    Transport::Udp,
+                    one(3479),
+                    "STUN: public address; TURN relay (UDP)",
+                    Origin::Config("stun.servers, turn.server")
+                ),
+            ]
+        );
+        let c = Config::parse(
+            "[turn]\nserver = \"[2001:db8::7]:5000\"\n",
+            Path::new("test.toml"),
+        )
+        .unwrap();
+        assert!(
+            turn_and_stun(&c).contains(&(Transport::Udp, one(5000), "TURN relay (UDP)", turn)),
+            "{:?}",
+            turn_and_stun(&c)
+        );
+        let c = Config::parse(
+            "[turn]\nserver = \"turn.example.net\"\n",
+            Path::new("test.toml"),
+        )
+        .unwrap();
+        assert!(turn_and_stun(&c).contains(&(
+            Transport::Udp,
+            one(3478),
+            "STUN: public address; TURN relay (UDP)",
+            turn
+        )));
+        let nft = ruleset(&with_turn("")).render(Format::Nftables);
+        assert!(
+            nft.contains("add rule inet filter xcc_out udp dport 3479 accept comment \"STUN: public address; TURN relay (UDP) (config turn.server)\""),
+            "{nft}"
+        );
+        assert!(!nft.contains("tcp dport 443"), "{nft}");
+    }
+
+    #[test]
+    fn without_turn_the_documented_turn_ports_stay() {
+        let c = Config::parse("[turn]\nserver = \"\"\n", Path::new("test.toml")).unwrap();
+        let rules = turn_and_stun(&c);
+        assert!(rules.iter().all(|r| r.3 == Origin::Documented), "{rules:?}");
+        assert!(
+            rules
+                .iter()
+                .any(|r| r.0 == Transport::Tcp && r.1 == Ports::Destination(PortRange::single(443)))
+        );
+        let set = ruleset(&with_turn(""));
+        for (i, a) in set.rules.iter().enumerate() {
+            for b in &set.rules[i + 1..] {
+                assert!(
+                    (a.direction, a.transport, a.ports, a.local)
+                        != (b.direction, b.transport, b.ports, b.local),
+                    "{a:?} and {b:?}"
+                );
+            }
+        }
     }
 }

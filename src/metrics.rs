@@ -811,6 +811,69 @@ pub async fn start(
     bound
 }
 
+/// XCC's own TURN relay (`[turn]`), read at scrape time from the [`ControlState`]'s TURN source
+/// (the media plane's `relay_status`). Registered only when `[turn]` is on, so a satellite without
+/// a relay shows no `xcc_turn_*` family; nothing is written either while the media plane has not
+/// reported on the relay (absent rather than a made-up zero).
+pub struct TurnCollector {
+    state: Arc<ControlState>,
+}
+
+impl TurnCollector {
+    /// Reads `state`'s TURN source at every scrape.
+    pub fn new(state: Arc<ControlState>) -> Self {
+        Self { state }
+    }
+}
+
+impl Collector for TurnCollector {
+    fn collect(&self, out: &mut Exposition) {
+        let Some((_, Some(s))) = self.state.turn() else {
+            return;
+        };
+        out.single(
+            "xcc_turn_ready",
+            "Client legs allocated on the TURN server and waiting for a call (0: new calls are refused).",
+            Kind::Gauge,
+            s.ready as f64,
+        );
+        out.single(
+            "xcc_turn_pending",
+            "TURN allocations in progress.",
+            Kind::Gauge,
+            s.pending as f64,
+        );
+        out.single(
+            "xcc_turn_allocations_total",
+            "TURN allocations the server granted since start.",
+            Kind::Counter,
+            s.allocated_total as f64,
+        );
+        out.single(
+            "xcc_turn_allocation_failures_total",
+            "TURN allocations or refreshes that failed since start.",
+            Kind::Counter,
+            s.failed_total as f64,
+        );
+        if let Some(at) = s.last_success {
+            let secs = at
+                .duration_since(std::time::SystemTime::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            out.single(
+                "xcc_turn_last_success_timestamp_seconds",
+                "Unix time of the last successful TURN allocation.",
+                Kind::Gauge,
+                secs,
+            );
+        }
+    }
+}
+
+/// Adds [`TurnCollector`] to the daemon's registry; the daemon calls it only when `[turn]` is on.
+pub fn register_turn(metrics: &Registry, state: Arc<ControlState>) {
+    metrics.register(Arc::new(TurnCollector::new(state)));
+}
+
 /// The registry the daemon serves: media/pool/worker families and quality histograms fed from
 /// `hub`. SIP and STUN add theirs with [`Registry::register`].
 pub fn daemon_registry(media: MediaControl, state: Arc<ControlState>, hub: &EventHub) -> Registry {
@@ -876,5 +939,74 @@ mod tests {
         let text = e.finish();
         assert!(text.contains("xcc_sip_transactions_total{method=\"INVITE\",status=\"200\"} 3\n"));
         assert!(text.contains("xcc_sip_transactions_total{method=\"BYE\",status=\"\"} 1\n"));
+    }
+
+    fn control_state() -> Arc<ControlState> {
+        let (reporter, _) = tonic_health::server::health_reporter();
+        Arc::new(ControlState::new(std::time::Instant::now(), reporter))
+    }
+
+    fn scrape(c: &dyn Collector) -> String {
+        let mut e = Exposition::default();
+        c.collect(&mut e);
+        e.finish()
+    }
+
+    #[test]
+    fn turn_families_follow_the_relay_status_and_are_absent_without_turn() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use xcc_core::media::RelayStatus;
+        let state = control_state();
+        let collector = TurnCollector::new(state.clone());
+        assert_eq!(scrape(&collector), "", "no [turn]: no family");
+
+        let server: SocketAddr = "198.51.100.7:3478".parse().unwrap();
+        let failed = Arc::new(AtomicU64::new(0));
+        let read = failed.clone();
+        let reported = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let is_reported = reported.clone();
+        state.set_turn(xcc_grpc::nat::TurnSource {
+            server,
+            status: Box::new(move || {
+                is_reported.load(Ordering::Relaxed).then(|| RelayStatus {
+                    server,
+                    ready: 4,
+                    pending: 1,
+                    allocated_total: 12,
+                    failed_total: read.load(Ordering::Relaxed),
+                    last_error: None,
+                    last_success: (read.load(Ordering::Relaxed) == 0)
+                        .then(|| std::time::UNIX_EPOCH + Duration::from_millis(1_700_000_000_500)),
+                })
+            }),
+        });
+        assert_eq!(
+            scrape(&collector),
+            "",
+            "configured but not reported yet: absent, not zero"
+        );
+        reported.store(true, Ordering::Relaxed);
+        let text = scrape(&collector);
+        for line in [
+            "# TYPE xcc_turn_ready gauge\nxcc_turn_ready 4\n",
+            "# TYPE xcc_turn_pending gauge\nxcc_turn_pending 1\n",
+            "# TYPE xcc_turn_allocations_total counter\nxcc_turn_allocations_total 12\n",
+            "# TYPE xcc_turn_allocation_failures_total counter\nxcc_turn_allocation_failures_total 0\n",
+            "# TYPE xcc_turn_last_success_timestamp_seconds gauge\n\
+             xcc_turn_last_success_timestamp_seconds 1700000000.5\n",
+        ] {
+            assert!(text.contains(line), "{line:?} in\n{text}");
+        }
+        // Read at scrape time: the next scrape sees the media plane's new figures.
+        failed.store(2, Ordering::Relaxed);
+        let text = scrape(&collector);
+        assert!(
+            text.contains("xcc_turn_allocation_failures_total 2\n"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("xcc_turn_last_success_timestamp_seconds"),
+            "absent before the first success: {text}"
+        );
     }
 }

@@ -79,6 +79,9 @@ pub struct Reloader {
     path: Option<PathBuf>,
     /// What the process started with: restart-only keys are compared against it.
     booted: Config,
+    /// `[turn]` as resolved at start: a reload compares what the file cannot show (the password
+    /// file's content, the address a name resolves to) and reports a change as restart-required.
+    booted_turn: Option<crate::config::TurnSettings>,
     /// The configuration of the last successful reload (or start); serialises reloads.
     running: Mutex<Config>,
     /// Registered appliers, applied in registration order.
@@ -99,6 +102,7 @@ impl Reloader {
         Self {
             path,
             booted: v.config.clone(),
+            booted_turn: v.turn.clone(),
             running: Mutex::new(v.config.clone()),
             appliers: Mutex::new(Vec::new()),
         }
@@ -140,10 +144,18 @@ impl Reloader {
                 }
             })
         };
-        let restart_required: Vec<String> = changed_keys(&self.booted, &next.config)
+        let mut restart_required: Vec<String> = changed_keys(&self.booted, &next.config)
             .into_iter()
             .filter(|k| !claimed(k))
             .collect();
+        for key in
+            turn_resolved_changes(self.booted_turn.as_ref(), next.turn.as_ref(), &next.config)
+        {
+            if !restart_required.iter().any(|k| k == key) {
+                restart_required.push(key.to_owned());
+            }
+        }
+        restart_required.sort();
         *running = next.config;
         Ok(ReloadReport {
             applied,
@@ -176,6 +188,32 @@ impl Reload for Reloader {
             }
         }
     }
+}
+
+/// `[turn]` keys whose effect changed although their text did not: the server name resolves to
+/// another address, or the password file holds another password. Every `turn.*` key is
+/// restart-only (the media plane's allocations were made with the values at start), so these
+/// are reported with the keys whose text changed.
+fn turn_resolved_changes(
+    booted: Option<&crate::config::TurnSettings>,
+    next: Option<&crate::config::TurnSettings>,
+    next_config: &Config,
+) -> Vec<&'static str> {
+    let (Some(b), Some(n)) = (booted, next) else {
+        return Vec::new();
+    };
+    let mut keys = Vec::new();
+    if b.server != n.server {
+        keys.push("turn.server");
+    }
+    if b.password != n.password {
+        keys.push(if next_config.turn.password_file.is_some() {
+            "turn.password_file"
+        } else {
+            "turn.password"
+        });
+    }
+    keys
 }
 
 /// Dotted keys whose values differ between `a` and `b` (a key present on one side only counts).
@@ -454,5 +492,49 @@ mod tests {
             .expect("waiter woken")
             .unwrap();
         assert_eq!(g.get(), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn every_turn_key_waits_for_a_restart_even_a_new_password_file_content() {
+        let dir = std::env::temp_dir().join(format!("xcc-reload-turn-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pw = dir.join("turn-pw");
+        std::fs::write(&pw, "one\n").unwrap();
+        let on = format!(
+            "[turn]\nserver = \"127.0.0.1\"\nusername = \"xcc\"\npassword_file = \"{}\"\n",
+            pw.display()
+        );
+        let path = file(&dir, "");
+        let r = Reloader::new(Some(path.clone()), &validated(""));
+        file(&dir, &on);
+        let report = r.reload_now().unwrap();
+        assert!(report.applied.is_empty(), "{report:?}");
+        assert_eq!(
+            report.restart_required,
+            vec!["turn.password_file", "turn.server", "turn.username"]
+        );
+
+        let r = Reloader::new(Some(path.clone()), &validated(&on));
+        file(
+            &dir,
+            &format!("{on}lifetime_secs = 900\nspares = 8\ntransport = \"udp\"\n"),
+        );
+        let report = r.reload_now().unwrap();
+        assert_eq!(
+            report.restart_required,
+            vec!["turn.lifetime_secs", "turn.spares"],
+            "an unchanged transport is no change"
+        );
+        std::fs::write(&pw, "two\n").unwrap();
+        file(&dir, &on);
+        let report = r.reload_now().unwrap();
+        assert_eq!(report.restart_required, vec!["turn.password_file"]);
+        // An invalid [turn] refuses the whole reload, naming the key.
+        file(
+            &dir,
+            "[turn]\nserver = \"127.0.0.1\"\ntransport = \"tcp\"\n",
+        );
+        assert!(r.reload_now().unwrap_err().contains("turn.transport"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -336,6 +336,12 @@ fn refusal(e: xcc_grpc::Error) -> MediaRefusal {
             ..
         } => MediaRefusal::Exhausted,
         E::Media {
+            source: source @ xcc_core::Error::RelayUnavailable { .. },
+            ..
+        } => MediaRefusal::RelayUnavailable {
+            reason: source.to_string(),
+        },
+        E::Media {
             field: Some(_),
             source,
         } => MediaRefusal::BadSdp {
@@ -974,6 +980,19 @@ mod tests {
             source: xcc_core::Error::PoolExhausted { free: 0, needed: 4 },
         };
         assert_eq!(refusal(exhausted), MediaRefusal::Exhausted);
+        let relay = xcc_grpc::Error::Media {
+            field: None,
+            source: xcc_core::Error::RelayUnavailable {
+                server: "198.51.100.7:3478".parse().unwrap(),
+                reason: "allocations still being made".into(),
+            },
+        };
+        let relay = refusal(relay);
+        assert!(
+            matches!(&relay, MediaRefusal::RelayUnavailable { reason } if reason.contains("198.51.100.7:3478")),
+            "{relay:?}"
+        );
+        assert_eq!(relay.status(), 503, "transient: 503 with Retry-After");
         assert_eq!(refusal(xcc_grpc::Error::Draining).status(), 503);
         let bad = xcc_grpc::Error::InvalidArgument {
             field: "sdp",

@@ -196,7 +196,14 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
             if cli.json {
                 println!("{v}");
             } else {
-                table(&["field", "value"], object_rows(&v));
+                let mut rows = object_rows(&v);
+                // The TURN object reads better as one line than as JSON in a cell.
+                if let (Some(row), Some(line)) =
+                    (rows.iter_mut().find(|r| r[0] == "turn"), turn_line(&s))
+                {
+                    row[1] = line;
+                }
+                table(&["field", "value"], rows);
             }
         }
         Cmd::Calls => {
@@ -590,7 +597,7 @@ fn side_name(v: i32) -> &'static str {
 }
 
 fn status_json(s: &pb::StatusResponse) -> Value {
-    json!({
+    let mut v = json!({
         "version": s.version, "uptime_secs": s.uptime_secs, "calls": s.calls,
         "ports_total": s.ports_total, "ports_free": s.ports_free, "ports_used": s.ports_used,
         "ports_quarantined": s.ports_quarantined, "workers": s.workers, "draining": s.draining,
@@ -601,7 +608,38 @@ fn status_json(s: &pb::StatusResponse) -> Value {
         "stun_last_error": s.stun_last_error,
         "ports_retiring": s.ports_retiring, "exit_when_idle": s.exit_when_idle,
         "drain_grace_left_secs": s.drain_grace_left_secs,
-    })
+    });
+    // Only when [turn] is on: a satellite without a relay shows no TURN row.
+    if !s.turn_server.is_empty() {
+        v["turn"] = json!({
+            "server": s.turn_server, "ready": s.turn_ready, "pending": s.turn_pending,
+            "allocated_total": s.turn_allocated_total, "failed_total": s.turn_failed_total,
+            "last_error": s.turn_last_error,
+            "last_success_unix_ms": s.turn_last_success_unix_ms,
+        });
+    }
+    v
+}
+
+/// `xccctl status`'s TURN row: server, ready/pending legs, totals, last error; `None` without
+/// `[turn]`. Figures the media plane has not reported yet are shown as `-`.
+fn turn_line(s: &pb::StatusResponse) -> Option<String> {
+    if s.turn_server.is_empty() {
+        return None;
+    }
+    let n = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
+    let mut line = format!(
+        "{} ready {} pending {} allocated {} failed {}",
+        s.turn_server,
+        n(s.turn_ready),
+        n(s.turn_pending),
+        n(s.turn_allocated_total),
+        n(s.turn_failed_total)
+    );
+    if !s.turn_last_error.is_empty() {
+        line.push_str(&format!(" (last error: {})", s.turn_last_error));
+    }
+    Some(line)
 }
 
 fn source_name(v: i32) -> &'static str {
@@ -733,5 +771,34 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) {
     line(header.iter().map(|h| h.to_uppercase()).collect());
     for row in rows {
         line(row);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_has_a_turn_row_only_when_turn_is_configured() {
+        let mut s = pb::StatusResponse::default();
+        assert_eq!(turn_line(&s), None);
+        assert!(status_json(&s).get("turn").is_none());
+        s.turn_server = "198.51.100.7:3478".into();
+        assert_eq!(
+            turn_line(&s).unwrap(),
+            "198.51.100.7:3478 ready - pending - allocated - failed -"
+        );
+        s.turn_ready = Some(4);
+        s.turn_pending = Some(0);
+        s.turn_allocated_total = Some(12);
+        s.turn_failed_total = Some(1);
+        s.turn_last_error = "438 Stale Nonce".into();
+        assert_eq!(
+            turn_line(&s).unwrap(),
+            "198.51.100.7:3478 ready 4 pending 0 allocated 12 failed 1 (last error: 438 Stale Nonce)"
+        );
+        let v = status_json(&s);
+        assert_eq!(v["turn"]["ready"], 4);
+        assert_eq!(v["turn"]["last_success_unix_ms"], Value::Null);
     }
 }

@@ -39,6 +39,8 @@ pub struct ControlState {
     drain_deadline: Mutex<Option<Instant>>,
     /// The daemon's configuration reload, for `Satellite.Reload`.
     reloader: OnceLock<Arc<dyn Reload>>,
+    /// XCC's own TURN relay, when `[turn]` is on: read at request time for `Status`.
+    turn: OnceLock<crate::nat::TurnSource>,
 }
 
 /// What a configuration reload did; see `Satellite.Reload`.
@@ -68,6 +70,7 @@ impl std::fmt::Debug for ControlState {
             .field("log_hook", &self.log_level.get().is_some())
             .field("exit_when_idle", &self.exit_when_idle)
             .field("reloader", &self.reloader.get().is_some())
+            .field("turn", &self.turn.get())
             .finish_non_exhaustive()
     }
 }
@@ -99,6 +102,7 @@ impl ControlState {
             exit_wake: Notify::new(),
             drain_deadline: Mutex::new(None),
             reloader: OnceLock::new(),
+            turn: OnceLock::new(),
         }
     }
 
@@ -214,6 +218,18 @@ impl ControlState {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Installs XCC's own TURN relay (once, at start, only when `[turn]` is on; later calls are
+    /// ignored: the relay is restart-only).
+    pub fn set_turn(&self, source: crate::nat::TurnSource) {
+        let _ = self.turn.set(source);
+    }
+
+    /// The TURN server and the relay's current status (`None` inside when the media plane has
+    /// not reported yet); `None` when `[turn]` is off.
+    pub fn turn(&self) -> Option<(std::net::SocketAddr, Option<xcc_core::media::RelayStatus>)> {
+        self.turn.get().map(|t| (t.server, (t.status)()))
     }
 
     /// Marks the process ready: health turns SERVING unless draining.

@@ -132,6 +132,9 @@ impl From<Error> for tonic::Status {
                 Core::PoolExhausted { .. } => Code::ResourceExhausted,
                 Core::UnknownCall(_) => Code::NotFound,
                 Core::Stopped => Code::Unavailable,
+                // No TURN allocation ready yet (server unreachable, credentials refused, a burst
+                // beyond the spares): transient, the client retries later or elsewhere.
+                Core::RelayUnavailable { .. } => Code::Unavailable,
                 // Anything else the media plane refused because of request content (SDP, a=crypto).
                 _ if field.is_some() => Code::InvalidArgument,
                 _ => Code::Internal,
@@ -188,5 +191,16 @@ mod tests {
         assert!(s.message().contains("call_id"));
         let s: tonic::Status = Error::from(xcc_core::Error::UnknownCall(CallId(7))).into();
         assert_eq!(s.code(), Code::NotFound);
+    }
+
+    #[test]
+    fn relay_unavailable_is_unavailable_naming_the_server() {
+        let s: tonic::Status = Error::from(xcc_core::Error::RelayUnavailable {
+            server: "198.51.100.7:3478".parse().unwrap(),
+            reason: "allocations still being made".into(),
+        })
+        .into();
+        assert_eq!(s.code(), Code::Unavailable);
+        assert!(s.message().contains("198.51.100.7:3478"), "{}", s.message());
     }
 }

@@ -1,12 +1,16 @@
-//! Public address discovery as the control API reports it: the status fields of
-//! `Satellite.Status` and the `PublicAddressChanged` event.
+//! Public address discovery and XCC's own TURN relay as the control API reports them: the status
+//! fields of `Satellite.Status` and the `PublicAddressChanged` event.
 //!
 //! The daemon's discovery driver owns the STUN socket and the sans-IO
 //! [`xcc_core::nat::discovery::Discovery`]; it publishes a [`PublicAddressStatus`] into
 //! [`crate::control::ControlState`] after every change, and this module turns it into protobuf.
+//! The TURN relay's counters move inside the media plane on their own, so the daemon installs a
+//! [`TurnSource`] that `Status` reads at request time instead.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::SystemTime;
+
+use xcc_core::media::RelayStatus;
 
 use crate::events::unix_ms;
 use crate::pb;
@@ -96,6 +100,46 @@ pub fn fill_status(out: &mut pb::StatusResponse, status: &PublicAddressStatus) {
     out.stun_last_error = status.last_error.clone().unwrap_or_default();
 }
 
+/// Reads how XCC's TURN relay stands at the moment it is asked (`MediaControl::relay_status` in
+/// the daemon): a closure rather than the media handle, so the control plane and metrics are
+/// tested with any status.
+pub type RelayStatusFn = Box<dyn Fn() -> Option<RelayStatus> + Send + Sync>;
+
+/// XCC's own TURN relay (`[turn]`) as `Status` and the metrics see it; installed by the daemon
+/// only when `[turn]` is on.
+pub struct TurnSource {
+    /// The configured server, resolved at start: shown even before the media plane reports.
+    pub server: SocketAddr,
+    /// The media plane's view of the relay, read at request time.
+    pub status: RelayStatusFn,
+}
+
+impl std::fmt::Debug for TurnSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TurnSource")
+            .field("server", &self.server)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Fills the `Status` fields 50-56: `server` always, the rest when the media plane reported.
+pub fn fill_turn_status(
+    out: &mut pb::StatusResponse,
+    server: SocketAddr,
+    status: Option<&RelayStatus>,
+) {
+    out.turn_server = server.to_string();
+    let Some(s) = status else {
+        return;
+    };
+    out.turn_ready = Some(s.ready as u64);
+    out.turn_pending = Some(s.pending as u64);
+    out.turn_allocated_total = Some(s.allocated_total);
+    out.turn_failed_total = Some(s.failed_total);
+    out.turn_last_error = s.last_error.clone().unwrap_or_default();
+    out.turn_last_success_unix_ms = s.last_success.map(unix_ms);
+}
+
 /// The event announcing that clients are now told `status.address` instead of `previous`.
 pub fn changed_event(previous: Option<IpAddr>, status: &PublicAddressStatus) -> pb::event::Kind {
     pb::event::Kind::PublicAddressChanged(pb::PublicAddressChanged {
@@ -138,5 +182,44 @@ mod tests {
         assert_eq!(e.previous, "127.0.0.1");
         assert_eq!(e.current, "203.0.113.1");
         assert_eq!(e.stun_server, "203.0.113.10:3478");
+    }
+
+    #[test]
+    fn status_carries_the_turn_relay_and_leaves_unknowns_absent() {
+        let server: SocketAddr = "198.51.100.7:3478".parse().unwrap();
+        let mut out = pb::StatusResponse::default();
+        fill_turn_status(&mut out, server, None);
+        assert_eq!(out.turn_server, "198.51.100.7:3478");
+        assert_eq!(out.turn_ready, None, "not reported is not zero");
+        assert_eq!(out.turn_last_success_unix_ms, None);
+        let status = RelayStatus {
+            server,
+            ready: 0,
+            pending: 2,
+            allocated_total: 9,
+            failed_total: 1,
+            last_error: Some("401 Unauthorized".into()),
+            last_success: Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(5678)),
+        };
+        fill_turn_status(&mut out, server, Some(&status));
+        assert_eq!(
+            out.turn_ready,
+            Some(0),
+            "zero ready is reported, not absent"
+        );
+        assert_eq!(out.turn_pending, Some(2));
+        assert_eq!(out.turn_allocated_total, Some(9));
+        assert_eq!(out.turn_failed_total, Some(1));
+        assert_eq!(out.turn_last_error, "401 Unauthorized");
+        assert_eq!(out.turn_last_success_unix_ms, Some(5678));
+        let never = RelayStatus {
+            last_success: None,
+            last_error: None,
+            ..status
+        };
+        let mut out = pb::StatusResponse::default();
+        fill_turn_status(&mut out, server, Some(&never));
+        assert_eq!(out.turn_last_success_unix_ms, None);
+        assert_eq!(out.turn_last_error, "");
     }
 }

@@ -372,6 +372,9 @@ impl pb::satellite_server::Satellite for ControlPlane {
             Some(public) => crate::nat::fill_status(&mut status, &public),
             None => status.public_address = self.sessions.advertised().client.to_string(),
         }
+        if let Some((server, relay)) = self.state.turn() {
+            crate::nat::fill_turn_status(&mut status, server, relay.as_ref());
+        }
         Ok(Response::new(status))
     }
 

@@ -219,3 +219,57 @@ async fn watchers_get_published_events_and_end_when_the_hub_closes() {
         "stream ends at shutdown: {end:?}"
     );
 }
+
+#[tokio::test]
+async fn status_shows_the_turn_relay_only_when_one_is_installed() {
+    let (ch, state) = start().await;
+    let mut satellite = pb::satellite_client::SatelliteClient::new(ch);
+    let status = satellite
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.turn_server, "", "no [turn]: no server");
+    assert_eq!(status.turn_ready, None);
+    let server: std::net::SocketAddr = "198.51.100.7:3478".parse().unwrap();
+    let ready = Arc::new(std::sync::atomic::AtomicUsize::new(3));
+    let read = ready.clone();
+    state.set_turn(xcc_grpc::nat::TurnSource {
+        server,
+        status: Box::new(move || {
+            Some(xcc_core::media::RelayStatus {
+                server,
+                ready: read.load(std::sync::atomic::Ordering::Relaxed),
+                pending: 1,
+                allocated_total: 4,
+                failed_total: 0,
+                last_error: None,
+                last_success: Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(2)),
+            })
+        }),
+    });
+    let status = satellite
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.turn_server, "198.51.100.7:3478");
+    assert_eq!(
+        (
+            status.turn_ready,
+            status.turn_pending,
+            status.turn_allocated_total
+        ),
+        (Some(3), Some(1), Some(4))
+    );
+    assert_eq!(status.turn_failed_total, Some(0));
+    assert_eq!(status.turn_last_success_unix_ms, Some(2000));
+    // Read at request time: the relay's counters move without anyone publishing them.
+    ready.store(0, std::sync::atomic::Ordering::Relaxed);
+    let status = satellite
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.turn_ready, Some(0));
+}

@@ -294,10 +294,20 @@ fn refusals_before_a_call_exists() {
         u16,
         bool,
     );
-    let cases: [Case; 6] = [
+    let cases: [Case; 7] = [
         (
             "exhausted",
             Some(MediaRefusal::Exhausted),
+            Some(SERVER_OFFER),
+            "",
+            503,
+            true,
+        ),
+        (
+            "no TURN allocation ready",
+            Some(MediaRefusal::RelayUnavailable {
+                reason: "no TURN allocation ready on 198.51.100.7:3478".into(),
+            }),
             Some(SERVER_OFFER),
             "",
             503,

@@ -48,6 +48,14 @@ pub enum MediaRefusal {
     /// XCC is draining and takes no new calls: 503 with Retry-After.
     #[error("draining")]
     Draining,
+    /// XCC relays its client legs through a TURN server and has no allocation ready on it
+    /// (unreachable, refusing, or slower than the call rate): 503 with Retry-After, like an
+    /// exhausted pool, but named apart so the Warning and the log say which resource ran out.
+    #[error("no TURN relay allocation ready: {reason}")]
+    RelayUnavailable {
+        /// The media plane's words (server and last failure), for the Warning header and the log.
+        reason: String,
+    },
     /// The SDP is unusable (no audio, no acceptable crypto suite, unparsable): 488.
     #[error("unacceptable SDP: {reason}")]
     BadSdp {
@@ -73,11 +81,32 @@ impl MediaRefusal {
     /// The SIP status this refusal is answered with.
     pub fn status(&self) -> u16 {
         match self {
-            Self::Exhausted | Self::Draining => 503,
+            Self::Exhausted | Self::Draining | Self::RelayUnavailable { .. } => 503,
             Self::BadSdp { .. } => 488,
             Self::UnknownCall => 481,
             Self::OfferPending => 491,
             Self::Internal { .. } => 500,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_refusals_are_503_and_the_relay_is_named_apart() {
+        let relay = MediaRefusal::RelayUnavailable {
+            reason: "no TURN allocation ready on 198.51.100.7:3478: 401".into(),
+        };
+        assert_eq!(relay.status(), 503);
+        assert_eq!(MediaRefusal::Exhausted.status(), 503);
+        assert_eq!(MediaRefusal::Draining.status(), 503);
+        assert!(
+            relay
+                .to_string()
+                .starts_with("no TURN relay allocation ready: "),
+            "{relay}"
+        );
     }
 }
