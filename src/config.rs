@@ -224,8 +224,9 @@ pub struct TurnConfig {
     /// empty: no relay. Resolved once at start: calls cannot be set up without it, so a name that
     /// does not resolve stops xccd rather than refusing every call later.
     pub server: Option<String>,
-    /// Transport towards the server: only `"udp"` (TCP/TLS relaying is designed in docs/nat.md,
-    /// not implemented), kept as a key so a file written for a later version is refused by name.
+    /// Transport towards the server: `"udp"` (the allocation on the client leg's own socket) or
+    /// `"tcp"` (a connection per allocation, for uplinks that let only TCP out; such calls do not
+    /// survive a restart). TLS is not supported and refused by name.
     pub transport: String,
     /// Long-term credential username (RFC 8489 §9.2).
     pub username: Option<String>,
@@ -244,8 +245,10 @@ pub struct TurnConfig {
 
 /// The TURN port used when `[turn] server` names none (RFC 8656).
 pub const DEFAULT_TURN_PORT: u16 = 3478;
-/// The only `[turn] transport` xccd relays over.
+/// The default `[turn] transport`.
 pub const TURN_TRANSPORT_UDP: &str = "udp";
+/// `[turn] transport` for TCP connections to the server.
+pub const TURN_TRANSPORT_TCP: &str = "tcp";
 
 impl Default for TurnConfig {
     fn default() -> Self {
@@ -277,6 +280,8 @@ pub struct TurnSettings {
     pub lifetime: std::time::Duration,
     /// Client legs kept allocated ahead of calls.
     pub spares: usize,
+    /// How allocations reach the server.
+    pub transport: xcc_core::nat::turn::TurnTransport,
 }
 
 impl TurnSettings {
@@ -288,6 +293,7 @@ impl TurnSettings {
             password: self.password.0.clone(),
             lifetime: self.lifetime,
             spares: self.spares,
+            transport: self.transport,
         }
     }
 }
@@ -304,24 +310,22 @@ impl TurnConfig {
     /// Checks every key; resolves the server (preferring the family of `media_bind`, which the
     /// allocating sockets are bound to) and reads the password file. `Ok(None)` when off.
     pub fn validate(&self, media_bind: IpAddr) -> Result<Option<TurnSettings>> {
-        match self.transport.trim() {
-            TURN_TRANSPORT_UDP => {}
+        use xcc_core::nat::turn::TurnTransport;
+        let transport = match self.transport.trim() {
+            TURN_TRANSPORT_UDP => TurnTransport::Udp,
+            TURN_TRANSPORT_TCP => TurnTransport::Tcp,
             other => {
-                let what = if other.eq_ignore_ascii_case("tcp") || other.eq_ignore_ascii_case("tls")
-                {
-                    format!("{other:?}:")
+                let what = if other.eq_ignore_ascii_case("tls") {
+                    format!("{other:?}: TURN over TLS is not supported yet (see docs/nat.md);")
                 } else {
                     format!("{other:?} is not a transport;")
                 };
                 return Err(invalid(
                     "turn.transport",
-                    format!(
-                        "{what} TCP/TLS relaying in xccd is not supported yet (see docs/nat.md); \
-                         use \"udp\""
-                    ),
+                    format!("{what} use \"udp\" or \"tcp\""),
                 ));
             }
-        }
+        };
         if !(60..=3600).contains(&self.lifetime_secs) {
             return Err(invalid(
                 "turn.lifetime_secs",
@@ -374,6 +378,7 @@ impl TurnConfig {
             password,
             lifetime: std::time::Duration::from_secs(self.lifetime_secs),
             spares: self.spares,
+            transport,
         }))
     }
 }
@@ -1157,7 +1162,7 @@ retry_secs = {retry}
 # "HOST[:PORT]" or "[IPv6]:PORT" (port {turn_port} when omitted). A name is resolved at start and
 # must resolve (xccd does not start otherwise). Every [turn] key needs a restart.
 # server = "turn.example.net:{turn_port}"
-# Only "udp": TCP/TLS relaying is not supported yet.
+# "udp", or "tcp" for uplinks that let only TCP out (TCP-relayed calls do not survive a restart).
 transport = "{turn_transport}"
 # Long-term credentials: username plus password or password_file (exactly one; the file's
 # content without its trailing newline).
@@ -1593,15 +1598,24 @@ mod tests {
             let text = format!("{on}{extra}");
             parse(&text).unwrap().validate().unwrap_err()
         };
-        for transport in ["tcp", "tls", "sctp"] {
-            let e = refused(&format!("transport = \"{transport}\"\n"));
-            let text = e.to_string();
-            assert!(
-                text.contains("not supported yet") && text.contains("docs/nat.md"),
-                "{text}"
-            );
-            assert_eq!(key_of(e), "turn.transport", "{transport}");
-        }
+        let e = refused("transport = \"tls\"\n");
+        let text = e.to_string();
+        assert!(
+            text.contains("not supported yet") && text.contains("docs/nat.md"),
+            "{text}"
+        );
+        assert_eq!(key_of(e), "turn.transport");
+        let e = refused("transport = \"sctp\"\n");
+        assert!(e.to_string().contains("\"udp\" or \"tcp\""), "{e}");
+        assert_eq!(key_of(e), "turn.transport");
+        let tcp = parse(&format!("{on}transport = \"tcp\"\n"))
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(
+            tcp.turn.unwrap().relay_config().transport,
+            xcc_core::nat::turn::TurnTransport::Tcp
+        );
         assert_eq!(
             key_of(refused("lifetime_secs = 59\n")),
             "turn.lifetime_secs"

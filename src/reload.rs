@@ -532,7 +532,7 @@ mod tests {
         // An invalid [turn] refuses the whole reload, naming the key.
         file(
             &dir,
-            "[turn]\nserver = \"127.0.0.1\"\ntransport = \"tcp\"\n",
+            "[turn]\nserver = \"127.0.0.1\"\ntransport = \"tls\"\n",
         );
         assert!(r.reload_now().unwrap_err().contains("turn.transport"));
         let _ = std::fs::remove_dir_all(&dir);

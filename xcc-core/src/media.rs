@@ -183,6 +183,10 @@ pub struct RelayedPorts {
 pub struct RelayConfig {
     /// The TURN server (resolved by the caller).
     pub server: SocketAddr,
+    /// UDP (the allocation on the leg's own socket), or TCP (a connection per allocation) for
+    /// uplinks that let only TCP out. TCP allocations die with their connection, so calls
+    /// relayed over TCP do not survive a restart.
+    pub transport: crate::nat::turn::TurnTransport,
     /// Long-term credential username.
     pub username: String,
     /// Long-term credential password.
@@ -1169,7 +1173,13 @@ impl MediaControl {
         );
         drop(reg);
         let relay = match (point.relay, sh.spares.get()) {
-            (Some(relayed), Some(spares)) => Some(Box::new(spares.resume(relayed, now))),
+            (Some(relayed), Some(spares)) => match spares.resume(relayed, now) {
+                Some(relay) => Some(Box::new(relay)),
+                None => {
+                    tracing::warn!(call = %point.call, ?relayed, "call was relayed over TCP: its allocation ended with the old process, the client leg is not reachable where the client sends");
+                    None
+                }
+            },
             (Some(relayed), None) => {
                 tracing::warn!(call = %point.call, ?relayed, "call was relayed through TURN, [turn] is off now: its client leg is not reachable where the client sends");
                 None

@@ -12,8 +12,11 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
 use media_support::*;
-use turn_support::{Coturn, LIMIT, RELAY_PORTS, TURN_PORT, relayed_engine};
+use turn_support::{
+    Coturn, LIMIT, RELAY_PORTS, TURN_PORT, relay, relayed_engine, relayed_engine_with,
+};
 use xcc_core::ids::LegSide;
+use xcc_core::nat::turn::TurnTransport;
 use xcc_core::srtp::SrtpSuite;
 
 /// Receives datagrams on `sock` until one is not a TURN/STUN message from XCC's punching.
@@ -23,10 +26,24 @@ fn recv_media(sock: &UdpSocket) -> (Vec<u8>, SocketAddr) {
 
 #[test]
 fn relayed_client_leg_carries_srtp_both_ways_through_coturn() {
+    carries_srtp_both_ways(TurnTransport::Udp);
+}
+
+#[test]
+fn client_leg_relayed_over_tcp_carries_srtp_both_ways_through_coturn() {
+    carries_srtp_both_ways(TurnTransport::Tcp);
+}
+
+/// A relayed call over `transport`: SRTP both ways, RTCP on its own allocation, direct datagrams
+/// to the bound ports dropped.
+fn carries_srtp_both_ways(transport: TurnTransport) {
     let Some(_coturn) = Coturn::start() else {
         return;
     };
-    let (engine, _events) = relayed_engine("secret");
+    let (engine, _events) = relayed_engine_with(xcc_core::media::RelayConfig {
+        transport,
+        ..relay("secret")
+    });
     let ctl = engine.control();
     // Spares are made ahead of calls: the first one appears within a few round trips (coturn
     // may take a moment to listen, the failover schedule retries).

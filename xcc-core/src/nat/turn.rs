@@ -755,8 +755,15 @@ impl TcpFramer {
 
     /// An empty framer.
     pub fn new() -> Self {
+        Self::with_capacity(Self::CAPACITY)
+    }
+
+    /// An empty framer for frames of at most about `capacity / 2` bytes: XCC's own allocations
+    /// carry media of at most ~2 KiB per frame, and the default 128 KiB per connection would
+    /// cost 256 KiB per relayed call. A larger frame fails framing (the driver closes).
+    pub fn with_capacity(capacity: usize) -> Self {
         TcpFramer {
-            buf: vec![0; Self::CAPACITY],
+            buf: vec![0; capacity],
             start: 0,
             end: 0,
         }

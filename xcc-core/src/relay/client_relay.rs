@@ -13,14 +13,20 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use mio::net::UdpSocket;
+
 use crate::media::{LegConfig, RelayedPorts};
 use crate::nat::turn::{TurnClient, TurnEvent, TurnInput};
+use crate::relay::turn_link::TurnLink;
 
 /// The two allocations of one client leg, indexed like the leg's sockets (0 RTP, 1 RTCP).
 #[derive(Debug)]
 pub(crate) struct ClientRelay {
-    /// One client per socket: an allocation belongs to the 5-tuple of the socket that made it.
+    /// One client per socket: an allocation belongs to the 5-tuple of the socket (or the TCP
+    /// connection) that made it.
     turn: [TurnClient; 2],
+    /// How each allocation reaches the server.
+    links: [TurnLink; 2],
     /// What clients were told.
     relayed: RelayedPorts,
 }
@@ -55,9 +61,13 @@ pub(crate) enum RelayNotice {
 }
 
 impl ClientRelay {
-    /// Takes over two allocated clients (from the spare pool).
-    pub(crate) fn new(turn: [TurnClient; 2], relayed: RelayedPorts) -> Self {
-        Self { turn, relayed }
+    /// Two clients and their links (from the spare pool, or resumed after a restart).
+    pub(crate) fn new(turn: [TurnClient; 2], links: [TurnLink; 2], relayed: RelayedPorts) -> Self {
+        Self {
+            turn,
+            links,
+            relayed,
+        }
     }
 
     /// The relayed addresses clients were told.
@@ -65,22 +75,47 @@ impl ClientRelay {
         self.relayed
     }
 
-    /// Unwraps `buf[..len]` received on client socket `socket` from `from`. On
-    /// [`Unwrapped::Media`] the payload has been moved to the start of `buf` (a copy inside the
-    /// receive buffer, no allocation).
+    /// The TURN server (both allocations are on it): frames of a TCP link come from it.
+    pub(crate) fn server(&self) -> SocketAddr {
+        self.turn[0].server()
+    }
+
+    /// Records the relayed addresses once the spare's allocations are granted.
+    pub(crate) fn set_relayed(&mut self, relayed: RelayedPorts) {
+        self.relayed = relayed;
+    }
+
+    /// The client of socket `socket` (the spare pool reads its events).
+    pub(crate) fn turn_mut(&mut self, socket: usize) -> Option<&mut TurnClient> {
+        self.turn.get_mut(socket)
+    }
+
+    /// The link of socket `socket` (drivers register, flush and read TCP links).
+    pub(crate) fn link_mut(&mut self, socket: usize) -> Option<&mut TurnLink> {
+        self.links.get_mut(socket)
+    }
+
+    /// Unwraps `buf[..len]` received for client socket `socket` from `from`: a UDP datagram
+    /// (`from_stream` false) or a frame of the socket's TCP link (`from_stream` true, `from` the
+    /// server). On [`Unwrapped::Media`] the payload has been moved to the start of `buf` (a copy
+    /// inside the receive buffer, no allocation).
+    #[allow(clippy::too_many_arguments)] // the worker's receive path, one call per datagram
     pub(crate) fn unwrap(
         &mut self,
         now: Instant,
         socket: usize,
         from: SocketAddr,
+        from_stream: bool,
         buf: &mut [u8],
         len: usize,
         rng: &mut impl rand::RngCore,
     ) -> Unwrapped {
-        let Some(turn) = self.turn.get_mut(socket) else {
+        let (Some(turn), Some(link)) = (self.turn.get_mut(socket), self.links.get(socket)) else {
             return Unwrapped::Stray;
         };
-        if from != turn.server() {
+        // Over TCP the server never sends on the UDP socket: a datagram claiming to be from it
+        // there is forged.
+        if from != turn.server() || link.is_udp() == from_stream {
             return Unwrapped::Stray;
         }
         let base = buf.as_ptr() as usize;
@@ -93,6 +128,33 @@ impl ClientRelay {
         };
         buf.copy_within(start..start + plen, 0);
         Unwrapped::Media { peer, len: plen }
+    }
+
+    /// Wraps `payload` for `to` and sends it to the server on socket `socket`'s link, `out`
+    /// being the scratch buffer; false when it was not sent (counted by the worker).
+    pub(crate) fn send_wrapped(
+        &mut self,
+        socket: usize,
+        udp: &UdpSocket,
+        to: SocketAddr,
+        payload: &[u8],
+        out: &mut [u8],
+    ) -> bool {
+        let Some((server, n)) = self.wrap(socket, to, payload, out) else {
+            return false;
+        };
+        self.links[socket].send(udp, server, &out[..n])
+    }
+
+    /// Sends the requests the clients have queued (permissions, channels, refreshes), each on
+    /// its socket's link.
+    pub(crate) fn pump(&mut self, udp: [&UdpSocket; 2]) {
+        let Self { turn, links, .. } = self;
+        for ((turn, link), udp) in turn.iter_mut().zip(links.iter_mut()).zip(udp) {
+            while let Some((to, bytes)) = turn.poll_transmit() {
+                let _ = link.send(udp, to, bytes);
+            }
+        }
     }
 
     /// Wraps `payload` for `to` into `out` (a Send indication, or ChannelData once a channel is
@@ -151,7 +213,14 @@ impl ClientRelay {
         }
     }
 
-    /// The next request to send from client socket `socket`: destination and bytes.
+    /// When each client next needs [`ClientRelay::handle_timeout`].
+    pub(crate) fn poll_timeouts(&self) -> impl Iterator<Item = Instant> + '_ {
+        self.turn.iter().filter_map(TurnClient::poll_timeout)
+    }
+
+    /// The next request to send from client socket `socket`: destination and bytes (drivers use
+    /// [`ClientRelay::pump`], which sends them on the right link).
+    #[cfg(test)]
     pub(crate) fn poll_transmit(&mut self, socket: usize) -> Option<(SocketAddr, &[u8])> {
         self.turn.get_mut(socket)?.poll_transmit()
     }
@@ -217,7 +286,11 @@ mod tests {
             rtcp: RELAYED.parse().unwrap(),
             mapped: Some(MAPPED.parse().unwrap()),
         };
-        (ClientRelay::new(turn, relayed), server, rng)
+        (
+            ClientRelay::new(turn, [TurnLink::Udp, TurnLink::Udp], relayed),
+            server,
+            rng,
+        )
     }
 
     /// Sends every queued request of `socket` to the scripted server and feeds back its answers.
@@ -238,7 +311,15 @@ mod tests {
             let mut buf = answer.clone();
             let len = buf.len();
             assert_eq!(
-                r.unwrap(now, socket, SERVER.parse().unwrap(), &mut buf, len, rng),
+                r.unwrap(
+                    now,
+                    socket,
+                    SERVER.parse().unwrap(),
+                    false,
+                    &mut buf,
+                    len,
+                    rng
+                ),
                 Unwrapped::Control
             );
             n += 1;
@@ -269,6 +350,7 @@ mod tests {
             t0,
             0,
             SERVER.parse().unwrap(),
+            false,
             &mut buf,
             wire.len(),
             &mut rng,
@@ -293,13 +375,34 @@ mod tests {
         buf[..wire.len()].copy_from_slice(&wire);
         // The same bytes straight from the peer (not via the server) are not media of this leg.
         assert_eq!(
-            r.unwrap(t0, 0, peer, &mut buf, wire.len(), &mut rng),
+            r.unwrap(t0, 0, peer, false, &mut buf, wire.len(), &mut rng),
+            Unwrapped::Stray
+        );
+        // A frame "from the stream" of a UDP link cannot be: a driver bug, never media.
+        assert_eq!(
+            r.unwrap(
+                t0,
+                0,
+                SERVER.parse().unwrap(),
+                true,
+                &mut buf,
+                wire.len(),
+                &mut rng
+            ),
             Unwrapped::Stray
         );
         // Plain RTP from the server's address but not a TURN message: nothing to unwrap.
         let mut rtp = [0x80u8; 40];
         assert_eq!(
-            r.unwrap(t0, 1, SERVER.parse().unwrap(), &mut rtp, 40, &mut rng),
+            r.unwrap(
+                t0,
+                1,
+                SERVER.parse().unwrap(),
+                false,
+                &mut rtp,
+                40,
+                &mut rng
+            ),
             Unwrapped::Stray
         );
         assert!(r.is_server(SERVER.parse::<SocketAddr>().unwrap().ip()));

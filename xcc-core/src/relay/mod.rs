@@ -10,6 +10,7 @@ pub(crate) mod client_relay;
 pub(crate) mod published;
 pub(crate) mod spares;
 pub(crate) mod totals;
+pub(crate) mod turn_link;
 pub(crate) mod worker;
 
 use std::sync::Arc;

@@ -7,9 +7,10 @@
 //! The thread is control plane: it locks its own small state, never a worker.
 //!
 //! A spare is an even/odd pair from the media port pool, bound like any media socket, with one
-//! [`TurnClient`] per socket (an allocation belongs to the socket's 5-tuple). Failed spares give
-//! their ports back to quarantine and the next attempt waits (1 s, doubling to 60 s), so a dead
-//! or misconfigured server costs a few datagrams a minute, not a busy loop.
+//! [`TurnClient`] per socket (an allocation belongs to the socket's 5-tuple, or over TCP to a
+//! connection of its own next to the socket). Failed spares give their ports back to quarantine
+//! and the next attempt waits (1 s, doubling to 60 s), so a dead or misconfigured server costs a
+//! few datagrams a minute, not a busy loop.
 
 use std::io;
 use std::net::SocketAddr;
@@ -25,6 +26,7 @@ use crate::media::{RelayConfig, RelayStatus, RelayedPorts};
 use crate::nat::Retransmission;
 use crate::nat::turn::{TurnClient, TurnConfig, TurnEvent, TurnTransport};
 use crate::relay::client_relay::ClientRelay;
+use crate::relay::turn_link::{Fill, TcpLink, TurnLink};
 
 /// Token of the pool thread's waker.
 const WAKER: Token = Token(usize::MAX);
@@ -51,17 +53,20 @@ pub(crate) struct ReadySpare {
     pub relay: ClientRelay,
 }
 
+/// Tokens per spare: the two UDP sockets, then the two TCP links (TCP transport only).
+const SPARE_TOKENS: usize = 4;
+
 /// One spare being made or kept.
 #[derive(Debug)]
 struct Spare {
-    /// Its tokens are `id * 2 + socket`.
+    /// Its tokens are `id * SPARE_TOKENS + i`.
     id: usize,
     /// Even port of the pair.
     rtp_port: u16,
     /// RTP and RTCP sockets, registered with the pool thread's poll while here.
     sockets: [UdpSocket; 2],
-    /// One client per socket.
-    turn: [TurnClient; 2],
+    /// One client and link per socket.
+    relay: ClientRelay,
     /// Relayed address per socket, once granted.
     relayed: [Option<SocketAddr>; 2],
     /// XCC's address as the server saw it.
@@ -185,28 +190,37 @@ impl SparePool {
         };
         let mut spare = st.spares.remove(i);
         drop(st);
-        for s in &mut spare.sockets {
-            let _ = sh.registry.deregister(s);
-        }
+        deregister(sh, &mut spare);
         let _ = sh.waker.wake();
+        // `is_ready` checked both addresses.
         let relayed = RelayedPorts {
             rtp: spare.relayed[0].unwrap_or(sh.config.server),
             rtcp: spare.relayed[1].unwrap_or(sh.config.server),
             mapped: spare.mapped,
         };
+        spare.relay.set_relayed(relayed);
         Ok(ReadySpare {
             rtp_port: spare.rtp_port,
             sockets: spare.sockets,
-            relay: ClientRelay::new(spare.turn, relayed),
+            relay: spare.relay,
         })
     }
 
     /// The allocations of a call relayed before a restart, taken over on the same ports (see
     /// [`TurnClient::resume`]).
-    pub(crate) fn resume(&self, relayed: RelayedPorts, now: Instant) -> ClientRelay {
+    /// `None` over TCP: a TCP allocation died with its connection, and a new one would have a
+    /// relayed address the client was never told.
+    pub(crate) fn resume(&self, relayed: RelayedPorts, now: Instant) -> Option<ClientRelay> {
         let config = turn_config(&self.shared.config);
+        if config.transport != TurnTransport::Udp {
+            return None;
+        }
         let turn = [relayed.rtp, relayed.rtcp].map(|r| TurnClient::resume(config.clone(), r, now));
-        ClientRelay::new(turn, relayed)
+        Some(ClientRelay::new(
+            turn,
+            [TurnLink::Udp, TurnLink::Udp],
+            relayed,
+        ))
     }
 
     /// How the pool stands.
@@ -279,7 +293,7 @@ fn run(sh: &Shared, mut poll: Poll) {
     close_all(sh, &mut st, Instant::now());
 }
 
-/// Reads every datagram waiting on one spare socket.
+/// Reads what waits on one spare socket or TCP link.
 fn read(
     sh: &Shared,
     st: &mut State,
@@ -288,19 +302,39 @@ fn read(
     buf: &mut [u8],
     rng: &mut impl rand::RngCore,
 ) {
-    let (id, k) = (token.0 / 2, token.0 % 2);
+    let (id, k) = (token.0 / SPARE_TOKENS, token.0 % SPARE_TOKENS);
     let Some(spare) = st.spares.iter_mut().find(|s| s.id == id) else {
         return; // taken by a call since the poll
     };
+    let server = sh.config.server;
     for _ in 0..64 {
-        match spare.sockets[k].recv_from(buf) {
-            Ok((n, from)) => {
-                // Anything but the server's answers (a stray to an unused port) is ignored.
-                let _ = spare.turn[k].handle_datagram(now, from, &buf[..n], rng);
+        let (len, from, stream) = if k < 2 {
+            match spare.sockets[k].recv_from(buf) {
+                Ok((n, from)) => (n, from, false),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => continue, // a pending ICMP error, consumed
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-            Err(_) => continue, // a pending ICMP error, consumed
-        }
+        } else {
+            let Some(link) = spare.relay.link_mut(k - 2).and_then(TurnLink::tcp) else {
+                return;
+            };
+            link.flush();
+            match link.next_frame(buf) {
+                Some(n) => (n, server, true),
+                None => match link.fill() {
+                    Fill::Data => continue,
+                    Fill::Empty => return,
+                    Fill::Closed => {
+                        spare
+                            .failed
+                            .get_or_insert_with(|| "TCP connection to the TURN server lost".into());
+                        return;
+                    }
+                },
+            }
+        };
+        // Anything but the server's answers (a stray to an unused port) is ignored.
+        let _ = spare.relay.unwrap(now, k % 2, from, stream, buf, len, rng);
     }
     // More than 64 queued: come back at once (edge-triggered readiness).
     let _ = sh.waker.wake();
@@ -313,7 +347,7 @@ fn refill(sh: &Shared, st: &mut State, now: Instant) {
     }
     st.retry_at = None;
     while st.spares.len() < sh.config.spares {
-        let (rtp_port, mut sockets) = match (sh.take_pair)() {
+        let (rtp_port, sockets) = match (sh.take_pair)() {
             Ok(pair) => pair,
             Err(e) => {
                 // Pool exhausted or a bind error: calls are refused anyway, retry later.
@@ -323,34 +357,44 @@ fn refill(sh: &Shared, st: &mut State, now: Instant) {
         };
         let id = st.next_id;
         st.next_id += 1;
-        let mut registered = true;
-        for (k, s) in sockets.iter_mut().enumerate() {
-            registered &= sh
-                .registry
-                .register(s, Token(id * 2 + k), Interest::READABLE)
-                .is_ok();
-        }
-        if !registered {
-            for s in &mut sockets {
-                let _ = sh.registry.deregister(s);
-            }
-            (sh.release_pair)(rtp_port);
-            fail(st, now, "cannot register a spare socket".to_owned());
-            return;
-        }
         let config = turn_config(&sh.config);
-        st.spares.push(Spare {
+        let links = match config.transport {
+            TurnTransport::Udp => Ok([TurnLink::Udp, TurnLink::Udp]),
+            TurnTransport::Tcp => TcpLink::connect(config.server).and_then(|a| {
+                let b = TcpLink::connect(config.server)?;
+                Ok([TurnLink::Tcp(Box::new(a)), TurnLink::Tcp(Box::new(b))])
+            }),
+        };
+        let links = match links {
+            Ok(links) => links,
+            Err(e) => {
+                drop(sockets);
+                (sh.release_pair)(rtp_port);
+                fail(st, now, format!("cannot connect to the TURN server: {e}"));
+                return;
+            }
+        };
+        let turn = [
+            TurnClient::new(config.clone(), now),
+            TurnClient::new(config, now),
+        ];
+        let mut spare = Spare {
             id,
             rtp_port,
             sockets,
-            turn: [
-                TurnClient::new(config.clone(), now),
-                TurnClient::new(config, now),
-            ],
+            relay: ClientRelay::new(turn, links, placeholder(sh.config.server)),
             relayed: [None, None],
             mapped: None,
             failed: None,
-        });
+        };
+        if let Err(e) = register(sh, &mut spare) {
+            deregister(sh, &mut spare);
+            drop(spare);
+            (sh.release_pair)(rtp_port);
+            fail(st, now, format!("cannot register a spare socket: {e}"));
+            return;
+        }
+        st.spares.push(spare);
     }
 }
 
@@ -358,7 +402,7 @@ fn refill(sh: &Shared, st: &mut State, now: Instant) {
 fn turn_config(relay: &RelayConfig) -> TurnConfig {
     TurnConfig {
         server: relay.server,
-        transport: TurnTransport::Udp,
+        transport: relay.transport,
         username: relay.username.clone(),
         password: relay.password.clone(),
         lifetime: relay.lifetime,
@@ -371,12 +415,23 @@ fn drive(sh: &Shared, st: &mut State, now: Instant, rng: &mut impl rand::RngCore
     let mut newly_ready = 0;
     for spare in &mut st.spares {
         let was_ready = spare.is_ready();
+        spare.relay.handle_timeout(now, rng);
+        spare.relay.pump([&spare.sockets[0], &spare.sockets[1]]);
         for k in 0..2 {
-            spare.turn[k].handle_timeout(now, rng);
-            while let Some((to, bytes)) = spare.turn[k].poll_transmit() {
-                let _ = spare.sockets[k].send_to(bytes, to);
+            if spare
+                .relay
+                .link_mut(k)
+                .and_then(TurnLink::tcp)
+                .is_some_and(|l| l.is_dead())
+            {
+                spare
+                    .failed
+                    .get_or_insert_with(|| "TCP connection to the TURN server lost".into());
             }
-            while let Some(event) = spare.turn[k].poll_event() {
+            let Some(turn) = spare.relay.turn_mut(k) else {
+                continue;
+            };
+            while let Some(event) = turn.poll_event() {
                 match event {
                     TurnEvent::Allocated {
                         relayed, mapped, ..
@@ -438,18 +493,51 @@ fn fail(st: &mut State, now: Instant, why: String) {
 
 /// Deallocates (one datagram per allocation, no wait), deregisters and frees the ports.
 fn discard(sh: &Shared, mut spare: Spare, now: Instant) {
-    for k in 0..2 {
-        spare.turn[k].close(now);
-        let mut rng = rand::rng();
-        spare.turn[k].handle_timeout(now, &mut rng);
-        if let Some((to, bytes)) = spare.turn[k].poll_transmit() {
-            let _ = spare.sockets[k].send_to(bytes, to);
-        }
-        let _ = sh.registry.deregister(&mut spare.sockets[k]);
-    }
+    spare.relay.close(now);
+    spare.relay.handle_timeout(now, &mut rand::rng());
+    spare.relay.pump([&spare.sockets[0], &spare.sockets[1]]);
+    deregister(sh, &mut spare);
     let port = spare.rtp_port;
     drop(spare);
     (sh.release_pair)(port);
+}
+
+/// Registers a spare's sockets and TCP links with the pool thread's poll.
+fn register(sh: &Shared, spare: &mut Spare) -> io::Result<()> {
+    let base = spare.id * SPARE_TOKENS;
+    for (k, s) in spare.sockets.iter_mut().enumerate() {
+        sh.registry
+            .register(s, Token(base + k), Interest::READABLE)?;
+    }
+    for k in 0..2 {
+        if let Some(link) = spare.relay.link_mut(k).and_then(TurnLink::tcp) {
+            let interest = Interest::READABLE | Interest::WRITABLE;
+            sh.registry
+                .register(link.stream(), Token(base + 2 + k), interest)?;
+        }
+    }
+    Ok(())
+}
+
+/// Takes a spare's sockets and links out of the pool thread's poll (before a worker takes them).
+fn deregister(sh: &Shared, spare: &mut Spare) {
+    for s in &mut spare.sockets {
+        let _ = sh.registry.deregister(s);
+    }
+    for k in 0..2 {
+        if let Some(link) = spare.relay.link_mut(k).and_then(TurnLink::tcp) {
+            let _ = sh.registry.deregister(link.stream());
+        }
+    }
+}
+
+/// Relayed addresses until the server grants real ones (never handed out: `is_ready` waits).
+fn placeholder(server: SocketAddr) -> RelayedPorts {
+    RelayedPorts {
+        rtp: server,
+        rtcp: server,
+        mapped: None,
+    }
 }
 
 /// Deallocates every spare (shutdown).
@@ -463,7 +551,7 @@ fn close_all(sh: &Shared, st: &mut State, now: Instant) {
 fn next_sleep(st: &State, now: Instant) -> Duration {
     st.spares
         .iter()
-        .flat_map(|s| s.turn.iter().filter_map(TurnClient::poll_timeout))
+        .flat_map(|s| s.relay.poll_timeouts())
         .chain(st.retry_at)
         .min()
         .map_or(MAX_SLEEP, |at| at.saturating_duration_since(now))

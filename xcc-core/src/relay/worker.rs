@@ -25,10 +25,14 @@ use crate::relay::call::{Call, CallTimers};
 use crate::relay::client_relay::{ClientRelay, RelayNotice, Unwrapped};
 use crate::relay::published::Published;
 use crate::relay::totals::{WorkerTotals, add_counters};
+use crate::relay::turn_link::{Fill, TurnLink};
 use crate::relay::{Command, Freed, NewCall};
 
-/// Token of the waker; socket tokens are `slot * 4 + socket`.
+/// Token of the waker; socket tokens are `slot * SLOT_TOKENS + socket`.
 pub(crate) const WAKER: Token = Token(usize::MAX);
+/// Tokens per slot: the four UDP sockets, then the TURN TCP links of the client RTP and RTCP
+/// sockets (when the client leg is relayed over TCP).
+const SLOT_TOKENS: usize = 6;
 /// How often timers are checked and counters published.
 const TICK: Duration = Duration::from_millis(50);
 /// Largest datagram read; the buffer keeps room behind it for an SRTP tag and SRTCP trailer.
@@ -96,7 +100,7 @@ fn socket_index(side: LegSide, port: LocalPort) -> usize {
 /// The worker: owns every call it was given until it ends.
 struct Worker {
     setup: WorkerSetup,
-    /// Calls by slot; a slot's sockets are registered with tokens `slot * 4 + i`.
+    /// Calls by slot; a slot's sockets are registered with tokens `slot * SLOT_TOKENS + i`.
     slots: Vec<Option<Slot>>,
     /// Empty slots for reuse.
     free_slots: Vec<usize>,
@@ -188,79 +192,126 @@ pub(crate) fn run(setup: WorkerSetup) {
 }
 
 impl Worker {
-    /// Reads up to [`BURST`] datagrams from one socket and forwards them.
+    /// Reads up to [`BURST`] datagrams from one socket (or frames from one TURN TCP link) and
+    /// forwards them.
     fn drain_socket(&mut self, token: Token, now: Instant) {
-        let (slot_i, sock_i) = (token.0 / 4, token.0 % 4);
+        let (slot_i, sock_i) = (token.0 / SLOT_TOKENS, token.0 % SLOT_TOKENS);
+        if sock_i >= 4 {
+            return self.drain_stream(token, slot_i, sock_i - 4, now);
+        }
+        for _ in 0..BURST {
+            let Some(Some(slot)) = self.slots.get_mut(slot_i) else {
+                return; // a call that ended earlier in this batch
+            };
+            let (len, from) = match slot.sockets[sock_i].recv_from(&mut self.buf[..MAX_DATAGRAM]) {
+                Ok(r) => r,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                // A pending socket error (e.g. ICMP) is consumed by this call: read on.
+                Err(_) => continue,
+            };
+            self.handle_datagram(slot_i, sock_i, from, false, len, now);
+        }
+        // Burst used up: come back to this socket before sleeping (edge-triggered readiness).
+        self.backlog.push(token);
+    }
+
+    /// Flushes one client socket's TURN TCP link and handles up to [`BURST`] frames from it.
+    fn drain_stream(&mut self, token: Token, slot_i: usize, k: usize, now: Instant) {
+        for _ in 0..BURST {
+            let Some(Some(slot)) = self.slots.get_mut(slot_i) else {
+                return;
+            };
+            let Some(relay) = slot.relay.as_deref_mut() else {
+                return;
+            };
+            let server = relay.server();
+            let Some(link) = relay.link_mut(k).and_then(TurnLink::tcp) else {
+                return;
+            };
+            link.flush();
+            let len = match link.next_frame(&mut self.buf[..MAX_DATAGRAM]) {
+                Some(len) => len,
+                None => match link.fill() {
+                    Fill::Data => continue,
+                    Fill::Empty => return,
+                    Fill::Closed => {
+                        let _span = tracing::info_span!("call", id = slot.id.0).entered();
+                        tracing::warn!(
+                            socket = k,
+                            "TURN TCP connection lost: the client leg's relay is gone"
+                        );
+                        let _ = self.setup.poll.registry().deregister(link.stream());
+                        return;
+                    }
+                },
+            };
+            self.handle_datagram(slot_i, k, server, true, len, now);
+        }
+        self.backlog.push(token);
+    }
+
+    /// One datagram in `self.buf[..len]`, received on socket `sock_i` of slot `slot_i` from
+    /// `from` (or a frame of that client socket's TURN TCP link when `from_stream`).
+    fn handle_datagram(
+        &mut self,
+        slot_i: usize,
+        sock_i: usize,
+        mut from: SocketAddr,
+        from_stream: bool,
+        mut len: usize,
+        now: Instant,
+    ) {
         let Some(Some(slot)) = self.slots.get_mut(slot_i) else {
-            return; // a call that ended earlier in this batch
+            return;
         };
         let side = if sock_i < 2 {
             LegSide::Client
         } else {
             LegSide::Pbx
         };
-        let port = if sock_i % 2 == 0 {
+        let port = if sock_i.is_multiple_of(2) {
             LocalPort::Rtp
         } else {
             LocalPort::Rtcp
         };
-        for _ in 0..BURST {
-            let (mut len, mut from) =
-                match slot.sockets[sock_i].recv_from(&mut self.buf[..MAX_DATAGRAM]) {
-                    Ok(r) => r,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                    // A pending socket error (e.g. ICMP) is consumed by this call: read on.
-                    Err(_) => continue,
-                };
-            // A relayed client leg hears its peer only through the TURN server.
-            if let Some(relay) = slot.relay.as_deref_mut().filter(|_| sock_i < 2) {
-                match relay.unwrap(now, sock_i, from, &mut self.buf, len, &mut self.rng) {
-                    Unwrapped::Media { peer, len: n } => (from, len) = (peer, n),
-                    Unwrapped::Control => {
-                        pump_relay(&slot.sockets, relay);
-                        continue;
-                    }
-                    Unwrapped::Stray => {
-                        slot.call.record_drop(side, DropReason::Stray);
-                        continue;
-                    }
+        // A relayed client leg hears its peer only through the TURN server.
+        if let Some(relay) = slot.relay.as_deref_mut().filter(|_| sock_i < 2) {
+            match relay.unwrap(
+                now,
+                sock_i,
+                from,
+                from_stream,
+                &mut self.buf,
+                len,
+                &mut self.rng,
+            ) {
+                Unwrapped::Media { peer, len: n } => (from, len) = (peer, n),
+                Unwrapped::Control => {
+                    pump_relay(&slot.sockets, relay);
+                    return;
+                }
+                Unwrapped::Stray => {
+                    slot.call.record_drop(side, DropReason::Stray);
+                    return;
                 }
             }
-            // RFC 7983 demux: STUN on a leg port is an ICE check (or a stray), never media.
-            if is_stun(&self.buf[..len]) {
-                let reply = slot.call.handle_stun(
-                    now,
-                    side,
-                    port,
+        }
+        // RFC 7983 demux: STUN on a leg port is an ICE check (or a stray), never media.
+        if is_stun(&self.buf[..len]) {
+            let reply =
+                slot.call
+                    .handle_stun(now, side, port, from, &self.buf[..len], &mut self.stun_out);
+            if let Some(n) = reply.send {
+                let _ = send_via(
+                    &slot.sockets,
+                    slot.relay.as_deref_mut(),
+                    sock_i,
+                    &self.stun_out[..n],
                     from,
-                    &self.buf[..len],
-                    &mut self.stun_out,
+                    &mut self.relay_out,
                 );
-                if let Some(n) = reply.send {
-                    let _ = send_via(
-                        &slot.sockets,
-                        slot.relay.as_deref_mut(),
-                        sock_i,
-                        &self.stun_out[..n],
-                        from,
-                        &mut self.relay_out,
-                    );
-                }
-                if let Some(addr) = reply.latched {
-                    relay_latched(slot, sock_i, addr, now);
-                    let _ = self.setup.events.send(MediaEvent::Latched {
-                        call: slot.id,
-                        side,
-                        addr,
-                    });
-                }
-                continue;
             }
-            let step = slot
-                .call
-                .handle_receive(now, side, port, from, &mut self.buf, len);
-            if let Some(addr) = step.latched {
-                // Latching happens once per peer (and per proven move): not a per-packet cost.
+            if let Some(addr) = reply.latched {
                 relay_latched(slot, sock_i, addr, now);
                 let _ = self.setup.events.send(MediaEvent::Latched {
                     call: slot.id,
@@ -268,20 +319,31 @@ impl Worker {
                     addr,
                 });
             }
-            if let Some((to, out, rtcp)) = step.send {
-                let ok = send_via(
-                    &slot.sockets,
-                    slot.relay.as_deref_mut(),
-                    socket_index(to, out.from),
-                    &self.buf[..out.len],
-                    out.to,
-                    &mut self.relay_out,
-                );
-                slot.call.record_send(side, to, out.len, rtcp, ok);
-            }
+            return;
         }
-        // Burst used up: come back to this socket before sleeping (edge-triggered readiness).
-        self.backlog.push(token);
+        let step = slot
+            .call
+            .handle_receive(now, side, port, from, &mut self.buf, len);
+        if let Some(addr) = step.latched {
+            // Latching happens once per peer (and per proven move): not a per-packet cost.
+            relay_latched(slot, sock_i, addr, now);
+            let _ = self.setup.events.send(MediaEvent::Latched {
+                call: slot.id,
+                side,
+                addr,
+            });
+        }
+        if let Some((to, out, rtcp)) = step.send {
+            let ok = send_via(
+                &slot.sockets,
+                slot.relay.as_deref_mut(),
+                socket_index(to, out.from),
+                &self.buf[..out.len],
+                out.to,
+                &mut self.relay_out,
+            );
+            slot.call.record_send(side, to, out.len, rtcp, ok);
+        }
     }
 
     /// Applies every queued command.
@@ -335,8 +397,20 @@ impl Worker {
         });
         let registry = self.setup.poll.registry();
         for (k, s) in sockets.iter_mut().enumerate() {
-            if let Err(e) = registry.register(s, Token(i * 4 + k), Interest::READABLE) {
+            if let Err(e) = registry.register(s, Token(i * SLOT_TOKENS + k), Interest::READABLE) {
                 tracing::error!(call = %id, error = %e, "cannot register media socket");
+            }
+        }
+        let mut relay = relay;
+        if let Some(relay) = relay.as_deref_mut() {
+            for k in 0..2 {
+                if let Some(link) = relay.link_mut(k).and_then(TurnLink::tcp) {
+                    let token = Token(i * SLOT_TOKENS + 4 + k);
+                    let interest = Interest::READABLE | Interest::WRITABLE;
+                    if let Err(e) = registry.register(link.stream(), token, interest) {
+                        tracing::error!(call = %id, error = %e, "cannot register a TURN TCP link");
+                    }
+                }
             }
         }
         let mut call = Call::with_quality(
@@ -345,7 +419,6 @@ impl Worker {
             self.setup.policy,
             self.setup.quality,
         );
-        let mut relay = relay;
         if let Some(legs) = resume {
             for (side, leg) in [LegSide::Client, LegSide::Pbx].into_iter().zip(legs.iter()) {
                 if let Some(config) = &leg.config {
@@ -489,6 +562,13 @@ impl Worker {
         for s in slot.sockets.iter_mut() {
             let _ = self.setup.poll.registry().deregister(s);
         }
+        if let Some(relay) = slot.relay.as_deref_mut() {
+            for k in 0..2 {
+                if let Some(link) = relay.link_mut(k).and_then(TurnLink::tcp) {
+                    let _ = self.setup.poll.registry().deregister(link.stream());
+                }
+            }
+        }
         drop(slot.sockets);
         let _ = self.setup.freed.send(Freed {
             call: slot.id,
@@ -523,23 +603,16 @@ fn send_via(
     wrap_buf: &mut [u8],
 ) -> bool {
     match relay {
-        Some(relay) if sock_i < 2 => match relay.wrap(sock_i, to, bytes, wrap_buf) {
-            Some((server, n)) => {
-                matches!(sockets[sock_i].send_to(&wrap_buf[..n], server), Ok(m) if m == n)
-            }
-            None => false,
-        },
+        Some(relay) if sock_i < 2 => {
+            relay.send_wrapped(sock_i, &sockets[sock_i], to, bytes, wrap_buf)
+        }
         _ => matches!(sockets[sock_i].send_to(bytes, to), Ok(n) if n == bytes.len()),
     }
 }
 
 /// Sends the TURN requests a relay has queued (permissions, channel binds, refreshes).
 fn pump_relay(sockets: &[mio::net::UdpSocket; 4], relay: &mut ClientRelay) {
-    for (k, socket) in sockets.iter().take(2).enumerate() {
-        while let Some((to, bytes)) = relay.poll_transmit(k) {
-            let _ = socket.send_to(bytes, to);
-        }
-    }
+    relay.pump([&sockets[0], &sockets[1]]);
 }
 
 /// A relayed client leg latched to `peer` on socket `sock_i`: bind it a channel.

@@ -81,6 +81,7 @@ impl Drop for Coturn {
 pub fn relay(password: &str) -> RelayConfig {
     RelayConfig {
         server: local(TURN_PORT),
+        transport: xcc_core::nat::turn::TurnTransport::Udp,
         username: "xcc".into(),
         password: password.into(),
         lifetime: Duration::from_secs(600),
@@ -89,6 +90,13 @@ pub fn relay(password: &str) -> RelayConfig {
 }
 
 pub fn relayed_engine(password: &str) -> (MediaEngine, crossbeam_channel::Receiver<MediaEvent>) {
+    relayed_engine_with(relay(password))
+}
+
+/// An engine on 127.0.0.1 relaying its client legs as `relay` says.
+pub fn relayed_engine_with(
+    relay: RelayConfig,
+) -> (MediaEngine, crossbeam_channel::Receiver<MediaEvent>) {
     let cfg = MediaConfig {
         bind_address: "127.0.0.1".parse().unwrap(),
         port_min: POOL.0,
@@ -97,6 +105,5 @@ pub fn relayed_engine(password: &str) -> (MediaEngine, crossbeam_channel::Receiv
         quarantine_secs: 0,
         ..MediaConfig::default()
     };
-    MediaEngine::start_relayed(cfg, Some(relay(password))).expect("engine starts")
+    MediaEngine::start_relayed(cfg, Some(relay)).expect("engine starts")
 }
-
