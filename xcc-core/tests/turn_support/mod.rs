@@ -99,4 +99,3 @@ pub fn relayed_engine(password: &str) -> (MediaEngine, crossbeam_channel::Receiv
     };
     MediaEngine::start_relayed(cfg, Some(relay(password))).expect("engine starts")
 }
-
