@@ -74,7 +74,7 @@ pub async fn run(
         );
     }
     let relay = v.turn.as_ref().map(|t| t.relay_config());
-    let (engine, media_events) = MediaEngine::start_relayed(v.config.media.clone(), relay)?;
+    let (engine, media_events) = MediaEngine::start_restoring(v.config.media.clone(), relay)?;
     let media = engine.control();
     if let Some(turn) = &v.turn {
         let m = media.clone();
@@ -96,6 +96,8 @@ pub async fn run(
     // `resumed.signalling` holds the SIP layer's dialog blobs of the resumed calls: `start_sip`
     // re-creates their dialogs (docs/ops.md, "SIP hook").
     let (resumed, store_writer) = crate::store::start(&v.config.state, inbox, &media, &sessions);
+    // Only now may TURN spares take ports: a spare on a stored call's port would drop that call.
+    media.restore_done();
     let grace = DrainGrace::new(v.config.control.drain_grace_secs);
     let reloader = crate::reload::start_reload(reload, &v, &media, &grace);
     state.set_reloader(reloader.clone());

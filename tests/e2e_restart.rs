@@ -155,13 +155,6 @@ impl Call {
     }
 }
 
-/// The JSON body of a stored call file.
-fn stored(dir: &Path, call: u64) -> Option<serde_json::Value> {
-    let bytes = std::fs::read(dir.join(format!("{call}.call"))).ok()?;
-    let nl = bytes.iter().position(|&b| b == b'\n')?;
-    serde_json::from_slice(&bytes[nl + 1..]).ok()
-}
-
 /// Files in the store directory.
 fn store_files(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
@@ -229,7 +222,7 @@ async fn kill9_mid_call_media_resumes_with_its_roc_and_the_call_ends_normally() 
         "ROC 1 of both directions stored",
         Duration::from_secs(5),
         || {
-            stored(&store, call.id).is_some_and(|v| {
+            d.stored_call(call.id).is_some_and(|v| {
                 let srtp = &v["legs"][0]["srtp"];
                 srtp["inbound"]["rtp"]["index"].as_u64() >= Some(1 << 16)
                     && srtp["outbound"]["rtp"]["index"].as_u64() >= Some(1 << 16)
@@ -296,7 +289,7 @@ async fn a_call_ended_before_the_crash_stays_ended() {
     let ended = call(&mut c, "ended", 1).await;
     let store = d.store_dir();
     wait_until("both calls stored", Duration::from_secs(5), || {
-        stored(&store, kept.id).is_some() && stored(&store, ended.id).is_some()
+        d.stored_call(kept.id).is_some() && d.stored_call(ended.id).is_some()
     });
     c.sessions
         .delete_session(pb::DeleteSessionRequest {
@@ -342,7 +335,7 @@ async fn corrupt_and_truncated_records_are_set_aside_and_xccd_starts() {
     let store = d.store_dir();
     // Both records renamed into place (a `.tmp` still being written does not count).
     wait_until("both calls stored", Duration::from_secs(5), || {
-        stored(&store, flipped.id).is_some() && stored(&store, cut.id).is_some()
+        d.stored_call(flipped.id).is_some() && d.stored_call(cut.id).is_some()
     });
     d.kill9();
     let path = store.join(format!("{}.call", flipped.id));
@@ -382,7 +375,7 @@ async fn a_stored_call_whose_port_is_taken_is_dropped_cleanly() {
     let lost = call(&mut c, "lost", 1).await;
     let store = d.store_dir();
     wait_until("call stored", Duration::from_secs(5), || {
-        stored(&store, lost.id).is_some()
+        d.stored_call(lost.id).is_some()
     });
     d.kill9();
     // Another process takes the call's PBX-leg RTCP port while xccd is down.

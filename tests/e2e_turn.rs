@@ -26,9 +26,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use common::DaemonConfig;
+use common::call::SUITE;
 use netns_call::{
-    COUNTED, Phone, Places, WAIT, World, attribute, bind_in, exchange_counted, new_phone, nominate,
-    pbx_recv, pbx_talks_first, phone_offer,
+    COUNTED, PBX_PORT, Phone, Places, WAIT, World, attribute, bind_in, exchange_counted, new_phone,
+    nominate, pbx_recv, pbx_talks_first, phone_offer, sdp, talk_until_both_hear,
 };
 use netns_support::{
     Inbound, NAT_PUBLIC, Nat, PEER, PRIVATE, RELAY_PORTS, STUN_PRIMARY, Topology, recv_until,
@@ -482,4 +483,135 @@ fn no_ready_allocation_refuses_the_session_as_unavailable() {
         "at most the spares' ports are held ({SPARES} x 4), not the refused sessions': \
          {status:?}"
     );
+}
+
+/// Waits (bounded) until the call store holds call `id` with the client leg's relayed addresses
+/// and the phone's latch: what a restart resumes from.
+fn wait_stored(w: &World, id: u64, relayed: &Relayed, phone_at: SocketAddr) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let stored = w.xccd.stored_call(id);
+        if let Some(v) = &stored
+            && v["relay"]["rtp"] == relayed.rtp.to_string()
+            && v["relay"]["rtcp"] == relayed.rtcp.to_string()
+            && v["legs"][0]["latched_rtp"] == phone_at.to_string()
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "call {id} not stored with relay {} / {} and latch {phone_at}: {stored:?}",
+            relayed.rtp,
+            relayed.rtcp
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The NAT's public ports for xccd's client RTP and RTCP sockets towards coturn.
+fn nat_mappings(w: &World, rtp_port: u16) -> [Option<u16>; 2] {
+    [rtp_port, rtp_port + 1].map(|p| w.topo.nat_mapping(p))
+}
+
+/// A relayed call survives `kill -9`: xccd restarts with the same config and state directory,
+/// rebinds the client leg's ports (the NAT keeps their mappings, so coturn sees the same
+/// 5-tuples), and takes its allocations over (Refresh, permission, channel). The phone, told
+/// nothing new, keeps sending to the relayed address it was given: once both sides have heard
+/// each other again, every packet is counted both ways, and the phone hears XCC only from that
+/// address. The call keeps its id, and a re-offer from the PBX still names the relayed addresses.
+#[test]
+fn relayed_call_survives_kill_9_and_media_resumes_through_the_same_relay() {
+    let Some(topo) = topology() else {
+        return;
+    };
+    let mut w = relayed_world(topo, "turn-restart", 25600, "secret");
+    let key: [u8; 30] = rand::random();
+    let signalled = w.phone.local_addr().unwrap();
+    let (answer, to_pbx, id) = w.call(&phone_offer(signalled, &key, &[]));
+    let relayed = relayed_in(&w, &answer);
+    let mut phone = new_phone(&key, &answer);
+    let seq = phone_talks_until_the_pbx_hears(&w, &mut phone, relayed.rtp, 1);
+    let leg = w.latched_client_leg(id);
+    while pbx_recv(&w.pbx).is_some() {}
+    exchange_counted(&w, &mut phone, relayed.rtp, to_pbx, seq);
+    let seq = seq + COUNTED;
+    wait_stored(&w, id, &relayed, signalled);
+    let client_port = leg.rtp_port as u16;
+    let mapped_before = nat_mappings(&w, client_port);
+
+    let ready = w.kill9_and_restart();
+    let mapped_after = nat_mappings(&w, client_port);
+    eprintln!(
+        "NAT mappings of xccd's client ports {client_port}/{} towards coturn: before the crash \
+         {mapped_before:?}, after the restart {mapped_after:?}",
+        client_port + 1
+    );
+    let seq = talk_until_both_hear(&w, &mut phone, relayed.rtp, to_pbx, seq);
+    eprintln!("media both ways again {:?} after READY", ready.elapsed());
+    assert_eq!(
+        mapped_after, mapped_before,
+        "the NAT kept the client sockets' mappings (same 5-tuples at coturn)"
+    );
+    exchange_counted(&w, &mut phone, relayed.rtp, to_pbx, seq);
+    let seq = seq + COUNTED;
+    heard_only_through(&w, &phone, relayed.rtp);
+    let log = w.xccd.log();
+    assert!(
+        log.contains("stored call resumed")
+            && !log.contains("TURN request for the client leg failed"),
+        "the call resumed and its allocations were taken over without a failed request; {}",
+        logs(&w)
+    );
+
+    let mut calls = pb::calls_client::CallsClient::new(w.channel.clone());
+    let listed =
+        w.rt.block_on(calls.list_calls(pb::ListCallsRequest {}))
+            .unwrap()
+            .into_inner();
+    let ids: Vec<u64> = listed.calls.iter().map(|c| c.call_id).collect();
+    assert_eq!(ids, vec![id], "the call is listed with its id: {listed:?}");
+    let leg = w.client_leg(id);
+    assert_eq!(leg.latched, signalled.to_string(), "{leg:?}");
+
+    // The PBX re-offers: the offer to the phone names the same relayed addresses, and media
+    // flows under the keys it carries once the phone answers.
+    let pbx_ip = w.pbx.local_addr().unwrap().ip();
+    let offer =
+        w.rt.block_on(w.sessions().update_session(pb::UpdateSessionRequest {
+            session_id: id,
+            offer_from: pb::Side::Pbx as i32,
+            sdp: sdp(pbx_ip, PBX_PORT, "RTP/AVP", &[]),
+        }))
+        .unwrap_or_else(|e| panic!("re-offer: {e}; {}", logs(&w)))
+        .into_inner();
+    assert_eq!(offer.sdp_for, pb::Side::Client as i32);
+    let reoffered = relayed_in(&w, &offer.sdp);
+    assert_eq!(
+        (reoffered.rtp, reoffered.rtcp),
+        (relayed.rtp, relayed.rtcp),
+        "the re-offer names the relayed addresses the phone was given:\n{}",
+        offer.sdp
+    );
+    // The phone answers with its key under the tag XCC offered the suite with.
+    let tag = offer
+        .sdp
+        .lines()
+        .filter_map(|l| l.strip_prefix("a=crypto:"))
+        .find(|l| l.contains(SUITE))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no a=crypto with {SUITE} offered:\n{}", offer.sdp));
+    let phone_answer =
+        phone_offer(signalled, &key, &[]).replace("a=crypto:1 ", &format!("a=crypto:{tag} "));
+    w.rt.block_on(w.sessions().answer_session(pb::AnswerSessionRequest {
+        session_id: id,
+        sdp: phone_answer,
+    }))
+    .unwrap_or_else(|e| panic!("the phone's answer: {e}; {}", logs(&w)));
+    let mut phone = Phone {
+        media_from: phone.media_from,
+        ..new_phone(&key, &offer.sdp)
+    };
+    let seq = talk_until_both_hear(&w, &mut phone, relayed.rtp, to_pbx, seq);
+    exchange_counted(&w, &mut phone, relayed.rtp, to_pbx, seq);
+    heard_only_through(&w, &phone, relayed.rtp);
 }

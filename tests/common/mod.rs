@@ -145,15 +145,21 @@ impl Daemon {
     /// Starts xccd again in this daemon's directory with the same config (after it exited or was
     /// killed): the way systemd restarts it.
     pub fn restart(mut self) -> Daemon {
+        self.restart_in_place();
+        self
+    }
+
+    /// [`Daemon::restart`] for a daemon held in a field (a test's world): the new process takes
+    /// this one's place.
+    pub fn restart_in_place(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let dir = std::mem::take(&mut self.dir);
-        let control = self.control;
-        let netns = self.netns.take();
-        drop(self);
-        Self::spawn_in(dir, control, netns)
+        let fresh = Self::spawn_in(self.dir.clone(), self.control, self.netns.clone());
+        let mut old = std::mem::replace(self, fresh);
+        // The directory is the new process's now: the old handle's drop must not remove it.
+        old.dir = PathBuf::new();
     }
 
     fn spawn_in(dir: PathBuf, control: std::net::SocketAddr, netns: Option<String>) -> Daemon {
@@ -202,6 +208,14 @@ impl Daemon {
     /// The call store's directory (`[state] dir`): one `<call>.call` file per stored call.
     pub fn store_dir(&self) -> PathBuf {
         self.dir.join("state").join("calls")
+    }
+
+    /// The JSON body of stored call `call` (`<store>/<call>.call` after its header line), once
+    /// a complete record is in place.
+    pub fn stored_call(&self, call: u64) -> Option<serde_json::Value> {
+        let bytes = std::fs::read(self.store_dir().join(format!("{call}.call"))).ok()?;
+        let nl = bytes.iter().position(|&b| b == b'\n')?;
+        serde_json::from_slice(&bytes[nl + 1..]).ok()
     }
 
     /// The config file, for tests that edit it and reload.

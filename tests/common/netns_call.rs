@@ -74,13 +74,7 @@ impl World {
             .enable_all()
             .build()
             .unwrap();
-        let channel = rt.block_on(async {
-            Channel::from_shared(xccd.endpoint.clone())
-                .unwrap()
-                .connect()
-                .await
-                .unwrap()
-        });
+        let channel = connect(&rt, &xccd);
         World {
             topo,
             xccd,
@@ -90,6 +84,16 @@ impl World {
             channel,
             attempts: Cell::new(0),
         }
+    }
+
+    /// `kill -9` xccd and start it again with the same config and state directory, as systemd
+    /// would; returns when the new process said READY=1 (its gRPC channel connected again).
+    pub fn kill9_and_restart(&mut self) -> Instant {
+        self.xccd.kill9();
+        self.xccd.restart_in_place();
+        let ready = Instant::now();
+        self.channel = connect(&self.rt, &self.xccd);
+        ready
     }
 
     /// One scrape of xccd's metrics endpoint (this thread is in xccd's namespace).
@@ -183,6 +187,17 @@ impl World {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// A gRPC channel to `xccd`'s control port (the calling thread is in xccd's namespace).
+fn connect(rt: &tokio::runtime::Runtime, xccd: &Daemon) -> Channel {
+    rt.block_on(async {
+        Channel::from_shared(xccd.endpoint.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("control port: {e}; log:\n{}", xccd.log()))
+    })
 }
 
 /// A UDP socket bound to `ip:port` inside namespace `which`.
@@ -426,6 +441,39 @@ pub fn exchange_counted(
     let want: Vec<u16> = (first..first + COUNTED).collect();
     assert_eq!(at_pbx, want, "phone -> PBX: every packet, in order");
     assert_eq!(at_phone, want, "PBX -> phone: every packet, in order");
+}
+
+/// Both sides talk, one packet each way every 20 ms with sequence numbers from `first`, until
+/// each has heard the other (bounded by [`WAIT`]); what is still in flight then is read and set
+/// aside. Returns the next sequence number. The settling point before a counted exchange when
+/// the path is being set up again (after a restart).
+pub fn talk_until_both_hear(
+    w: &World,
+    phone: &mut Phone,
+    to_xcc: SocketAddr,
+    to_pbx: SocketAddr,
+    first: u16,
+) -> u16 {
+    let (mut pbx_heard, mut phone_heard) = (false, false);
+    let deadline = Instant::now() + WAIT;
+    let mut seq = first;
+    while !(pbx_heard && phone_heard) {
+        assert!(
+            Instant::now() < deadline,
+            "within {WAIT:?}: the PBX heard the phone: {pbx_heard}, the phone heard the PBX: \
+             {phone_heard}; log:\n{}",
+            w.xccd.log()
+        );
+        phone.send(&w.phone, seq, to_xcc);
+        w.pbx
+            .send_to(&rtp_filled(seq, 0x2222, 0x22), to_pbx)
+            .unwrap();
+        seq += 1;
+        pbx_heard |= pbx_recv(&w.pbx).is_some();
+        phone_heard |= phone.recv(&w.phone).is_some();
+    }
+    while pbx_recv(&w.pbx).is_some() || phone.recv(&w.phone).is_some() {}
+    seq
 }
 
 /// The PBX talks first (the phone has sent no media at all): its first [`COUNTED`] packets, all

@@ -621,6 +621,24 @@ impl MediaEngine {
         config: MediaConfig,
         relay: Option<RelayConfig>,
     ) -> crate::Result<(MediaEngine, Receiver<MediaEvent>)> {
+        Self::start_with(config, relay, false)
+    }
+
+    /// [`MediaEngine::start_relayed`] for a restart: the TURN spare pool takes no port until
+    /// [`MediaControl::restore_done`], so stored calls ([`MediaControl::restore`]) get their
+    /// ports back first.
+    pub fn start_restoring(
+        config: MediaConfig,
+        relay: Option<RelayConfig>,
+    ) -> crate::Result<(MediaEngine, Receiver<MediaEvent>)> {
+        Self::start_with(config, relay, true)
+    }
+
+    fn start_with(
+        config: MediaConfig,
+        relay: Option<RelayConfig>,
+        hold_spares: bool,
+    ) -> crate::Result<(MediaEngine, Receiver<MediaEvent>)> {
         config.validate()?;
         if let Some(relay) = &relay {
             relay.validate()?;
@@ -715,7 +733,7 @@ impl MediaEngine {
         if let Some(relay) = relay {
             let server = relay.server;
             let (take, release) = spare_pairs(&engine.shared);
-            match SparePool::start(relay, take, release) {
+            match SparePool::start(relay, take, release, hold_spares) {
                 Ok(pool) => {
                     let _ = engine.shared.spares.set(pool);
                 }
@@ -1202,6 +1220,14 @@ impl MediaControl {
             ports: point.ports,
             relay: None,
         })
+    }
+
+    /// Every stored call is restored (or dropped): the TURN spare pool of an engine started
+    /// with [`MediaEngine::start_restoring`] may take ports now.
+    pub fn restore_done(&self) {
+        if let Some(spares) = self.shared.spares.get() {
+            spares.release_hold();
+        }
     }
 
     /// Moves the port pool to `port_min..=port_max` while calls run (configuration reload): new

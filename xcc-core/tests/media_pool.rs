@@ -130,3 +130,40 @@ fn worker_heartbeats_advance_while_idle_and_freeze_after_shutdown() {
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(control.worker_heartbeats(), stopped);
 }
+
+/// A restarting engine's TURN spares take no port before the stored calls are restored
+/// (`MediaControl::restore_done`): a spare on a stored call's port would make that call's
+/// restore fail and drop it.
+#[test]
+fn a_restoring_engine_lends_turn_spares_no_port_until_restore_is_done() {
+    // A "TURN server" that never answers: spares take their ports and wait for it.
+    let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let relay = xcc_core::media::RelayConfig {
+        server: server.local_addr().unwrap(),
+        username: "xcc".into(),
+        password: "secret".into(),
+        lifetime: Duration::from_secs(600),
+        spares: 2,
+    };
+    let config = MediaConfig {
+        bind_address: "127.0.0.1".parse().unwrap(),
+        port_min: 26920,
+        port_max: 26929,
+        workers: 1,
+        quarantine_secs: 0,
+        ..MediaConfig::default()
+    };
+    let (engine, _events) = MediaEngine::start_restoring(config, Some(relay)).unwrap();
+    let ctl = engine.control();
+    // Absence: the spare thread ran its first refill long before this window ends.
+    let until = Instant::now() + Duration::from_millis(200);
+    while Instant::now() < until {
+        assert_eq!(ctl.pool_status().used, 0, "a held spare took a port");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    ctl.restore_done();
+    wait_for(Duration::from_secs(5), || {
+        (ctl.pool_status().used == 4).then_some(())
+    });
+    engine.shutdown();
+}

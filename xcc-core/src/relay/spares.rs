@@ -111,6 +111,9 @@ struct Shared {
     /// Wakes the thread after a take (to refill) or for stopping.
     waker: mio::Waker,
     stop: AtomicBool,
+    /// No spare takes a port while set: a restarting engine restores its stored calls' ports
+    /// first ([`SparePool::release_hold`]).
+    held: AtomicBool,
     take_pair: TakePair,
     release_pair: ReleasePair,
 }
@@ -138,11 +141,13 @@ impl std::fmt::Debug for SparePool {
 }
 
 impl SparePool {
-    /// Starts the thread; it begins allocating at once.
+    /// Starts the thread; it begins allocating at once, or with `held` once
+    /// [`SparePool::release_hold`] is called.
     pub(crate) fn start(
         config: RelayConfig,
         take_pair: TakePair,
         release_pair: ReleasePair,
+        held: bool,
     ) -> io::Result<Self> {
         let poll = Poll::new()?;
         let waker = mio::Waker::new(poll.registry(), WAKER)?;
@@ -156,6 +161,7 @@ impl SparePool {
             registry,
             waker,
             stop: AtomicBool::new(false),
+            held: AtomicBool::new(held),
             take_pair,
             release_pair,
         });
@@ -172,6 +178,13 @@ impl SparePool {
             shared,
             thread: Mutex::new(Some(thread)),
         })
+    }
+
+    /// Lets a held pool take ports and allocate.
+    pub(crate) fn release_hold(&self) {
+        if self.shared.held.swap(false, Ordering::AcqRel) {
+            let _ = self.shared.waker.wake();
+        }
     }
 
     /// A ready spare for a new call, without waiting; the thread then allocates a replacement.
@@ -342,7 +355,7 @@ fn read(
 
 /// Starts spares until `config.spares` exist, unless a failure asked to wait.
 fn refill(sh: &Shared, st: &mut State, now: Instant) {
-    if st.retry_at.is_some_and(|at| now < at) {
+    if sh.held.load(Ordering::Acquire) || st.retry_at.is_some_and(|at| now < at) {
         return;
     }
     st.retry_at = None;

@@ -284,6 +284,33 @@ impl Topology {
             })
     }
 
+    /// The NAT's public port for UDP from [`PRIVATE`]`:port` to coturn ([`STUN_PRIMARY`]): the
+    /// reply direction of the NAT namespace's conntrack entry; `None` while it has none.
+    pub fn nat_mapping(&self, port: u16) -> Option<u16> {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns("n"),
+                "cat",
+                "/proc/net/nf_conntrack",
+            ])
+            .output()
+            .ok()?;
+        let (ip, server_port) = STUN_PRIMARY.split_once(':').expect("literal");
+        let original = format!("src={PRIVATE} dst={ip} sport={port} dport={server_port} ");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text
+            .lines()
+            .find(|l| l.contains(" udp ") && l.contains(&original))?;
+        // The reply tuple comes second: its `dport=` is the mapped port.
+        line.split_whitespace()
+            .filter_map(|f| f.strip_prefix("dport="))
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+
     /// Waits until coturn answers on its primary and alternate addresses, asking from inside the
     /// public namespace (bounded by [`DEADLINE`]).
     pub fn wait_for_coturn(&self) -> Result<(), String> {
