@@ -140,6 +140,7 @@ fn a_restoring_engine_lends_turn_spares_no_port_until_restore_is_done() {
     let server = UdpSocket::bind("127.0.0.1:0").unwrap();
     let relay = xcc_core::media::RelayConfig {
         server: server.local_addr().unwrap(),
+        transport: xcc_core::nat::turn::TurnTransport::Udp,
         username: "xcc".into(),
         password: "secret".into(),
         lifetime: Duration::from_secs(600),
