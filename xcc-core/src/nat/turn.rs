@@ -214,6 +214,8 @@ pub struct TurnClient {
     indication_counter: u64,
     /// The latest `now` a caller passed: queued work is due then.
     now: Instant,
+    /// A stale allocation on this 5-tuple was released once already (437 handling).
+    released_stale: bool,
 }
 
 impl TurnClient {
@@ -236,6 +238,7 @@ impl TurnClient {
             events: VecDeque::new(),
             indication_counter: 0,
             now,
+            released_stale: false,
         }
     }
 
@@ -340,6 +343,7 @@ impl TurnClient {
             // Permissions wait for the allocation; everything waits while it is being made.
             let ready = match (op, self.state) {
                 (TurnOperation::Allocate, State::Idle) => true,
+                (TurnOperation::Deallocate, State::Idle) => self.released_stale,
                 (_, State::Allocated { .. }) => op != TurnOperation::Allocate,
                 _ => false,
             };
@@ -508,6 +512,20 @@ impl TurnClient {
                 Some(438) => true,
                 _ => false,
             };
+            // 437: this 5-tuple already has an allocation under XCC's credentials, left by a
+            // process that died (a restart rebinds the same ports). Release it once (Refresh
+            // with lifetime 0), then allocate: a spare on that port would fail otherwise.
+            if code == Some(437)
+                && f.op == TurnOperation::Allocate
+                && f.authenticated
+                && !self.released_stale
+            {
+                self.released_stale = true;
+                self.in_flight = None;
+                self.queue.push_front(TurnOperation::Allocate);
+                self.start(now, TurnOperation::Deallocate, 0, rng);
+                return TurnInput::Consumed;
+            }
             if retry && f.retries < 2 && self.learn_credentials(&msg) {
                 self.in_flight = None;
                 self.start(now, f.op, f.retries + 1, rng);
@@ -569,6 +587,9 @@ impl TurnClient {
                 });
             }
             TurnOperation::Refresh => self.schedule_refresh(now, lifetime),
+            // Releasing a stale allocation before allocating (437) leaves the client idle, its
+            // Allocate next in the queue.
+            TurnOperation::Deallocate if self.state == State::Idle => {}
             TurnOperation::Deallocate => {
                 self.state = State::Closed;
                 self.refresh_at = None;
@@ -851,6 +872,9 @@ pub(crate) mod fake {
         /// Answer the next authenticated request with 438 and switch to this nonce.
         pub(crate) stale_next: Option<&'static str>,
         pub(crate) requests: Vec<Vec<u8>>,
+        /// The 5-tuple already has an allocation: Allocate gets 437 until a Refresh with
+        /// lifetime 0 releases it.
+        pub(crate) allocation_exists: bool,
     }
 
     impl Server {
@@ -881,6 +905,17 @@ pub(crate) mod fake {
             }
             assert_eq!(msg.nonce(), Some(self.nonce.as_bytes()));
             assert_eq!(msg.username(), Some(&b"xcc"[..]));
+            if msg.msg_type() == ALLOCATE && self.allocation_exists {
+                let mut w = Writer::new(&mut buf, msg.msg_type() | ERROR, id).unwrap();
+                w.error_code(437, "Allocation Mismatch").unwrap();
+                w.integrity(&Server::key()).unwrap();
+                w.fingerprint().unwrap();
+                let len = w.finish();
+                return buf[..len].to_vec();
+            }
+            if msg.msg_type() == REFRESH && msg.lifetime() == Some(0) {
+                self.allocation_exists = false;
+            }
             let mut w = Writer::new(&mut buf, msg.msg_type() | SUCCESS, id).unwrap();
             match msg.msg_type() {
                 ALLOCATE => {
@@ -906,6 +941,7 @@ pub(crate) mod fake {
             nonce: "n1",
             stale_next: None,
             requests: Vec::new(),
+            allocation_exists: false,
         }
     }
 
@@ -981,6 +1017,66 @@ mod tests {
         );
         assert_eq!(c.relayed(), Some(relayed));
         assert_eq!(c.poll_timeout(), Some(t0 + Duration::from_secs(540)));
+    }
+
+    #[test]
+    fn a_stale_allocation_on_the_5_tuple_is_released_once_then_allocated() {
+        let t0 = Instant::now();
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        let mut c = TurnClient::new(config("secret"), t0);
+        let mut s = server();
+        s.allocation_exists = true;
+        pump(&mut c, &mut s, t0, &mut rng);
+        let sent: Vec<(u16, Option<u32>)> = s
+            .requests
+            .iter()
+            .map(|r| {
+                let m = Message::parse(r).unwrap();
+                (m.msg_type(), m.lifetime())
+            })
+            .collect();
+        assert_eq!(
+            sent,
+            [
+                (ALLOCATE, Some(600)),
+                (ALLOCATE, Some(600)),
+                (REFRESH, Some(0)),
+                (ALLOCATE, Some(600))
+            ],
+            "401, 437, release, allocate"
+        );
+        assert_eq!(c.relayed(), Some(RELAYED.parse().unwrap()));
+        assert!(matches!(c.poll_event(), Some(TurnEvent::Allocated { .. })));
+    }
+
+    #[test]
+    fn a_second_437_fails_the_allocation() {
+        let t0 = Instant::now();
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let mut c = TurnClient::new(config("secret"), t0);
+        let mut s = server();
+        s.allocation_exists = true;
+        // The release "succeeds" but the server keeps answering 437 (another user's allocation
+        // would look like this): one release only, then the allocation fails.
+        for _ in 0..10 {
+            c.handle_timeout(t0, &mut rng);
+            let Some((_, req)) = c.poll_transmit() else {
+                break;
+            };
+            let req = req.to_vec();
+            let answer = s.answer(&req);
+            s.allocation_exists = true;
+            c.handle_datagram(t0, SERVER.parse().unwrap(), &answer, &mut rng);
+        }
+        assert_eq!(c.relayed(), None);
+        assert_eq!(
+            c.poll_event(),
+            Some(TurnEvent::Failed {
+                operation: TurnOperation::Allocate,
+                code: Some(437)
+            })
+        );
+        assert_eq!(c.poll_timeout(), None, "closed: nothing more happens");
     }
 
     #[test]

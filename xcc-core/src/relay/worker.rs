@@ -287,6 +287,9 @@ impl Worker {
             ) {
                 Unwrapped::Media { peer, len: n } => (from, len) = (peer, n),
                 Unwrapped::Control => {
+                    // The next queued request (a permission after a refresh, ...) goes out now,
+                    // not at the next tick.
+                    relay.handle_timeout(now, &mut self.rng);
                     pump_relay(&slot.sockets, relay);
                     return;
                 }
