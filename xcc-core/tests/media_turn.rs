@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use media_support::*;
 use turn_support::{
-    Coturn, LIMIT, RELAY_PORTS, TURN_PORT, relay, relayed_engine, relayed_engine_with,
+    Coturn, DEFAULT_PORTS, LIMIT, RELAY_PORTS, TURN_PORT, relay, relayed_engine,
+    relayed_engine_with,
 };
 use xcc_core::ids::LegSide;
 use xcc_core::nat::turn::TurnTransport;
@@ -40,10 +41,13 @@ fn carries_srtp_both_ways(transport: TurnTransport) {
     let Some(_coturn) = Coturn::start() else {
         return;
     };
-    let (engine, _events) = relayed_engine_with(xcc_core::media::RelayConfig {
-        transport,
-        ..relay("secret")
-    });
+    let (engine, _events) = relayed_engine_with(
+        DEFAULT_PORTS,
+        xcc_core::media::RelayConfig {
+            transport,
+            ..relay("secret")
+        },
+    );
     let ctl = engine.control();
     // Spares are made ahead of calls: the first one appears within a few round trips (coturn
     // may take a moment to listen, the failover schedule retries).

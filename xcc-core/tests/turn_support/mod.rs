@@ -20,6 +20,25 @@ pub const POOL: (u16, u16) = (27400, 27449);
 /// Bound of every wait.
 pub const LIMIT: Duration = Duration::from_secs(10);
 
+/// The ports one coturn and its engine use; test binaries that may run at the same time each
+/// take their own set.
+#[derive(Debug, Clone, Copy)]
+pub struct TurnPorts {
+    /// coturn's listening port on 127.0.0.1.
+    pub turn: u16,
+    /// coturn's relay port range (outside every test pool).
+    pub relay: (u16, u16),
+    /// The engine's pool.
+    pub pool: (u16, u16),
+}
+
+/// The ports of `media_turn.rs`.
+pub const DEFAULT_PORTS: TurnPorts = TurnPorts {
+    turn: TURN_PORT,
+    relay: RELAY_PORTS,
+    pool: POOL,
+};
+
 /// One coturn per test binary at a time: the tests share its port.
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -30,7 +49,13 @@ pub struct Coturn {
 }
 
 impl Coturn {
+    /// coturn on [`DEFAULT_PORTS`].
     pub fn start() -> Option<Coturn> {
+        Self::start_on(DEFAULT_PORTS)
+    }
+
+    /// coturn listening on `ports.turn`, relaying on `ports.relay`.
+    pub fn start_on(ports: TurnPorts) -> Option<Coturn> {
         let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
         if Command::new("turnserver")
             .arg("--version")
@@ -48,9 +73,9 @@ impl Coturn {
         let child = Command::new("turnserver")
             .args(["-n", "--no-cli", "--no-tls", "--no-dtls"])
             .args(["-L", "127.0.0.1", "--relay-ip", "127.0.0.1"])
-            .args(["--listening-port", &TURN_PORT.to_string()])
-            .args(["--min-port", &RELAY_PORTS.0.to_string()])
-            .args(["--max-port", &RELAY_PORTS.1.to_string()])
+            .args(["--listening-port", &ports.turn.to_string()])
+            .args(["--min-port", &ports.relay.0.to_string()])
+            .args(["--max-port", &ports.relay.1.to_string()])
             .args([
                 "--lt-cred-mech",
                 "--user",
@@ -78,9 +103,15 @@ impl Drop for Coturn {
     }
 }
 
+/// Credentials `xcc:password` for the coturn on [`DEFAULT_PORTS`], two spares.
 pub fn relay(password: &str) -> RelayConfig {
+    relay_on(DEFAULT_PORTS, password)
+}
+
+/// Credentials `xcc:password` for the coturn on `ports`, two spares.
+pub fn relay_on(ports: TurnPorts, password: &str) -> RelayConfig {
     RelayConfig {
-        server: local(TURN_PORT),
+        server: local(ports.turn),
         transport: xcc_core::nat::turn::TurnTransport::Udp,
         username: "xcc".into(),
         password: password.into(),
@@ -89,18 +120,28 @@ pub fn relay(password: &str) -> RelayConfig {
     }
 }
 
+/// One worker on [`DEFAULT_PORTS`]' pool, relayed through its coturn.
 pub fn relayed_engine(password: &str) -> (MediaEngine, crossbeam_channel::Receiver<MediaEvent>) {
-    relayed_engine_with(relay(password))
+    relayed_engine_on(DEFAULT_PORTS, password)
 }
 
-/// An engine on 127.0.0.1 relaying its client legs as `relay` says.
+/// One worker on `ports.pool`, relayed through the coturn on `ports.turn`.
+pub fn relayed_engine_on(
+    ports: TurnPorts,
+    password: &str,
+) -> (MediaEngine, crossbeam_channel::Receiver<MediaEvent>) {
+    relayed_engine_with(ports, relay_on(ports, password))
+}
+
+/// One worker on `ports.pool`, relaying its client legs as `relay` says.
 pub fn relayed_engine_with(
+    ports: TurnPorts,
     relay: RelayConfig,
 ) -> (MediaEngine, crossbeam_channel::Receiver<MediaEvent>) {
     let cfg = MediaConfig {
         bind_address: "127.0.0.1".parse().unwrap(),
-        port_min: POOL.0,
-        port_max: POOL.1,
+        port_min: ports.pool.0,
+        port_max: ports.pool.1,
         workers: 1,
         quarantine_secs: 0,
         ..MediaConfig::default()
