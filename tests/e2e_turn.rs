@@ -563,6 +563,23 @@ fn relayed_call_survives_kill_9_and_media_resumes_through_the_same_relay() {
         logs(&w)
     );
 
+    // The dead process's spares still hold allocations on their 5-tuples at coturn: the new
+    // spares on those ports release them (437, then a Refresh with lifetime 0) instead of failing.
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        let status = w.status();
+        if status.turn_ready == Some(u64::from(SPARES)) || Instant::now() >= deadline {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        (status.turn_ready, status.turn_failed_total),
+        (Some(u64::from(SPARES)), Some(0)),
+        "every spare allocated after the restart, none failed: {status:?}; {}",
+        logs(&w)
+    );
+
     let mut calls = pb::calls_client::CallsClient::new(w.channel.clone());
     let listed =
         w.rt.block_on(calls.list_calls(pb::ListCallsRequest {}))

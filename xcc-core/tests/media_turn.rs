@@ -184,3 +184,62 @@ fn refused_credentials_fail_spares_and_calls_cleanly_without_leaking_ports() {
     assert!(ctl.calls().is_empty());
     drop(engine);
 }
+
+/// Drives `client` on `sock` against coturn until it reports an event (bounded).
+fn drive_until_event(
+    client: &mut xcc_core::nat::turn::TurnClient,
+    sock: &UdpSocket,
+) -> xcc_core::nat::turn::TurnEvent {
+    let mut rng = rand::rng();
+    let mut buf = [0u8; 2048];
+    sock.set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
+    let deadline = std::time::Instant::now() + LIMIT;
+    while std::time::Instant::now() < deadline {
+        let now = std::time::Instant::now();
+        client.handle_timeout(now, &mut rng);
+        while let Some((to, bytes)) = client.poll_transmit() {
+            sock.send_to(bytes, to).unwrap();
+        }
+        if let Some(event) = client.poll_event() {
+            return event;
+        }
+        if let Ok((n, from)) = sock.recv_from(&mut buf) {
+            client.handle_datagram(std::time::Instant::now(), from, &buf[..n], &mut rng);
+        }
+    }
+    panic!("no TURN event within {LIMIT:?}");
+}
+
+#[test]
+fn a_client_on_a_5_tuple_with_a_stale_allocation_releases_it_and_allocates() {
+    use xcc_core::nat::Retransmission;
+    use xcc_core::nat::turn::{TurnClient, TurnConfig, TurnEvent};
+    let Some(_coturn) = Coturn::start() else {
+        return;
+    };
+    let config = TurnConfig {
+        server: local(TURN_PORT),
+        transport: TurnTransport::Udp,
+        username: "xcc".into(),
+        password: "secret".into(),
+        lifetime: Duration::from_secs(600),
+        retransmission: Retransmission::FAILOVER,
+    };
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    // A first client allocates, then vanishes without deallocating (a killed process).
+    let mut dead = TurnClient::new(config.clone(), std::time::Instant::now());
+    let first = match drive_until_event(&mut dead, &sock) {
+        TurnEvent::Allocated { relayed, .. } => relayed,
+        other => panic!("first allocation: {other:?}"),
+    };
+    drop(dead);
+    // A new client on the same socket meets the stale allocation (437) and takes its place.
+    let mut fresh = TurnClient::new(config, std::time::Instant::now());
+    match drive_until_event(&mut fresh, &sock) {
+        TurnEvent::Allocated { relayed, .. } => {
+            assert_eq!(relayed.ip(), first.ip());
+        }
+        other => panic!("the stale allocation was not released: {other:?}"),
+    }
+}

@@ -46,6 +46,11 @@ const SUCCESS: u16 = 0x0100;
 /// Error class bit pattern added to a request type.
 const ERROR: u16 = 0x0110;
 
+/// After releasing a stale allocation (437), the next Allocate waits this long: coturn answers
+/// the release at once but deletes the allocation on its next one-second timer, so an Allocate
+/// 200 ms later still met the old one; 1 s passed 3/3 against coturn 4.6.1, 1.5 s leaves margin
+/// (`media_turn::a_client_on_a_5_tuple_with_a_stale_allocation_releases_it_and_allocates`).
+const STALE_RELEASE_WAIT: Duration = Duration::from_millis(1500);
 /// Permissions last 300 s (RFC 8656 §9); refreshed a minute early.
 const PERMISSION_REFRESH: Duration = Duration::from_secs(240);
 /// Peers with permissions at most; more are refused so a caller bug cannot grow the table.
@@ -216,6 +221,8 @@ pub struct TurnClient {
     now: Instant,
     /// A stale allocation on this 5-tuple was released once already (437 handling).
     released_stale: bool,
+    /// No Allocate before this (after releasing a stale allocation).
+    allocate_at: Option<Instant>,
 }
 
 impl TurnClient {
@@ -239,6 +246,7 @@ impl TurnClient {
             indication_counter: 0,
             now,
             released_stale: false,
+            allocate_at: None,
         }
     }
 
@@ -342,7 +350,9 @@ impl TurnClient {
         {
             // Permissions wait for the allocation; everything waits while it is being made.
             let ready = match (op, self.state) {
-                (TurnOperation::Allocate, State::Idle) => true,
+                (TurnOperation::Allocate, State::Idle) => {
+                    self.allocate_at.is_none_or(|at| now >= at)
+                }
                 (TurnOperation::Deallocate, State::Idle) => self.released_stale,
                 (_, State::Allocated { .. }) => op != TurnOperation::Allocate,
                 _ => false,
@@ -512,14 +522,12 @@ impl TurnClient {
                 Some(438) => true,
                 _ => false,
             };
-            // 437: this 5-tuple already has an allocation under XCC's credentials, left by a
-            // process that died (a restart rebinds the same ports). Release it once (Refresh
-            // with lifetime 0), then allocate: a spare on that port would fail otherwise.
-            if code == Some(437)
-                && f.op == TurnOperation::Allocate
-                && f.authenticated
-                && !self.released_stale
-            {
+            // 437: this 5-tuple already has an allocation, most likely XCC's own left by a
+            // process that died (a restart rebinds the same ports; coturn says so before asking
+            // for credentials). Release it once (Refresh with lifetime 0, through the 401 round
+            // when no nonce is known yet), then allocate: a spare on that port would fail
+            // otherwise. Someone else's allocation refuses the release, and the second 437 fails.
+            if code == Some(437) && f.op == TurnOperation::Allocate && !self.released_stale {
                 self.released_stale = true;
                 self.in_flight = None;
                 self.queue.push_front(TurnOperation::Allocate);
@@ -588,8 +596,10 @@ impl TurnClient {
             }
             TurnOperation::Refresh => self.schedule_refresh(now, lifetime),
             // Releasing a stale allocation before allocating (437) leaves the client idle, its
-            // Allocate next in the queue.
-            TurnOperation::Deallocate if self.state == State::Idle => {}
+            // Allocate next in the queue once the server has let the old one go.
+            TurnOperation::Deallocate if self.state == State::Idle => {
+                self.allocate_at = Some(now + STALE_RELEASE_WAIT);
+            }
             TurnOperation::Deallocate => {
                 self.state = State::Closed;
                 self.refresh_at = None;
@@ -709,15 +719,14 @@ impl TurnClient {
         if self.state == State::Closed {
             return None;
         }
-        let ready_now = match self.queue.front() {
-            Some(TurnOperation::Allocate) => self.state == State::Idle,
-            Some(_) => matches!(self.state, State::Allocated { .. }),
-            None => false,
+        let ready_at = match self.queue.front() {
+            Some(TurnOperation::Allocate) if self.state == State::Idle => {
+                Some(self.allocate_at.unwrap_or(self.now))
+            }
+            Some(TurnOperation::Allocate) | None => None,
+            Some(_) => matches!(self.state, State::Allocated { .. }).then_some(self.now),
         };
-        if ready_now {
-            return Some(self.now);
-        }
-        self.earliest_timer()
+        ready_at.or_else(|| self.earliest_timer())
     }
 
     /// The earliest refresh timer.
@@ -896,6 +905,14 @@ pub(crate) mod fake {
                 let len = w.finish();
                 buf[..len].to_vec()
             };
+            // Like coturn: an existing allocation is reported before credentials are asked for.
+            if msg.msg_type() == ALLOCATE && self.allocation_exists {
+                let mut w = Writer::new(&mut buf, msg.msg_type() | ERROR, id).unwrap();
+                w.error_code(437, "Allocation Mismatch").unwrap();
+                w.fingerprint().unwrap();
+                let len = w.finish();
+                return buf[..len].to_vec();
+            }
             if !msg.has_integrity() || !msg.verify_integrity(&Server::key()) {
                 return error(401, self.nonce);
             }
@@ -905,14 +922,6 @@ pub(crate) mod fake {
             }
             assert_eq!(msg.nonce(), Some(self.nonce.as_bytes()));
             assert_eq!(msg.username(), Some(&b"xcc"[..]));
-            if msg.msg_type() == ALLOCATE && self.allocation_exists {
-                let mut w = Writer::new(&mut buf, msg.msg_type() | ERROR, id).unwrap();
-                w.error_code(437, "Allocation Mismatch").unwrap();
-                w.integrity(&Server::key()).unwrap();
-                w.fingerprint().unwrap();
-                let len = w.finish();
-                return buf[..len].to_vec();
-            }
             if msg.msg_type() == REFRESH && msg.lifetime() == Some(0) {
                 self.allocation_exists = false;
             }
@@ -1027,6 +1036,15 @@ mod tests {
         let mut s = server();
         s.allocation_exists = true;
         pump(&mut c, &mut s, t0, &mut rng);
+        assert_eq!(
+            s.requests.len(),
+            3,
+            "437, then the release through its 401 round"
+        );
+        // The Allocate waits until the server has let the old allocation go.
+        let due = t0 + STALE_RELEASE_WAIT;
+        assert_eq!(c.poll_timeout(), Some(due));
+        pump(&mut c, &mut s, due, &mut rng);
         let sent: Vec<(u16, Option<u32>)> = s
             .requests
             .iter()
@@ -1039,11 +1057,11 @@ mod tests {
             sent,
             [
                 (ALLOCATE, Some(600)),
-                (ALLOCATE, Some(600)),
+                (REFRESH, Some(0)),
                 (REFRESH, Some(0)),
                 (ALLOCATE, Some(600))
             ],
-            "401, 437, release, allocate"
+            "437, release (401 round), allocate with the learned nonce"
         );
         assert_eq!(c.relayed(), Some(RELAYED.parse().unwrap()));
         assert!(matches!(c.poll_event(), Some(TurnEvent::Allocated { .. })));
@@ -1059,14 +1077,15 @@ mod tests {
         // The release "succeeds" but the server keeps answering 437 (another user's allocation
         // would look like this): one release only, then the allocation fails.
         for _ in 0..10 {
-            c.handle_timeout(t0, &mut rng);
+            let now = c.poll_timeout().unwrap_or(t0);
+            c.handle_timeout(now, &mut rng);
             let Some((_, req)) = c.poll_transmit() else {
                 break;
             };
             let req = req.to_vec();
             let answer = s.answer(&req);
             s.allocation_exists = true;
-            c.handle_datagram(t0, SERVER.parse().unwrap(), &answer, &mut rng);
+            c.handle_datagram(now, SERVER.parse().unwrap(), &answer, &mut rng);
         }
         assert_eq!(c.relayed(), None);
         assert_eq!(
