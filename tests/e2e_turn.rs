@@ -1,5 +1,5 @@
-//! XCC as its own TURN client (`[turn]`, RFC 8656 over UDP), end to end through the real xccd:
-//! a satellite whose uplink lets no inbound media through.
+//! XCC as its own TURN client (`[turn]`, RFC 8656 over UDP or TCP), end to end through the real
+//! xccd: a satellite whose uplink lets no inbound media through.
 //!
 //! ```text
 //!  ns "c" (private)                 ns "n" (NAT)                      ns "p" (public)
@@ -15,6 +15,10 @@
 //! call: SDES-SRTP phone, plain-RTP PBX, every packet after setup counted in order at the far end;
 //! the phone must hear XCC from the relayed address. Without root, `ip netns`, nft or coturn,
 //! each test skips (`common::skip`).
+//!
+//! The `over_tcp` tests put xccd behind an uplink that lets only TCP out
+//! (`Inbound::OnlyTcpToTurnServer`: from the private side only TCP to coturn's 3478, back only
+//! that connection's packets) with `[turn] transport = "tcp"` (RFC 8656 §3.1) and no `[stun]`.
 
 mod common;
 #[path = "common/netns_call.rs"]
@@ -46,9 +50,25 @@ const SPARES: u16 = 2;
 /// The length of a non-ICE hole-punching probe: a STUN Binding indication with FINGERPRINT.
 const PROBE_LEN: usize = 28;
 
-/// The topology, or `None` when the test skips.
-fn topology() -> Option<Topology> {
-    match Topology::build_with(Nat::Symmetric, true, true, Inbound::OnlyTurnServer) {
+/// The satellite's uplink: what the NAT's filter lets through, and how xccd reaches coturn.
+#[derive(Clone, Copy, PartialEq)]
+enum Uplink {
+    /// UDP out, and in only coturn's replies ([`Inbound::OnlyTurnServer`]): `[stun]`, and `[turn]`
+    /// over UDP.
+    Udp,
+    /// Only TCP to coturn's TURN port out, and in only that connection
+    /// ([`Inbound::OnlyTcpToTurnServer`]): `[turn] transport = "tcp"`, no `[stun]` (no STUN server
+    /// could answer).
+    OnlyTcp,
+}
+
+/// The topology for `uplink`, or `None` when the test skips.
+fn topology(uplink: Uplink) -> Option<Topology> {
+    let inbound = match uplink {
+        Uplink::Udp => Inbound::OnlyTurnServer,
+        Uplink::OnlyTcp => Inbound::OnlyTcpToTurnServer,
+    };
+    match Topology::build_with(Nat::Symmetric, true, true, inbound) {
         Ok(t) => Some(t),
         Err(why) => {
             common::skip(&format!("network namespaces unavailable: {why}"));
@@ -57,20 +77,31 @@ fn topology() -> Option<Topology> {
     }
 }
 
-/// xccd behind the NAT with the PBX, STUN and TURN on coturn under `password`, the phone on the
-/// public side.
-fn relayed_world(topo: Topology, name: &str, pool_min: u16, password: &str) -> World {
+/// xccd behind the NAT with the PBX, TURN on coturn under `password` (over UDP with STUN too,
+/// or over TCP, as `uplink` says), the phone on the public side.
+fn relayed_world(
+    topo: Topology,
+    name: &str,
+    pool_min: u16,
+    password: &str,
+    uplink: Uplink,
+) -> World {
     let mut cfg = DaemonConfig::new(name, pool_min, POOL_LEN);
     cfg.bind_address = PRIVATE.into();
     cfg.public_address = None;
     cfg.pbx_address = PRIVATE.into();
-    // STUN too, as a satellite would have it: without the relay, xccd would advertise the NAT's
-    // address (203.0.113.1), which the filter makes useless.
-    cfg.sections = format!(
-        "[stun]\nservers = [\"{STUN_PRIMARY}\"]\n\n\
-         [turn]\nserver = \"{STUN_PRIMARY}\"\nusername = \"xcc\"\npassword = \"{password}\"\n\
+    let turn = format!(
+        "[turn]\nserver = \"{STUN_PRIMARY}\"\nusername = \"xcc\"\npassword = \"{password}\"\n\
          lifetime_secs = 600\nspares = {SPARES}\n"
     );
+    cfg.sections = match uplink {
+        // STUN too, as a satellite would have it: without the relay, xccd would advertise the
+        // NAT's address (203.0.113.1), which the filter makes useless.
+        Uplink::Udp => format!("[stun]\nservers = [\"{STUN_PRIMARY}\"]\n\n{turn}"),
+        // No STUN (the filter drops it): without the relay, xccd would advertise its own private
+        // address.
+        Uplink::OnlyTcp => format!("{turn}transport = \"tcp\"\n"),
+    };
     World::start(
         topo,
         cfg,
@@ -183,27 +214,82 @@ fn phone_talks_until_the_pbx_hears(
 /// SRTP from the relayed address: every packet, both ways.
 #[test]
 fn relayed_client_leg_carries_srtp_both_ways_when_the_phone_talks_first() {
-    let Some(topo) = topology() else {
+    let Some(topo) = topology(Uplink::Udp) else {
         return;
     };
-    let w = relayed_world(topo, "turn-phone-first", 25400, "secret");
+    let w = relayed_world(topo, "turn-phone-first", 25400, "secret", Uplink::Udp);
+    phone_talks_first_then_both_ways(&w);
+}
+
+/// The phone-first call of `w`: the answer names coturn's relayed address; the phone's SRTP sent
+/// there reaches the PBX, XCC latches on the phone, then every packet is counted both ways and
+/// the phone hears XCC only from the relayed address.
+fn phone_talks_first_then_both_ways(w: &World) {
     let key: [u8; 30] = rand::random();
     let signalled = w.phone.local_addr().unwrap();
     let (answer, to_pbx, id) = w.call(&phone_offer(signalled, &key, &[]));
-    let relayed = relayed_in(&w, &answer);
+    let relayed = relayed_in(w, &answer);
     let mut phone = new_phone(&key, &answer);
 
-    let seq = phone_talks_until_the_pbx_hears(&w, &mut phone, relayed.rtp, 1);
+    let seq = phone_talks_until_the_pbx_hears(w, &mut phone, relayed.rtp, 1);
     let leg = w.latched_client_leg(id);
     assert_eq!(
         leg.latched,
         signalled.to_string(),
         "latched on the phone as the relay names it (no NAT on the phone); {}",
-        logs(&w)
+        logs(w)
     );
     while pbx_recv(&w.pbx).is_some() {}
-    exchange_counted(&w, &mut phone, relayed.rtp, to_pbx, seq);
-    heard_only_through(&w, &phone, relayed.rtp);
+    exchange_counted(w, &mut phone, relayed.rtp, to_pbx, seq);
+    heard_only_through(w, &phone, relayed.rtp);
+}
+
+/// The uplink lets only TCP to coturn's TURN port out (checked first): xccd, with `[turn]
+/// transport = "tcp"`, holds each allocation on a TCP connection of its own, and the non-ICE
+/// phone's call works as over UDP: the answer names coturn's relayed address, every packet is
+/// counted both ways, the phone hears XCC only from the relayed address. The NAT carried xccd's
+/// TCP connections to coturn and dropped nothing xccd sent (no UDP, no STUN tried).
+#[test]
+fn client_leg_relayed_over_tcp_carries_srtp_both_ways_through_an_uplink_that_lets_only_tcp_out() {
+    let Some(topo) = topology(Uplink::OnlyTcp) else {
+        return;
+    };
+    filter_lets_only_tcp_to_the_turn_server_out(&topo);
+    let (out_before, in_before) = (
+        topo.outbound_dropped().unwrap(),
+        topo.inbound_dropped().unwrap(),
+    );
+    let w = relayed_world(
+        topo,
+        "turn-tcp-phone-first",
+        25640,
+        "secret",
+        Uplink::OnlyTcp,
+    );
+    phone_talks_first_then_both_ways(&w);
+    let connections = w.topo.turn_tcp_connections();
+    let (out_after, in_after) = (
+        w.topo.outbound_dropped().unwrap(),
+        w.topo.inbound_dropped().unwrap(),
+    );
+    eprintln!(
+        "TCP connections from xccd to coturn's TURN port (established): {connections}; the \
+         filter dropped {} packets out, {} in, while xccd ran",
+        out_after - out_before,
+        in_after - in_before
+    );
+    assert!(
+        connections >= 2,
+        "the call's two allocations (RTP, RTCP) each hold a TCP connection to {STUN_PRIMARY} \
+         through the NAT, found {connections}; {}",
+        logs(&w)
+    );
+    assert_eq!(
+        out_after,
+        out_before,
+        "xccd sent packets the uplink does not let out (only TCP to {STUN_PRIMARY} passes); {}",
+        logs(&w)
+    );
 }
 
 /// The phone sends nothing before it has heard from XCC: XCC's hole-punching probe (a 28-byte
@@ -212,10 +298,22 @@ fn relayed_client_leg_carries_srtp_both_ways_when_the_phone_talks_first() {
 /// talks and both ways are counted.
 #[test]
 fn relayed_client_leg_lets_the_pbx_talk_first() {
-    let Some(topo) = topology() else {
+    pbx_talks_first_through_the_relay(Uplink::Udp, "turn-pbx-first", 25440);
+}
+
+/// [`relayed_client_leg_lets_the_pbx_talk_first`] with xccd's allocations over TCP, through the
+/// uplink that lets only TCP out.
+#[test]
+fn client_leg_relayed_over_tcp_lets_the_pbx_talk_first() {
+    pbx_talks_first_through_the_relay(Uplink::OnlyTcp, "turn-tcp-pbx-first", 25680);
+}
+
+/// The PBX-first call behind `uplink` (xccd named `name`, its pool from `pool_min`).
+fn pbx_talks_first_through_the_relay(uplink: Uplink, name: &str, pool_min: u16) {
+    let Some(topo) = topology(uplink) else {
         return;
     };
-    let w = relayed_world(topo, "turn-pbx-first", 25440, "secret");
+    let w = relayed_world(topo, name, pool_min, "secret", uplink);
     let key: [u8; 30] = rand::random();
     let signalled = w.phone.local_addr().unwrap();
     let (answer, to_pbx, id) = w.call(&phone_offer(signalled, &key, &[]));
@@ -278,10 +376,10 @@ fn candidates(sdp: &str) -> Vec<(u32, SocketAddr, String)> {
 /// from it under XCC's ice-pwd; XCC latches on the phone and media flows both ways.
 #[test]
 fn ice_phone_checks_through_the_relay_and_latches() {
-    let Some(topo) = topology() else {
+    let Some(topo) = topology(Uplink::Udp) else {
         return;
     };
-    let w = relayed_world(topo, "turn-ice", 25480, "secret");
+    let w = relayed_world(topo, "turn-ice", 25480, "secret", Uplink::Udp);
     let phone_at = w.phone.local_addr().unwrap();
     let key: [u8; 30] = rand::random();
     let (phone_ufrag, phone_pwd) = ("TrnI", "phonepasswordphonepassword");
@@ -388,16 +486,101 @@ fn filter_lets_only_the_turn_server_in(topo: &Topology) {
     assert_eq!(topo.inbound_dropped().unwrap(), dropped, "nothing dropped");
 }
 
+/// A STUN Binding request with transaction id `id`.
+fn binding_request(id: stun::TransactionId) -> Vec<u8> {
+    let mut req = [0u8; 20];
+    let len = stun::Writer::new(&mut req, stun::BINDING_REQUEST, id)
+        .expect("20-byte buffer fits a header")
+        .finish();
+    req[..len].to_vec()
+}
+
+/// Waits (bounded) until `counter` moves past `before`.
+fn counted(what: &str, before: u64, counter: impl Fn() -> u64) {
+    let deadline = Instant::now() + WAIT;
+    while counter() == before {
+        assert!(Instant::now() < deadline, "the filter did not count {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// [`Inbound::OnlyTcpToTurnServer`]'s filter, checked before xccd runs, from behind the NAT: a
+/// Binding request over UDP to coturn's TURN port gets no answer (dropped and counted), a TCP
+/// connection to coturn's other port (3479) is not made (its SYN dropped and counted), and over
+/// TCP to the TURN port coturn answers with the NAT's address.
+fn filter_lets_only_tcp_to_the_turn_server_out(topo: &Topology) {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    let server: SocketAddr = STUN_PRIMARY.parse().unwrap();
+    let inside = bind_in(topo, "c", PRIVATE, 23651);
+    let dropped = topo.outbound_dropped().unwrap();
+    let id = stun::TransactionId(rand::random());
+    inside.send_to(&binding_request(id), server).unwrap();
+    counted("UDP to coturn", dropped, || {
+        topo.outbound_dropped().unwrap()
+    });
+    let mut buf = [0u8; 1500];
+    assert_eq!(
+        recv_until(
+            &inside,
+            &mut buf,
+            Instant::now() + Duration::from_millis(300)
+        ),
+        None,
+        "coturn answered a Binding request over UDP through the filter"
+    );
+
+    let other = SocketAddr::new(server.ip(), 3479);
+    let dropped = topo.outbound_dropped().unwrap();
+    let refused = topo.inside("c", move || {
+        TcpStream::connect_timeout(&other, Duration::from_millis(500))
+    });
+    assert!(refused.is_err(), "a TCP connection to {other} was made");
+    counted("a SYN to another port", dropped, || {
+        topo.outbound_dropped().unwrap()
+    });
+
+    let dropped = (
+        topo.outbound_dropped().unwrap(),
+        topo.inbound_dropped().unwrap(),
+    );
+    let public = topo.inside("c", move || {
+        let mut tcp = TcpStream::connect_timeout(&server, WAIT).expect("TCP to the TURN port");
+        tcp.set_read_timeout(Some(WAIT)).unwrap();
+        let id = stun::TransactionId(rand::random());
+        tcp.write_all(&binding_request(id)).unwrap();
+        let mut msg = vec![0u8; 20];
+        tcp.read_exact(&mut msg).expect("coturn's answer over TCP");
+        let len = usize::from(u16::from_be_bytes([msg[2], msg[3]]));
+        msg.resize(20 + len, 0);
+        tcp.read_exact(&mut msg[20..])
+            .expect("the answer's attributes");
+        let m = stun::Message::parse(&msg).expect("a STUN answer");
+        assert_eq!(m.transaction_id(), id);
+        m.xor_mapped_address().expect("XOR-MAPPED-ADDRESS")
+    });
+    assert_eq!(public.ip().to_string(), NAT_PUBLIC, "masqueraded");
+    assert_eq!(
+        (
+            topo.outbound_dropped().unwrap(),
+            topo.inbound_dropped().unwrap()
+        ),
+        dropped,
+        "nothing of the TCP exchange with the TURN port dropped"
+    );
+}
+
 /// A control for the topology: the phone's SRTP sent straight to the NAT's public address on
 /// xccd's bound client port never reaches xccd (its client-leg counters do not move, the PBX
 /// hears nothing of it), while the same phone's SRTP to the relayed address does.
 #[test]
 fn direct_packets_to_xcc_are_blocked_so_only_the_relay_works() {
-    let Some(topo) = topology() else {
+    let Some(topo) = topology(Uplink::Udp) else {
         return;
     };
     filter_lets_only_the_turn_server_in(&topo);
-    let w = relayed_world(topo, "turn-direct", 25520, "secret");
+    let w = relayed_world(topo, "turn-direct", 25520, "secret", Uplink::Udp);
     let key: [u8; 30] = rand::random();
     let signalled = w.phone.local_addr().unwrap();
     let (answer, _, id) = w.call(&phone_offer(signalled, &key, &[]));
@@ -443,10 +626,10 @@ fn direct_packets_to_xcc_are_blocked_so_only_the_relay_works() {
 /// a refused session.
 #[test]
 fn no_ready_allocation_refuses_the_session_as_unavailable() {
-    let Some(topo) = topology() else {
+    let Some(topo) = topology(Uplink::Udp) else {
         return;
     };
-    let w = relayed_world(topo, "turn-refused", 25560, "not-the-secret");
+    let w = relayed_world(topo, "turn-refused", 25560, "not-the-secret", Uplink::Udp);
     let key: [u8; 30] = rand::random();
     let offer = phone_offer(w.phone.local_addr().unwrap(), &key, &[]);
     // More attempts than the pool has calls: one leaked call's ports each would exhaust it.
@@ -521,10 +704,10 @@ fn nat_mappings(w: &World, rtp_port: u16) -> [Option<u16>; 2] {
 /// address. The call keeps its id, and a re-offer from the PBX still names the relayed addresses.
 #[test]
 fn relayed_call_survives_kill_9_and_media_resumes_through_the_same_relay() {
-    let Some(topo) = topology() else {
+    let Some(topo) = topology(Uplink::Udp) else {
         return;
     };
-    let mut w = relayed_world(topo, "turn-restart", 25600, "secret");
+    let mut w = relayed_world(topo, "turn-restart", 25600, "secret", Uplink::Udp);
     let key: [u8; 30] = rand::random();
     let signalled = w.phone.local_addr().unwrap();
     let (answer, to_pbx, id) = w.call(&phone_offer(signalled, &key, &[]));

@@ -11,6 +11,8 @@
 //!
 //! [`Inbound::OnlyTurnServer`] adds a forward filter on the NAT for the uplink that lets no
 //! inbound media through: from n1 to n0 only replies from coturn's TURN port pass.
+//! [`Inbound::OnlyTcpToTurnServer`] is the uplink that lets only TCP out: from n0 to n1 only TCP to
+//! coturn's TURN port, from n1 to n0 only that connection's packets.
 //!
 //! Each test binary uses a subset, hence `allow(dead_code)`.
 #![allow(dead_code)]
@@ -56,6 +58,11 @@ pub enum Inbound {
     /// Only replies from coturn's TURN port ([`STUN_PRIMARY`], conntrack state established);
     /// every other packet from n1 towards n0 is dropped and counted ([`Topology::inbound_dropped`]).
     OnlyTurnServer,
+    /// Only TCP to coturn's TURN port ([`STUN_PRIMARY`]) leaves: every other packet from n0
+    /// towards n1, UDP to coturn included, is dropped and counted ([`Topology::outbound_dropped`]);
+    /// from n1 towards n0 only established TCP from that port passes, every other packet is
+    /// dropped and counted ([`Topology::inbound_dropped`]).
+    OnlyTcpToTurnServer,
 }
 
 /// The three namespaces, coturn, and their removal.
@@ -183,6 +190,17 @@ impl Topology {
                      accept\n  iifname \"n1\" oifname \"n0\" counter drop\n }}\n"
                 )
             }
+            Inbound::OnlyTcpToTurnServer => {
+                let (ip, port) = STUN_PRIMARY.split_once(':').expect("literal");
+                format!(
+                    " chain inbound {{\n  type filter hook forward priority filter; policy accept;\n  \
+                     iifname \"n1\" oifname \"n0\" ip saddr {ip} tcp sport {port} ct state established \
+                     accept\n  iifname \"n1\" oifname \"n0\" counter drop\n }}\n \
+                     chain outbound {{\n  type filter hook forward priority filter; policy accept;\n  \
+                     iifname \"n0\" oifname \"n1\" ip daddr {ip} tcp dport {port} accept\n  \
+                     iifname \"n0\" oifname \"n1\" counter drop\n }}\n"
+                )
+            }
         };
         let ruleset = format!(
             "table ip xccnat {{\n chain post {{\n  type nat hook postrouting priority srcnat;\n  \
@@ -264,11 +282,22 @@ impl Topology {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
-    /// Packets [`Inbound::OnlyTurnServer`]'s filter dropped so far.
+    /// Packets from n1 towards n0 that the filter of [`Inbound::OnlyTurnServer`] or
+    /// [`Inbound::OnlyTcpToTurnServer`] dropped so far.
     pub fn inbound_dropped(&self) -> Result<u64, String> {
+        self.dropped_in("inbound")
+    }
+
+    /// Packets from n0 towards n1 that [`Inbound::OnlyTcpToTurnServer`]'s filter dropped so far.
+    pub fn outbound_dropped(&self) -> Result<u64, String> {
+        self.dropped_in("outbound")
+    }
+
+    /// The drop counter of the NAT's filter chain `chain`.
+    fn dropped_in(&self, chain: &str) -> Result<u64, String> {
         let out = Command::new("ip")
             .args(["netns", "exec", &self.ns("n"), "nft", "list", "chain"])
-            .args(["ip", "xccnat", "inbound"])
+            .args(["ip", "xccnat", chain])
             .output()
             .map_err(|e| format!("nft: {e}"))?;
         let text = String::from_utf8_lossy(&out.stdout);
@@ -278,7 +307,7 @@ impl Topology {
             .and_then(|n| n.parse().ok())
             .ok_or_else(|| {
                 format!(
-                    "no drop counter in the inbound chain: {text}{}",
+                    "no drop counter in the {chain} chain: {text}{}",
                     String::from_utf8_lossy(&out.stderr)
                 )
             })
@@ -309,6 +338,31 @@ impl Topology {
             .nth(1)?
             .parse()
             .ok()
+    }
+
+    /// Established TCP connections from [`PRIVATE`] to coturn's TURN port ([`STUN_PRIMARY`]) in
+    /// the NAT namespace's conntrack table.
+    pub fn turn_tcp_connections(&self) -> usize {
+        let Ok(out) = Command::new("ip")
+            .args(["netns", "exec", &self.ns("n")])
+            .args(["cat", "/proc/net/nf_conntrack"])
+            .output()
+        else {
+            return 0;
+        };
+        let (ip, port) = STUN_PRIMARY.split_once(':').expect("literal");
+        let (src, dst) = (format!("src={PRIVATE} "), format!("dst={ip} "));
+        let dport = format!("dport={port} ");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| {
+                l.contains(" tcp ")
+                    && l.contains(" ESTABLISHED ")
+                    && l.contains(&src)
+                    && l.contains(&dst)
+                    && l.contains(&dport)
+            })
+            .count()
     }
 
     /// Waits until coturn answers on its primary and alternate addresses, asking from inside the
