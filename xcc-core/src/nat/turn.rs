@@ -675,7 +675,11 @@ impl TurnClient {
         Ok(w.finish())
     }
 
-    /// Unwraps a ChannelData message (first byte 0x40-0x4F, RFC 7983) on a bound channel.
+    /// Unwraps a ChannelData message (first byte 0x40-0x4F, RFC 7983) on a channel this client
+    /// asked for. Inbound data is accepted before the bind's success answer arrives: a server that
+    /// uses the number has accepted the bind, and coturn's relay threads can send ChannelData
+    /// ahead of that answer (a phone's packet dropped there would be a lost packet).
+    /// Outbound media waits for the confirmation ([`TurnClient::wrap_send`]).
     fn channel_data<'a>(&self, bytes: &'a [u8]) -> Option<TurnInput<'a>> {
         if bytes.len() < 4 || !(0x40..=0x4F).contains(&bytes[0]) {
             return None;
@@ -688,7 +692,8 @@ impl TurnClient {
         let peer = self
             .channels
             .iter()
-            .find(|c| c.1 == number && c.2)
+            .find(|c| c.1 == number)
+            .filter(|_| matches!(self.state, State::Allocated { .. }))
             .map(|c| c.0);
         Some(match peer {
             Some(peer) => TurnInput::Data { peer, payload },
@@ -1201,9 +1206,18 @@ mod tests {
         let mut out = [0u8; 256];
         assert_eq!(c.bind_channel(t0, peer), Some(FIRST_CHANNEL));
         assert_eq!(c.bind_channel(t0, peer), Some(FIRST_CHANNEL), "idempotent");
-        // Before the server confirms: still an indication.
+        // Before the server confirms: still an indication out, but the server may already use
+        // the channel towards XCC.
         let n = c.wrap_send(peer, b"rtp", &mut out).unwrap();
         assert!(stun::is_stun(&out[..n]));
+        let server: SocketAddr = SERVER.parse().unwrap();
+        assert_eq!(
+            c.handle_datagram(t0, server, b"\x40\x00\x00\x02hi\x00\x00", &mut rng),
+            TurnInput::Data {
+                peer,
+                payload: b"hi"
+            }
+        );
         pump(&mut c, &mut s, t0, &mut rng);
         let req = Message::parse(s.requests.last().unwrap()).unwrap();
         assert_eq!(req.msg_type(), CHANNEL_BIND);
@@ -1219,7 +1233,6 @@ mod tests {
         assert_eq!(&out[..n], b"\x40\x00\x00\x03rtp");
         // Incoming ChannelData on the bound channel unwraps; unknown channels and bad lengths
         // are ignored.
-        let server: SocketAddr = SERVER.parse().unwrap();
         assert_eq!(
             c.handle_datagram(t0, server, b"\x40\x00\x00\x02hi\x00\x00", &mut rng),
             TurnInput::Data {
