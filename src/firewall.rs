@@ -301,8 +301,12 @@ pub fn ruleset(config: &Config) -> Ruleset {
         Some(port) => (port, Origin::Config("turn.server")),
         None => (DEFAULT_TURN_UDP_PORT, doc),
     };
+    // `turn.transport = "tcp"`: XCC's allocations each hold a TCP connection to the server.
+    let turn_tcp =
+        turn.is_some() && config.turn.transport.trim() == crate::config::TURN_TRANSPORT_TCP;
     for &port in &stun_ports {
-        let (purpose, origin) = match (port == turn_port, stun_origin, turn_origin) {
+        let shared = port == turn_port && !turn_tcp;
+        let (purpose, origin) = match (shared, stun_origin, turn_origin) {
             (false, ..) => ("STUN: public address", stun_origin),
             (true, Origin::Config(_), Origin::Config(_)) => (
                 "STUN: public address; TURN relay (UDP)",
@@ -315,12 +319,15 @@ pub fn ruleset(config: &Config) -> Ruleset {
         };
         rule(Out, Udp, PortRange::single(port), None, purpose, origin);
     }
-    if !stun_ports.contains(&turn_port) {
+    if turn_tcp {
+        let p = PortRange::single(turn_port);
+        rule(Out, Tcp, p, None, "TURN relay (TCP)", turn_origin);
+    } else if !stun_ports.contains(&turn_port) {
         let p = PortRange::single(turn_port);
         rule(Out, Udp, p, None, "TURN relay (UDP)", turn_origin);
     }
     if turn.is_none() {
-        // xccd relays over UDP only; the TCP ports are the manual's, for TURN over TCP/TLS.
+        // Without `[turn]`: the manual's TCP ports, for TURN over TCP/TLS.
         for port in DEFAULT_TURN_TCP_PORTS {
             let p = PortRange::single(port);
             rule(Out, Tcp, p, None, "TURN relay (TCP)", doc);
@@ -763,6 +770,23 @@ note: media towards clients and the PBX goes to whatever port the peer uses: all
             "{nft}"
         );
         assert!(!nft.contains("tcp dport 443"), "{nft}");
+    }
+
+    #[test]
+    fn turn_over_tcp_gets_a_tcp_rule_to_the_server_and_no_udp_one() {
+        let turn = Origin::Config("turn.server");
+        let one = |p| Ports::Destination(PortRange::single(p));
+        let rules = turn_and_stun(&with_turn("transport = \"tcp\"\n"));
+        assert!(
+            rules.contains(&(Transport::Tcp, one(3479), "TURN relay (TCP)", turn)),
+            "{rules:?}"
+        );
+        assert!(
+            !rules
+                .iter()
+                .any(|r| r.0 == Transport::Udp && r.2.contains("TURN")),
+            "{rules:?}"
+        );
     }
 
     #[test]
