@@ -16,6 +16,7 @@ pub mod reload;
 pub mod sip;
 pub mod store;
 pub mod stun_check;
+pub mod turn_check;
 pub mod watchdog;
 
 pub use error::{Error, Result};

@@ -106,6 +106,34 @@ enum Cmd {
         #[arg(long, default_value = "/etc/xcc/xcc.toml")]
         config: PathBuf,
     },
+    /// Allocate once on the TURN server xccd relays through (`[turn]`), then release it (no
+    /// connection to xccd): relayed address, mapped address, lifetime, round-trip time, or why
+    /// it failed. Flags override the configuration's `[turn]` keys.
+    TurnCheck {
+        /// `HOST[:PORT]` or `IP[:PORT]` (port 3478 when omitted); default: `turn.server`.
+        server: Option<String>,
+        /// Transport to the server; default: `turn.transport`.
+        #[arg(long, value_parser = ["udp", "tcp"])]
+        transport: Option<String>,
+        /// Long-term credential user; default: `turn.username`.
+        #[arg(long)]
+        username: Option<String>,
+        /// Password (visible in the process list: prefer --password-file); default:
+        /// `turn.password` / `turn.password_file`.
+        #[arg(long, conflicts_with = "password_file")]
+        password: Option<String>,
+        /// File holding the password (without its trailing newline).
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        /// Local address to send from over UDP; default: `media.bind_address` of the
+        /// configuration. Over TCP the kernel chooses, as for xccd's own connections.
+        #[arg(long)]
+        bind: Option<std::net::IpAddr>,
+        /// Configuration file read for `[turn]` and the bind address (not read when the
+        /// server, username, password and bind address are all given).
+        #[arg(long, default_value = "/etc/xcc/xcc.toml")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +165,25 @@ fn main() -> ExitCode {
             bind,
             config,
         } => return nat_type(cli.json, servers, *bind, config),
+        Cmd::TurnCheck {
+            server,
+            transport,
+            username,
+            password,
+            password_file,
+            bind,
+            config,
+        } => {
+            let flags = TurnFlags {
+                server: server.clone(),
+                transport: transport.clone(),
+                username: username.clone(),
+                password: password.clone(),
+                password_file: password_file.clone(),
+                bind: *bind,
+            };
+            return turn_check(cli.json, flags, config);
+        }
         _ => {}
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -357,7 +404,10 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
             );
         }
         // Handled in `main` before any connection is made.
-        Cmd::Firewall { .. } | Cmd::StunCheck { .. } | Cmd::NatType { .. } => {}
+        Cmd::Firewall { .. }
+        | Cmd::StunCheck { .. }
+        | Cmd::NatType { .. }
+        | Cmd::TurnCheck { .. } => {}
         Cmd::Watch => {
             let mut stream = calls
                 .watch_events(pb::WatchEventsRequest {})
@@ -522,6 +572,101 @@ fn nat_type(
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// `xccctl turn-check`'s flags, each overriding its `[turn]` key (or `media.bind_address`).
+struct TurnFlags {
+    server: Option<String>,
+    transport: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    password_file: Option<PathBuf>,
+    bind: Option<std::net::IpAddr>,
+}
+
+impl TurnFlags {
+    /// `[turn]` of `config` with the flags laid over it, and the bind address; validated by the
+    /// rules xccd applies (server resolved in the bind address's family, password file read).
+    fn settings(
+        self,
+        config: &xcc::config::Config,
+    ) -> Result<(Option<xcc::config::TurnSettings>, std::net::IpAddr), xcc::error::Error> {
+        let mut turn = config.turn.clone();
+        if let Some(server) = self.server {
+            turn.server = Some(server);
+        }
+        if let Some(transport) = self.transport {
+            turn.transport = transport;
+        }
+        if let Some(username) = self.username {
+            turn.username = Some(username);
+        }
+        if let Some(password) = self.password {
+            turn.password = Some(xcc::config::Secret(password));
+            turn.password_file = None;
+        }
+        if let Some(file) = self.password_file {
+            turn.password = None;
+            turn.password_file = Some(file);
+        }
+        let bind = self.bind.unwrap_or(config.media.bind_address);
+        Ok((turn.validate(bind)?, bind))
+    }
+
+    /// Whether the flags say everything, so the configuration file is not needed.
+    fn complete(&self) -> bool {
+        self.server.is_some()
+            && self.username.is_some()
+            && (self.password.is_some() || self.password_file.is_some())
+            && self.bind.is_some()
+    }
+}
+
+fn turn_check(json_out: bool, flags: TurnFlags, path: &std::path::Path) -> ExitCode {
+    let config = if flags.complete() {
+        xcc::config::Config::default()
+    } else {
+        match xcc::config::Config::load(path) {
+            Ok((c, _)) => c,
+            Err(e) => {
+                eprintln!("xccctl: {e}");
+                return ExitCode::from(64);
+            }
+        }
+    };
+    let (settings, bind) = match flags.settings(&config) {
+        Ok((Some(s), bind)) => (s, bind),
+        Ok((None, _)) => {
+            eprintln!(
+                "xccctl: no TURN server given and none in [turn] server of {}",
+                path.display()
+            );
+            return ExitCode::from(64);
+        }
+        Err(e) => {
+            eprintln!("xccctl: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    let report =
+        match xcc::turn_check::turn_check(&settings, bind, xcc_core::nat::Retransmission::FAILOVER)
+        {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("xccctl: {e}");
+                return ExitCode::from(2);
+            }
+        };
+    if json_out {
+        println!("{}", report.to_json());
+    } else {
+        println!("{}", report.describe());
+    }
+    if report.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
@@ -777,6 +922,49 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn no_flags() -> TurnFlags {
+        TurnFlags {
+            server: None,
+            transport: None,
+            username: None,
+            password: None,
+            password_file: None,
+            bind: None,
+        }
+    }
+
+    #[test]
+    fn turn_check_flags_override_the_configurations_turn_keys() {
+        let config = xcc::config::Config::parse(
+            "[media]\nbind_address = \"127.0.0.1\"\n\
+             [turn]\nserver = \"127.0.0.1:3478\"\nusername = \"xcc\"\n\
+             password_file = \"/nonexistent/turn.secret\"\n",
+            std::path::Path::new("xcc.toml"),
+        )
+        .unwrap();
+        // The file alone: its unreadable password file is named.
+        let e = no_flags().settings(&config).unwrap_err();
+        assert!(e.to_string().contains("turn.password_file"), "{e}");
+        let flags = TurnFlags {
+            server: Some("127.0.0.2:3479".into()),
+            transport: Some("tcp".into()),
+            password: Some("secret".into()),
+            ..no_flags()
+        };
+        assert!(!flags.complete(), "no username or bind address given");
+        let (s, bind) = flags.settings(&config).unwrap();
+        let s = s.unwrap();
+        assert_eq!(bind, "127.0.0.1".parse::<std::net::IpAddr>().unwrap());
+        assert_eq!(s.server, "127.0.0.2:3479".parse().unwrap());
+        assert_eq!(s.transport, xcc_core::nat::turn::TurnTransport::Tcp);
+        assert_eq!(s.username, "xcc", "kept from the file");
+        assert_eq!(s.password.0, "secret");
+        let (none, _) = no_flags()
+            .settings(&xcc::config::Config::default())
+            .unwrap();
+        assert!(none.is_none(), "no server anywhere");
+    }
 
     #[test]
     fn status_has_a_turn_row_only_when_turn_is_configured() {

@@ -1,5 +1,6 @@
-//! coturn (`turnserver --stun-only`) started by a test on loopback addresses, killed on drop.
-//! Without coturn installed, [`Coturn::start`] calls [`super::skip`] and returns `None`.
+//! coturn started by a test on loopback addresses, killed on drop: `--stun-only`
+//! ([`Coturn::start`]), or a TURN server with long-term credentials ([`Coturn::start_turn`]).
+//! Without coturn installed, both call [`super::skip`] and return `None`.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
@@ -10,6 +11,19 @@ use xcc_core::nat::stun;
 
 /// One coturn at a time per test binary (a test file's tests run in parallel on one port).
 static SERIAL: Mutex<()> = Mutex::new(());
+
+/// coturn as a TURN server: long-term credentials and the ports it relays on.
+#[derive(Debug, Clone, Copy)]
+pub struct TurnOptions {
+    /// `USER:PASSWORD` (`--user`).
+    pub user: &'static str,
+    /// `--realm`.
+    pub realm: &'static str,
+    /// Relayed ports, inclusive (`--min-port`, `--max-port`), on the first listening address.
+    pub relay: (u16, u16),
+    /// Allocations one user may hold at a time (`--user-quota`); `None`: no limit.
+    pub user_quota: Option<u32>,
+}
 
 /// A running coturn.
 pub struct Coturn {
@@ -22,6 +36,17 @@ impl Coturn {
     /// Starts coturn listening on each of `addresses` at `port` (alternate port `port + 1`)
     /// and waits until every one answers a Binding request (bounded).
     pub fn start(addresses: &[&str], port: u16) -> Option<Coturn> {
+        Self::start_with(addresses, port, None)
+    }
+
+    /// Starts coturn as a TURN server with `turn`'s credentials, relaying from the first of
+    /// `addresses`; ready like [`Coturn::start`] (it answers Binding requests without
+    /// credentials).
+    pub fn start_turn(addresses: &[&str], port: u16, turn: TurnOptions) -> Option<Coturn> {
+        Self::start_with(addresses, port, Some(turn))
+    }
+
+    fn start_with(addresses: &[&str], port: u16, turn: Option<TurnOptions>) -> Option<Coturn> {
         let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
         if Command::new("turnserver")
             .arg("--version")
@@ -33,9 +58,23 @@ impl Coturn {
         }
         let pidfile = format!("/tmp/xcc-e2e-coturn-{}-{port}.pid", std::process::id());
         let mut cmd = Command::new("turnserver");
-        cmd.args(["-n", "--no-cli", "--no-tls", "--no-dtls", "--stun-only"]);
+        cmd.args(["-n", "--no-cli", "--no-tls", "--no-dtls"]);
         for a in addresses {
             cmd.args(["-L", a]);
+        }
+        match turn {
+            None => {
+                cmd.arg("--stun-only");
+            }
+            Some(t) => {
+                cmd.args(["--lt-cred-mech", "--user", t.user, "--realm", t.realm])
+                    .args(["--relay-ip", addresses[0]])
+                    .args(["--min-port", &t.relay.0.to_string()])
+                    .args(["--max-port", &t.relay.1.to_string()]);
+                if let Some(quota) = t.user_quota {
+                    cmd.args(["--user-quota", &quota.to_string()]);
+                }
+            }
         }
         let child = cmd
             .args(["--listening-port", &port.to_string()])
