@@ -18,10 +18,8 @@ use alloc_support::{
     ALLOCS, Counting, TRACE, receiver_report_fixed, rtp_packet_fixed, sender_report_fixed,
 };
 use media_support::*;
-use turn_support::{Coturn, LIMIT, TurnPorts, relay_on, relayed_engine_on};
-use xcc_core::ids::LegSide;
+use turn_support::{Coturn, LIMIT, TurnPorts, configure_srtp_call, relay_on, relayed_engine_on};
 use xcc_core::media::{CallSnapshot, MediaControl};
-use xcc_core::srtp::SrtpSuite;
 
 /// coturn, its relay range and the engine's pool for this binary (none overlaps another test's).
 const PORTS: TurnPorts = TurnPorts {
@@ -134,16 +132,7 @@ fn relayed_steady_state_forwarding_allocates_nothing() {
     wait_for(LIMIT, || ctl.relay_status().filter(|s| s.ready >= 1));
     let call = ctl.allocate().expect("a spare is ready");
     let relayed = call.relay.expect("the client leg is relayed");
-    let (phone, pbx) = (Phone::new(), Phone::new());
-    let mut sp = SrtpPhone::new(SrtpSuite::AesCm128HmacSha1_80);
-    ctl.configure_leg(
-        call.call,
-        LegSide::Client,
-        leg_to(&phone, Some(sp.keys.clone())),
-    )
-    .unwrap();
-    ctl.configure_leg(call.call, LegSide::Pbx, leg_to(&pbx, None))
-        .unwrap();
+    let (phone, pbx, mut sp) = configure_srtp_call(&ctl, call.call);
     let [_, p] = call.ports;
     let (p_rtp, p_rtcp) = (local(p.rtp), local(p.rtcp));
 
