@@ -11,21 +11,19 @@
 //!
 //! Run: `cargo bench --bench forward -- --warm-up-time 1 --measurement-time 3`
 
+mod support;
+
 use std::hint::black_box;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use support::{RING, RTP_LEN, protected_ring, rtp, unprotect_only};
 use xcc_core::ids::LegSide;
 use xcc_core::leg::{LatchPolicy, LocalPort};
 use xcc_core::media::{LegConfig, MediaConfig, MediaEngine, SrtpKeys};
 use xcc_core::relay::call::{Call, CallTimers};
 use xcc_core::srtp::{KeyingMaterial, SrtpContext, SrtpPolicy, SrtpSuite};
-
-/// Packets per prepared ring.
-const RING: usize = 1024;
-/// RTP header + 20 ms of G.711.
-const RTP_LEN: usize = 172;
 
 const TIMERS: CallTimers = CallTimers {
     media_timeout: Duration::from_secs(60),
@@ -41,18 +39,6 @@ fn client_addr() -> SocketAddr {
 
 fn pbx_addr() -> SocketAddr {
     "10.0.0.1:4000".parse().expect("literal")
-}
-
-fn rtp(seq: u16) -> [u8; RTP_LEN] {
-    let mut p = [0u8; RTP_LEN];
-    p[0] = 0x80;
-    p[2..4].copy_from_slice(&seq.to_be_bytes());
-    p[4..8].copy_from_slice(&(u32::from(seq) * 160).to_be_bytes());
-    p[8..12].copy_from_slice(&0x1234_5678u32.to_be_bytes());
-    for (i, b) in p[12..].iter_mut().enumerate() {
-        *b = i as u8;
-    }
-    p
 }
 
 fn keys() -> SrtpKeys {
@@ -95,12 +81,7 @@ fn in_process(c: &mut Criterion) {
             while left > 0 {
                 let n = left.min(RING as u64) as usize;
                 left -= n as u64;
-                let mut phone = SrtpContext::new(&keys.inbound, SrtpPolicy::default());
-                let mut ring = vec![([0u8; 256], 0usize); n];
-                for (i, (buf, len)) in ring.iter_mut().enumerate() {
-                    buf[..RTP_LEN].copy_from_slice(&rtp(i as u16 + 1));
-                    *len = phone.protect_rtp(buf, RTP_LEN).expect("room for the tag");
-                }
+                let mut ring = protected_ring(&keys.inbound, n);
                 let mut call = call(&keys, now);
                 let start = Instant::now();
                 for (buf, len) in ring.iter_mut() {
@@ -122,27 +103,7 @@ fn in_process(c: &mut Criterion) {
 
     // Reference for the SRTP rows: the transform alone, same packets, same run.
     g.bench_function("reference_unprotect_only", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            let mut left = iters;
-            while left > 0 {
-                let n = left.min(RING as u64) as usize;
-                left -= n as u64;
-                let mut phone = SrtpContext::new(&keys.inbound, SrtpPolicy::default());
-                let mut ring = vec![([0u8; 256], 0usize); n];
-                for (i, (buf, len)) in ring.iter_mut().enumerate() {
-                    buf[..RTP_LEN].copy_from_slice(&rtp(i as u16 + 1));
-                    *len = phone.protect_rtp(buf, RTP_LEN).expect("room for the tag");
-                }
-                let mut xcc = SrtpContext::new(&keys.inbound, SrtpPolicy::default());
-                let start = Instant::now();
-                for (buf, len) in ring.iter_mut() {
-                    black_box(xcc.unprotect_rtp(buf, *len).ok());
-                }
-                total += start.elapsed();
-            }
-            total
-        })
+        b.iter_custom(|iters| unprotect_only(&keys.inbound, iters))
     });
 
     g.bench_function("rtp_to_srtp", |b| {

@@ -16,6 +16,8 @@
 //!
 //! Run: `cargo bench --bench turn_relay -- --warm-up-time 1 --measurement-time 3`
 
+mod support;
+
 use std::hint::black_box;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -23,17 +25,14 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, criterion_group, criterion_main};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
+use support::{RTP_LEN, rtp, unprotect_only};
 use xcc_core::nat::Retransmission;
 use xcc_core::nat::stun::{Message, TransactionId, Writer, attr};
 use xcc_core::nat::turn::{TurnClient, TurnConfig, TurnInput, TurnTransport};
 use xcc_core::srtp::{KeyingMaterial, SrtpContext, SrtpPolicy, SrtpSuite};
 
-/// RTP header + 20 ms of G.711.
-const RTP_LEN: usize = 172;
-/// The same packet as SRTP with AES_CM_128_HMAC_SHA1_80.
+/// The RTP packet ([`RTP_LEN`]: header + 20 ms of G.711) as SRTP with AES_CM_128_HMAC_SHA1_80.
 const SRTP_LEN: usize = RTP_LEN + 10;
-/// Packets per prepared ring for the unprotect reference.
-const RING: usize = 1024;
 
 /// Data indication: message type 0x0017 (RFC 8656 §11.6).
 const DATA_INDICATION: u16 = 0x0017;
@@ -58,18 +57,6 @@ fn phone() -> SocketAddr {
 /// A peer without a channel: Send indications.
 fn unbound_peer() -> SocketAddr {
     "192.0.2.11:5000".parse().expect("literal")
-}
-
-fn rtp(seq: u16) -> [u8; RTP_LEN] {
-    let mut p = [0u8; RTP_LEN];
-    p[0] = 0x80;
-    p[2..4].copy_from_slice(&seq.to_be_bytes());
-    p[4..8].copy_from_slice(&(u32::from(seq) * 160).to_be_bytes());
-    p[8..12].copy_from_slice(&0x1234_5678u32.to_be_bytes());
-    for (i, b) in p[12..].iter_mut().enumerate() {
-        *b = i as u8;
-    }
-    p
 }
 
 /// Answers the request `client` has in flight with a success of type `msg_type` whose attributes
@@ -169,27 +156,7 @@ fn relay_182(c: &mut Criterion) {
     // one would take the cheap replay-refusal path).
     let keys = KeyingMaterial::generate(SrtpSuite::AesCm128HmacSha1_80);
     g.bench_function("reference_unprotect", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            let mut left = iters;
-            while left > 0 {
-                let n = left.min(RING as u64) as usize;
-                left -= n as u64;
-                let mut phone = SrtpContext::new(&keys, SrtpPolicy::default());
-                let mut ring = vec![([0u8; 256], 0usize); n];
-                for (i, (buf, len)) in ring.iter_mut().enumerate() {
-                    buf[..RTP_LEN].copy_from_slice(&rtp(i as u16 + 1));
-                    *len = phone.protect_rtp(buf, RTP_LEN).expect("room for the tag");
-                }
-                let mut xcc = SrtpContext::new(&keys, SrtpPolicy::default());
-                let start = Instant::now();
-                for (buf, len) in ring.iter_mut() {
-                    black_box(xcc.unprotect_rtp(buf, *len).ok());
-                }
-                total += start.elapsed();
-            }
-            total
-        })
+        b.iter_custom(|iters| unprotect_only(&keys, iters))
     });
 
     g.bench_function("unwrap_data_indication", |b| {

@@ -604,17 +604,16 @@ note: media towards clients and the PBX goes to whatever port the peer uses: all
                 (Ports::Destination(PortRange::single(19302)), origin),
             ]
         );
-        let table = ruleset(&c).render(Format::Table);
-        assert!(
-            table.contains("out  udp   19302       any             STUN: public address                            config stun.servers"),
-            "{table}"
+        assert_renders(
+            &c,
+            Format::Table,
+            "out  udp   19302       any             STUN: public address                            config stun.servers",
+            "3479",
         );
-        assert!(!table.contains("3479"), "{table}");
     }
 
-    #[test]
-    fn no_flow_is_listed_twice() {
-        let set = ruleset(&non_default());
+    /// No two rules of `set` open the same flow (direction, transport, ports, local address).
+    fn assert_no_flow_twice(set: &Ruleset) {
         for (i, a) in set.rules.iter().enumerate() {
             for b in &set.rules[i + 1..] {
                 assert!(
@@ -624,6 +623,18 @@ note: media towards clients and the PBX goes to whatever port the peer uses: all
                 );
             }
         }
+    }
+
+    /// `config`'s ruleset rendered as `format` contains `has` and not `lacks`.
+    fn assert_renders(config: &Config, format: Format, has: &str, lacks: &str) {
+        let text = ruleset(config).render(format);
+        assert!(text.contains(has), "{text}");
+        assert!(!text.contains(lacks), "{text}");
+    }
+
+    #[test]
+    fn no_flow_is_listed_twice() {
+        assert_no_flow_twice(&ruleset(&non_default()));
     }
 
     #[test]
@@ -764,12 +775,12 @@ note: media towards clients and the PBX goes to whatever port the peer uses: all
             "STUN: public address; TURN relay (UDP)",
             turn
         )));
-        let nft = ruleset(&with_turn("")).render(Format::Nftables);
-        assert!(
-            nft.contains("add rule inet filter xcc_out udp dport 3479 accept comment \"STUN: public address; TURN relay (UDP) (config turn.server)\""),
-            "{nft}"
+        assert_renders(
+            &with_turn(""),
+            Format::Nftables,
+            "add rule inet filter xcc_out udp dport 3479 accept comment \"STUN: public address; TURN relay (UDP) (config turn.server)\"",
+            "tcp dport 443",
         );
-        assert!(!nft.contains("tcp dport 443"), "{nft}");
     }
 
     #[test]
@@ -799,15 +810,6 @@ note: media towards clients and the PBX goes to whatever port the peer uses: all
                 .iter()
                 .any(|r| r.0 == Transport::Tcp && r.1 == Ports::Destination(PortRange::single(443)))
         );
-        let set = ruleset(&with_turn(""));
-        for (i, a) in set.rules.iter().enumerate() {
-            for b in &set.rules[i + 1..] {
-                assert!(
-                    (a.direction, a.transport, a.ports, a.local)
-                        != (b.direction, b.transport, b.ports, b.local),
-                    "{a:?} and {b:?}"
-                );
-            }
-        }
+        assert_no_flow_twice(&ruleset(&with_turn("")));
     }
 }

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use common::DaemonConfig;
 use common::call::media_target;
 use netns_call::{
-    COUNTED, Places, TurnPhone, WAIT, World, attribute, exchange_counted, new_phone, nominate,
-    pbx_recv, pbx_talks_first, phone_offer,
+    COUNTED, Places, TurnPhone, WAIT, World, attribute, exchange_counted, ice_host_offer,
+    new_phone, nominate, pbx_recv, pbx_talks_first, phone_offer,
 };
 use netns_support::{Nat, PEER, PRIVATE, PUBLIC_HOST, STUN_PRIMARY, Topology};
 use xcc_core::nat::stun;
@@ -448,19 +448,7 @@ fn xcc_behind_cone_nat_latches_on_the_ice_phones_answer_to_its_check_and_the_pbx
     let phone_at = w.phone.local_addr().unwrap();
     let key: [u8; 30] = rand::random();
     let (phone_ufrag, phone_pwd) = ("IceP", "phonepasswordphonepassword");
-    let offer = phone_offer(
-        phone_at,
-        &key,
-        &[
-            format!("a=ice-ufrag:{phone_ufrag}"),
-            format!("a=ice-pwd:{phone_pwd}"),
-            format!(
-                "a=candidate:1 1 UDP 2130706431 {} {} typ host",
-                phone_at.ip(),
-                phone_at.port()
-            ),
-        ],
-    );
+    let offer = ice_host_offer(phone_at, &key, phone_ufrag, phone_pwd);
     let (answer, to_pbx, id) = w.call(&offer);
     let to_xcc = media_target(&answer);
     assert_eq!(to_xcc.ip().to_string(), NAT_PUBLIC);

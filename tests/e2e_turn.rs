@@ -32,8 +32,9 @@ use std::time::{Duration, Instant};
 use common::DaemonConfig;
 use common::call::SUITE;
 use netns_call::{
-    COUNTED, PBX_PORT, Phone, Places, WAIT, World, attribute, bind_in, exchange_counted, new_phone,
-    nominate, pbx_recv, pbx_talks_first, phone_offer, sdp, talk_until_both_hear,
+    COUNTED, PBX_PORT, Phone, Places, WAIT, World, attribute, bind_in, exchange_counted,
+    ice_host_offer, new_phone, nominate, pbx_recv, pbx_talks_first, phone_offer, sdp,
+    talk_until_both_hear,
 };
 use netns_support::{
     Inbound, NAT_PUBLIC, Nat, PEER, PRIVATE, RELAY_PORTS, STUN_PRIMARY, Topology, recv_until,
@@ -383,19 +384,7 @@ fn ice_phone_checks_through_the_relay_and_latches() {
     let phone_at = w.phone.local_addr().unwrap();
     let key: [u8; 30] = rand::random();
     let (phone_ufrag, phone_pwd) = ("TrnI", "phonepasswordphonepassword");
-    let offer = phone_offer(
-        phone_at,
-        &key,
-        &[
-            format!("a=ice-ufrag:{phone_ufrag}"),
-            format!("a=ice-pwd:{phone_pwd}"),
-            format!(
-                "a=candidate:1 1 UDP 2130706431 {} {} typ host",
-                phone_at.ip(),
-                phone_at.port()
-            ),
-        ],
-    );
+    let offer = ice_host_offer(phone_at, &key, phone_ufrag, phone_pwd);
     let (answer, to_pbx, id) = w.call(&offer);
     assert!(
         answer.contains("a=ice-lite\r\n"),
@@ -654,11 +643,7 @@ fn no_ready_allocation_refuses_the_session_as_unavailable() {
             ),
         }
     }
-    let mut calls = pb::calls_client::CallsClient::new(w.channel.clone());
-    let listed =
-        w.rt.block_on(calls.list_calls(pb::ListCallsRequest {}))
-            .unwrap()
-            .into_inner();
+    let listed = w.list_calls();
     assert!(listed.calls.is_empty(), "no call: {listed:?}");
     let status = w.status();
     assert!(
@@ -763,11 +748,7 @@ fn relayed_call_survives_kill_9_and_media_resumes_through_the_same_relay() {
         logs(&w)
     );
 
-    let mut calls = pb::calls_client::CallsClient::new(w.channel.clone());
-    let listed =
-        w.rt.block_on(calls.list_calls(pb::ListCallsRequest {}))
-            .unwrap()
-            .into_inner();
+    let listed = w.list_calls();
     let ids: Vec<u64> = listed.calls.iter().map(|c| c.call_id).collect();
     assert_eq!(ids, vec![id], "the call is listed with its id: {listed:?}");
     let leg = w.client_leg(id);

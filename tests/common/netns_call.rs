@@ -108,6 +108,15 @@ impl World {
         body
     }
 
+    /// ListCalls: every call xccd holds.
+    pub fn list_calls(&self) -> pb::ListCallsResponse {
+        let mut calls = pb::calls_client::CallsClient::new(self.channel.clone());
+        self.rt
+            .block_on(calls.list_calls(pb::ListCallsRequest {}))
+            .unwrap()
+            .into_inner()
+    }
+
     pub fn sessions(&self) -> pb::sessions_client::SessionsClient<Channel> {
         pb::sessions_client::SessionsClient::new(self.channel.clone())
     }
@@ -502,6 +511,23 @@ pub fn phone_offer(at: SocketAddr, key: &[u8; 30], extra: &[String]) -> String {
     let mut lines = vec![crypto_line(key)];
     lines.extend(extra.iter().cloned());
     sdp(at.ip(), at.port(), "RTP/SAVP", &lines)
+}
+
+/// An ICE phone's offer at `at`: its key, SRTP, `ufrag`/`pwd` and one host candidate, `at`.
+pub fn ice_host_offer(at: SocketAddr, key: &[u8; 30], ufrag: &str, pwd: &str) -> String {
+    phone_offer(
+        at,
+        key,
+        &[
+            format!("a=ice-ufrag:{ufrag}"),
+            format!("a=ice-pwd:{pwd}"),
+            format!(
+                "a=candidate:1 1 UDP 2130706431 {} {} typ host",
+                at.ip(),
+                at.port()
+            ),
+        ],
+    )
 }
 
 pub fn new_phone(key: &[u8; 30], answer: &str) -> Phone {

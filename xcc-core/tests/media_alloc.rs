@@ -2,37 +2,17 @@
 //! state, with a counting global allocator. Alone in its test binary so no other test allocates
 //! during the measured window.
 
+mod alloc_support;
 mod media_support;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
+use alloc_support::{
+    ALLOCS, Counting, receiver_report_fixed, rtp_packet_fixed, sender_report_fixed,
+};
 use media_support::*;
 use xcc_core::ids::LegSide;
 use xcc_core::srtp::SrtpSuite;
-
-/// Counts every allocation in the process.
-struct Counting;
-
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: delegates to the system allocator unchanged; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
@@ -128,38 +108,4 @@ fn steady_state_forwarding_allocates_nothing() {
     );
     assert!(s.legs[1].quality.rtt_ms.is_some(), "SR/RR matched");
     engine.shutdown();
-}
-
-/// A sender report without blocks, without the heap.
-fn sender_report_fixed(ssrc: u32, ntp_lsw: u32) -> [u8; 28] {
-    let mut p = [0u8; 28];
-    p[..4].copy_from_slice(&[0x80, 200, 0, 6]);
-    p[4..8].copy_from_slice(&ssrc.to_be_bytes());
-    p[8..12].copy_from_slice(&1u32.to_be_bytes());
-    p[12..16].copy_from_slice(&ntp_lsw.to_be_bytes());
-    p
-}
-
-/// A receiver report about `about` whose LSR echoes the latest SR, without the heap.
-fn receiver_report_fixed(reporter: u32, about: u32) -> [u8; 32] {
-    let mut p = [0u8; 32];
-    p[..4].copy_from_slice(&[0x81, 201, 0, 7]);
-    p[4..8].copy_from_slice(&reporter.to_be_bytes());
-    p[8..12].copy_from_slice(&about.to_be_bytes());
-    // Compact NTP of `sender_report_fixed`'s timestamp (seconds 1, fraction < 2^16).
-    p[24..28].copy_from_slice(&0x0001_0000u32.to_be_bytes());
-    p
-}
-
-/// `rtp_packet` without the heap.
-fn rtp_packet_fixed(seq: u16, ssrc: u32) -> [u8; 172] {
-    let mut p = [0u8; 172];
-    p[0] = 0x80;
-    p[2..4].copy_from_slice(&seq.to_be_bytes());
-    p[4..8].copy_from_slice(&(u32::from(seq) * 160).to_be_bytes());
-    p[8..12].copy_from_slice(&ssrc.to_be_bytes());
-    for (i, b) in p[12..].iter_mut().enumerate() {
-        *b = i as u8;
-    }
-    p
 }

@@ -13,12 +13,10 @@ use std::time::Duration;
 
 use media_support::*;
 use turn_support::{
-    Coturn, DEFAULT_PORTS, LIMIT, RELAY_PORTS, TURN_PORT, relay, relayed_engine,
-    relayed_engine_with,
+    Coturn, DEFAULT_PORTS, LIMIT, RELAY_PORTS, TURN_PORT, configure_srtp_call, relay,
+    relayed_engine, relayed_engine_with,
 };
-use xcc_core::ids::LegSide;
 use xcc_core::nat::turn::TurnTransport;
-use xcc_core::srtp::SrtpSuite;
 
 /// Receives datagrams on `sock` until one is not a TURN/STUN message from XCC's punching.
 fn recv_media(sock: &UdpSocket) -> (Vec<u8>, SocketAddr) {
@@ -66,16 +64,7 @@ fn carries_srtp_both_ways(transport: TurnTransport) {
     }
     assert_ne!(relayed.rtp, relayed.rtcp, "one allocation per socket");
 
-    let (phone, pbx) = (Phone::new(), Phone::new());
-    let mut sp = SrtpPhone::new(SrtpSuite::AesCm128HmacSha1_80);
-    ctl.configure_leg(
-        call.call,
-        LegSide::Client,
-        leg_to(&phone, Some(sp.keys.clone())),
-    )
-    .unwrap();
-    ctl.configure_leg(call.call, LegSide::Pbx, leg_to(&pbx, None))
-        .unwrap();
+    let (phone, pbx, mut sp) = configure_srtp_call(&ctl, call.call);
     let [c, p] = call.ports;
 
     // XCC permits the phone as soon as the leg is configured; the phone's first packets may

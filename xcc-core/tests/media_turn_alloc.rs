@@ -6,20 +6,20 @@
 //!
 //! `XCC_ALLOC_BACKTRACE=1` prints a backtrace for every allocation inside the measured window.
 
+mod alloc_support;
 mod media_support;
 mod turn_support;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use alloc_support::{
+    ALLOCS, Counting, TRACE, receiver_report_fixed, rtp_packet_fixed, sender_report_fixed,
+};
 use media_support::*;
-use turn_support::{Coturn, LIMIT, TurnPorts, relay_on, relayed_engine_on};
-use xcc_core::ids::LegSide;
+use turn_support::{Coturn, LIMIT, TurnPorts, configure_srtp_call, relay_on, relayed_engine_on};
 use xcc_core::media::{CallSnapshot, MediaControl};
-use xcc_core::srtp::SrtpSuite;
 
 /// coturn, its relay range and the engine's pool for this binary (none overlaps another test's).
 const PORTS: TurnPorts = TurnPorts {
@@ -27,53 +27,6 @@ const PORTS: TurnPorts = TurnPorts {
     relay: (27700, 27749),
     pool: (27600, 27649),
 };
-
-/// Counts every allocation in the process.
-struct Counting;
-
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-/// Inside the measured window with `XCC_ALLOC_BACKTRACE` set: print where each allocation is.
-static TRACE: AtomicBool = AtomicBool::new(false);
-
-thread_local! {
-    /// Set while this thread prints a backtrace (which allocates itself).
-    static IN_TRACE: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Prints the allocating thread's backtrace, once per allocation, without recursing.
-fn trace_allocation(size: usize) {
-    if !TRACE.load(Ordering::Relaxed) || IN_TRACE.with(Cell::get) {
-        return;
-    }
-    IN_TRACE.with(|t| t.set(true));
-    let thread = std::thread::current();
-    eprintln!(
-        "allocation of {size} bytes on thread {:?}:\n{}",
-        thread.name(),
-        std::backtrace::Backtrace::force_capture()
-    );
-    IN_TRACE.with(|t| t.set(false));
-}
-
-// SAFETY: delegates to the system allocator unchanged; only counts (and, on request, prints).
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        trace_allocation(layout.size());
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        trace_allocation(new_size);
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
@@ -179,16 +132,7 @@ fn relayed_steady_state_forwarding_allocates_nothing() {
     wait_for(LIMIT, || ctl.relay_status().filter(|s| s.ready >= 1));
     let call = ctl.allocate().expect("a spare is ready");
     let relayed = call.relay.expect("the client leg is relayed");
-    let (phone, pbx) = (Phone::new(), Phone::new());
-    let mut sp = SrtpPhone::new(SrtpSuite::AesCm128HmacSha1_80);
-    ctl.configure_leg(
-        call.call,
-        LegSide::Client,
-        leg_to(&phone, Some(sp.keys.clone())),
-    )
-    .unwrap();
-    ctl.configure_leg(call.call, LegSide::Pbx, leg_to(&pbx, None))
-        .unwrap();
+    let (phone, pbx, mut sp) = configure_srtp_call(&ctl, call.call);
     let [_, p] = call.ports;
     let (p_rtp, p_rtcp) = (local(p.rtp), local(p.rtcp));
 
@@ -314,38 +258,4 @@ fn relayed_steady_state_forwarding_allocates_nothing() {
     assert!(after.legs[1].quality.rtt_ms.is_some(), "SR/RR matched");
     ctl.release(call.call).unwrap();
     drop(engine);
-}
-
-/// A sender report without blocks, without the heap.
-fn sender_report_fixed(ssrc: u32, ntp_lsw: u32) -> [u8; 28] {
-    let mut p = [0u8; 28];
-    p[..4].copy_from_slice(&[0x80, 200, 0, 6]);
-    p[4..8].copy_from_slice(&ssrc.to_be_bytes());
-    p[8..12].copy_from_slice(&1u32.to_be_bytes());
-    p[12..16].copy_from_slice(&ntp_lsw.to_be_bytes());
-    p
-}
-
-/// A receiver report about `about` whose LSR echoes the latest SR, without the heap.
-fn receiver_report_fixed(reporter: u32, about: u32) -> [u8; 32] {
-    let mut p = [0u8; 32];
-    p[..4].copy_from_slice(&[0x81, 201, 0, 7]);
-    p[4..8].copy_from_slice(&reporter.to_be_bytes());
-    p[8..12].copy_from_slice(&about.to_be_bytes());
-    // Compact NTP of `sender_report_fixed`'s timestamp (seconds 1, fraction < 2^16).
-    p[24..28].copy_from_slice(&0x0001_0000u32.to_be_bytes());
-    p
-}
-
-/// `rtp_packet` without the heap.
-fn rtp_packet_fixed(seq: u16, ssrc: u32) -> [u8; 172] {
-    let mut p = [0u8; 172];
-    p[0] = 0x80;
-    p[2..4].copy_from_slice(&seq.to_be_bytes());
-    p[4..8].copy_from_slice(&(u32::from(seq) * 160).to_be_bytes());
-    p[8..12].copy_from_slice(&ssrc.to_be_bytes());
-    for (i, b) in p[12..].iter_mut().enumerate() {
-        *b = i as u8;
-    }
-    p
 }

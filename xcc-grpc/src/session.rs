@@ -1020,6 +1020,17 @@ mod tests {
             .expect("a=crypto in XCC's SDP")
     }
 
+    /// The client's answer to XCC's SRTP offer, whose crypto line was `offered`: RTP/SAVP from
+    /// 192.0.2.50:5004, the offered tag, the client's key `key_b64(9)`.
+    fn client_answer(offered: &CryptoAttribute) -> String {
+        let crypto = format!(
+            "a=crypto:{} AES_CM_128_HMAC_SHA1_80 inline:{}\r\na=sendrecv\r\n",
+            offered.tag,
+            key_b64(9)
+        );
+        sdp("192.0.2.50", 5004, "RTP/SAVP", &crypto)
+    }
+
     fn material(byte: u8) -> KeyingMaterial {
         KeyingMaterial::new(SrtpSuite::AesCm128HmacSha1_80, &[byte; 16], &[byte; 14]).unwrap()
     }
@@ -1112,14 +1123,7 @@ mod tests {
         let (v, _) = t.create("k", LegSide::Pbx, &pbx_sdp(6000)).unwrap();
         assert_eq!(v.sdp_for, LegSide::Client);
         let offered = crypto_in(&v.sdp);
-        let crypto = format!(
-            "a=crypto:{} AES_CM_128_HMAC_SHA1_80 inline:{}\r\na=sendrecv\r\n",
-            offered.tag,
-            key_b64(9)
-        );
-        let (a, _) = t
-            .answer(v.call, &sdp("192.0.2.50", 5004, "RTP/SAVP", &crypto))
-            .unwrap();
+        let (a, _) = t.answer(v.call, &client_answer(&offered)).unwrap();
         assert_eq!(a.sdp_for, LegSide::Pbx);
         let to_pbx = audio_of(&a.sdp);
         assert_eq!(to_pbx.transport, MediaTransport::RtpAvp);
@@ -1142,14 +1146,7 @@ mod tests {
         let after = table(media.clone());
         after.restore(stored).unwrap();
         assert_eq!(after.get(v.call).unwrap(), v);
-        let crypto = format!(
-            "a=crypto:{} AES_CM_128_HMAC_SHA1_80 inline:{}\r\na=sendrecv\r\n",
-            offered.tag,
-            key_b64(9)
-        );
-        let (a, outcome) = after
-            .answer(v.call, &sdp("192.0.2.50", 5004, "RTP/SAVP", &crypto))
-            .unwrap();
+        let (a, outcome) = after.answer(v.call, &client_answer(&offered)).unwrap();
         assert_eq!((a.state, outcome), (State::Active, Outcome::Answered));
         let keys = media.leg(v.call, LegSide::Client).srtp.unwrap();
         assert_eq!(
@@ -1414,13 +1411,7 @@ mod tests {
         let t = table(media.clone());
         let (v, _) = t.create("k", LegSide::Pbx, &pbx_sdp(6000)).unwrap();
         let offered = crypto_in(&v.sdp);
-        let crypto = format!(
-            "a=crypto:{} AES_CM_128_HMAC_SHA1_80 inline:{}\r\na=sendrecv\r\n",
-            offered.tag,
-            key_b64(9)
-        );
-        t.answer(v.call, &sdp("192.0.2.50", 5004, "RTP/SAVP", &crypto))
-            .unwrap();
+        t.answer(v.call, &client_answer(&offered)).unwrap();
         assert!(media.leg(v.call, LegSide::Client).ice.is_none());
     }
 
@@ -1587,14 +1578,7 @@ mod tests {
 
         // The client's answer gives the PBX XCC's own PBX-leg address, as without a relay.
         let offered = crypto_in(&v.sdp);
-        let crypto = format!(
-            "a=crypto:{} AES_CM_128_HMAC_SHA1_80 inline:{}\r\na=sendrecv\r\n",
-            offered.tag,
-            key_b64(9)
-        );
-        let (a, _) = t
-            .answer(v.call, &sdp("192.0.2.50", 5004, "RTP/SAVP", &crypto))
-            .unwrap();
+        let (a, _) = t.answer(v.call, &client_answer(&offered)).unwrap();
         let to_pbx = audio_of(&a.sdp);
         assert_eq!(
             (to_pbx.connection, to_pbx.port),

@@ -8,8 +8,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::media_support::local;
-use xcc_core::media::{MediaConfig, MediaEngine, MediaEvent, RelayConfig};
+use crate::media_support::{Phone, SrtpPhone, leg_to, local};
+use xcc_core::ids::{CallId, LegSide};
+use xcc_core::media::{MediaConfig, MediaControl, MediaEngine, MediaEvent, RelayConfig};
+use xcc_core::srtp::SrtpSuite;
 
 /// coturn's listening port on 127.0.0.1.
 pub const TURN_PORT: u16 = 27478;
@@ -147,4 +149,16 @@ pub fn relayed_engine_with(
         ..MediaConfig::default()
     };
     MediaEngine::start_relayed(cfg, Some(relay)).expect("engine starts")
+}
+
+/// Configures `call` between a phone speaking SRTP (AES_CM_128_HMAC_SHA1_80) on the client leg
+/// and a plain-RTP PBX on the PBX leg; returns `(phone, pbx, the phone's SRTP contexts)`.
+pub fn configure_srtp_call(ctl: &MediaControl, call: CallId) -> (Phone, Phone, SrtpPhone) {
+    let (phone, pbx) = (Phone::new(), Phone::new());
+    let sp = SrtpPhone::new(SrtpSuite::AesCm128HmacSha1_80);
+    ctl.configure_leg(call, LegSide::Client, leg_to(&phone, Some(sp.keys.clone())))
+        .unwrap();
+    ctl.configure_leg(call, LegSide::Pbx, leg_to(&pbx, None))
+        .unwrap();
+    (phone, pbx, sp)
 }
