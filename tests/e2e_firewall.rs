@@ -5,19 +5,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 mod common;
-use common::skip;
+use common::{skip, xccctl};
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("xcc-e2e-fw-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-fn xccctl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xccctl"))
-        .args(args)
-        .output()
-        .unwrap()
 }
 
 const NON_DEFAULT: &str = "[media]\nbind_address = \"0.0.0.0\"\nport_min = 41000\nport_max = 41999\n\

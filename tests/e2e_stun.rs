@@ -4,33 +4,14 @@
 
 mod common;
 
-use std::process::{Command, Output};
-
 use common::coturn::Coturn;
-use serde_json::Value;
+use common::{stdout_json, xccctl};
 
 const PORT: u16 = 23578;
 
 /// coturn on 127.0.0.1 and 127.0.0.2 (RFC 5780 needs two addresses).
 fn coturn() -> Option<Coturn> {
     Coturn::start(&["127.0.0.1", "127.0.0.2"], PORT)
-}
-
-fn xccctl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xccctl"))
-        .args(args)
-        .output()
-        .expect("run xccctl")
-}
-
-fn json(o: &Output) -> Value {
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}\nstderr: {}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        )
-    })
 }
 
 #[test]
@@ -41,7 +22,7 @@ fn stun_check_reports_the_mapped_address_and_rtt_from_coturn() {
     let server = format!("127.0.0.1:{PORT}");
     let out = xccctl(&["--json", "stun-check", &server, "--bind", "127.0.0.1"]);
     assert!(out.status.success(), "{out:?}");
-    let v = json(&out);
+    let v = stdout_json(&out);
     assert_eq!(v["ok"], true, "{v}");
     assert_eq!(v["public_ip"], "127.0.0.1", "{v}");
     assert_eq!(
@@ -64,7 +45,7 @@ fn stun_check_of_a_port_without_server_says_refused_and_fails() {
     let server = format!("127.0.0.1:{}", PORT + 10);
     let out = xccctl(&["--json", "stun-check", &server, "--bind", "127.0.0.1"]);
     assert!(!out.status.success(), "{out:?}");
-    let v = json(&out);
+    let v = stdout_json(&out);
     assert_eq!(v["ok"], false, "{v}");
     assert_eq!(v["error"], "refused", "{v}");
     assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
@@ -78,7 +59,7 @@ fn nat_type_against_coturn_on_loopback_finds_no_nat() {
     let server = format!("127.0.0.1:{PORT}");
     let out = xccctl(&["--json", "nat-type", &server, "--bind", "127.0.0.1"]);
     assert!(out.status.success(), "{out:?}");
-    let v = json(&out);
+    let v = stdout_json(&out);
     assert_eq!(v["mapping"], "NoNat", "{v}");
     assert!(
         v["public"]

@@ -7,10 +7,10 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::coturn::{Coturn, TurnOptions};
+use common::{stdout_json, xccctl};
 use serde_json::Value;
 
 const PORT: u16 = 23548;
@@ -33,23 +33,6 @@ fn coturn(turn: TurnOptions) -> Option<Coturn> {
 
 fn server() -> String {
     format!("127.0.0.1:{PORT}")
-}
-
-fn xccctl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xccctl"))
-        .args(args)
-        .output()
-        .expect("run xccctl")
-}
-
-fn json(o: &Output) -> Value {
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}\nstderr: {}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        )
-    })
 }
 
 /// An xcc.toml as an operator would write it, `[turn]` on coturn with the password in a file.
@@ -110,7 +93,7 @@ fn turn_check_over_udp_allocates_on_coturns_relay_range_from_the_configuration()
     let config = config.to_str().unwrap();
     let out = xccctl(&["--json", "turn-check", "--config", config]);
     assert!(out.status.success(), "{out:?}");
-    let v = json(&out);
+    let v = stdout_json(&out);
     assert_allocated(&v, "udp");
     assert_eq!(v["server"], server(), "{v}");
     assert!(
@@ -144,7 +127,7 @@ fn turn_check_over_tcp_allocates_and_releases() {
         config.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{out:?}");
-    assert_allocated(&json(&out), "tcp");
+    assert_allocated(&stdout_json(&out), "tcp");
 }
 
 #[test]
@@ -155,7 +138,7 @@ fn turn_check_with_a_wrong_password_says_the_credentials_were_refused() {
     let config = config_file("wrong", "not-the-secret");
     let out = xccctl(&["--json", "turn-check", "--config", config.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
-    let v = json(&out);
+    let v = stdout_json(&out);
     assert_eq!(v["ok"], false, "{v}");
     assert_eq!(v["error"], "credentials", "{v}");
     assert_eq!(v["code"], 401, "{v}");
@@ -200,7 +183,7 @@ fn turn_check_with_nothing_listening_says_refused_and_fails() {
     ];
     let out = xccctl(&[&["--json"], &base[..]].concat());
     assert_eq!(out.status.code(), Some(1), "{out:?}");
-    let v = json(&out);
+    let v = stdout_json(&out);
     assert_eq!(v["error"], "refused", "{v}");
     assert!(
         v["message"]
@@ -234,7 +217,7 @@ fn turn_check_of_a_silent_server_says_no_answer_after_the_failover_schedule() {
     ]);
     let took = start.elapsed();
     assert_eq!(out.status.code(), Some(1), "{out:?}");
-    let v = json(&out);
+    let v = stdout_json(&out);
     assert_eq!(v["error"], "no_answer", "{v}");
     assert_eq!(v["requests"], 4, "Retransmission::FAILOVER: {v}");
     assert!(
@@ -275,7 +258,7 @@ fn a_released_allocation_frees_the_users_quota_for_the_next_check() {
     let mut refused = 0;
     loop {
         let out = xccctl(&["--json", "turn-check", "--config", config]);
-        let v = json(&out);
+        let v = stdout_json(&out);
         if out.status.success() {
             assert_allocated(&v, "udp");
             eprintln!("quota free again after {refused} checks refused with 486");

@@ -495,7 +495,12 @@ fn stun_check(
     } else {
         println!("{}", report.describe());
     }
-    if report.is_ok() {
+    check_exit(report.is_ok())
+}
+
+/// A diagnostic's exit status: 0 when the check passed, 1 when it found a problem.
+fn check_exit(ok: bool) -> ExitCode {
+    if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -568,11 +573,7 @@ fn nat_type(
     } else {
         println!("{report}");
     }
-    if report.is_blocked() {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    }
+    check_exit(!report.is_blocked())
 }
 
 /// `xccctl turn-check`'s flags, each overriding its `[turn]` key (or `media.bind_address`).
@@ -663,11 +664,7 @@ fn turn_check(json_out: bool, flags: TurnFlags, path: &std::path::Path) -> ExitC
     } else {
         println!("{}", report.describe());
     }
-    if report.is_ok() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    check_exit(report.is_ok())
 }
 
 /// Polls `Status` until no call is left, printing the count when it changes. xccd going away (an

@@ -364,3 +364,22 @@ pub async fn clients(d: &Daemon) -> Clients {
         health: tonic_health::pb::health_client::HealthClient::new(ch),
     }
 }
+
+/// Runs xccctl (this build's binary) with `args` and returns what it did.
+pub fn xccctl(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_xccctl"))
+        .args(args)
+        .output()
+        .expect("run xccctl")
+}
+
+/// xccctl's `--json` output; fails the test with both streams when it is not JSON.
+pub fn stdout_json(o: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    })
+}
