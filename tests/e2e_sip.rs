@@ -1,7 +1,8 @@
 //! SIP through a real xccd, with SIPp as the controlling server and as the PBX, and a test-owned
 //! SDES-SRTP phone on the client leg. Ports 20000-21299 (each test owns 100 from its base);
 //! the burst tests 21400-21699 (ports named on each); the restart tests 21700-21999.
-//! benches/sip_setup.sh uses 21300-21399 and its media pool (see the script).
+//! benches/sip_setup.sh uses 21300-21399 and its media pool (see the script). The TURN test
+//! 22400-22599: its own 100 from 22400, coturn on 22500 (alternate 22501) relaying on 22510-22549.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,6 +12,7 @@ use tonic::transport::Channel;
 use xcc_grpc::pb;
 
 mod common;
+use common::coturn::{Coturn, TurnOptions};
 use common::phone::{self, Phone};
 use common::sipp::{self, Outcome, Sipp};
 use common::{Daemon, DaemonConfig};
@@ -158,12 +160,35 @@ impl Grpc {
         }
     }
 
-    /// Waits (bounded) until every media port is back in the pool and no call is left.
-    async fn ports_back(&mut self) -> pb::StatusResponse {
+    /// Waits (bounded) until `Status` says `n` TURN spares are allocated and ready.
+    async fn turn_ready(&mut self, n: u64, d: &Daemon) -> pb::StatusResponse {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             let s = self.status().await;
-            if s.ports_free == s.ports_total && s.calls == 0 {
+            if s.turn_ready == Some(n) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{n} TURN spares never ready: {s:?}\n{}",
+                d.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits (bounded) until every media port is back in the pool and no call is left.
+    async fn ports_back(&mut self) -> pb::StatusResponse {
+        self.ports_back_but(0).await
+    }
+
+    /// Waits (bounded) until no call is left and only `held` media ports are out of the pool
+    /// (TURN spares hold a pair each).
+    async fn ports_back_but(&mut self, held: u64) -> pb::StatusResponse {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let s = self.status().await;
+            if s.ports_free + held == s.ports_total && s.calls == 0 {
                 return s;
             }
             assert!(
@@ -283,6 +308,155 @@ async fn server_originated_call_relays_media_both_ways_and_bye_frees_ports() {
     ] {
         assert!(text.contains(line), "{line} missing:\n{text}");
     }
+}
+
+/// Waits (bounded) for the first response `status` SIPp `run` received with a body, in its
+/// message trace, and returns that body: what XCC sent, byte for byte as SIPp read it.
+fn received_sdp(run: &sipp::Running, status: &str) -> String {
+    let start = format!("SIP/2.0 {status}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = std::fs::read_to_string(run.dir.join("messages.log")).unwrap_or_default();
+        let body = text
+            .split("message received")
+            .skip(1)
+            .filter_map(|m| m.split_once("\n\n").map(|(_, msg)| msg.trim_start()))
+            .filter(|msg| msg.starts_with(&start))
+            .find_map(|msg| {
+                let (_, rest) = msg.split_once("\r\n\r\n").or(msg.split_once("\n\n"))?;
+                rest.contains("m=audio").then(|| {
+                    rest.split("-----------------------------------------------")
+                        .next()
+                        .unwrap_or(rest)
+                        .to_owned()
+                })
+            });
+        if let Some(body) = body {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "SIPp never traced a {start} with SDP in {}:\n{text}",
+            run.dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// With `[turn]`, a SIP call's client leg is relayed like a gRPC session's: the server (SIPp UAC)
+/// offers SRTP for the phone, XCC's 200 OK names two of coturn's relayed addresses (RTP in c=/m=,
+/// RTCP in `a=rtcp`) taken from its ready spares, the phone's SRTP reaches the PBX through coturn
+/// and the PBX's audio comes back from the relayed address; the server's BYE frees the ports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_call_with_turn_relays_the_client_leg_through_xccs_allocation() {
+    if !have_sipp() {
+        return;
+    }
+    const TURN_PORT: u16 = 22500;
+    const RELAY: (u16, u16) = (22510, 22549);
+    let Some(_coturn) = Coturn::start_turn(
+        &["127.0.0.1"],
+        TURN_PORT,
+        TurnOptions {
+            user: "xcc:secret",
+            realm: "xcc.test",
+            relay: RELAY,
+            user_quota: None,
+            loopback_peers: true,
+        },
+    ) else {
+        return;
+    };
+    let p = Ports { base: 22400 };
+    let d = Daemon::start_config(&sip_daemon(
+        "sip-turn",
+        p,
+        &format!(
+            "\n[turn]\nserver = \"127.0.0.1:{TURN_PORT}\"\nusername = \"xcc\"\n\
+             password = \"secret\"\nlifetime_secs = 600\nspares = 2\n"
+        ),
+    ));
+    let mut g = grpc(&d).await;
+    g.turn_ready(2, &d).await;
+
+    let dir = run_dir(&d);
+    let pbx = Sipp::new("pbx_uas.xml", p.pbx(), p.pbx_media(), p.pbx_cp())
+        .arg("-rtp_echo")
+        .spawn(&dir);
+    let phone = Phone::bind(p.phone());
+    let mut server = Sipp::new(
+        "server_uac.xml",
+        p.server(),
+        p.server_media(),
+        p.server_cp(),
+    )
+    .key("phone_port", phone.port())
+    .key("phone_key", phone::encode_key(&phone.key))
+    .arg("-d")
+    .arg("6000");
+    server.remote = Some(p.xcc_server());
+    let server = server.spawn(&dir);
+
+    let answer = received_sdp(&server, "200");
+    let relayed = |a: SocketAddr| {
+        a.ip() == std::net::Ipv4Addr::LOCALHOST && (RELAY.0..=RELAY.1).contains(&a.port())
+    };
+    let target = common::call::media_target(&answer);
+    assert!(
+        relayed(target),
+        "c=/m= must name coturn's relayed address (127.0.0.1:{RELAY:?}), not xccd's pool \
+         ({:?}): {target}\n{answer}",
+        p.pool()
+    );
+    let rtcp = common::call::rtcp_target(&answer)
+        .unwrap_or_else(|| panic!("no a=rtcp for the relayed RTCP allocation:\n{answer}"));
+    assert!(
+        relayed(rtcp) && rtcp != target,
+        "a=rtcp must name a second relayed address: {rtcp} (RTP {target})\n{answer}"
+    );
+    let (tag, xcc_key) = phone::crypto_of(&answer);
+    assert_eq!(tag, 1, "{answer}");
+    let session = g.active_session().await;
+    assert_eq!(
+        common::call::media_target(&session.sdp),
+        target,
+        "Sessions shows the relayed address too: {}",
+        session.sdp
+    );
+
+    let heard = tokio::task::spawn_blocking(move || {
+        phone.talk(target, &xcc_key, Duration::from_secs(5), |h| {
+            h.echoes >= 5 && h.far_audio >= 5
+        })
+    })
+    .await
+    .unwrap();
+    assert!(
+        heard.far_audio >= 5,
+        "the PBX's audio reaches the phone through coturn: {heard:?}\n{}",
+        d.log()
+    );
+    assert!(
+        heard.echoes >= 5,
+        "the phone's audio reaches the PBX through coturn (and its echo comes back): {heard:?}"
+    );
+    assert_eq!(heard.bad, 0, "{heard:?}");
+    assert_eq!(
+        heard.elsewhere, 0,
+        "everything the phone heard came from the relayed address {target}: {heard:?}"
+    );
+
+    let s = wait(server).await;
+    assert_clean("server", &s, 1);
+    let b = wait(pbx).await;
+    assert_clean("pbx", &b, 1);
+    // The call's ports are back; only the two spares' pairs are out (the one the call took has
+    // been replaced).
+    g.ports_back_but(2 * 2).await;
+    let after = g.turn_ready(2, &d).await;
+    assert_eq!(after.turn_failed_total, Some(0), "{after:?}");
+    assert_eq!(after.ports_used, 2 * 2, "{after:?}");
+    d.wait_log("SIP call ended", Duration::from_secs(5));
 }
 
 /// `GET /metrics` over a plain TCP connection (HTTP/1.0, bounded).
@@ -928,7 +1102,11 @@ async fn kill9_mid_sip_call_then_the_servers_bye_reaches_the_pbx() {
     // The server's BYE (after its pause) finds the restored dialog: relayed to the PBX.
     let s = wait(server).await;
     assert_clean("server", &s, 1);
-    assert!(!s.messages().contains("481"), "no 481:\n{}", s.messages());
+    assert!(
+        !s.messages().contains("SIP/2.0 481"),
+        "no 481:\n{}",
+        s.messages()
+    );
     let b = wait(pbx).await;
     assert_clean("pbx", &b, 1);
     let after = g.ports_back().await;
@@ -979,7 +1157,11 @@ async fn kill9_mid_sip_call_then_the_pbxs_bye_reaches_the_server() {
 
     let b = wait(pbx).await;
     assert_clean("pbx", &b, 1);
-    assert!(!b.messages().contains("481"), "no 481:\n{}", b.messages());
+    assert!(
+        !b.messages().contains("SIP/2.0 481"),
+        "no 481:\n{}",
+        b.messages()
+    );
     let s = wait(server).await;
     assert_clean("server", &s, 1);
     g.ports_back().await;

@@ -148,24 +148,13 @@ fn relayed_in(w: &World, answer: &str) -> Relayed {
          {answer}\n{}",
         logs(w)
     );
-    let rtcp_line = answer
-        .lines()
-        .find_map(|l| l.strip_prefix("a=rtcp:"))
-        .unwrap_or_else(|| {
-            panic!(
-                "no a=rtcp: the relayed RTCP address (its own allocation, not RTP + 1) must be \
-                 signalled. Answer:\n{answer}\n{}",
-                logs(w)
-            )
-        });
-    let fields: Vec<&str> = rtcp_line.split_whitespace().collect();
-    let rtcp = match fields.as_slice() {
-        [port, "IN", "IP4", ip] => SocketAddr::new(
-            ip.parse().expect("a=rtcp address"),
-            port.parse().expect("a=rtcp port"),
-        ),
-        _ => panic!("a=rtcp:{rtcp_line} names no address (PORT IN IP4 ADDR expected)"),
-    };
+    let rtcp = common::call::rtcp_target(answer).unwrap_or_else(|| {
+        panic!(
+            "no a=rtcp: the relayed RTCP address (its own allocation, not RTP + 1) must be \
+             signalled. Answer:\n{answer}\n{}",
+            logs(w)
+        )
+    });
     assert!(
         is_coturn_relay(rtcp) && rtcp != rtp,
         "a=rtcp must be coturn's relayed address of a second allocation, got {rtcp} (RTP {rtp}). \

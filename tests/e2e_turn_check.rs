@@ -25,6 +25,7 @@ const TURN: TurnOptions = TurnOptions {
     realm: "xcc.test",
     relay: RELAY,
     user_quota: None,
+    loopback_peers: false,
 };
 
 fn coturn(turn: TurnOptions) -> Option<Coturn> {

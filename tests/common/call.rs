@@ -173,6 +173,20 @@ pub fn media_target(sdp: &str) -> SocketAddr {
     SocketAddr::new(ip.expect("c= line"), port.expect("m=audio line"))
 }
 
+/// Where an SDP says its RTCP goes when it says so: `a=rtcp:PORT IN IP4 ADDR` (RFC 3605).
+/// `None` without an `a=rtcp` line; panics on one that names no address.
+pub fn rtcp_target(sdp: &str) -> Option<SocketAddr> {
+    let line = sdp.lines().find_map(|l| l.strip_prefix("a=rtcp:"))?;
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    match fields.as_slice() {
+        [port, "IN", "IP4" | "IP6", ip] => Some(SocketAddr::new(
+            ip.parse().expect("a=rtcp address"),
+            port.parse().expect("a=rtcp port"),
+        )),
+        _ => panic!("a=rtcp:{line} names no address (PORT IN IP4 ADDR expected)"),
+    }
+}
+
 /// The key+salt of the SDP's `a=crypto` line for [`SUITE`].
 pub fn crypto_key(sdp: &str) -> Vec<u8> {
     let inline = sdp

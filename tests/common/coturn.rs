@@ -23,6 +23,9 @@ pub struct TurnOptions {
     pub relay: (u16, u16),
     /// Allocations one user may hold at a time (`--user-quota`); `None`: no limit.
     pub user_quota: Option<u32>,
+    /// `--allow-loopback-peers`: relay to peers on 127.0.0.0/8 (coturn refuses them otherwise),
+    /// for tests whose phones live on loopback.
+    pub loopback_peers: bool,
 }
 
 /// A running coturn.
@@ -73,6 +76,9 @@ impl Coturn {
                     .args(["--max-port", &t.relay.1.to_string()]);
                 if let Some(quota) = t.user_quota {
                     cmd.args(["--user-quota", &quota.to_string()]);
+                }
+                if t.loopback_peers {
+                    cmd.arg("--allow-loopback-peers");
                 }
             }
         }

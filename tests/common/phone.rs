@@ -70,6 +70,9 @@ pub struct Heard {
     pub far_audio: u32,
     /// Packets that did not authenticate.
     pub bad: u32,
+    /// Media packets (authenticated or not) from an address other than the one the phone sends
+    /// to: XCC answers from where it is reached (symmetric RTP), so these are strays.
+    pub elsewhere: u32,
     /// XCC's hole-punching STUN probes, sent until the leg latches; a phone's RTP stack sets
     /// them aside (RFC 7983), and so does this one.
     pub stun: u32,
@@ -126,10 +129,13 @@ impl Phone {
             let srtp = tx.encrypt_rtp(&rtp_packet(seq, 0x5151, &payload)).unwrap();
             let _ = self.socket.send_to(&srtp, target);
             seq = seq.wrapping_add(1);
-            while let Ok((len, _)) = self.socket.recv_from(&mut buf) {
+            while let Ok((len, from)) = self.socket.recv_from(&mut buf) {
                 if xcc_core::nat::stun::is_stun(&buf[..len]) {
                     heard.stun += 1;
                     continue;
+                }
+                if from != target {
+                    heard.elsewhere += 1;
                 }
                 match rx.decrypt_rtp(&buf[..len]) {
                     Ok(plain) if plain.len() > 12 => {
