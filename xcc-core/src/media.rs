@@ -1109,11 +1109,7 @@ impl MediaControl {
         if sh.stopped.load(Ordering::Acquire) {
             return Err(crate::Error::Stopped);
         }
-        let opts = SocketOptions {
-            dscp: sh.dscp.load(Ordering::Relaxed),
-            buffer_bytes: sh.config.socket_buffer_bytes,
-        };
-        let ip = sh.config.bind_address;
+        let mut bind = sh.pair_binder();
         let now = Instant::now();
         let mut reg = sh.lock();
         if reg.calls.contains_key(&point.call) {
@@ -1138,9 +1134,8 @@ impl MediaControl {
                 return Err(fail(&mut reg, &taken, "not a free pair of the pool"));
             }
             taken.push(p.rtp);
-            let bound = bind_media_socket(SocketAddr::new(ip, p.rtp), opts)
-                .and_then(|a| bind_media_socket(SocketAddr::new(ip, p.rtcp), opts).map(|b| (a, b)));
-            match bound {
+            // The check above made `p.rtcp` = `p.rtp + 1`, the pair the binder binds.
+            match bind(p.rtp) {
                 Ok((a, b)) => {
                     sockets.push(a);
                     sockets.push(b);
