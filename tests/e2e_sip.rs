@@ -310,37 +310,53 @@ async fn server_originated_call_relays_media_both_ways_and_bye_frees_ports() {
     }
 }
 
-/// Waits (bounded) for the first response `status` SIPp `run` received with a body, in its
-/// message trace, and returns that body: what XCC sent, byte for byte as SIPp read it.
-fn received_sdp(run: &sipp::Running, status: &str) -> String {
-    let start = format!("SIP/2.0 {status}");
+/// Reads SIPp `run`'s `file` until `find` gets what it looks for (bounded by 15 s); fails naming
+/// `what` and the file's text.
+fn poll_sipp_file<T>(
+    run: &sipp::Running,
+    file: &str,
+    what: &str,
+    mut find: impl FnMut(&str) -> Option<T>,
+) -> T {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let text = std::fs::read_to_string(run.dir.join("messages.log")).unwrap_or_default();
-        let body = text
-            .split("message received")
-            .skip(1)
-            .filter_map(|m| m.split_once("\n\n").map(|(_, msg)| msg.trim_start()))
-            .filter(|msg| msg.starts_with(&start))
-            .find_map(|msg| {
-                let (_, rest) = msg.split_once("\r\n\r\n").or(msg.split_once("\n\n"))?;
-                rest.contains("m=audio").then(|| {
-                    rest.split("-----------------------------------------------")
-                        .next()
-                        .unwrap_or(rest)
-                        .to_owned()
-                })
-            });
-        if let Some(body) = body {
-            return body;
+        let text = std::fs::read_to_string(run.dir.join(file)).unwrap_or_default();
+        if let Some(found) = find(&text) {
+            return found;
         }
         assert!(
             Instant::now() < deadline,
-            "SIPp never traced a {start} with SDP in {}:\n{text}",
+            "SIPp never {what} in {}:\n{text}",
             run.dir.display()
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Waits (bounded) for the first response `status` SIPp `run` received with a body, in its
+/// message trace, and returns that body: what XCC sent, byte for byte as SIPp read it.
+fn received_sdp(run: &sipp::Running, status: &str) -> String {
+    let start = format!("SIP/2.0 {status}");
+    poll_sipp_file(
+        run,
+        "messages.log",
+        &format!("traced a {start} with SDP"),
+        |text| {
+            text.split("message received")
+                .skip(1)
+                .filter_map(|m| m.split_once("\n\n").map(|(_, msg)| msg.trim_start()))
+                .filter(|msg| msg.starts_with(&start))
+                .find_map(|msg| {
+                    let (_, rest) = msg.split_once("\r\n\r\n").or(msg.split_once("\n\n"))?;
+                    rest.contains("m=audio").then(|| {
+                        rest.split("-----------------------------------------------")
+                            .next()
+                            .unwrap_or(rest)
+                            .to_owned()
+                    })
+                })
+        },
+    )
 }
 
 /// With `[turn]`, a SIP call's client leg is relayed like a gRPC session's: the server (SIPp UAC)
@@ -475,26 +491,17 @@ fn scrape(addr: SocketAddr) -> String {
 /// Waits (bounded) for SIPp's `<log>` line `xcc_port=P xcc_key=K end` and returns XCC's media
 /// address (loopback) and key for the phone.
 fn logged_xcc_media(run: &sipp::Running) -> (SocketAddr, Vec<u8>) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let text = std::fs::read_to_string(run.dir.join("logs.log")).unwrap_or_default();
-        if let Some(line) = text.lines().find(|l| l.contains(" end")) {
-            let field = |name: &str| {
-                line.split_whitespace()
-                    .find_map(|w| w.strip_prefix(name))
-                    .unwrap_or_else(|| panic!("{name} in {line:?}"))
-                    .to_owned()
-            };
-            let port: u16 = field("xcc_port=").parse().unwrap();
-            return (addr(port), phone::decode_key(&field("xcc_key=")));
-        }
-        assert!(
-            Instant::now() < deadline,
-            "SIPp never logged XCC's offer in {}",
-            run.dir.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    poll_sipp_file(run, "logs.log", "logged XCC's offer", |text| {
+        let line = text.lines().find(|l| l.contains(" end"))?;
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .unwrap_or_else(|| panic!("{name} in {line:?}"))
+                .to_owned()
+        };
+        let port: u16 = field("xcc_port=").parse().unwrap();
+        Some((addr(port), phone::decode_key(&field("xcc_key="))))
+    })
 }
 
 /// The PBX (SIPp UAC) calls through XCC to the server (SIPp UAS), which answers XCC's SRTP offer
