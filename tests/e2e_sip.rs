@@ -5,7 +5,7 @@
 //! 22400-22599: its own 100 from 22400, coturn on 22500 (alternate 22501) relaying on 22510-22549.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use tonic::transport::Channel;
@@ -217,6 +217,27 @@ fn assert_clean(name: &str, o: &Outcome, calls: u64) {
     assert_eq!(o.stat("FailedCall(C)"), 0, "{name}\n{}", o.report());
 }
 
+/// A server-originated call: the PBX (SIPp UAS, echoing RTP) is up, then the server (SIPp UAC)
+/// sends XCC an INVITE whose SRTP offer points at the returned phone; the call lasts 6 s.
+fn server_call(p: Ports, dir: &Path) -> (sipp::Running, Phone, sipp::Running) {
+    let pbx = Sipp::new("pbx_uas.xml", p.pbx(), p.pbx_media(), p.pbx_cp())
+        .arg("-rtp_echo")
+        .spawn(dir);
+    let phone = Phone::bind(p.phone());
+    let mut server = Sipp::new(
+        "server_uac.xml",
+        p.server(),
+        p.server_media(),
+        p.server_cp(),
+    )
+    .key("phone_port", phone.port())
+    .key("phone_key", phone::encode_key(&phone.key))
+    .arg("-d")
+    .arg("6000");
+    server.remote = Some(p.xcc_server());
+    (pbx, phone, server.spawn(dir))
+}
+
 /// The server (SIPp UAC) calls through XCC to the PBX (SIPp UAS); the phone on the client leg
 /// talks SRTP, the PBX plays g711a.pcap and echoes what it gets; the server hangs up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -231,22 +252,7 @@ async fn server_originated_call_relays_media_both_ways_and_bye_frees_ports() {
     let d = Daemon::start_config(&cfg);
     let mut g = grpc(&d).await;
     let dir = run_dir(&d);
-    let pbx = Sipp::new("pbx_uas.xml", p.pbx(), p.pbx_media(), p.pbx_cp())
-        .arg("-rtp_echo")
-        .spawn(&dir);
-    let phone = Phone::bind(p.phone());
-    let mut server = Sipp::new(
-        "server_uac.xml",
-        p.server(),
-        p.server_media(),
-        p.server_cp(),
-    )
-    .key("phone_port", phone.port())
-    .key("phone_key", phone::encode_key(&phone.key))
-    .arg("-d")
-    .arg("6000");
-    server.remote = Some(p.xcc_server());
-    let server = server.spawn(&dir);
+    let (pbx, phone, server) = server_call(p, &dir);
 
     let session = g.active_session().await;
     assert_eq!(session.sdp_for, pb::Side::Client as i32, "{session:?}");
@@ -396,22 +402,7 @@ async fn server_call_with_turn_relays_the_client_leg_through_xccs_allocation() {
     g.turn_ready(2, &d).await;
 
     let dir = run_dir(&d);
-    let pbx = Sipp::new("pbx_uas.xml", p.pbx(), p.pbx_media(), p.pbx_cp())
-        .arg("-rtp_echo")
-        .spawn(&dir);
-    let phone = Phone::bind(p.phone());
-    let mut server = Sipp::new(
-        "server_uac.xml",
-        p.server(),
-        p.server_media(),
-        p.server_cp(),
-    )
-    .key("phone_port", phone.port())
-    .key("phone_key", phone::encode_key(&phone.key))
-    .arg("-d")
-    .arg("6000");
-    server.remote = Some(p.xcc_server());
-    let server = server.spawn(&dir);
+    let (pbx, phone, server) = server_call(p, &dir);
 
     let answer = received_sdp(&server, "200");
     let relayed = |a: SocketAddr| {
