@@ -217,6 +217,34 @@ fn assert_clean(name: &str, o: &Outcome, calls: u64) {
     assert_eq!(o.stat("FailedCall(C)"), 0, "{name}\n{}", o.report());
 }
 
+/// The phone talks SRTP to `target` for at most 5 s until it heard at least 5 packets of the
+/// PBX's own audio and 5 echoes of its own (so media crossed XCC both ways), none failing
+/// authentication; `context` (xccd's log, say) goes into the failure messages.
+async fn hear_audio_and_echo(
+    phone: Phone,
+    target: SocketAddr,
+    xcc_key: Vec<u8>,
+    context: &str,
+) -> phone::Heard {
+    let heard = tokio::task::spawn_blocking(move || {
+        phone.talk(target, &xcc_key, Duration::from_secs(5), |h| {
+            h.echoes >= 5 && h.far_audio >= 5
+        })
+    })
+    .await
+    .unwrap();
+    assert!(
+        heard.far_audio >= 5,
+        "the PBX's audio reaches the phone: {heard:?}\n{context}"
+    );
+    assert!(
+        heard.echoes >= 5,
+        "the phone's audio reaches the PBX (and its echo comes back): {heard:?}\n{context}"
+    );
+    assert_eq!(heard.bad, 0, "{heard:?}");
+    heard
+}
+
 /// A server-originated call: the PBX (SIPp UAS, echoing RTP) is up, then the server (SIPp UAC)
 /// sends XCC an INVITE whose SRTP offer points at the returned phone; the call lasts 6 s.
 fn server_call(p: Ports, dir: &Path) -> (sipp::Running, Phone, sipp::Running) {
@@ -266,22 +294,7 @@ async fn server_originated_call_relays_media_both_ways_and_bye_frees_ports() {
         "the SIP call is a call in ListCalls"
     );
 
-    let heard = tokio::task::spawn_blocking(move || {
-        phone.talk(target, &xcc_key, Duration::from_secs(5), |h| {
-            h.echoes >= 5 && h.far_audio >= 5
-        })
-    })
-    .await
-    .unwrap();
-    assert!(
-        heard.far_audio >= 5,
-        "the PBX's audio reaches the phone: {heard:?}"
-    );
-    assert!(
-        heard.echoes >= 5,
-        "the phone's audio reaches the PBX (and its echo comes back): {heard:?}"
-    );
-    assert_eq!(heard.bad, 0, "{heard:?}");
+    hear_audio_and_echo(phone, target, xcc_key, "").await;
 
     let s = wait(server).await;
     assert_clean("server", &s, 1);
@@ -431,23 +444,7 @@ async fn server_call_with_turn_relays_the_client_leg_through_xccs_allocation() {
         session.sdp
     );
 
-    let heard = tokio::task::spawn_blocking(move || {
-        phone.talk(target, &xcc_key, Duration::from_secs(5), |h| {
-            h.echoes >= 5 && h.far_audio >= 5
-        })
-    })
-    .await
-    .unwrap();
-    assert!(
-        heard.far_audio >= 5,
-        "the PBX's audio reaches the phone through coturn: {heard:?}\n{}",
-        d.log()
-    );
-    assert!(
-        heard.echoes >= 5,
-        "the phone's audio reaches the PBX through coturn (and its echo comes back): {heard:?}"
-    );
-    assert_eq!(heard.bad, 0, "{heard:?}");
+    let heard = hear_audio_and_echo(phone, target, xcc_key, &d.log()).await;
     assert_eq!(
         heard.elsewhere, 0,
         "everything the phone heard came from the relayed address {target}: {heard:?}"
@@ -526,16 +523,7 @@ async fn pbx_originated_call_gets_srtp_offer_media_flows_and_pbx_bye_ends_both()
     let (target, xcc_key) = logged_xcc_media(&server);
     let session = g.active_session().await;
     assert_eq!(session.offer_from, pb::Side::Pbx as i32, "{session:?}");
-    let heard = tokio::task::spawn_blocking(move || {
-        phone.talk(target, &xcc_key, Duration::from_secs(5), |h| {
-            h.echoes >= 5 && h.far_audio >= 5
-        })
-    })
-    .await
-    .unwrap();
-    assert!(heard.far_audio >= 5, "PBX audio at the phone: {heard:?}");
-    assert!(heard.echoes >= 5, "phone audio at the PBX: {heard:?}");
-    assert_eq!(heard.bad, 0, "{heard:?}");
+    hear_audio_and_echo(phone, target, xcc_key, "").await;
 
     let b = wait(pbx).await;
     assert_clean("pbx", &b, 1);
