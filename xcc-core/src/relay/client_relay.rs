@@ -80,6 +80,11 @@ impl ClientRelay {
         self.turn[0].server()
     }
 
+    /// The relayed addresses of both allocations, once the server granted both.
+    pub(crate) fn granted(&self) -> Option<(SocketAddr, SocketAddr)> {
+        Some((self.turn[0].relayed()?, self.turn[1].relayed()?))
+    }
+
     /// Records the relayed addresses once the spare's allocations are granted.
     pub(crate) fn set_relayed(&mut self, relayed: RelayedPorts) {
         self.relayed = relayed;

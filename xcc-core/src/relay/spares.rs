@@ -67,8 +67,6 @@ struct Spare {
     sockets: [UdpSocket; 2],
     /// One client and link per socket.
     relay: ClientRelay,
-    /// Relayed address per socket, once granted.
-    relayed: [Option<SocketAddr>; 2],
     /// XCC's address as the server saw it.
     mapped: Option<SocketAddr>,
     /// Why it failed, once it did.
@@ -76,8 +74,16 @@ struct Spare {
 }
 
 impl Spare {
+    /// The relayed RTP and RTCP addresses once both allocations are granted and nothing failed.
+    fn ready(&self) -> Option<(SocketAddr, SocketAddr)> {
+        self.failed
+            .is_none()
+            .then(|| self.relay.granted())
+            .flatten()
+    }
+
     fn is_ready(&self) -> bool {
-        self.relayed.iter().all(Option::is_some) && self.failed.is_none()
+        self.ready().is_some()
     }
 }
 
@@ -191,7 +197,12 @@ impl SparePool {
     pub(crate) fn take(&self) -> crate::Result<ReadySpare> {
         let sh = &self.shared;
         let mut st = sh.lock();
-        let Some(i) = st.spares.iter().position(Spare::is_ready) else {
+        let ready = st
+            .spares
+            .iter()
+            .enumerate()
+            .find_map(|(i, s)| s.ready().map(|addresses| (i, addresses)));
+        let Some((i, (rtp, rtcp))) = ready else {
             let reason = st
                 .last_error
                 .clone()
@@ -205,10 +216,9 @@ impl SparePool {
         drop(st);
         deregister(sh, &mut spare);
         let _ = sh.waker.wake();
-        // `is_ready` checked both addresses.
         let relayed = RelayedPorts {
-            rtp: spare.relayed[0].unwrap_or(sh.config.server),
-            rtcp: spare.relayed[1].unwrap_or(sh.config.server),
+            rtp,
+            rtcp,
             mapped: spare.mapped,
         };
         spare.relay.set_relayed(relayed);
@@ -396,7 +406,6 @@ fn refill(sh: &Shared, st: &mut State, now: Instant) {
             rtp_port,
             sockets,
             relay: ClientRelay::new(turn, links, placeholder(sh.config.server)),
-            relayed: [None, None],
             mapped: None,
             failed: None,
         };
@@ -427,7 +436,8 @@ fn turn_config(relay: &RelayConfig) -> TurnConfig {
 fn drive(sh: &Shared, st: &mut State, now: Instant, rng: &mut impl rand::RngCore) {
     let mut newly_ready = 0;
     for spare in &mut st.spares {
-        let was_ready = spare.is_ready();
+        // Readiness is counted when the last of the two Allocated events is read.
+        let mut granted_now = false;
         spare.relay.handle_timeout(now, rng);
         spare.relay.pump([&spare.sockets[0], &spare.sockets[1]]);
         for k in 0..2 {
@@ -446,11 +456,9 @@ fn drive(sh: &Shared, st: &mut State, now: Instant, rng: &mut impl rand::RngCore
             };
             while let Some(event) = turn.poll_event() {
                 match event {
-                    TurnEvent::Allocated {
-                        relayed, mapped, ..
-                    } => {
-                        spare.relayed[k] = Some(relayed);
+                    TurnEvent::Allocated { mapped, .. } => {
                         spare.mapped = spare.mapped.or(mapped);
+                        granted_now = true;
                     }
                     TurnEvent::Failed { operation, code } => {
                         spare.failed.get_or_insert_with(|| match code {
@@ -464,14 +472,9 @@ fn drive(sh: &Shared, st: &mut State, now: Instant, rng: &mut impl rand::RngCore
                 }
             }
         }
-        if !was_ready && spare.is_ready() {
+        if let (true, Some((relayed_rtp, relayed_rtcp))) = (granted_now, spare.ready()) {
             newly_ready += 1;
-            tracing::debug!(
-                rtp = spare.rtp_port,
-                relayed_rtp = ?spare.relayed[0],
-                relayed_rtcp = ?spare.relayed[1],
-                "TURN spare ready"
-            );
+            tracing::debug!(rtp = spare.rtp_port, %relayed_rtp, %relayed_rtcp, "TURN spare ready");
         }
     }
     if newly_ready > 0 {
