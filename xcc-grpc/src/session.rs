@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use xcc_core::ids::{CallId, LegSide};
@@ -150,6 +151,9 @@ pub struct SessionTable {
     /// Suites XCC offers to clients, best first.
     client_suites: Vec<SrtpSuite>,
     table: Mutex<Table>,
+    /// Bumped under the lock by every mutation: the call store re-reads sessions only when it
+    /// moved, instead of exporting every session every round ([`SessionTable::changes`]).
+    changes: AtomicU64,
 }
 
 /// A session's state as the call store keeps it, so that Update, Answer and Delete keep working
@@ -303,6 +307,7 @@ impl SessionTable {
             advertised: RwLock::new(advertised),
             client_suites,
             table: Mutex::new(Table::default()),
+            changes: AtomicU64::new(0),
         }
     }
 
@@ -334,11 +339,26 @@ impl SessionTable {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// The lock for a mutation: counts it in `changes` while holding the lock, so a reader that
+    /// sees the new count and then locks sees the mutation too.
+    fn lock_mut(&self) -> MutexGuard<'_, Table> {
+        let table = self.lock();
+        self.changes.fetch_add(1, Ordering::AcqRel);
+        table
+    }
+
+    /// How many mutations the table has seen (a create, update, answer, delete, ... may not have
+    /// changed anything, but nothing changes without moving this). The call store compares it
+    /// with the value of its last round to skip exporting every session when none changed.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
+    }
+
     /// Creates a session from an initial offer by `from`, or returns the cached result of an earlier
     /// request carrying the same `key`.
     pub fn create(&self, key: &str, from: LegSide, sdp: &str) -> Result<(SessionView, Outcome)> {
         check_key(key)?;
-        let mut table = self.lock();
+        let mut table = self.lock_mut();
         if let Some(call) = table.by_key.get(key) {
             // by_key and sessions are updated together under this lock.
             let session = table.sessions.get(call).ok_or(Error::NotFound {
@@ -398,7 +418,7 @@ impl SessionTable {
 
     /// A re-offer from `from` on an existing session.
     pub fn update(&self, call: CallId, from: LegSide, sdp: &str) -> Result<(SessionView, Outcome)> {
-        let mut table = self.lock();
+        let mut table = self.lock_mut();
         let session = table.sessions.get_mut(&call).ok_or(Error::NotFound {
             field: "session_id",
             call,
@@ -421,7 +441,7 @@ impl SessionTable {
 
     /// The answer to the pending offer, from the side it was sent to.
     pub fn answer(&self, call: CallId, sdp: &str) -> Result<(SessionView, Outcome)> {
-        let mut table = self.lock();
+        let mut table = self.lock_mut();
         let session = table.sessions.get_mut(&call).ok_or(Error::NotFound {
             field: "session_id",
             call,
@@ -528,7 +548,7 @@ impl SessionTable {
     /// keeps what the re-offer configured on it; the answering leg is untouched. An initial
     /// offer cannot be abandoned (the session is deleted instead): returns false then.
     pub fn abandon_offer(&self, call: CallId) -> bool {
-        let mut table = self.lock();
+        let mut table = self.lock_mut();
         let Some(session) = table.sessions.get_mut(&call) else {
             return false;
         };
@@ -542,7 +562,7 @@ impl SessionTable {
 
     /// Releases the session's media and forgets it.
     pub fn delete(&self, call: CallId) -> Result<()> {
-        let mut table = self.lock();
+        let mut table = self.lock_mut();
         let session = table.sessions.remove(&call).ok_or(Error::NotFound {
             field: "session_id",
             call,
@@ -556,7 +576,7 @@ impl SessionTable {
 
     /// Forgets a session whose media already ended (timeout, hang-up through Calls).
     pub fn forget(&self, call: CallId) {
-        let mut table = self.lock();
+        let mut table = self.lock_mut();
         if let Some(session) = table.sessions.remove(&call) {
             table.by_key.remove(&session.view.idempotency_key);
         }
@@ -572,7 +592,7 @@ impl SessionTable {
     pub fn restore(&self, stored: StoredSession) -> Result<()> {
         let session = Session::from_stored(stored)?;
         let call = session.view.call;
-        let mut table = self.lock();
+        let mut table = self.lock_mut();
         table
             .by_key
             .insert(session.view.idempotency_key.clone(), call);
@@ -1083,6 +1103,41 @@ mod tests {
         assert!(!t.abandon_offer(v.call), "nothing pending any more");
         t.update(v.call, LegSide::Client, &client_offer(5004, "sendrecv"))
             .expect("the next re-offer is accepted");
+    }
+
+    /// The call store skips exporting sessions while `changes` stands still: every mutation
+    /// must move it (a missed one would leave a stale record on disk), reads must not.
+    #[test]
+    fn every_mutation_moves_the_change_count_and_reads_do_not() {
+        let media = Recorder::with_capacity(8);
+        let t = table(media.clone());
+        let mut last = t.changes();
+        let mut moved = |t: &SessionTable, what: &str| {
+            let now = t.changes();
+            assert!(now > last, "{what} did not move the change count");
+            last = now;
+        };
+        let (v, _) = t
+            .create("k", LegSide::Client, &client_offer(5004, "sendrecv"))
+            .unwrap();
+        moved(&t, "create");
+        t.answer(v.call, &pbx_sdp(6000)).unwrap();
+        moved(&t, "answer");
+        t.update(v.call, LegSide::Client, &client_offer(5004, "sendonly"))
+            .unwrap();
+        moved(&t, "update");
+        assert!(t.abandon_offer(v.call));
+        moved(&t, "abandon_offer");
+        let before_reads = t.changes();
+        let stored = t.export(v.call).unwrap();
+        let _ = (t.get(v.call).unwrap(), t.list());
+        assert_eq!(t.changes(), before_reads, "reads moved the change count");
+        t.delete(v.call).unwrap();
+        moved(&t, "delete");
+        t.restore(stored).unwrap();
+        moved(&t, "restore");
+        t.forget(v.call);
+        moved(&t, "forget");
     }
 
     #[test]
