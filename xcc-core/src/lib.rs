@@ -16,6 +16,7 @@ pub mod media;
 pub mod nat;
 pub mod ports;
 pub mod quality;
+pub mod recv_batch;
 pub mod relay;
 pub mod rtp;
 pub mod sdes;

@@ -1,12 +1,14 @@
 //! One worker thread: a mio loop over the sockets of the calls it owns.
 //!
-//! The loop reads the clock once per wake-up and hands `now` to the sans-IO [`Call`]. Per packet it
-//! does one `recv_from`, the call's decision and one `send_to`, in a receive buffer allocated once:
-//! no lock, no allocation, no log line.
+//! The loop reads the clock once per wake-up and hands `now` to the sans-IO [`Call`]. A ready
+//! socket is read with one `recvmmsg` per [`BATCH`] datagrams (a short batch means it is empty:
+//! no second call to learn that), then per packet the call's decision and one `send_to`, in
+//! receive buffers allocated once: no lock, no allocation, no log line.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -21,6 +23,7 @@ use crate::nat::ice::MAX_RESPONSE_LEN;
 use crate::nat::stun::is_stun;
 use crate::nat::turn::SEND_OVERHEAD;
 use crate::quality::{MonitorConfig, QualityEvent, VoipEvent};
+use crate::recv_batch::{BATCH, RecvBatch};
 use crate::relay::call::{Call, CallTimers};
 use crate::relay::client_relay::{ClientRelay, RelayNotice, Unwrapped};
 use crate::relay::published::Published;
@@ -41,6 +44,8 @@ const MAX_DATAGRAM: usize = 2048;
 const BUF_LEN: usize = MAX_DATAGRAM + 64;
 /// Packets read from one socket before others get a turn; the rest waits in the backlog.
 const BURST: usize = 64;
+/// `recvmmsg` calls per socket per turn.
+const BURST_BATCHES: usize = BURST / BATCH;
 /// Room for one hole-punching probe (the puncher needs at least 128 bytes).
 const PUNCH_BUF_LEN: usize = 640;
 
@@ -110,8 +115,9 @@ struct Worker {
     backlog: Vec<Token>,
     /// Backlog being processed (swapped with `backlog`, both keep their capacity).
     backlog_now: Vec<Token>,
-    /// The receive buffer, allocated once.
-    buf: Box<[u8]>,
+    /// The receive buffers, allocated once; datagram `b` of a batch is handled in buffer `b`
+    /// (TURN TCP frames in buffer 0).
+    rx: RecvBatch,
     /// ICE-lite responses are written here (the request stays in `buf`).
     stun_out: [u8; MAX_RESPONSE_LEN],
     /// Hole-punching probes are written here (an ICE check with USERNAME of two 256-byte ufrags
@@ -138,7 +144,7 @@ pub(crate) fn run(setup: WorkerSetup) {
         by_id: HashMap::new(),
         backlog: Vec::with_capacity(1024),
         backlog_now: Vec::with_capacity(1024),
-        buf: vec![0u8; BUF_LEN].into_boxed_slice(),
+        rx: RecvBatch::new(MAX_DATAGRAM, BUF_LEN),
         stun_out: [0u8; MAX_RESPONSE_LEN],
         punch_out: [0u8; PUNCH_BUF_LEN],
         relay_out: vec![0u8; BUF_LEN + SEND_OVERHEAD].into_boxed_slice(),
@@ -199,17 +205,25 @@ impl Worker {
         if sock_i >= 4 {
             return self.drain_stream(token, slot_i, sock_i - 4, now);
         }
-        for _ in 0..BURST {
-            let Some(Some(slot)) = self.slots.get_mut(slot_i) else {
+        for _ in 0..BURST_BATCHES {
+            let Some(Some(slot)) = self.slots.get(slot_i) else {
                 return; // a call that ended earlier in this batch
             };
-            let (len, from) = match slot.sockets[sock_i].recv_from(&mut self.buf[..MAX_DATAGRAM]) {
-                Ok(r) => r,
+            let n = match self.rx.recv(slot.sockets[sock_i].as_raw_fd()) {
+                Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 // A pending socket error (e.g. ICMP) is consumed by this call: read on.
                 Err(_) => continue,
             };
-            self.handle_datagram(slot_i, sock_i, from, false, len, now);
+            for b in 0..n {
+                // Only IPv4 and IPv6 sources reach a UDP socket bound to an IP address.
+                if let (len, Some(from)) = self.rx.meta(b) {
+                    self.handle_datagram(slot_i, sock_i, from, false, b, len, now);
+                }
+            }
+            if n < BATCH {
+                return; // the queue was empty when recvmmsg returned: readiness is re-armed
+            }
         }
         // Burst used up: come back to this socket before sleeping (edge-triggered readiness).
         self.backlog.push(token);
@@ -229,7 +243,7 @@ impl Worker {
                 return;
             };
             link.flush();
-            let len = match link.next_frame(&mut self.buf[..MAX_DATAGRAM]) {
+            let len = match link.next_frame(&mut self.rx.buf_mut(0)[..MAX_DATAGRAM]) {
                 Some(len) => len,
                 None => match link.fill() {
                     Fill::Data => continue,
@@ -245,25 +259,29 @@ impl Worker {
                     }
                 },
             };
-            self.handle_datagram(slot_i, k, server, true, len, now);
+            self.handle_datagram(slot_i, k, server, true, 0, len, now);
         }
         self.backlog.push(token);
     }
 
-    /// One datagram in `self.buf[..len]`, received on socket `sock_i` of slot `slot_i` from
-    /// `from` (or a frame of that client socket's TURN TCP link when `from_stream`).
+    /// One datagram in the first `len` bytes of receive buffer `b`, received on socket `sock_i`
+    /// of slot `slot_i` from `from` (or a frame of that client socket's TURN TCP link when
+    /// `from_stream`).
+    #[allow(clippy::too_many_arguments)]
     fn handle_datagram(
         &mut self,
         slot_i: usize,
         sock_i: usize,
         mut from: SocketAddr,
         from_stream: bool,
+        b: usize,
         mut len: usize,
         now: Instant,
     ) {
         let Some(Some(slot)) = self.slots.get_mut(slot_i) else {
             return;
         };
+        let buf = self.rx.buf_mut(b);
         let side = if sock_i < 2 {
             LegSide::Client
         } else {
@@ -276,15 +294,7 @@ impl Worker {
         };
         // A relayed client leg hears its peer only through the TURN server.
         if let Some(relay) = slot.relay.as_deref_mut().filter(|_| sock_i < 2) {
-            match relay.unwrap(
-                now,
-                sock_i,
-                from,
-                from_stream,
-                &mut self.buf,
-                len,
-                &mut self.rng,
-            ) {
+            match relay.unwrap(now, sock_i, from, from_stream, buf, len, &mut self.rng) {
                 Unwrapped::Media { peer, len: n } => (from, len) = (peer, n),
                 Unwrapped::Control => {
                     // The next queued request (a permission after a refresh, ...) goes out now,
@@ -300,10 +310,10 @@ impl Worker {
             }
         }
         // RFC 7983 demux: STUN on a leg port is an ICE check (or a stray), never media.
-        if is_stun(&self.buf[..len]) {
+        if is_stun(&buf[..len]) {
             let reply =
                 slot.call
-                    .handle_stun(now, side, port, from, &self.buf[..len], &mut self.stun_out);
+                    .handle_stun(now, side, port, from, &buf[..len], &mut self.stun_out);
             if let Some(n) = reply.send {
                 let _ = send_via(
                     &slot.sockets,
@@ -324,9 +334,7 @@ impl Worker {
             }
             return;
         }
-        let step = slot
-            .call
-            .handle_receive(now, side, port, from, &mut self.buf, len);
+        let step = slot.call.handle_receive(now, side, port, from, buf, len);
         if let Some(addr) = step.latched {
             // Latching happens once per peer (and per proven move): not a per-packet cost.
             relay_latched(slot, sock_i, addr, now);
@@ -341,7 +349,7 @@ impl Worker {
                 &slot.sockets,
                 slot.relay.as_deref_mut(),
                 socket_index(to, out.from),
-                &self.buf[..out.len],
+                &buf[..out.len],
                 out.to,
                 &mut self.relay_out,
             );
