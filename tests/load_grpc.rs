@@ -59,7 +59,15 @@ fn assert_clean_media(r: &Value, calls: u64) {
     for q in ["p50", "p99", "p999", "max"] {
         let v = media["latency_us"][q].as_f64().unwrap();
         assert!(v > 0.0, "latency {q} must be positive: {r:#}");
+        assert!(
+            media["receive_delay_us"][q].is_number(),
+            "receive delay {q} measured from kernel stamps: {r:#}"
+        );
     }
+    assert_eq!(
+        media["arrival_fallbacks"], 0,
+        "every phone socket asks for kernel receive stamps: {r:#}"
+    );
     let per_call = r["calls"].as_array().unwrap();
     assert_eq!(per_call.len() as u64, calls);
     for c in per_call {

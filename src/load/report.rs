@@ -111,8 +111,17 @@ pub struct MediaSummary {
     pub auth_failures: u64,
     /// Sends the load generator's kernel refused (not relay loss).
     pub send_errors: u64,
-    /// One-way latency through the relay, µs.
+    /// One-way latency through the relay, µs: the send stamp to the kernel's receive stamp on the
+    /// phone's socket (the relay's time plus loopback), so the load generator's own queueing is
+    /// left out (it is `receive_delay_us`). Packets counted in `arrival_fallbacks` end at the
+    /// user-space read instead.
     pub latency_us: Quantiles,
+    /// The kernel's receive stamp to the user-space read, µs: how long datagrams waited in the
+    /// phones' receive buffers for the load generator. `None` when no datagram was stamped.
+    pub receive_delay_us: Option<Quantiles>,
+    /// Media datagrams without a kernel receive stamp, whose latency and jitter are measured to
+    /// the user-space read (so they include the load generator's queueing).
+    pub arrival_fallbacks: u64,
     /// RFC 3550 interarrival jitter at the end of each stream, ms.
     pub jitter_ms: JitterSummary,
     /// How late the sender was against the pacing schedule, µs.
@@ -235,6 +244,9 @@ pub fn summarize(
         auth_failures: media.auth_failures,
         send_errors: media.send_errors,
         latency_us: Quantiles::of(&media.latency, 1e3),
+        receive_delay_us: (media.receive_delay.count() > 0)
+            .then(|| Quantiles::of(&media.receive_delay, 1e3)),
+        arrival_fallbacks: media.arrival_fallbacks,
         jitter_ms: JitterSummary {
             mean: 0.0,
             max: 0.0,
@@ -324,9 +336,28 @@ pub fn table(r: &RunReport) -> String {
     let l = &m.latency_us;
     let _ = writeln!(
         out,
-        "  latency µs       p50 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
+        "  latency µs       p50 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}    (send to kernel arrival)",
         l.p50, l.p99, l.p999, l.max
     );
+    match &m.receive_delay_us {
+        Some(d) => {
+            let _ = writeln!(
+                out,
+                "  receive delay µs p50 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}    (kernel arrival to read: the generator's queueing)",
+                d.p50, d.p99, d.p999, d.max
+            );
+        }
+        None => {
+            let _ = writeln!(out, "  receive delay µs ? (no kernel receive stamps)");
+        }
+    }
+    if m.arrival_fallbacks > 0 {
+        let _ = writeln!(
+            out,
+            "  WARNING {} packets had no kernel receive stamp: their latency ends at the read",
+            m.arrival_fallbacks
+        );
+    }
     let _ = writeln!(
         out,
         "  jitter ms        mean {:.3}  max {:.3}    send lag µs p99 {:.1} max {:.1}",
