@@ -157,6 +157,19 @@ fn grpc_run_with_bare_reference_reports_cpu_ratio() {
         r["cpu_ratio_to_reference"].is_number(),
         "ratio stated: {r:#}"
     );
+    for q in ["p50", "p99", "p999"] {
+        let added = r["added_latency_us"][q].as_f64().unwrap();
+        let own = r["media"]["latency_us"][q].as_f64().unwrap();
+        let bare = reference["media"]["latency_us"][q].as_f64().unwrap();
+        assert!(
+            (added - (own - bare)).abs() < 1e-6,
+            "added {q} is xccd's minus the forwarder's: {r:#}"
+        );
+    }
+    assert!(
+        reference["added_latency_us"].is_null(),
+        "the reference has no reference of its own"
+    );
 }
 
 #[test]
@@ -345,6 +358,11 @@ fn sweep_runs_every_step_and_reports_capacity_fields() {
         assert_eq!(s["established"], s["calls"], "{s}");
         assert_eq!(s["loss_pct"], 0.0, "{s}");
         assert!(s["relay_cores_per_1000_calls"].is_number(), "{s}");
+        assert!(s["receive_delay_p99_us"].is_number(), "{s}");
+        assert!(
+            s["added_latency_p99_us"].is_null(),
+            "no --bare-ports, no added latency: {s}"
+        );
     }
     assert!(r.get("capacity").is_some() && r["load_limited"].is_boolean());
 }
@@ -388,4 +406,8 @@ fn repeated_runs_report_the_spread_of_the_cpu_ratio() {
         spread["max"].as_f64().unwrap(),
     );
     assert!(min <= median && median <= max, "{r:#}");
+    assert_eq!(
+        r["added_latency_p99_us"]["samples"], 2,
+        "added p99 latency over both runs: {r:#}"
+    );
 }

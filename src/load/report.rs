@@ -35,6 +35,8 @@ pub struct RunReport {
     pub reference: Option<Box<RunReport>>,
     /// Relay CPU per 1000 calls divided by the reference's.
     pub cpu_ratio_to_reference: Option<f64>,
+    /// The relay's latency minus the reference's (issue 7's target is on added latency).
+    pub added_latency_us: Option<AddedLatency>,
     /// xccd's own per-leg counters for the run's calls, read after the media phase (grpc only).
     pub relay_counters: Option<super::sessions::RelayCounters>,
     /// SIP signalling outcome (sip mode only).
@@ -80,6 +82,31 @@ impl Quantiles {
             p999: h.quantile(0.999) as f64 / unit_ns,
             max: h.max() as f64 / unit_ns,
             mean: h.mean() as f64 / unit_ns,
+        }
+    }
+}
+
+/// The relay's latency quantiles minus the bare forwarder's from the same invocation, µs. Signed:
+/// negative when xccd was faster at that quantile (the shared machine's noise, or bucket
+/// precision: each quantile is its bucket's upper bound, ~1.6 %). Both sides are send stamp to
+/// kernel arrival, so the difference is xccd's own work and queueing over a bare UDP relay.
+#[derive(Debug, Serialize, Clone, Copy, PartialEq)]
+pub struct AddedLatency {
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+}
+
+impl AddedLatency {
+    /// `relay - reference` per quantile.
+    pub fn between(relay: &Quantiles, reference: &Quantiles) -> Self {
+        Self {
+            p50: relay.p50 - reference.p50,
+            p99: relay.p99 - reference.p99,
+            p999: relay.p999 - reference.p999,
         }
     }
 }
@@ -419,5 +446,40 @@ pub fn table(r: &RunReport) -> String {
         }
         None => {}
     }
+    if let Some(a) = &r.added_latency_us {
+        let _ = writeln!(
+            out,
+            "added latency over the bare forwarder µs: p50 {:+.1}  p99 {:+.1}  p99.9 {:+.1}",
+            a.p50, a.p99, a.p999
+        );
+    }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(p50: f64, p99: f64, p999: f64) -> Quantiles {
+        Quantiles {
+            p50,
+            p99,
+            p999,
+            max: p999,
+            mean: p50,
+        }
+    }
+
+    #[test]
+    fn added_latency_is_the_signed_difference_per_quantile() {
+        let a = AddedLatency::between(&q(120.0, 900.0, 2_000.0), &q(100.0, 950.0, 1_500.0));
+        assert_eq!(
+            a,
+            AddedLatency {
+                p50: 20.0,
+                p99: -50.0,
+                p999: 500.0
+            }
+        );
+    }
 }
