@@ -59,7 +59,15 @@ fn assert_clean_media(r: &Value, calls: u64) {
     for q in ["p50", "p99", "p999", "max"] {
         let v = media["latency_us"][q].as_f64().unwrap();
         assert!(v > 0.0, "latency {q} must be positive: {r:#}");
+        assert!(
+            media["receive_delay_us"][q].is_number(),
+            "receive delay {q} measured from kernel stamps: {r:#}"
+        );
     }
+    assert_eq!(
+        media["arrival_fallbacks"], 0,
+        "every phone socket asks for kernel receive stamps: {r:#}"
+    );
     let per_call = r["calls"].as_array().unwrap();
     assert_eq!(per_call.len() as u64, calls);
     for c in per_call {
@@ -148,6 +156,19 @@ fn grpc_run_with_bare_reference_reports_cpu_ratio() {
     assert!(
         r["cpu_ratio_to_reference"].is_number(),
         "ratio stated: {r:#}"
+    );
+    for q in ["p50", "p99", "p999"] {
+        let added = r["added_latency_us"][q].as_f64().unwrap();
+        let own = r["media"]["latency_us"][q].as_f64().unwrap();
+        let bare = reference["media"]["latency_us"][q].as_f64().unwrap();
+        assert!(
+            (added - (own - bare)).abs() < 1e-6,
+            "added {q} is xccd's minus the forwarder's: {r:#}"
+        );
+    }
+    assert!(
+        reference["added_latency_us"].is_null(),
+        "the reference has no reference of its own"
     );
 }
 
@@ -337,6 +358,11 @@ fn sweep_runs_every_step_and_reports_capacity_fields() {
         assert_eq!(s["established"], s["calls"], "{s}");
         assert_eq!(s["loss_pct"], 0.0, "{s}");
         assert!(s["relay_cores_per_1000_calls"].is_number(), "{s}");
+        assert!(s["receive_delay_p99_us"].is_number(), "{s}");
+        assert!(
+            s["added_latency_p99_us"].is_null(),
+            "no --bare-ports, no added latency: {s}"
+        );
     }
     assert!(r.get("capacity").is_some() && r["load_limited"].is_boolean());
 }
@@ -380,4 +406,8 @@ fn repeated_runs_report_the_spread_of_the_cpu_ratio() {
         spread["max"].as_f64().unwrap(),
     );
     assert!(min <= median && median <= max, "{r:#}");
+    assert_eq!(
+        r["added_latency_p99_us"]["samples"], 2,
+        "added p99 latency over both runs: {r:#}"
+    );
 }

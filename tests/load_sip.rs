@@ -80,6 +80,10 @@ fn sip_calls_through_xccd_carry_srtp_and_rtp_and_end_with_bye_both_ways() {
     assert_eq!(media["streams_without_packets"], 0, "{r:#}");
     assert!(media["packets_sent"].as_u64().unwrap() >= 3 * 2 * 50);
     assert_eq!(media["packets_received"], media["packets_sent"]);
+    assert_eq!(
+        media["arrival_fallbacks"], 0,
+        "SIP mode's phones ask for kernel receive stamps too: {r:#}"
+    );
     assert!(
         r["setup_ms"]["max"].as_f64().unwrap() > 0.0,
         "INVITE -> 200 measured: {r:#}"

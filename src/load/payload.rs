@@ -38,7 +38,8 @@ pub struct Stamp {
     pub direction: Direction,
     /// Packet index within the stream (0-based, no wrap within a bounded run).
     pub index: u32,
-    /// Monotonic nanoseconds since the run's start when the packet was sent.
+    /// When the packet was sent: CLOCK_REALTIME ns since the run's start (`phones::RunClock`, the
+    /// clock the kernel stamps arrivals with).
     pub sent_ns: u64,
 }
 

@@ -56,7 +56,13 @@ impl PhoneBinder {
             let port = self.next as u16; // <= last, a u16.
             self.next += 1;
             match UdpSocket::bind((IpAddr::from([127, 0, 0, 1]), port)) {
-                Ok(s) => return Ok(s),
+                Ok(s) => {
+                    // Now, long before media: the kernel switches stamping on through deferred
+                    // work the first time any socket asks, and a datagram queued before that is
+                    // stamped only when read.
+                    enable_rx_timestamps(&s).map_err(LoadError::io("enable receive timestamps"))?;
+                    return Ok(s);
+                }
                 Err(e) if e.kind() == ErrorKind::AddrInUse => continue,
                 Err(e) => return Err(LoadError::io("bind phone")(e)),
             }
@@ -90,6 +96,86 @@ pub struct CallMedia {
     pub client_rx: Option<SrtpContext>,
 }
 
+/// The run's measurement clock: CLOCK_REALTIME nanoseconds since the run's start.
+///
+/// Realtime, not monotonic, because the kernel stamps received datagrams with CLOCK_REALTIME
+/// (`SO_TIMESTAMPNS`): send stamps, kernel arrivals and user-space arrivals must all be read on
+/// the clock the kernel uses, or latency would carry the offset between two clocks. Pacing and
+/// deadlines stay on `Instant` (they compare no stamps). A step of the realtime clock during a run
+/// (not a slew: NTP slews both clocks alike) would distort that run's latency.
+#[derive(Debug, Clone, Copy)]
+pub struct RunClock {
+    /// CLOCK_REALTIME at the run's start, ns since the Unix epoch.
+    epoch_ns: u64,
+}
+
+impl RunClock {
+    /// A clock whose zero is now.
+    pub fn start() -> Self {
+        Self {
+            epoch_ns: realtime_ns(),
+        }
+    }
+
+    /// Nanoseconds since the run's start.
+    pub fn now_ns(&self) -> u64 {
+        self.since_start(realtime_ns())
+    }
+
+    /// A CLOCK_REALTIME reading (ns since the Unix epoch, as the kernel stamps) on this clock.
+    pub fn since_start(&self, realtime_ns: u64) -> u64 {
+        realtime_ns.saturating_sub(self.epoch_ns)
+    }
+}
+
+/// CLOCK_REALTIME, ns since the Unix epoch (0 if the clock reads before it).
+fn realtime_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_REALTIME always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &raw mut ts) };
+    timespec_ns(&ts).unwrap_or(0)
+}
+
+/// A non-negative timespec as ns; `None` for negative or malformed values.
+fn timespec_ns(ts: &libc::timespec) -> Option<u64> {
+    let sec = u64::try_from(ts.tv_sec).ok()?;
+    let nsec = u64::try_from(ts.tv_nsec)
+        .ok()
+        .filter(|&n| n < 1_000_000_000)?;
+    sec.checked_mul(1_000_000_000)?.checked_add(nsec)
+}
+
+/// Asks the kernel to stamp each datagram queued on `socket` with its software receive time,
+/// read back from `recvmmsg`'s control messages ([`Batch::kernel_time_ns`]). Latency then ends
+/// when the datagram reached the phone, not when a receiver thread that waited for a CPU read it.
+///
+/// `SO_TIMESTAMPNS` rather than `SO_TIMESTAMPING` with `SOF_TIMESTAMPING_RX_SOFTWARE |
+/// SOF_TIMESTAMPING_SOFTWARE`: both deliver the same software stamp (`skb->tstamp`, CLOCK_REALTIME,
+/// taken when loopback hands the datagram to the receive path); `SO_TIMESTAMPNS` needs no flags and
+/// yields one `timespec`, where `SO_TIMESTAMPING`'s three-slot `scm_timestamping` exists for
+/// hardware stamps that loopback does not have.
+pub fn enable_rx_timestamps(socket: &impl AsRawFd) -> std::io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: the option value is a c_int that lives across the call, its size is passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&raw const on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Counters both loops update for the live progress line.
 #[derive(Debug, Default)]
 struct Progress {
@@ -113,8 +199,15 @@ pub struct StreamOutcome {
 pub struct MediaOutcome {
     /// Streams `2i` (to PBX) and `2i + 1` (to client) of every call.
     pub streams: Vec<StreamOutcome>,
-    /// One-way latency of every packet received.
+    /// One-way latency of every packet received: send stamp to the kernel's receive stamp on the
+    /// phone's socket (the relay plus loopback), or to the user-space read for `arrival_fallbacks`.
     pub latency: Histogram,
+    /// Kernel receive stamp to the user-space read, per media datagram that had a stamp: the
+    /// load generator's own queueing (receiver threads waiting for a CPU or busy elsewhere).
+    pub receive_delay: Histogram,
+    /// Media datagrams without a kernel receive stamp (control messages truncated, or none),
+    /// measured on the user-space arrival time instead.
+    pub arrival_fallbacks: u64,
     /// How late the sender was against each packet's due time.
     pub send_lag: Histogram,
     /// Sends the kernel refused (socket buffer full): a load-generator limit, not relay loss.
@@ -266,6 +359,7 @@ pub fn play(
         .flat_map(|c| [c.client_target, c.pbx_target])
         .collect();
     let epoch = Instant::now();
+    let clock = RunClock::start();
     let start = epoch + Duration::from_millis(20);
     let n = senders.len();
     let mut rx_threads = Vec::with_capacity(shards);
@@ -274,7 +368,7 @@ pub fn play(
         rx_threads.push(
             std::thread::Builder::new()
                 .name(format!("load-rx{shard}"))
-                .spawn(move || receive(poll, calls, packets, epoch, &rx_progress))
+                .spawn(move || receive(poll, calls, packets, epoch, clock, &rx_progress))
                 .map_err(LoadError::io("spawn receiver"))?,
         );
     }
@@ -282,7 +376,16 @@ pub fn play(
     let quantum = options.quantum;
     let sender = std::thread::Builder::new()
         .name("load-tx".into())
-        .spawn(move || send(senders, packets, epoch, start, quantum, &tx_progress))
+        .spawn(move || {
+            send(
+                senders,
+                packets,
+                (epoch, clock),
+                start,
+                quantum,
+                &tx_progress,
+            )
+        })
         .map_err(LoadError::io("spawn sender"))?;
 
     let live = std::io::stderr().is_terminal();
@@ -311,7 +414,8 @@ pub fn play(
     let mut streams: Vec<StreamStats> = Vec::new();
     streams.resize_with(n * 2, || StreamStats::new(0));
     let mut latency = Histogram::new();
-    let (mut foreign, mut auth_failures) = (0, 0);
+    let mut receive_delay = Histogram::new();
+    let (mut foreign, mut auth_failures, mut arrival_fallbacks) = (0, 0, 0);
     let mut open_sockets = Vec::with_capacity(shards);
     let mut receiver_cpu_wait: Option<Duration> = None;
     for t in rx_threads {
@@ -323,6 +427,8 @@ pub fn play(
             streams[2 * index + 1] = to_client;
         }
         latency.merge(&rx.latency);
+        receive_delay.merge(&rx.receive_delay);
+        arrival_fallbacks += rx.arrival_fallbacks;
         foreign += rx.foreign;
         auth_failures += rx.auth_failures;
         open_sockets.push(rx.sockets);
@@ -348,6 +454,8 @@ pub fn play(
     Ok(MediaOutcome {
         streams,
         latency,
+        receive_delay,
+        arrival_fallbacks,
         send_lag: tx.lag,
         send_errors: tx.errors,
         foreign,
@@ -363,6 +471,9 @@ pub fn play(
 
 fn register(poll: &Poll, socket: &UdpSocket, token: Token) -> Result<MioSocket, LoadError> {
     let clone = socket.try_clone().map_err(LoadError::io("clone socket"))?;
+    // Already on since `PhoneBinder::bind` for our phones; again here so that every socket read
+    // is stamped whoever bound it (idempotent).
+    enable_rx_timestamps(&clone).map_err(LoadError::io("enable receive timestamps"))?;
     // Shared with the sender's handle: its sends become non-blocking too, and a full socket
     // buffer shows up as a counted send error instead of stalling every other call.
     clone
@@ -391,10 +502,11 @@ struct TxOutcome {
     elapsed: Duration,
 }
 
+/// `epoch` paces (monotonic), `clock` stamps (the receivers' clock).
 fn send(
     mut calls: Vec<TxCall>,
     packets: u32,
-    epoch: Instant,
+    (epoch, clock): (Instant, RunClock),
     start: Instant,
     quantum: Duration,
     progress: &Progress,
@@ -425,7 +537,7 @@ fn send(
                 call: i as u32,
                 direction: dir,
                 index: k32,
-                sent_ns: (Instant::now() - epoch).as_nanos() as u64,
+                sent_ns: clock.now_ns(),
             };
             // Cannot fail: `buf` is PACKET_LEN + SRTP_ROOM bytes, so its first PACKET_LEN exist.
             let pkt: &mut [u8; PACKET_LEN] = (&mut buf[..PACKET_LEN])
@@ -493,17 +605,39 @@ struct RxOutcome {
     /// (call index, [to PBX, to client]) for the shard's calls.
     streams: Vec<(usize, [StreamStats; 2])>,
     latency: Histogram,
+    receive_delay: Histogram,
+    arrival_fallbacks: u64,
     foreign: u64,
     auth_failures: u64,
     /// The shard's sockets, kept open until the drop counters are read.
     sockets: Vec<RxCall>,
 }
 
-/// Receive buffers and addresses for one `recvmmsg` call; reused for every call.
+/// Control-message room per datagram: one `SCM_TIMESTAMPNS` takes `CMSG_SPACE(16)` = 32 bytes
+/// on 64-bit Linux; the rest is headroom, so an unexpected extra message does not truncate it.
+const CMSG_ROOM: usize = 64;
+
+/// One datagram's control-message buffer, aligned for `cmsghdr` as `CMSG_FIRSTHDR` assumes
+/// (a plain `[u8; N]` may sit at any address).
+#[derive(Clone, Copy)]
+#[repr(C, align(8))]
+struct CmsgBuf([u8; CMSG_ROOM]);
+
+const _: () = assert!(std::mem::align_of::<libc::cmsghdr>() <= std::mem::align_of::<CmsgBuf>());
+// SAFETY: CMSG_SPACE is arithmetic on its argument.
+const _: () = assert!(
+    unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::timespec>() as libc::c_uint) } as usize
+        <= CMSG_ROOM
+);
+
+/// Receive buffers, addresses and control messages for one `recvmmsg` call; reused for every
+/// call.
 struct Batch {
     bufs: Box<[[u8; RX_BUF]; BATCH]>,
     addrs: [libc::sockaddr_storage; BATCH],
     iovs: [libc::iovec; BATCH],
+    /// Where the kernel writes each datagram's receive timestamp.
+    cmsgs: [CmsgBuf; BATCH],
     hdrs: [libc::mmsghdr; BATCH],
 }
 
@@ -517,6 +651,7 @@ impl Batch {
                 bufs: Box::new([[0; RX_BUF]; BATCH]),
                 addrs: std::mem::zeroed(),
                 iovs: std::mem::zeroed(),
+                cmsgs: [CmsgBuf([0; CMSG_ROOM]); BATCH],
                 hdrs: std::mem::zeroed(),
             }
         }
@@ -536,14 +671,15 @@ impl Batch {
             hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             hdr.msg_iov = &raw mut self.iovs[i];
             hdr.msg_iovlen = 1;
-            hdr.msg_control = std::ptr::null_mut();
-            hdr.msg_controllen = 0;
+            // The kernel shrinks msg_controllen to what it wrote: reset it every call.
+            hdr.msg_control = self.cmsgs[i].0.as_mut_ptr().cast();
+            hdr.msg_controllen = CMSG_ROOM as _;
             hdr.msg_flags = 0;
             self.hdrs[i].msg_len = 0;
         }
-        // SAFETY: every header points at a live buffer of RX_BUF bytes and a sockaddr_storage of
-        // the size given, all owned by `self` and not moved during the call; vlen = BATCH is the
-        // array's length.
+        // SAFETY: every header points at a live buffer of RX_BUF bytes, a sockaddr_storage and a
+        // control buffer of the sizes given, all owned by `self` and not moved during the call;
+        // vlen = BATCH is the array's length.
         let n = unsafe {
             libc::recvmmsg(
                 fd,
@@ -564,6 +700,36 @@ impl Batch {
         let len = (self.hdrs[i].msg_len as usize).min(RX_BUF);
         let from = sockaddr_to_std(&self.addrs[i], self.hdrs[i].msg_hdr.msg_namelen);
         (&mut self.bufs[i], len, from)
+    }
+
+    /// The kernel's receive timestamp of datagram `i` of the last `recv` (CLOCK_REALTIME, ns
+    /// since the Unix epoch); `None` when the socket does not ask for one
+    /// ([`enable_rx_timestamps`]) or the control messages were truncated (`MSG_CTRUNC`).
+    fn kernel_time_ns(&self, i: usize) -> Option<u64> {
+        let hdr = &self.hdrs.get(i)?.msg_hdr;
+        if hdr.msg_flags & libc::MSG_CTRUNC != 0 || hdr.msg_controllen > CMSG_ROOM {
+            return None;
+        }
+        let want = std::mem::size_of::<libc::timespec>();
+        // SAFETY: `hdr` describes `self.cmsgs[i]`, and msg_controllen (checked above) is at most
+        // its size; CMSG_FIRSTHDR/CMSG_NXTHDR only return headers that lie inside that length,
+        // and a header's data is read only when its cmsg_len says it holds a timespec. The read
+        // is unaligned because CMSG_DATA promises no alignment for the payload type.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(hdr);
+            // Bounded: each step advances by at least one aligned cmsghdr within CMSG_ROOM.
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_SOCKET
+                    && (*c).cmsg_type == libc::SCM_TIMESTAMPNS
+                    && (*c).cmsg_len as usize >= libc::CMSG_LEN(want as libc::c_uint) as usize
+                {
+                    let ts = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::timespec>());
+                    return timespec_ns(&ts);
+                }
+                c = libc::CMSG_NXTHDR(hdr, c);
+            }
+        }
+        None
     }
 }
 
@@ -592,9 +758,20 @@ fn sockaddr_to_std(sa: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<
     }
 }
 
+/// When a datagram arrived, on the run's clock.
+#[derive(Debug, Clone, Copy)]
+struct Arrival {
+    /// The kernel's receive stamp; `None` when the datagram carried none.
+    kernel_ns: Option<u64>,
+    /// When `recvmmsg` returned it to user space.
+    user_ns: u64,
+}
+
 /// What one receiver counts, apart from the per-stream statistics.
 struct RxCounters<'a> {
     latency: &'a mut Histogram,
+    receive_delay: &'a mut Histogram,
+    arrival_fallbacks: &'a mut u64,
     foreign: &'a mut u64,
     auth_failures: &'a mut u64,
     progress: &'a Progress,
@@ -605,6 +782,7 @@ fn receive(
     mut calls: Vec<RxCall>,
     packets: u32,
     epoch: Instant,
+    clock: RunClock,
     progress: &Progress,
 ) -> RxOutcome {
     let wait_before = super::cpu::thread_runqueue_wait();
@@ -612,7 +790,8 @@ fn receive(
         .map(|_| [StreamStats::new(packets), StreamStats::new(packets)])
         .collect();
     let mut latency = Histogram::new();
-    let (mut foreign, mut auth_failures) = (0u64, 0u64);
+    let mut receive_delay = Histogram::new();
+    let (mut foreign, mut auth_failures, mut arrival_fallbacks) = (0u64, 0u64, 0u64);
     let mut events = Events::with_capacity(1024);
     let mut batch = Batch::new();
     // Bound even if the sender stalls: twice the media time plus slack.
@@ -638,11 +817,13 @@ fn receive(
             let to_pbx = token % 2 == 0;
             let mut counters = RxCounters {
                 latency: &mut latency,
+                receive_delay: &mut receive_delay,
+                arrival_fallbacks: &mut arrival_fallbacks,
                 foreign: &mut foreign,
                 auth_failures: &mut auth_failures,
                 progress,
             };
-            drain(call, to_pbx, stats, &mut batch, epoch, &mut counters);
+            drain(call, to_pbx, stats, &mut batch, clock, &mut counters);
         }
     }
     RxOutcome {
@@ -651,6 +832,8 @@ fn receive(
             .map(|(a, b)| b.saturating_sub(a)),
         streams: calls.iter().map(|c| c.index).zip(streams).collect(),
         latency,
+        receive_delay,
+        arrival_fallbacks,
         foreign,
         auth_failures,
         sockets: calls,
@@ -664,7 +847,7 @@ fn drain(
     to_pbx: bool,
     stats: &mut [StreamStats; 2],
     batch: &mut Batch,
-    epoch: Instant,
+    clock: RunClock,
     c: &mut RxCounters<'_>,
 ) {
     let mut errors = 0;
@@ -679,8 +862,12 @@ fn drain(
             }
             Err(_) => return,
         };
-        let arrival = (Instant::now() - epoch).as_nanos() as u64;
+        let user_ns = clock.now_ns();
         for i in 0..n {
+            let arrival = Arrival {
+                kernel_ns: batch.kernel_time_ns(i).map(|t| clock.since_start(t)),
+                user_ns,
+            };
             let (buf, len, from) = batch.datagram(i);
             accept(call, to_pbx, stats, buf, len, from, arrival, c);
         }
@@ -699,7 +886,7 @@ fn accept(
     buf: &mut [u8],
     len: usize,
     from: Option<SocketAddr>,
-    arrival: u64,
+    arrival: Arrival,
     c: &mut RxCounters<'_>,
 ) {
     let expected_from = if to_pbx {
@@ -738,6 +925,17 @@ fn accept(
     match payload::read_payload(&buf[hdr.header_len.min(len)..len]) {
         Some(Payload::Probe) => {}
         Some(Payload::Media(s)) if s.call as usize == call.index && s.direction == want => {
+            // Latency and jitter end at the kernel's stamp; without one, at the read.
+            let arrival = match arrival.kernel_ns {
+                Some(k) => {
+                    c.receive_delay.record(arrival.user_ns.saturating_sub(k));
+                    k
+                }
+                None => {
+                    *c.arrival_fallbacks += 1;
+                    arrival.user_ns
+                }
+            };
             stats[usize::from(!to_pbx)].record(
                 s.index,
                 hdr.timestamp,
@@ -777,6 +975,183 @@ mod tests {
         assert!(
             small.bind_pairs(2).is_err(),
             "range exhausted is an error, not a wrap"
+        );
+    }
+
+    /// A PBX phone (to_pbx stream of call 0) receiving from a "relay" socket, both on 127.0.0.1.
+    fn pbx_phone(timestamps: bool) -> (UdpSocket, RxCall) {
+        let relay = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let pbx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        if timestamps {
+            enable_rx_timestamps(&pbx).unwrap();
+        }
+        let relay_addr = relay.local_addr().unwrap();
+        relay.connect(pbx.local_addr().unwrap()).unwrap();
+        if timestamps {
+            wait_for_stamping(&relay, &pbx);
+        }
+        let call = RxCall {
+            index: 0,
+            pbx: MioSocket::from_std(pbx),
+            client: MioSocket::from_std(client),
+            client_source: relay_addr,
+            pbx_source: relay_addr,
+            srtp: None,
+        };
+        (relay, call)
+    }
+
+    /// Waits (bounded) until the kernel stamps datagrams when they are queued, not when read:
+    /// the first socket to ask switches stamping on through deferred work, and until then the
+    /// stamp is the read time.
+    fn wait_for_stamping(relay: &UdpSocket, phone: &UdpSocket) {
+        let mut batch = Batch::new();
+        for _ in 0..100 {
+            relay.send(b"warm-up").unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+            let n = batch.recv(phone.as_raw_fd()).unwrap();
+            let read = realtime_ns();
+            if (0..n).any(|i| {
+                batch
+                    .kernel_time_ns(i)
+                    .is_some_and(|t| read.saturating_sub(t) >= 2_000_000)
+            }) {
+                return;
+            }
+        }
+        panic!("the kernel never stamped a datagram when it was queued");
+    }
+
+    /// Sends `n` media packets of call 0 towards the PBX phone, stamped on `clock`.
+    fn send_media(relay: &UdpSocket, clock: RunClock, n: u32) {
+        let mut buf = [0u8; PACKET_LEN];
+        for k in 0..n {
+            let stamp = Stamp {
+                call: 0,
+                direction: Direction::ToPbx,
+                index: k,
+                sent_ns: clock.now_ns(),
+            };
+            payload::write_packet(&mut buf, k as u16, k * TS_PER_PACKET, 1, &stamp);
+            relay.send(&buf).unwrap();
+        }
+    }
+
+    /// What `drain` counted for `n` packets: (latency, receive delay, fallbacks, received).
+    fn drain_all(call: &mut RxCall, clock: RunClock, n: u32) -> (Histogram, Histogram, u64, u64) {
+        let mut stats = [StreamStats::new(n), StreamStats::new(n)];
+        let (mut latency, mut receive_delay) = (Histogram::new(), Histogram::new());
+        let (mut foreign, mut auth_failures, mut fallbacks) = (0, 0, 0);
+        let progress = Progress::default();
+        let mut batch = Batch::new();
+        // Loopback delivers within sendto; the retries only absorb scheduling, bounded.
+        for _ in 0..200 {
+            let mut c = RxCounters {
+                latency: &mut latency,
+                receive_delay: &mut receive_delay,
+                arrival_fallbacks: &mut fallbacks,
+                foreign: &mut foreign,
+                auth_failures: &mut auth_failures,
+                progress: &progress,
+            };
+            drain(call, true, &mut stats, &mut batch, clock, &mut c);
+            if stats[0].received() >= u64::from(n) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(foreign, 0, "every datagram is ours");
+        let received = stats[0].received();
+        (latency, receive_delay, fallbacks, received)
+    }
+
+    #[test]
+    fn kernel_stamps_each_datagram_between_send_and_read() {
+        let (relay, call) = pbx_phone(true);
+        let before = realtime_ns();
+        send_media(&relay, RunClock::start(), 3);
+        let mut batch = Batch::new();
+        let mut got = 0;
+        // More than the 3 datagrams' worth of tries, bounded.
+        for _ in 0..200 {
+            match batch.recv(call.pbx.as_raw_fd()) {
+                Ok(n) => {
+                    let after = realtime_ns();
+                    for i in 0..n {
+                        let t = batch.kernel_time_ns(i).expect("kernel receive stamp");
+                        // Stamped when loopback queued it (or, at the latest, when it was read).
+                        assert!(before <= t && t <= after, "{before} <= {t} <= {after}");
+                    }
+                    got += n;
+                }
+                Err(e) => assert_eq!(e.kind(), ErrorKind::WouldBlock),
+            }
+            if got >= 3 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(got, 3);
+    }
+
+    #[test]
+    fn stamped_arrivals_measure_latency_and_receive_delay_without_fallback() {
+        let (relay, mut call) = pbx_phone(true);
+        let clock = RunClock::start();
+        send_media(&relay, clock, 5);
+        // Read late on purpose: the queueing shows as receive delay, not as latency.
+        std::thread::sleep(Duration::from_millis(30));
+        let (latency, delay, fallbacks, received) = drain_all(&mut call, clock, 5);
+        assert_eq!((received, fallbacks), (5, 0));
+        assert_eq!(delay.count(), 5);
+        assert!(
+            delay.quantile(0.5) >= 25_000_000,
+            "receive delay {} ns covers the 30 ms sleep",
+            delay.quantile(0.5)
+        );
+        assert!(
+            latency.max() < 25_000_000,
+            "latency {} ns ends at the kernel's stamp, before the sleep",
+            latency.max()
+        );
+    }
+
+    #[test]
+    fn unstamped_arrivals_fall_back_to_the_read_time_and_are_counted() {
+        let (relay, mut call) = pbx_phone(false);
+        let clock = RunClock::start();
+        send_media(&relay, clock, 4);
+        std::thread::sleep(Duration::from_millis(30));
+        let (latency, delay, fallbacks, received) = drain_all(&mut call, clock, 4);
+        assert_eq!((received, fallbacks), (4, 4));
+        assert_eq!(delay.count(), 0, "no stamp, no receive delay");
+        assert!(
+            latency.quantile(0.5) >= 25_000_000,
+            "latency {} ns ends at the read, after the sleep",
+            latency.quantile(0.5)
+        );
+    }
+
+    #[test]
+    fn run_clock_counts_from_its_start() {
+        let clock = RunClock::start();
+        let t = clock.now_ns();
+        assert!(t < 1_000_000_000, "{t} ns since start");
+        assert_eq!(clock.since_start(0), 0, "before the start saturates");
+        assert_eq!(
+            timespec_ns(&libc::timespec {
+                tv_sec: 2,
+                tv_nsec: 5
+            }),
+            Some(2_000_000_005)
+        );
+        assert_eq!(
+            timespec_ns(&libc::timespec {
+                tv_sec: -1,
+                tv_nsec: 0
+            }),
+            None
         );
     }
 }

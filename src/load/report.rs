@@ -35,6 +35,8 @@ pub struct RunReport {
     pub reference: Option<Box<RunReport>>,
     /// Relay CPU per 1000 calls divided by the reference's.
     pub cpu_ratio_to_reference: Option<f64>,
+    /// The relay's latency minus the reference's (issue 7's target is on added latency).
+    pub added_latency_us: Option<AddedLatency>,
     /// xccd's own per-leg counters for the run's calls, read after the media phase (grpc only).
     pub relay_counters: Option<super::sessions::RelayCounters>,
     /// SIP signalling outcome (sip mode only).
@@ -84,6 +86,31 @@ impl Quantiles {
     }
 }
 
+/// The relay's latency quantiles minus the bare forwarder's from the same invocation, µs. Signed:
+/// negative when xccd was faster at that quantile (the shared machine's noise, or bucket
+/// precision: each quantile is its bucket's upper bound, ~1.6 %). Both sides are send stamp to
+/// kernel arrival, so the difference is xccd's own work and queueing over a bare UDP relay.
+#[derive(Debug, Serialize, Clone, Copy, PartialEq)]
+pub struct AddedLatency {
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+}
+
+impl AddedLatency {
+    /// `relay - reference` per quantile.
+    pub fn between(relay: &Quantiles, reference: &Quantiles) -> Self {
+        Self {
+            p50: relay.p50 - reference.p50,
+            p99: relay.p99 - reference.p99,
+            p999: relay.p999 - reference.p999,
+        }
+    }
+}
+
 /// Media totals.
 #[derive(Debug, Serialize)]
 pub struct MediaSummary {
@@ -111,8 +138,17 @@ pub struct MediaSummary {
     pub auth_failures: u64,
     /// Sends the load generator's kernel refused (not relay loss).
     pub send_errors: u64,
-    /// One-way latency through the relay, µs.
+    /// One-way latency through the relay, µs: the send stamp to the kernel's receive stamp on the
+    /// phone's socket (the relay's time plus loopback), so the load generator's own queueing is
+    /// left out (it is `receive_delay_us`). Packets counted in `arrival_fallbacks` end at the
+    /// user-space read instead.
     pub latency_us: Quantiles,
+    /// The kernel's receive stamp to the user-space read, µs: how long datagrams waited in the
+    /// phones' receive buffers for the load generator. `None` when no datagram was stamped.
+    pub receive_delay_us: Option<Quantiles>,
+    /// Media datagrams without a kernel receive stamp, whose latency and jitter are measured to
+    /// the user-space read (so they include the load generator's queueing).
+    pub arrival_fallbacks: u64,
     /// RFC 3550 interarrival jitter at the end of each stream, ms.
     pub jitter_ms: JitterSummary,
     /// How late the sender was against the pacing schedule, µs.
@@ -235,6 +271,9 @@ pub fn summarize(
         auth_failures: media.auth_failures,
         send_errors: media.send_errors,
         latency_us: Quantiles::of(&media.latency, 1e3),
+        receive_delay_us: (media.receive_delay.count() > 0)
+            .then(|| Quantiles::of(&media.receive_delay, 1e3)),
+        arrival_fallbacks: media.arrival_fallbacks,
         jitter_ms: JitterSummary {
             mean: 0.0,
             max: 0.0,
@@ -324,9 +363,28 @@ pub fn table(r: &RunReport) -> String {
     let l = &m.latency_us;
     let _ = writeln!(
         out,
-        "  latency µs       p50 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
+        "  latency µs       p50 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}    (send to kernel arrival)",
         l.p50, l.p99, l.p999, l.max
     );
+    match &m.receive_delay_us {
+        Some(d) => {
+            let _ = writeln!(
+                out,
+                "  receive delay µs p50 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}    (kernel arrival to read: the generator's queueing)",
+                d.p50, d.p99, d.p999, d.max
+            );
+        }
+        None => {
+            let _ = writeln!(out, "  receive delay µs ? (no kernel receive stamps)");
+        }
+    }
+    if m.arrival_fallbacks > 0 {
+        let _ = writeln!(
+            out,
+            "  WARNING {} packets had no kernel receive stamp: their latency ends at the read",
+            m.arrival_fallbacks
+        );
+    }
     let _ = writeln!(
         out,
         "  jitter ms        mean {:.3}  max {:.3}    send lag µs p99 {:.1} max {:.1}",
@@ -388,5 +446,40 @@ pub fn table(r: &RunReport) -> String {
         }
         None => {}
     }
+    if let Some(a) = &r.added_latency_us {
+        let _ = writeln!(
+            out,
+            "added latency over the bare forwarder µs: p50 {:+.1}  p99 {:+.1}  p99.9 {:+.1}",
+            a.p50, a.p99, a.p999
+        );
+    }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(p50: f64, p99: f64, p999: f64) -> Quantiles {
+        Quantiles {
+            p50,
+            p99,
+            p999,
+            max: p999,
+            mean: p50,
+        }
+    }
+
+    #[test]
+    fn added_latency_is_the_signed_difference_per_quantile() {
+        let a = AddedLatency::between(&q(120.0, 900.0, 2_000.0), &q(100.0, 950.0, 1_500.0));
+        assert_eq!(
+            a,
+            AddedLatency {
+                p50: 20.0,
+                p99: -50.0,
+                p999: 500.0
+            }
+        );
+    }
 }
