@@ -487,7 +487,11 @@ pub fn spawn_writer(
     };
     std::thread::Builder::new()
         .name("xcc-store".into())
-        .spawn(move || w.run(inbox.0))
+        .spawn(move || {
+            // Record writes (an fsync each) wait for the media workers, never the reverse.
+            xcc_core::priority::lower_current_thread();
+            w.run(inbox.0)
+        })
 }
 
 /// Releases taken from the inbox whose deletions are not yet durable: confirmed together after

@@ -404,3 +404,48 @@ async fn a_stored_call_whose_port_is_taken_is_dropped_cleanly() {
     assert_eq!(err.code(), tonic::Code::NotFound);
     drop(squatter);
 }
+
+/// The nice value of each of xccd's threads, by thread name (`/proc/PID/task/*/stat`, field 19).
+fn thread_nice(pid: u32) -> Vec<(String, i32)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let path = task.unwrap().path();
+        let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
+            continue; // a thread that ended meanwhile
+        };
+        // "tid (comm) state ppid ...": fields after the closing parenthesis, nice is field 19.
+        let (head, rest) = stat.rsplit_once(") ").unwrap();
+        let comm = head.split_once(" (").unwrap().1.to_owned();
+        let nice: i32 = rest.split(' ').nth(16).unwrap().parse().unwrap();
+        out.push((comm, nice));
+    }
+    out
+}
+
+/// The store's writer (an fsync per record) and the event fan-out run below the media workers,
+/// so a burst of record writes never holds packets back on a shared core (docs/load.md).
+#[test]
+fn housekeeping_threads_run_below_the_media_workers() {
+    let d = Daemon::start_config(&DaemonConfig::new("restart-nice", 22240, 16));
+    let threads = thread_nice(d.pid());
+    let nice_of = |name: &str| {
+        threads
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no thread {name} in {threads:?}"))
+            .1
+    };
+    let media = nice_of("xcc-media-0");
+    assert_eq!(
+        media,
+        nice_of("xccd"),
+        "media workers keep the process's priority: {threads:?}"
+    );
+    for housekeeping in ["xcc-store", "xcc-events"] {
+        assert_eq!(
+            nice_of(housekeeping),
+            (media + xcc_core::priority::HOUSEKEEPING_NICE).min(19),
+            "{threads:?}"
+        );
+    }
+}

@@ -178,6 +178,8 @@ pub fn spawn_media_forwarder(
     std::thread::Builder::new()
         .name("xcc-events".into())
         .spawn(move || {
+            // Event fan-out waits for the media workers, never the reverse.
+            xcc_core::priority::lower_current_thread();
             while let Ok(event) = events.recv() {
                 // Read per event: discovery may have changed the client address.
                 let advertised = sessions.advertised();
