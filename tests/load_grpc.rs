@@ -367,6 +367,48 @@ fn sweep_runs_every_step_and_reports_capacity_fields() {
     assert!(r.get("capacity").is_some() && r["load_limited"].is_boolean());
 }
 
+/// With `--bare-ports` every step also judges the bare forwarder by the same rule, so the
+/// report states both capacities and their ratio (issue 7: xccd's >= 90 % of the forwarder's).
+#[test]
+fn sweep_with_the_reference_judges_the_bare_forwarder_by_the_same_rule() {
+    let d = start("sweep-bare", 25_440, 40);
+    let pid = d.pid().to_string();
+    let out = xcc_load(&[
+        "sweep",
+        "--from",
+        "2",
+        "--to",
+        "2",
+        "--step",
+        "1",
+        "--duration",
+        "1",
+        "--json",
+        "--addr",
+        &d.endpoint,
+        "--xccd-pid",
+        &pid,
+        "--bare-ports",
+        "25610-25613",
+    ]);
+    assert!(
+        out.status.success(),
+        "stderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = json_of(&out);
+    let step = &r["steps"][0];
+    let bare_ok = step["bare_within_capacity"]
+        .as_bool()
+        .unwrap_or_else(|| panic!("no bare verdict: {step}"));
+    assert!(step["bare_cores_per_1000_calls"].is_number(), "{step}");
+    // Two calls on loopback lose nothing: both relays pass, and the capacities follow.
+    assert!(bare_ok && step["within_capacity"] == true, "{step}");
+    assert_eq!(r["bare_capacity"], 2, "{r}");
+    assert_eq!(r["capacity"], 2, "{r}");
+    assert_eq!(r["capacity_ratio_to_reference"], 1.0, "{r}");
+}
+
 #[test]
 fn repeated_runs_report_the_spread_of_the_cpu_ratio() {
     let d = start("repeat", 25_500, 40);

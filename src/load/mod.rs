@@ -603,6 +603,8 @@ struct SweepStep {
     send_lag_p99_us: f64,
     load_limited: Vec<String>,
     within_capacity: bool,
+    /// The same verdict for the bare forwarder's run of this step (with `--bare-ports`).
+    bare_within_capacity: Option<bool>,
 }
 
 /// A sweep's outcome.
@@ -612,6 +614,11 @@ struct Sweep {
     /// Largest count (from the first step on, without a failing step before it) with loss below
     /// 0.1 % and p99 latency below 5 ms.
     capacity: Option<u32>,
+    /// The bare forwarder's capacity by the same rule, measured in the same steps (with
+    /// `--bare-ports`): the reference for issue 7's "capacity >= 90 % of the bare forwarder's".
+    bare_capacity: Option<u32>,
+    /// `capacity / bare_capacity` when both are known.
+    capacity_ratio_to_reference: Option<f64>,
     /// Whether any step at or below capacity was flagged as load-generator limited.
     load_limited: bool,
 }
@@ -625,18 +632,12 @@ fn run_sweep(args: &SweepArgs) -> Result<Sweep, LoadError> {
     check_relay_cpu(&args.common, &args.xccd)?;
     pin(&args.common, args.xccd.xccd_pid.map(Pid))?;
     let mut steps = Vec::new();
-    let mut capacity = None;
-    let mut failing = false;
+    let (mut xccd, mut bare) = (Capacity::default(), Capacity::default());
     let mut calls = args.from;
     while calls <= args.to {
         let r = grpc_once(calls, &args.xccd, &args.common)?;
-        let ok = r.calls_established == calls
-            && r.media.loss_pct < CAPACITY_LOSS_PCT
-            && r.media.latency_us.p99 < CAPACITY_P99_US;
-        if ok && !failing {
-            capacity = Some(calls);
-        }
-        failing |= !ok;
+        let ok = xccd.judge(calls, &r);
+        let bare_ok = r.reference.as_deref().map(|b| bare.judge(calls, b));
         let step = SweepStep {
             calls,
             established: r.calls_established,
@@ -655,6 +656,7 @@ fn run_sweep(args: &SweepArgs) -> Result<Sweep, LoadError> {
             send_lag_p99_us: r.media.send_lag_us.p99,
             load_limited: r.load_limited.clone(),
             within_capacity: ok,
+            bare_within_capacity: bare_ok,
         };
         if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
             eprintln!("{}", sweep_row(&step));
@@ -668,14 +670,42 @@ fn run_sweep(args: &SweepArgs) -> Result<Sweep, LoadError> {
             std::thread::sleep(Duration::from_secs(u64::from(args.pause)));
         }
     }
+    let capacity = xccd.largest;
     let load_limited = steps
         .iter()
         .any(|s| !s.load_limited.is_empty() && capacity.is_none_or(|c| s.calls <= c + args.step));
     Ok(Sweep {
         steps,
         capacity,
+        bare_capacity: bare.largest,
+        capacity_ratio_to_reference: capacity
+            .zip(bare.largest)
+            .map(|(x, b)| f64::from(x) / f64::from(b)),
         load_limited,
     })
+}
+
+/// A sweep's capacity verdict for one relay, step by step.
+#[derive(Debug, Default)]
+struct Capacity {
+    /// Largest count that passed with no failing step before it.
+    largest: Option<u32>,
+    /// A step failed: later passes do not count (capacity is where it first breaks).
+    failed: bool,
+}
+
+impl Capacity {
+    /// Judges one step's run: every call up, loss < 0.1 %, p99 latency < 5 ms.
+    fn judge(&mut self, calls: u32, r: &RunReport) -> bool {
+        let ok = r.calls_established == calls
+            && r.media.loss_pct < CAPACITY_LOSS_PCT
+            && r.media.latency_us.p99 < CAPACITY_P99_US;
+        if ok && !self.failed {
+            self.largest = Some(calls);
+        }
+        self.failed |= !ok;
+        ok
+    }
 }
 
 fn opt(v: Option<f64>) -> String {
@@ -683,8 +713,9 @@ fn opt(v: Option<f64>) -> String {
 }
 
 fn sweep_row(s: &SweepStep) -> String {
+    let verdict = |ok: bool| if ok { "ok" } else { "over" };
     format!(
-        "{:>6} {:>6} {:>8.3} {:>10.1} {:>10} {:>10} {:>10} {:>7} {:>6} {}",
+        "{:>6} {:>6} {:>8.3} {:>10.1} {:>10} {:>10} {:>10} {:>7} {:>6} {:>6} {}",
         s.calls,
         s.established,
         s.loss_pct,
@@ -694,15 +725,16 @@ fn sweep_row(s: &SweepStep) -> String {
         opt(s.relay_cores_per_1000_calls),
         opt(s.bare_cores_per_1000_calls),
         opt(s.cpu_ratio_to_reference),
-        if s.within_capacity { "ok" } else { "over" },
+        verdict(s.within_capacity),
+        s.bare_within_capacity.map_or("-", verdict),
         s.load_limited.join("; ")
     )
 }
 
 fn sweep_table(s: &Sweep) -> String {
     let mut out = format!(
-        "{:>6} {:>6} {:>8} {:>10} {:>10} {:>10} {:>10} {:>7} {:>6}\n",
-        "calls", "up", "loss %", "p99 µs", "+p99 µs", "xccd/1k", "bare/1k", "ratio", ""
+        "{:>6} {:>6} {:>8} {:>10} {:>10} {:>10} {:>10} {:>7} {:>6} {:>6}\n",
+        "calls", "up", "loss %", "p99 µs", "+p99 µs", "xccd/1k", "bare/1k", "ratio", "xccd", "bare"
     );
     for step in &s.steps {
         out.push_str(&sweep_row(step));
@@ -714,6 +746,16 @@ fn sweep_table(s: &Sweep) -> String {
         ),
         None => "capacity: below the first step\n".into(),
     });
+    if s.steps.iter().any(|st| st.bare_within_capacity.is_some()) {
+        out.push_str(&match (s.bare_capacity, s.capacity_ratio_to_reference) {
+            (Some(b), Some(r)) => format!(
+                "bare forwarder capacity: {b} calls (same rule, same steps); xccd / bare: {:.0} %\n",
+                r * 100.0
+            ),
+            (Some(b), None) => format!("bare forwarder capacity: {b} calls (same rule, same steps)\n"),
+            (None, _) => "bare forwarder capacity: below the first step\n".into(),
+        });
+    }
     if s.load_limited {
         out.push_str(
             "WARNING: the load generator itself was near its limit; capacity may be understated\n",
