@@ -427,7 +427,14 @@ fn thread_nice(pid: u32) -> Vec<(String, i32)> {
 #[test]
 fn housekeeping_threads_run_below_the_media_workers() {
     let d = Daemon::start_config(&DaemonConfig::new("restart-nice", 22240, 16));
-    let threads = thread_nice(d.pid());
+    // Threads start while xccd comes up: wait (bounded) until the three named here exist.
+    let mut threads = thread_nice(d.pid());
+    wait_until("xccd's threads started", Duration::from_secs(10), || {
+        threads = thread_nice(d.pid());
+        ["xcc-media-0", "xcc-store", "xcc-events"]
+            .iter()
+            .all(|name| threads.iter().any(|(n, _)| n == name))
+    });
     let nice_of = |name: &str| {
         threads
             .iter()
