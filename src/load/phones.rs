@@ -10,13 +10,14 @@
 use std::collections::HashSet;
 use std::io::{ErrorKind, IsTerminal, Write};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use mio::net::UdpSocket as MioSocket;
 use mio::{Events, Interest, Poll, Token};
+use xcc_core::recv_batch::{BATCH, RecvBatch};
 use xcc_core::srtp::SrtpContext;
 
 use super::error::LoadError;
@@ -136,45 +137,10 @@ fn realtime_ns() -> u64 {
     };
     // SAFETY: `ts` is a valid, writable timespec; CLOCK_REALTIME always exists on Linux.
     unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &raw mut ts) };
-    timespec_ns(&ts).unwrap_or(0)
+    xcc_core::recv_batch::timespec_ns(&ts).unwrap_or(0)
 }
 
-/// A non-negative timespec as ns; `None` for negative or malformed values.
-fn timespec_ns(ts: &libc::timespec) -> Option<u64> {
-    let sec = u64::try_from(ts.tv_sec).ok()?;
-    let nsec = u64::try_from(ts.tv_nsec)
-        .ok()
-        .filter(|&n| n < 1_000_000_000)?;
-    sec.checked_mul(1_000_000_000)?.checked_add(nsec)
-}
-
-/// Asks the kernel to stamp each datagram queued on `socket` with its software receive time,
-/// read back from `recvmmsg`'s control messages ([`Batch::kernel_time_ns`]). Latency then ends
-/// when the datagram reached the phone, not when a receiver thread that waited for a CPU read it.
-///
-/// `SO_TIMESTAMPNS` rather than `SO_TIMESTAMPING` with `SOF_TIMESTAMPING_RX_SOFTWARE |
-/// SOF_TIMESTAMPING_SOFTWARE`: both deliver the same software stamp (`skb->tstamp`, CLOCK_REALTIME,
-/// taken when loopback hands the datagram to the receive path); `SO_TIMESTAMPNS` needs no flags and
-/// yields one `timespec`, where `SO_TIMESTAMPING`'s three-slot `scm_timestamping` exists for
-/// hardware stamps that loopback does not have.
-pub fn enable_rx_timestamps(socket: &impl AsRawFd) -> std::io::Result<()> {
-    let on: libc::c_int = 1;
-    // SAFETY: the option value is a c_int that lives across the call, its size is passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_TIMESTAMPNS,
-            (&raw const on).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
+pub use xcc_core::recv_batch::enable_rx_timestamps;
 
 /// Counters both loops update for the live progress line.
 #[derive(Debug, Default)]
@@ -297,8 +263,6 @@ impl Default for PlayOptions {
 /// so one wake-up covers ~9 slots (18 packets) and no packet leaves more than 250 µs early.
 pub const DEFAULT_QUANTUM: Duration = Duration::from_micros(250);
 
-/// Datagrams one `recvmmsg` reads at most.
-const BATCH: usize = 8;
 /// Receive buffer per datagram (larger than any packet of ours).
 const RX_BUF: usize = 2048;
 
@@ -613,151 +577,6 @@ struct RxOutcome {
     sockets: Vec<RxCall>,
 }
 
-/// Control-message room per datagram: one `SCM_TIMESTAMPNS` takes `CMSG_SPACE(16)` = 32 bytes
-/// on 64-bit Linux; the rest is headroom, so an unexpected extra message does not truncate it.
-const CMSG_ROOM: usize = 64;
-
-/// One datagram's control-message buffer, aligned for `cmsghdr` as `CMSG_FIRSTHDR` assumes
-/// (a plain `[u8; N]` may sit at any address).
-#[derive(Clone, Copy)]
-#[repr(C, align(8))]
-struct CmsgBuf([u8; CMSG_ROOM]);
-
-const _: () = assert!(std::mem::align_of::<libc::cmsghdr>() <= std::mem::align_of::<CmsgBuf>());
-// SAFETY: CMSG_SPACE is arithmetic on its argument.
-const _: () = assert!(
-    unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::timespec>() as libc::c_uint) } as usize
-        <= CMSG_ROOM
-);
-
-/// Receive buffers, addresses and control messages for one `recvmmsg` call; reused for every
-/// call.
-struct Batch {
-    bufs: Box<[[u8; RX_BUF]; BATCH]>,
-    addrs: [libc::sockaddr_storage; BATCH],
-    iovs: [libc::iovec; BATCH],
-    /// Where the kernel writes each datagram's receive timestamp.
-    cmsgs: [CmsgBuf; BATCH],
-    hdrs: [libc::mmsghdr; BATCH],
-}
-
-impl Batch {
-    fn new() -> Self {
-        // SAFETY: sockaddr_storage, iovec and mmsghdr are plain C data for which all-zero bytes
-        // are valid (null pointers and zero lengths); `recv` points them at the buffers before
-        // every use.
-        unsafe {
-            Self {
-                bufs: Box::new([[0; RX_BUF]; BATCH]),
-                addrs: std::mem::zeroed(),
-                iovs: std::mem::zeroed(),
-                cmsgs: [CmsgBuf([0; CMSG_ROOM]); BATCH],
-                hdrs: std::mem::zeroed(),
-            }
-        }
-    }
-
-    /// Reads up to `BATCH` datagrams without blocking: one system call however many are queued
-    /// (where `recv_from` needs one per datagram plus one that says "empty"). `Ok(n < BATCH)`
-    /// means the queue was empty when it returned, so the edge-triggered readiness is re-armed.
-    fn recv(&mut self, fd: RawFd) -> std::io::Result<usize> {
-        for i in 0..BATCH {
-            self.iovs[i] = libc::iovec {
-                iov_base: self.bufs[i].as_mut_ptr().cast(),
-                iov_len: RX_BUF,
-            };
-            let hdr = &mut self.hdrs[i].msg_hdr;
-            hdr.msg_name = (&raw mut self.addrs[i]).cast();
-            hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            hdr.msg_iov = &raw mut self.iovs[i];
-            hdr.msg_iovlen = 1;
-            // The kernel shrinks msg_controllen to what it wrote: reset it every call.
-            hdr.msg_control = self.cmsgs[i].0.as_mut_ptr().cast();
-            hdr.msg_controllen = CMSG_ROOM as _;
-            hdr.msg_flags = 0;
-            self.hdrs[i].msg_len = 0;
-        }
-        // SAFETY: every header points at a live buffer of RX_BUF bytes, a sockaddr_storage and a
-        // control buffer of the sizes given, all owned by `self` and not moved during the call;
-        // vlen = BATCH is the array's length.
-        let n = unsafe {
-            libc::recvmmsg(
-                fd,
-                self.hdrs.as_mut_ptr(),
-                BATCH as libc::c_uint,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-            )
-        };
-        if n < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(n as usize)
-    }
-
-    /// Datagram `i` of the last `recv`: its bytes (mutable, for in-place SRTP) and its source.
-    fn datagram(&mut self, i: usize) -> (&mut [u8; RX_BUF], usize, Option<SocketAddr>) {
-        let len = (self.hdrs[i].msg_len as usize).min(RX_BUF);
-        let from = sockaddr_to_std(&self.addrs[i], self.hdrs[i].msg_hdr.msg_namelen);
-        (&mut self.bufs[i], len, from)
-    }
-
-    /// The kernel's receive timestamp of datagram `i` of the last `recv` (CLOCK_REALTIME, ns
-    /// since the Unix epoch); `None` when the socket does not ask for one
-    /// ([`enable_rx_timestamps`]) or the control messages were truncated (`MSG_CTRUNC`).
-    fn kernel_time_ns(&self, i: usize) -> Option<u64> {
-        let hdr = &self.hdrs.get(i)?.msg_hdr;
-        if hdr.msg_flags & libc::MSG_CTRUNC != 0 || hdr.msg_controllen > CMSG_ROOM {
-            return None;
-        }
-        let want = std::mem::size_of::<libc::timespec>();
-        // SAFETY: `hdr` describes `self.cmsgs[i]`, and msg_controllen (checked above) is at most
-        // its size; CMSG_FIRSTHDR/CMSG_NXTHDR only return headers that lie inside that length,
-        // and a header's data is read only when its cmsg_len says it holds a timespec. The read
-        // is unaligned because CMSG_DATA promises no alignment for the payload type.
-        unsafe {
-            let mut c = libc::CMSG_FIRSTHDR(hdr);
-            // Bounded: each step advances by at least one aligned cmsghdr within CMSG_ROOM.
-            while !c.is_null() {
-                if (*c).cmsg_level == libc::SOL_SOCKET
-                    && (*c).cmsg_type == libc::SCM_TIMESTAMPNS
-                    && (*c).cmsg_len as usize >= libc::CMSG_LEN(want as libc::c_uint) as usize
-                {
-                    let ts = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::timespec>());
-                    return timespec_ns(&ts);
-                }
-                c = libc::CMSG_NXTHDR(hdr, c);
-            }
-        }
-        None
-    }
-}
-
-/// An IPv4/IPv6 source address written by the kernel, or `None` for anything else.
-fn sockaddr_to_std(sa: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
-    let len = len as usize;
-    match i32::from(sa.ss_family) {
-        libc::AF_INET if len >= std::mem::size_of::<libc::sockaddr_in>() => {
-            // SAFETY: the family and length say the storage holds a sockaddr_in, which is
-            // smaller than and alignment-compatible with sockaddr_storage.
-            let a = unsafe { &*(sa as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
-            Some(SocketAddr::from((
-                a.sin_addr.s_addr.to_ne_bytes(),
-                u16::from_be(a.sin_port),
-            )))
-        }
-        libc::AF_INET6 if len >= std::mem::size_of::<libc::sockaddr_in6>() => {
-            // SAFETY: as above, for sockaddr_in6.
-            let a = unsafe { &*(sa as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
-            Some(SocketAddr::from((
-                a.sin6_addr.s6_addr,
-                u16::from_be(a.sin6_port),
-            )))
-        }
-        _ => None,
-    }
-}
-
 /// When a datagram arrived, on the run's clock.
 #[derive(Debug, Clone, Copy)]
 struct Arrival {
@@ -793,7 +612,7 @@ fn receive(
     let mut receive_delay = Histogram::new();
     let (mut foreign, mut auth_failures, mut arrival_fallbacks) = (0u64, 0u64, 0u64);
     let mut events = Events::with_capacity(1024);
-    let mut batch = Batch::new();
+    let mut batch = RecvBatch::new(RX_BUF, RX_BUF);
     // Bound even if the sender stalls: twice the media time plus slack.
     let hard_stop = epoch + PTIME * packets * 2 + Duration::from_secs(5);
     loop {
@@ -846,7 +665,7 @@ fn drain(
     call: &mut RxCall,
     to_pbx: bool,
     stats: &mut [StreamStats; 2],
-    batch: &mut Batch,
+    batch: &mut RecvBatch,
     clock: RunClock,
     c: &mut RxCounters<'_>,
 ) {
@@ -868,7 +687,8 @@ fn drain(
                 kernel_ns: batch.kernel_time_ns(i).map(|t| clock.since_start(t)),
                 user_ns,
             };
-            let (buf, len, from) = batch.datagram(i);
+            let (len, from) = batch.meta(i);
+            let buf = batch.buf_mut(i);
             accept(call, to_pbx, stats, buf, len, from, arrival, c);
         }
         if n < BATCH {
@@ -1006,7 +826,7 @@ mod tests {
     /// the first socket to ask switches stamping on through deferred work, and until then the
     /// stamp is the read time.
     fn wait_for_stamping(relay: &UdpSocket, phone: &UdpSocket) {
-        let mut batch = Batch::new();
+        let mut batch = RecvBatch::new(RX_BUF, RX_BUF);
         for _ in 0..100 {
             relay.send(b"warm-up").unwrap();
             std::thread::sleep(Duration::from_millis(5));
@@ -1044,7 +864,7 @@ mod tests {
         let (mut latency, mut receive_delay) = (Histogram::new(), Histogram::new());
         let (mut foreign, mut auth_failures, mut fallbacks) = (0, 0, 0);
         let progress = Progress::default();
-        let mut batch = Batch::new();
+        let mut batch = RecvBatch::new(RX_BUF, RX_BUF);
         // Loopback delivers within sendto; the retries only absorb scheduling, bounded.
         for _ in 0..200 {
             let mut c = RxCounters {
@@ -1071,7 +891,7 @@ mod tests {
         let (relay, call) = pbx_phone(true);
         let before = realtime_ns();
         send_media(&relay, RunClock::start(), 3);
-        let mut batch = Batch::new();
+        let mut batch = RecvBatch::new(RX_BUF, RX_BUF);
         let mut got = 0;
         // More than the 3 datagrams' worth of tries, bounded.
         for _ in 0..200 {
@@ -1140,14 +960,14 @@ mod tests {
         assert!(t < 1_000_000_000, "{t} ns since start");
         assert_eq!(clock.since_start(0), 0, "before the start saturates");
         assert_eq!(
-            timespec_ns(&libc::timespec {
+            xcc_core::recv_batch::timespec_ns(&libc::timespec {
                 tv_sec: 2,
                 tv_nsec: 5
             }),
             Some(2_000_000_005)
         );
         assert_eq!(
-            timespec_ns(&libc::timespec {
+            xcc_core::recv_batch::timespec_ns(&libc::timespec {
                 tv_sec: -1,
                 tv_nsec: 0
             }),

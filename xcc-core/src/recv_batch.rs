@@ -6,6 +6,10 @@
 //! `recvmmsg` with `MSG_DONTWAIT` returns what is queued, up to the batch size, and a short count
 //! means the queue was empty when it returned, which re-arms edge-triggered readiness without
 //! asking again. Buffers are allocated once; nothing here allocates per call.
+//!
+//! Each datagram also gets room for control messages, so a socket that asked for kernel receive
+//! timestamps ([`enable_rx_timestamps`]) has them read in the same call (the load generator's
+//! phones do; xccd's media sockets do not ask, and the kernel then writes none).
 
 use std::io;
 use std::net::SocketAddr;
@@ -13,6 +17,23 @@ use std::os::fd::RawFd;
 
 /// Datagrams one [`RecvBatch::recv`] reads at most.
 pub const BATCH: usize = 8;
+
+/// Control-message room per datagram: one `SCM_TIMESTAMPNS` takes `CMSG_SPACE(16)` = 32 bytes
+/// on 64-bit Linux; the rest is headroom, so an unexpected extra message does not truncate it.
+const CMSG_ROOM: usize = 64;
+
+/// One datagram's control-message buffer, aligned for `cmsghdr` as `CMSG_FIRSTHDR` assumes
+/// (a plain `[u8; N]` may sit at any address).
+#[derive(Clone, Copy)]
+#[repr(C, align(8))]
+struct CmsgBuf([u8; CMSG_ROOM]);
+
+const _: () = assert!(std::mem::align_of::<libc::cmsghdr>() <= std::mem::align_of::<CmsgBuf>());
+// SAFETY: CMSG_SPACE is arithmetic on its argument.
+const _: () = assert!(
+    unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::timespec>() as libc::c_uint) } as usize
+        <= CMSG_ROOM
+);
 
 /// Receive buffers with their `recvmmsg` headers, reused for every call.
 ///
@@ -25,6 +46,8 @@ pub struct RecvBatch {
     max_datagram: usize,
     addrs: [libc::sockaddr_storage; BATCH],
     iovs: [libc::iovec; BATCH],
+    /// Where the kernel writes each datagram's control messages (a receive timestamp).
+    cmsgs: [CmsgBuf; BATCH],
     hdrs: [libc::mmsghdr; BATCH],
 }
 
@@ -43,6 +66,7 @@ impl RecvBatch {
             max_datagram: max_datagram.min(buf_len),
             addrs,
             iovs,
+            cmsgs: [CmsgBuf([0; CMSG_ROOM]); BATCH],
             hdrs,
         }
     }
@@ -63,14 +87,15 @@ impl RecvBatch {
             hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             hdr.msg_iov = &raw mut self.iovs[i];
             hdr.msg_iovlen = 1;
-            hdr.msg_control = std::ptr::null_mut();
-            hdr.msg_controllen = 0;
+            // The kernel shrinks msg_controllen to what it wrote: reset it every call.
+            hdr.msg_control = self.cmsgs[i].0.as_mut_ptr().cast();
+            hdr.msg_controllen = CMSG_ROOM as _;
             hdr.msg_flags = 0;
             self.hdrs[i].msg_len = 0;
         }
-        // SAFETY: every header points at a live buffer of at least max_datagram bytes and a
-        // sockaddr_storage of the size given, all owned by `self` and not moved during the call;
-        // vlen = BATCH is the arrays' length.
+        // SAFETY: every header points at a live buffer of at least max_datagram bytes, a
+        // sockaddr_storage and a control buffer of the sizes given, all owned by `self` and not
+        // moved during the call; vlen = BATCH is the arrays' length.
         let n = unsafe {
             libc::recvmmsg(
                 fd,
@@ -99,6 +124,73 @@ impl RecvBatch {
     /// Buffer `i` (all `buf_len` bytes): datagram `i` of the last receive is at its start.
     pub fn buf_mut(&mut self, i: usize) -> &mut [u8] {
         &mut self.bufs[i * self.buf_len..(i + 1) * self.buf_len]
+    }
+
+    /// The kernel's receive timestamp of datagram `i` of the last [`RecvBatch::recv`]
+    /// (CLOCK_REALTIME, ns since the Unix epoch); `None` when the socket does not ask for one
+    /// ([`enable_rx_timestamps`]) or the control messages were truncated (`MSG_CTRUNC`).
+    pub fn kernel_time_ns(&self, i: usize) -> Option<u64> {
+        let hdr = &self.hdrs.get(i)?.msg_hdr;
+        if hdr.msg_flags & libc::MSG_CTRUNC != 0 || hdr.msg_controllen > CMSG_ROOM {
+            return None;
+        }
+        let want = std::mem::size_of::<libc::timespec>();
+        // SAFETY: `hdr` describes `self.cmsgs[i]`, and msg_controllen (checked above) is at most
+        // its size; CMSG_FIRSTHDR/CMSG_NXTHDR only return headers that lie inside that length,
+        // and a header's data is read only when its cmsg_len says it holds a timespec. The read
+        // is unaligned because CMSG_DATA promises no alignment for the payload type.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(hdr);
+            // Bounded: each step advances by at least one aligned cmsghdr within CMSG_ROOM.
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_SOCKET
+                    && (*c).cmsg_type == libc::SCM_TIMESTAMPNS
+                    && (*c).cmsg_len as usize >= libc::CMSG_LEN(want as libc::c_uint) as usize
+                {
+                    let ts = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::timespec>());
+                    return timespec_ns(&ts);
+                }
+                c = libc::CMSG_NXTHDR(hdr, c);
+            }
+        }
+        None
+    }
+}
+
+/// A non-negative timespec as ns; `None` for negative or malformed values.
+pub fn timespec_ns(ts: &libc::timespec) -> Option<u64> {
+    let sec = u64::try_from(ts.tv_sec).ok()?;
+    let nsec = u64::try_from(ts.tv_nsec)
+        .ok()
+        .filter(|&n| n < 1_000_000_000)?;
+    sec.checked_mul(1_000_000_000)?.checked_add(nsec)
+}
+
+/// Asks the kernel to stamp each datagram queued on `socket` with its software receive time,
+/// read back with [`RecvBatch::kernel_time_ns`]. The load generator's latency then ends when the
+/// datagram reached the phone, not when a receiver thread that waited for a CPU read it.
+///
+/// `SO_TIMESTAMPNS` rather than `SO_TIMESTAMPING` with `SOF_TIMESTAMPING_RX_SOFTWARE |
+/// SOF_TIMESTAMPING_SOFTWARE`: both deliver the same software stamp (`skb->tstamp`, CLOCK_REALTIME,
+/// taken when loopback hands the datagram to the receive path); `SO_TIMESTAMPNS` needs no flags and
+/// yields one `timespec`, where `SO_TIMESTAMPING`'s three-slot `scm_timestamping` exists for
+/// hardware stamps that loopback does not have.
+pub fn enable_rx_timestamps(socket: &impl std::os::fd::AsRawFd) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: the option value is a c_int that lives across the call, its size is passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&raw const on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
