@@ -36,8 +36,12 @@ pub(crate) const WAKER: Token = Token(usize::MAX);
 /// Tokens per slot: the four UDP sockets, then the TURN TCP links of the client RTP and RTCP
 /// sockets (when the client leg is relayed over TCP).
 const SLOT_TOKENS: usize = 6;
-/// How often timers are checked and counters published.
+/// How often timers are checked and changes published.
 const TICK: Duration = Duration::from_millis(50);
+/// A call whose only change is traffic is published every this many ticks (200 ms), its turn
+/// set by its slot so the work spreads evenly over the ticks; latches, configuration and quality
+/// evaluations are published at the next tick.
+const COUNTER_TICKS: u64 = 4;
 /// Largest datagram read; the buffer keeps room behind it for an SRTP tag and SRTCP trailer.
 const MAX_DATAGRAM: usize = 2048;
 /// Receive buffer: datagram plus the largest protect overhead.
@@ -133,6 +137,8 @@ struct Worker {
     retired: LegCounters,
     /// Calls this worker ended.
     calls_ended: u64,
+    /// Ticks run so far (whose turn it is to publish counters).
+    ticks: u64,
 }
 
 /// Runs a worker until it receives [`Command::Shutdown`] or the control plane is gone.
@@ -152,6 +158,7 @@ pub(crate) fn run(setup: WorkerSetup) {
         stopping: false,
         retired: LegCounters::default(),
         calls_ended: 0,
+        ticks: 0,
     };
     tracing::debug!(worker = w.setup.index, "media worker started");
     let mut events = Events::with_capacity(1024);
@@ -510,11 +517,16 @@ impl Worker {
                     threshold,
                 });
             }
-            if slot.call.take_dirty() {
+            let counters_due = (i as u64) % COUNTER_TICKS == self.ticks % COUNTER_TICKS;
+            if slot.call.take_dirty(counters_due) {
                 slot.published.write(&slot.call.state(self.setup.epoch));
             }
         }
-        self.publish_totals();
+        // Totals follow the same cadence as counters: readers are metrics scrapes and Status.
+        if self.ticks.is_multiple_of(COUNTER_TICKS) {
+            self.publish_totals();
+        }
+        self.ticks += 1;
     }
 
     /// Publishes retired + live counters (off the packet path: once per tick, O(calls)).
