@@ -15,6 +15,11 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::ids::{CallId, LegSide};
+
+/// At most how old the traffic counters in a snapshot, `Status` or the workers' totals are:
+/// workers publish mere traffic every fourth 50 ms tick (latches and configuration at the next
+/// one). Whoever waits for counters to settle must watch them for longer than this.
+pub const COUNTERS_LAG: Duration = crate::relay::worker::COUNTERS_LAG;
 use crate::leg::LatchPolicy;
 use crate::ports::{PortPool, RangeChange, allocate_n, allocate_pairs};
 use crate::quality::{LegQualitySummary, MonitorConfig, QualityEvent, QualitySnapshot};

@@ -112,7 +112,8 @@ fn settled_snapshot(ctl: &MediaControl, call: xcc_core::ids::CallId) -> CallSnap
     let counts = |s: &CallSnapshot| s.legs.each_ref().map(|l| (l.counters, l.quality.received));
     let mut last = ctl.snapshot(call).unwrap();
     wait_for(LIMIT, || {
-        std::thread::sleep(Duration::from_millis(60));
+        // Longer than the counters' publication lag, so "unchanged" means settled.
+        std::thread::sleep(xcc_core::media::COUNTERS_LAG + Duration::from_millis(50));
         let now = ctl.snapshot(call).unwrap();
         let same = counts(&now) == counts(&last);
         last = now;

@@ -1,7 +1,8 @@
 //! Counters and latches a worker publishes for the control plane, without locks.
 //!
 //! Each call has one [`Published`] record: a seqlock over plain atomic words. The owning worker is
-//! the only writer (a few dozen Relaxed stores per publication, at most once per tick); readers
+//! the only writer (a few dozen Relaxed stores per publication, at most once per tick, and for mere
+//! traffic once every fourth); readers
 //! retry while a write is in progress and never make the worker wait.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

@@ -42,6 +42,9 @@ const TICK: Duration = Duration::from_millis(50);
 /// set by its slot so the work spreads evenly over the ticks; latches, configuration and quality
 /// evaluations are published at the next tick.
 const COUNTER_TICKS: u64 = 4;
+/// How stale a snapshot's traffic counters may be (see [`crate::media::COUNTERS_LAG`]).
+pub(crate) const COUNTERS_LAG: Duration =
+    Duration::from_millis(TICK.as_millis() as u64 * COUNTER_TICKS);
 /// Largest datagram read; the buffer keeps room behind it for an SRTP tag and SRTCP trailer.
 const MAX_DATAGRAM: usize = 2048;
 /// Receive buffer: datagram plus the largest protect overhead.
