@@ -854,44 +854,78 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// A store over a real one-worker media engine on loopback ports `ports`, its writer
+    /// running, as xccd wires them: sessions drive the media plane through `Persisting`.
+    struct Rig {
+        engine: xcc_core::media::MediaEngine,
+        media: MediaControl,
+        handle: StoreHandle,
+        sessions: Arc<SessionTable>,
+        resumed: Resumed,
+        writer: std::thread::JoinHandle<()>,
+    }
+
+    /// Boots a [`Rig`] on `dir` (kept as it is: a second boot resumes what the first stored).
+    fn boot(dir: &Path, ports: (u16, u16)) -> Rig {
+        use xcc_core::media::{MediaConfig, MediaEngine};
+        let (engine, _events) = MediaEngine::start(MediaConfig {
+            bind_address: [127, 0, 0, 1].into(),
+            port_min: ports.0,
+            port_max: ports.1,
+            workers: 1,
+            ..MediaConfig::default()
+        })
+        .unwrap();
+        let media = engine.control();
+        let (handle, inbox) = StoreHandle::channel();
+        let sessions = Arc::new(SessionTable::new(
+            Arc::new(Persisting {
+                inner: media.clone(),
+                store: handle.clone(),
+            }),
+            xcc_grpc::session::Advertised {
+                client: [127, 0, 0, 1].into(),
+                pbx: [127, 0, 0, 1].into(),
+            },
+            Vec::new(),
+        ));
+        let state = StateConfig {
+            dir: dir.to_owned(),
+        };
+        let (resumed, writer) = start(&state, inbox, &media, &sessions);
+        Rig {
+            engine,
+            media,
+            handle,
+            sessions,
+            resumed,
+            writer: writer.unwrap(),
+        }
+    }
+
+    /// An empty directory for one test's store.
+    fn fresh_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("xcc-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
     /// The SIP hook end to end with a real media plane: a blob set for a call is written with it,
     /// comes back in `Resumed::signalling` after a restart (with the call forwarding again), and a
     /// finished drain deletes the record. Ports 22900-22915 (ops range).
     #[test]
     fn the_signalling_blob_survives_a_restart_with_its_call() {
-        use xcc_core::media::{MediaConfig, MediaEngine};
-        use xcc_grpc::session::Advertised;
+        let dir = fresh_dir("sip");
+        let ports = (22900, 22915);
 
-        let dir = std::env::temp_dir().join(format!("xcc-store-sip-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let state = StateConfig { dir: dir.clone() };
-        let media_config = MediaConfig {
-            bind_address: [127, 0, 0, 1].into(),
-            port_min: 22900,
-            port_max: 22915,
-            workers: 1,
-            ..MediaConfig::default()
-        };
-        let boot = || {
-            let (engine, _events) = MediaEngine::start(media_config.clone()).unwrap();
-            let media = engine.control();
-            let (handle, inbox) = StoreHandle::channel();
-            let sessions = Arc::new(SessionTable::new(
-                Arc::new(Persisting {
-                    inner: media.clone(),
-                    store: handle.clone(),
-                }),
-                Advertised {
-                    client: [127, 0, 0, 1].into(),
-                    pbx: [127, 0, 0, 1].into(),
-                },
-                Vec::new(),
-            ));
-            let (resumed, writer) = start(&state, inbox, &media, &sessions);
-            (engine, media, handle, resumed, writer.unwrap())
-        };
-
-        let (engine, media, handle, resumed, writer) = boot();
+        let Rig {
+            engine,
+            media,
+            handle,
+            resumed,
+            writer,
+            ..
+        } = boot(&dir, ports);
         assert!(resumed.calls.is_empty());
         let call = media.allocate().unwrap().call;
         handle.set_signalling(call, Some(b"dialog state".to_vec()));
@@ -913,7 +947,14 @@ mod tests {
         writer.join().unwrap();
         engine.shutdown();
 
-        let (engine, media, handle, resumed, writer) = boot();
+        let Rig {
+            engine,
+            media,
+            handle,
+            resumed,
+            writer,
+            ..
+        } = boot(&dir, ports);
         assert_eq!(resumed.calls, vec![call]);
         assert_eq!(
             resumed.signalling.get(&call).map(Vec::as_slice),
@@ -933,39 +974,19 @@ mod tests {
     /// written again; the other call's rewrite still lands.
     #[test]
     fn a_release_deletes_the_record_before_returning_and_it_stays_deleted() {
-        use xcc_core::media::{MediaConfig, MediaEngine};
-
-        let dir = std::env::temp_dir().join(format!("xcc-store-rel-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let state = StateConfig { dir: dir.clone() };
+        let dir = fresh_dir("rel");
         // Ports 21452-21459: the sipfix range, unused by the SIP burst e2e tests.
-        let (engine, _events) = MediaEngine::start(MediaConfig {
-            bind_address: [127, 0, 0, 1].into(),
-            port_min: 21452,
-            port_max: 21459,
-            workers: 1,
-            ..MediaConfig::default()
-        })
-        .unwrap();
-        let media = engine.control();
-        let (handle, inbox) = StoreHandle::channel();
+        let Rig {
+            engine,
+            media,
+            handle,
+            writer,
+            ..
+        } = boot(&dir, (21452, 21459));
         let persisting = Persisting {
             inner: media.clone(),
             store: handle.clone(),
         };
-        let sessions = Arc::new(SessionTable::new(
-            Arc::new(Persisting {
-                inner: media.clone(),
-                store: handle.clone(),
-            }),
-            xcc_grpc::session::Advertised {
-                client: [127, 0, 0, 1].into(),
-                pbx: [127, 0, 0, 1].into(),
-            },
-            Vec::new(),
-        ));
-        let (_resumed, writer) = start(&state, inbox, &media, &sessions);
-        let writer = writer.unwrap();
         let a = persisting.allocate().unwrap().call;
         let b = persisting.allocate().unwrap().call;
         let file = |c: CallId| dir.join("calls").join(format!("{}.call", c.0));
@@ -1007,34 +1028,14 @@ mod tests {
     /// round, and the record then matches the table again. Ports 22916-22923 (ops range).
     #[test]
     fn a_session_change_without_a_poke_is_written_on_the_next_round() {
-        use xcc_core::media::{MediaConfig, MediaEngine};
-
-        let dir = std::env::temp_dir().join(format!("xcc-store-sess-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let state = StateConfig { dir: dir.clone() };
-        let (engine, _events) = MediaEngine::start(MediaConfig {
-            bind_address: [127, 0, 0, 1].into(),
-            port_min: 22916,
-            port_max: 22923,
-            workers: 1,
-            ..MediaConfig::default()
-        })
-        .unwrap();
-        let media = engine.control();
-        let (handle, inbox) = StoreHandle::channel();
-        let sessions = Arc::new(SessionTable::new(
-            Arc::new(Persisting {
-                inner: media.clone(),
-                store: handle.clone(),
-            }),
-            xcc_grpc::session::Advertised {
-                client: [127, 0, 0, 1].into(),
-                pbx: [127, 0, 0, 1].into(),
-            },
-            Vec::new(),
-        ));
-        let (_resumed, writer) = start(&state, inbox, &media, &sessions);
-        let writer = writer.unwrap();
+        let dir = fresh_dir("sess");
+        let Rig {
+            engine,
+            handle,
+            sessions,
+            writer,
+            ..
+        } = boot(&dir, (22916, 22923));
         let sdp = |port: u16, proto: &str, extra: &str| {
             format!(
                 "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
