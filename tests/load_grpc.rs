@@ -402,11 +402,28 @@ fn sweep_with_the_reference_judges_the_bare_forwarder_by_the_same_rule() {
         .as_bool()
         .unwrap_or_else(|| panic!("no bare verdict: {step}"));
     assert!(step["bare_cores_per_1000_calls"].is_number(), "{step}");
-    // Two calls on loopback lose nothing: both relays pass, and the capacities follow.
-    assert!(bare_ok && step["within_capacity"] == true, "{step}");
-    assert_eq!(r["bare_capacity"], 2, "{r}");
-    assert_eq!(r["capacity"], 2, "{r}");
-    assert_eq!(r["capacity_ratio_to_reference"], 1.0, "{r}");
+    assert_eq!(
+        step["loss_pct"], 0.0,
+        "two calls on loopback lose nothing: {step}"
+    );
+    // The verdicts themselves depend on this machine's scheduling (p99 < 5 ms over 200 packets);
+    // the capacities must follow from them, whichever they are.
+    let xccd_ok = step["within_capacity"].as_bool().unwrap();
+    let capacity = |ok: bool| {
+        if ok {
+            serde_json::json!(2)
+        } else {
+            serde_json::Value::Null
+        }
+    };
+    assert_eq!(r["bare_capacity"], capacity(bare_ok), "{r}");
+    assert_eq!(r["capacity"], capacity(xccd_ok), "{r}");
+    let ratio = if xccd_ok && bare_ok {
+        serde_json::json!(1.0)
+    } else {
+        serde_json::Value::Null
+    };
+    assert_eq!(r["capacity_ratio_to_reference"], ratio, "{r}");
 }
 
 #[test]
