@@ -38,6 +38,17 @@ fn xcc_load(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Runs xcc-load, which must succeed, and returns its JSON report.
+fn report_of(args: &[&str]) -> Value {
+    let out = xcc_load(args);
+    assert!(
+        out.status.success(),
+        "stderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    json_of(&out)
+}
+
 fn json_of(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
@@ -125,7 +136,7 @@ fn grpc_calls_through_xccd_carry_srtp_and_rtp_without_loss() {
 fn grpc_run_with_bare_reference_reports_cpu_ratio() {
     let d = start("ratio", 25_100, 40);
     let pid = d.pid().to_string();
-    let out = xcc_load(&[
+    let r = report_of(&[
         "grpc",
         "--calls",
         "2",
@@ -139,12 +150,6 @@ fn grpc_run_with_bare_reference_reports_cpu_ratio() {
         "--bare-ports",
         "25200-25203",
     ]);
-    assert!(
-        out.status.success(),
-        "stderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r = json_of(&out);
     let reference = &r["reference"];
     assert_eq!(reference["mode"], "bare");
     assert_clean_media(reference, 2);
@@ -174,7 +179,7 @@ fn grpc_run_with_bare_reference_reports_cpu_ratio() {
 
 #[test]
 fn bare_forwarder_forwards_both_ways() {
-    let out = xcc_load(&[
+    let r = report_of(&[
         "bare",
         "--pairs",
         "4",
@@ -184,12 +189,6 @@ fn bare_forwarder_forwards_both_ways() {
         "--ports",
         "25300-25307",
     ]);
-    assert!(
-        out.status.success(),
-        "stderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r = json_of(&out);
     assert_eq!(r["mode"], "bare");
     assert_clean_media(&r, 4);
     assert!(
@@ -200,7 +199,7 @@ fn bare_forwarder_forwards_both_ways() {
 
 #[test]
 fn sharded_receivers_account_for_every_packet() {
-    let out = xcc_load(&[
+    let r = report_of(&[
         "bare",
         "--pairs",
         "5",
@@ -212,12 +211,6 @@ fn sharded_receivers_account_for_every_packet() {
         "--ports",
         "25320-25329",
     ]);
-    assert!(
-        out.status.success(),
-        "stderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r = json_of(&out);
     assert_eq!(r["media"]["rx_threads"], 3, "{r:#}");
     // Calls 0..5 over 3 shards: every call's both streams measured, none misattributed.
     assert_clean_media(&r, 5);
@@ -327,7 +320,7 @@ fn argument_errors_exit_2_with_a_message() {
 fn sweep_runs_every_step_and_reports_capacity_fields() {
     let d = start("sweep", 25_400, 40);
     let pid = d.pid().to_string();
-    let out = xcc_load(&[
+    let r = report_of(&[
         "sweep",
         "--from",
         "1",
@@ -345,12 +338,6 @@ fn sweep_runs_every_step_and_reports_capacity_fields() {
         "--xccd-pid",
         &pid,
     ]);
-    assert!(
-        out.status.success(),
-        "stderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r = json_of(&out);
     let steps = r["steps"].as_array().unwrap();
     let counts: Vec<u64> = steps.iter().map(|s| s["calls"].as_u64().unwrap()).collect();
     assert_eq!(counts, [1, 3]);
@@ -373,7 +360,7 @@ fn sweep_runs_every_step_and_reports_capacity_fields() {
 fn sweep_with_the_reference_judges_the_bare_forwarder_by_the_same_rule() {
     let d = start("sweep-bare", 25_440, 40);
     let pid = d.pid().to_string();
-    let out = xcc_load(&[
+    let r = report_of(&[
         "sweep",
         "--from",
         "2",
@@ -391,12 +378,6 @@ fn sweep_with_the_reference_judges_the_bare_forwarder_by_the_same_rule() {
         "--bare-ports",
         "25610-25613",
     ]);
-    assert!(
-        out.status.success(),
-        "stderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r = json_of(&out);
     let step = &r["steps"][0];
     let bare_ok = step["bare_within_capacity"]
         .as_bool()
@@ -430,7 +411,7 @@ fn sweep_with_the_reference_judges_the_bare_forwarder_by_the_same_rule() {
 fn repeated_runs_report_the_spread_of_the_cpu_ratio() {
     let d = start("repeat", 25_500, 40);
     let pid = d.pid().to_string();
-    let out = xcc_load(&[
+    let r = report_of(&[
         "grpc",
         "--calls",
         "1",
@@ -446,12 +427,6 @@ fn repeated_runs_report_the_spread_of_the_cpu_ratio() {
         "--bare-ports",
         "25600-25601",
     ]);
-    assert!(
-        out.status.success(),
-        "stderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r = json_of(&out);
     let runs = r["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 2);
     for run in runs {
