@@ -1,11 +1,14 @@
 //! Reading several datagrams from one UDP socket in one system call (`recvmmsg`).
 //!
-//! Why: a worker woken for a socket used to read it with `recv_from` until the kernel said
-//! "empty", so every wake-up paid one extra system call that returned nothing; at 50 packets/s
-//! per socket a wake-up usually finds one packet, so that was one wasted call per packet.
+//! Why: the load generator's receiver serves thousands of sockets and often finds several
+//! datagrams queued on one, each with a kernel receive stamp to read from control messages.
 //! `recvmmsg` with `MSG_DONTWAIT` returns what is queued, up to the batch size, and a short count
 //! means the queue was empty when it returned, which re-arms edge-triggered readiness without
 //! asking again. Buffers are allocated once; nothing here allocates per call.
+//!
+//! xccd's media worker reads with [`RecvBatch::recv_one`] (`recvfrom`) instead: it finds one
+//! datagram per wake-up, and for one datagram `recvmmsg` costs more kernel time than a
+//! `recvfrom` plus the `EAGAIN` that follows it (measured, see the worker).
 //!
 //! Each datagram also gets room for control messages, so a socket that asked for kernel receive
 //! timestamps ([`enable_rx_timestamps`]) has them read in the same call (the load generator's
@@ -111,8 +114,35 @@ impl RecvBatch {
         Ok(n as usize)
     }
 
-    /// Length and source of datagram `i` of the last [`RecvBatch::recv`] (`None` for a source
-    /// that is neither IPv4 nor IPv6). A datagram longer than `max_datagram` was cut to it.
+    /// Reads one datagram from `fd` into buffer 0 without blocking (`recvfrom`), then
+    /// [`RecvBatch::meta`]`(0)` and [`RecvBatch::buf_mut`]`(0)` describe it. No control
+    /// messages are read.
+    pub fn recv_one(&mut self, fd: RawFd) -> io::Result<()> {
+        let mut namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        // SAFETY: buffer 0 has at least max_datagram bytes and addrs[0] is a sockaddr_storage
+        // whose size is passed in namelen; both are owned by `self` for the call.
+        let n = unsafe {
+            libc::recvfrom(
+                fd,
+                self.bufs.as_mut_ptr().cast(),
+                self.max_datagram,
+                libc::MSG_DONTWAIT,
+                (&raw mut self.addrs[0]).cast(),
+                &mut namelen,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.hdrs[0].msg_len = n as libc::c_uint;
+        self.hdrs[0].msg_hdr.msg_namelen = namelen;
+        self.hdrs[0].msg_hdr.msg_controllen = 0;
+        Ok(())
+    }
+
+    /// Length and source of datagram `i` of the last [`RecvBatch::recv`], or of datagram 0 after
+    /// [`RecvBatch::recv_one`] (`None` for a source that is neither IPv4 nor IPv6). A datagram
+    /// longer than `max_datagram` was cut to it.
     pub fn meta(&self, i: usize) -> (usize, Option<SocketAddr>) {
         let len = (self.hdrs[i].msg_len as usize).min(self.max_datagram);
         (
@@ -272,6 +302,29 @@ mod tests {
         assert_eq!(batch.meta(0).0, 16, "cut to max_datagram");
         assert_eq!(batch.recv(rx.as_raw_fd()).unwrap(), 2);
         assert_eq!(batch.buf_mut(1)[0], (BATCH + 1) as u8, "in order");
+    }
+
+    #[test]
+    fn recv_one_reads_one_datagram_with_its_source_and_cuts_long_ones() {
+        let (rx, tx) = pair("127.0.0.1:0");
+        let mut batch = RecvBatch::new(16, 32);
+        assert_eq!(
+            batch.recv_one(rx.as_raw_fd()).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock,
+            "empty socket"
+        );
+        tx.send_to(&[1; 5], rx.local_addr().unwrap()).unwrap();
+        tx.send_to(&[2; 20], rx.local_addr().unwrap()).unwrap();
+        batch.recv_one(rx.as_raw_fd()).unwrap();
+        assert_eq!(batch.meta(0), (5, Some(tx.local_addr().unwrap())));
+        assert_eq!(batch.buf_mut(0)[..5], [1; 5]);
+        batch.recv_one(rx.as_raw_fd()).unwrap();
+        assert_eq!(batch.meta(0).0, 16, "cut to max_datagram");
+        assert_eq!(batch.buf_mut(0)[..16], [2; 16]);
+        assert_eq!(
+            batch.recv_one(rx.as_raw_fd()).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! One worker thread: a mio loop over the sockets of the calls it owns.
 //!
 //! The loop reads the clock once per wake-up and hands `now` to the sans-IO [`Call`]. A ready
-//! socket is read with one `recvmmsg` per [`BATCH`] datagrams (a short batch means it is empty:
-//! no second call to learn that), then per packet the call's decision and one `send_to`, in
-//! receive buffers allocated once: no lock, no allocation, no log line.
+//! socket is read with `recvfrom` until it is empty, then per packet the call's decision and one
+//! `send_to`, in a receive buffer allocated once: no lock, no allocation, no log line. Not
+//! `recvmmsg`: a wake-up finds one datagram per socket at 50 packets/s, and perf put one
+//! `recvmmsg` (a datagram, then an empty try, each through a `msghdr` and an iovec) at 1.2-1.7x
+//! the kernel time of two `recvfrom` (the same datagram, then `EAGAIN`) in the same runs
+//! (docs/load.md, session 6).
 
 use std::collections::HashMap;
 use std::io;
@@ -23,7 +26,7 @@ use crate::nat::ice::MAX_RESPONSE_LEN;
 use crate::nat::stun::is_stun;
 use crate::nat::turn::SEND_OVERHEAD;
 use crate::quality::{MonitorConfig, QualityEvent, VoipEvent};
-use crate::recv_batch::{BATCH, RecvBatch};
+use crate::recv_batch::RecvBatch;
 use crate::relay::call::{Call, CallTimers};
 use crate::relay::client_relay::{ClientRelay, RelayNotice, Unwrapped};
 use crate::relay::published::Published;
@@ -51,8 +54,6 @@ const MAX_DATAGRAM: usize = 2048;
 const BUF_LEN: usize = MAX_DATAGRAM + 64;
 /// Packets read from one socket before others get a turn; the rest waits in the backlog.
 const BURST: usize = 64;
-/// `recvmmsg` calls per socket per turn.
-const BURST_BATCHES: usize = BURST / BATCH;
 /// Room for one hole-punching probe (the puncher needs at least 128 bytes).
 const PUNCH_BUF_LEN: usize = 640;
 
@@ -107,6 +108,21 @@ struct Slot {
 /// Socket index inside a slot for a leg's local port.
 fn socket_index(side: LegSide, port: LocalPort) -> usize {
     side.index() * 2 + usize::from(port == LocalPort::Rtcp)
+}
+
+/// Leg and local port of socket `sock_i` (0-3) of a slot; the inverse of [`socket_index`].
+fn socket_role(sock_i: usize) -> (LegSide, LocalPort) {
+    let side = if sock_i < 2 {
+        LegSide::Client
+    } else {
+        LegSide::Pbx
+    };
+    let port = if sock_i.is_multiple_of(2) {
+        LocalPort::Rtp
+    } else {
+        LocalPort::Rtcp
+    };
+    (side, port)
 }
 
 /// The worker: owns every call it was given until it ends.
@@ -215,24 +231,19 @@ impl Worker {
         if sock_i >= 4 {
             return self.drain_stream(token, slot_i, sock_i - 4, now);
         }
-        for _ in 0..BURST_BATCHES {
+        for _ in 0..BURST {
             let Some(Some(slot)) = self.slots.get(slot_i) else {
-                return; // a call that ended earlier in this batch
+                return; // a call that ended earlier in this burst
             };
-            let n = match self.rx.recv(slot.sockets[sock_i].as_raw_fd()) {
-                Ok(n) => n,
+            match self.rx.recv_one(slot.sockets[sock_i].as_raw_fd()) {
+                Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 // A pending socket error (e.g. ICMP) is consumed by this call: read on.
                 Err(_) => continue,
             };
-            for b in 0..n {
-                // Only IPv4 and IPv6 sources reach a UDP socket bound to an IP address.
-                if let (len, Some(from)) = self.rx.meta(b) {
-                    self.handle_datagram(slot_i, sock_i, from, false, b, len, now);
-                }
-            }
-            if n < BATCH {
-                return; // the queue was empty when recvmmsg returned: readiness is re-armed
+            // Only IPv4 and IPv6 sources reach a UDP socket bound to an IP address.
+            if let (len, Some(from)) = self.rx.meta(0) {
+                self.handle_datagram(slot_i, sock_i, from, false, 0, len, now);
             }
         }
         // Burst used up: come back to this socket before sleeping (edge-triggered readiness).
@@ -292,16 +303,7 @@ impl Worker {
             return;
         };
         let buf = self.rx.buf_mut(b);
-        let side = if sock_i < 2 {
-            LegSide::Client
-        } else {
-            LegSide::Pbx
-        };
-        let port = if sock_i.is_multiple_of(2) {
-            LocalPort::Rtp
-        } else {
-            LocalPort::Rtcp
-        };
+        let (side, port) = socket_role(sock_i);
         // A relayed client leg hears its peer only through the TURN server.
         if let Some(relay) = slot.relay.as_deref_mut().filter(|_| sock_i < 2) {
             match relay.unwrap(now, sock_i, from, from_stream, buf, len, &mut self.rng) {
