@@ -9,6 +9,7 @@
 //!   latch is frozen (and an unlatched leg accepts only its signalled address);
 //! - everything else is dropped and counted by reason, never fatal.
 
+use crate::prefetch::prefetch;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -406,6 +407,43 @@ impl Leg {
             self.rtp_latch.addr
         } else {
             self.rtcp_latch.addr
+        }
+    }
+
+    /// Hints what a packet arriving on `port` of this leg will touch: configuration, latch,
+    /// counters, the inbound SRTP context and, for RTP, the receive statistics (see
+    /// [`crate::prefetch`]). RTCP arriving on the RTP port (rtcp-mux) is rarer than RTP there,
+    /// so the RTP state is hinted.
+    pub fn prefetch_receive(&self, port: LocalPort) {
+        let rtcp = port == LocalPort::Rtcp;
+        prefetch(&self.config);
+        prefetch(if rtcp {
+            &self.rtcp_latch
+        } else {
+            &self.rtp_latch
+        });
+        prefetch(&self.counters);
+        if let Some(c) = &self.crypto {
+            c.inbound.prefetch(true, rtcp);
+        }
+        if !rtcp {
+            self.monitor.prefetch_rtp();
+        }
+    }
+
+    /// Hints what forwarding a packet of the kind `port` carries to this leg's peer will touch:
+    /// configuration, latch, counters and the outbound SRTP context (see [`crate::prefetch`]).
+    pub fn prefetch_send(&self, port: LocalPort) {
+        let rtcp = port == LocalPort::Rtcp;
+        prefetch(&self.config);
+        prefetch(if rtcp {
+            &self.rtcp_latch
+        } else {
+            &self.rtp_latch
+        });
+        prefetch(&self.counters);
+        if let Some(c) = &self.crypto {
+            c.outbound.prefetch(false, rtcp);
         }
     }
 

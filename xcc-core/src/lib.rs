@@ -15,6 +15,7 @@ pub mod leg;
 pub mod media;
 pub mod nat;
 pub mod ports;
+mod prefetch;
 pub mod priority;
 pub mod quality;
 pub mod recv_batch;

@@ -177,6 +177,11 @@ pub struct LegMonitor {
 }
 
 impl LegMonitor {
+    /// Hints the receive statistics an RTP packet updates (see [`crate::prefetch`]).
+    pub(crate) fn prefetch_rtp(&self) {
+        crate::prefetch::prefetch(&self.receive);
+    }
+
     /// A monitor for a leg configured at `now`.
     pub fn new(mut config: MonitorConfig, now: Instant) -> Self {
         config.eval_interval = config.eval_interval.max(MIN_EVAL_INTERVAL);

@@ -198,6 +198,13 @@ impl Call {
         }
     }
 
+    /// Hints the state a packet arriving on `port` of leg `side` will touch, on both legs, so
+    /// the worker can ask for it before it reads the datagram (see [`crate::prefetch`]).
+    pub fn prefetch(&self, side: LegSide, port: LocalPort) {
+        self.legs[side.index()].prefetch_receive(port);
+        self.legs[side.other().index()].prefetch_send(port);
+    }
+
     /// Records the outcome of a send decided by [`Call::handle_receive`]: `to` is the leg sent to,
     /// `from` the leg the packet came in on.
     pub fn record_send(&mut self, from: LegSide, to: LegSide, len: usize, rtcp: bool, ok: bool) {

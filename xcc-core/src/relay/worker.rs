@@ -231,6 +231,11 @@ impl Worker {
         if sock_i >= 4 {
             return self.drain_stream(token, slot_i, sock_i - 4, now);
         }
+        if let Some(Some(slot)) = self.slots.get(slot_i) {
+            // The call's state is cold with many calls: fetch it while the kernel copies.
+            let (side, port) = socket_role(sock_i);
+            slot.call.prefetch(side, port);
+        }
         for _ in 0..BURST {
             let Some(Some(slot)) = self.slots.get(slot_i) else {
                 return; // a call that ended earlier in this burst

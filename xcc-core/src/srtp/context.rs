@@ -7,6 +7,7 @@ use super::stream::{
     MAX_SRTCP_INDEX, MAX_SRTP_INDEX, ReplayWindow, SsrcTable, Stale, estimate_index,
 };
 use super::{KeyingMaterial, SrtpError, SrtpSuite};
+use crate::prefetch::prefetch;
 
 /// SRTCP trailer word: E flag and 31-bit SRTCP index (RFC 3711 §3.4).
 const SRTCP_TRAILER_LEN: usize = 4;
@@ -303,6 +304,24 @@ impl SrtpContext {
         if let Some(s) = p.rtcp.filter(|s| s.index <= u64::from(MAX_SRTCP_INDEX)) {
             self.recv_rtcp
                 .insert(s.ssrc, ReplayWindow::starting_at(s.index));
+        }
+    }
+
+    /// Hints the state that the next RTP packet (`rtcp` false) or RTCP packet in one direction
+    /// will touch: that session's keys and the direction's stream table (see
+    /// [`crate::prefetch`]).
+    pub(crate) fn prefetch(&self, inbound: bool, rtcp: bool) {
+        match (&self.sessions, rtcp) {
+            (Sessions::Cm { rtp, .. }, false) => rtp.prefetch(),
+            (Sessions::Cm { rtcp, .. }, true) => rtcp.prefetch(),
+            (Sessions::Gcm { rtp, .. }, false) => rtp.prefetch(),
+            (Sessions::Gcm { rtcp, .. }, true) => rtcp.prefetch(),
+        }
+        match (inbound, rtcp) {
+            (true, false) => prefetch(&self.recv_rtp),
+            (false, false) => prefetch(&self.send_rtp),
+            (true, true) => prefetch(&self.recv_rtcp),
+            (false, true) => prefetch(&self.send_rtcp),
         }
     }
 
