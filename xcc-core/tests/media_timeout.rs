@@ -71,3 +71,34 @@ fn release_and_shutdown_both_raise_ended() {
     assert!(matches!(ctl.allocate(), Err(xcc_core::Error::Stopped)));
     assert_eq!(ctl.pool_status().used, 0);
 }
+
+#[test]
+fn a_worker_with_more_calls_than_one_tick_chunk_times_out_every_one() {
+    // One worker, 70 calls: a tick is spread over iterations of 32 calls (TICK_CHUNK), and a
+    // cursor that stopped after the first chunk would leave the others running forever.
+    const CALLS: usize = 70;
+    let (engine, events) = engine(28400, 28699, |c| {
+        c.workers = 1;
+        c.media_timeout_secs = 1;
+    });
+    let ctl = engine.control();
+    let mut waiting: std::collections::HashSet<_> =
+        (0..CALLS).map(|_| ctl.allocate().unwrap().call).collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !waiting.is_empty() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match events.recv_timeout(left) {
+            Ok(MediaEvent::Ended { call, reason, .. }) => {
+                assert_eq!(reason, EndReason::MediaTimeout, "{call}");
+                assert!(
+                    waiting.remove(&call),
+                    "{call} ended twice or was never allocated"
+                );
+            }
+            Ok(_) => continue,
+            Err(e) => panic!("{} of {CALLS} calls never timed out: {e}", waiting.len()),
+        }
+    }
+    assert!(ctl.calls().is_empty());
+    engine.shutdown();
+}

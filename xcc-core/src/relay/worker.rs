@@ -41,6 +41,10 @@ pub(crate) const WAKER: Token = Token(usize::MAX);
 const SLOT_TOKENS: usize = 6;
 /// How often timers are checked and changes published.
 const TICK: Duration = Duration::from_millis(50);
+/// Calls one loop iteration ticks: a tick over hundreds of calls is spread over iterations with
+/// the sockets read in between, so no packet waits behind the whole of it (750 calls took
+/// 0.3-1.1 ms per tick on average, up to 6 ms, measured in the loaded worker).
+const TICK_CHUNK: usize = 32;
 /// A call whose only change is traffic is published every this many ticks (200 ms), its turn
 /// set by its slot so the work spreads evenly over the ticks; latches, configuration and quality
 /// evaluations are published at the next tick.
@@ -158,6 +162,8 @@ struct Worker {
     calls_ended: u64,
     /// Ticks run so far (whose turn it is to publish counters).
     ticks: u64,
+    /// The next slot of the tick in progress, `None` between ticks.
+    tick_cursor: Option<usize>,
 }
 
 /// Runs a worker until it receives [`Command::Shutdown`] or the control plane is gone.
@@ -178,12 +184,13 @@ pub(crate) fn run(setup: WorkerSetup) {
         retired: LegCounters::default(),
         calls_ended: 0,
         ticks: 0,
+        tick_cursor: None,
     };
     tracing::debug!(worker = w.setup.index, "media worker started");
     let mut events = Events::with_capacity(1024);
     let mut next_tick = Instant::now() + TICK;
     while !w.stopping {
-        let timeout = if w.backlog.is_empty() {
+        let timeout = if w.backlog.is_empty() && w.tick_cursor.is_none() {
             next_tick.saturating_duration_since(Instant::now())
         } else {
             Duration::ZERO
@@ -214,10 +221,13 @@ pub(crate) fn run(setup: WorkerSetup) {
                 w.drain_socket(event.token(), now);
             }
         }
-        if now >= next_tick {
-            w.tick(now);
+        if w.tick_cursor.is_none() && now >= next_tick {
+            w.tick_cursor = Some(0);
             next_tick = now + TICK;
             w.setup.heartbeat.fetch_add(1, Ordering::Relaxed);
+        }
+        if w.tick_cursor.is_some() {
+            w.tick_chunk(now);
         }
     }
     tracing::debug!(worker = w.setup.index, "media worker stopped");
@@ -480,63 +490,79 @@ impl Worker {
         tracing::debug!(worker = self.setup.index, call = %id, "call added");
     }
 
-    /// Timers and publication.
-    fn tick(&mut self, now: Instant) {
-        for i in 0..self.slots.len() {
-            let Some(slot) = self.slots[i].as_mut() else {
-                continue;
-            };
-            if slot.call.is_timed_out(now) {
-                self.end(i, EndReason::MediaTimeout, now);
-                continue;
-            }
-            slot.call.handle_timeout(now);
-            // Hole punching: a few probes per leg per tick at most, from the client RTP socket.
-            slot.call.handle_punch_timeout(now, &mut self.rng);
-            let client_rtp = socket_index(LegSide::Client, LocalPort::Rtp);
-            while let Some((to, len)) = slot.call.poll_punch(&mut self.punch_out) {
-                let _ = send_via(
-                    &slot.sockets,
-                    slot.relay.as_deref_mut(),
-                    client_rtp,
-                    &self.punch_out[..len],
-                    to,
-                    &mut self.relay_out,
-                );
-            }
-            if let Some(relay) = slot.relay.as_deref_mut() {
-                relay.handle_timeout(now, &mut self.rng);
-                pump_relay(&slot.sockets, relay);
-                while let Some(RelayNotice::Failed { socket, code }) = relay.poll_notice() {
-                    let _span = tracing::info_span!("call", id = slot.id.0).entered();
-                    tracing::warn!(socket, ?code, "TURN request for the client leg failed");
-                }
-            }
-            while let Some((side, event)) = slot.call.poll_quality_event() {
-                let _span = tracing::info_span!("call", id = slot.id.0).entered();
-                tracing::info!(?side, ?event, "media quality");
-                // Rare (hysteresis: at most one per limit and direction every few seconds).
-                let QualityEvent::VoipReady(
-                    VoipEvent::LimitCrossed { limit, .. } | VoipEvent::LimitRecovered { limit, .. },
-                ) = event;
-                let threshold = self.setup.quality.voip_ready.limits.of(limit);
-                let _ = self.setup.events.send(MediaEvent::Quality {
-                    call: slot.id,
-                    side,
-                    event,
-                    threshold,
-                });
-            }
-            let counters_due = (i as u64) % COUNTER_TICKS == self.ticks % COUNTER_TICKS;
-            if slot.call.take_dirty(counters_due) {
-                slot.published.write(&slot.call.state(self.setup.epoch));
-            }
+    /// Timers and publication for the next [`TICK_CHUNK`] slots of the tick in progress; the
+    /// last chunk ends the tick. A call added to a slot the tick has passed waits for the next
+    /// one.
+    fn tick_chunk(&mut self, now: Instant) {
+        let Some(start) = self.tick_cursor else {
+            return;
+        };
+        let end = start.saturating_add(TICK_CHUNK).min(self.slots.len());
+        for i in start..end {
+            self.tick_slot(i, now);
         }
+        if end < self.slots.len() {
+            self.tick_cursor = Some(end);
+            return;
+        }
+        self.tick_cursor = None;
         // Totals follow the same cadence as counters: readers are metrics scrapes and Status.
         if self.ticks.is_multiple_of(COUNTER_TICKS) {
             self.publish_totals();
         }
         self.ticks += 1;
+    }
+
+    /// One call's timers and publication.
+    fn tick_slot(&mut self, i: usize, now: Instant) {
+        let Some(slot) = self.slots[i].as_mut() else {
+            return;
+        };
+        if slot.call.is_timed_out(now) {
+            self.end(i, EndReason::MediaTimeout, now);
+            return;
+        }
+        slot.call.handle_timeout(now);
+        // Hole punching: a few probes per leg per tick at most, from the client RTP socket.
+        slot.call.handle_punch_timeout(now, &mut self.rng);
+        let client_rtp = socket_index(LegSide::Client, LocalPort::Rtp);
+        while let Some((to, len)) = slot.call.poll_punch(&mut self.punch_out) {
+            let _ = send_via(
+                &slot.sockets,
+                slot.relay.as_deref_mut(),
+                client_rtp,
+                &self.punch_out[..len],
+                to,
+                &mut self.relay_out,
+            );
+        }
+        if let Some(relay) = slot.relay.as_deref_mut() {
+            relay.handle_timeout(now, &mut self.rng);
+            pump_relay(&slot.sockets, relay);
+            while let Some(RelayNotice::Failed { socket, code }) = relay.poll_notice() {
+                let _span = tracing::info_span!("call", id = slot.id.0).entered();
+                tracing::warn!(socket, ?code, "TURN request for the client leg failed");
+            }
+        }
+        while let Some((side, event)) = slot.call.poll_quality_event() {
+            let _span = tracing::info_span!("call", id = slot.id.0).entered();
+            tracing::info!(?side, ?event, "media quality");
+            // Rare (hysteresis: at most one per limit and direction every few seconds).
+            let QualityEvent::VoipReady(
+                VoipEvent::LimitCrossed { limit, .. } | VoipEvent::LimitRecovered { limit, .. },
+            ) = event;
+            let threshold = self.setup.quality.voip_ready.limits.of(limit);
+            let _ = self.setup.events.send(MediaEvent::Quality {
+                call: slot.id,
+                side,
+                event,
+                threshold,
+            });
+        }
+        let counters_due = (i as u64) % COUNTER_TICKS == self.ticks % COUNTER_TICKS;
+        if slot.call.take_dirty(counters_due) {
+            slot.published.write(&slot.call.state(self.setup.epoch));
+        }
     }
 
     /// Publishes retired + live counters (off the packet path: once per tick, O(calls)).
