@@ -8,6 +8,7 @@
 pub mod call;
 pub(crate) mod client_relay;
 pub(crate) mod published;
+pub(crate) mod ready_set;
 pub(crate) mod spares;
 pub(crate) mod totals;
 pub(crate) mod turn_link;

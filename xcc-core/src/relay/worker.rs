@@ -1,12 +1,13 @@
 //! One worker thread: a mio loop over the sockets of the calls it owns.
 //!
-//! The loop reads the clock once per wake-up and hands `now` to the sans-IO [`Call`]. A ready
-//! socket is read with `recvfrom` until it is empty, then per packet the call's decision and one
-//! `send_to`, in a receive buffer allocated once: no lock, no allocation, no log line. Not
-//! `recvmmsg`: a wake-up finds one datagram per socket at 50 packets/s, and perf put one
-//! `recvmmsg` (a datagram, then an empty try, each through a `msghdr` and an iovec) at 1.2-1.7x
-//! the kernel time of two `recvfrom` (the same datagram, then `EAGAIN`) in the same runs
-//! (docs/load.md, session 6).
+//! The loop reads the clock once per wake-up and hands `now` to the sans-IO [`Call`]. The UDP
+//! sockets sit in a level-triggered [`ReadySet`]: each round reads one datagram with `recvfrom`
+//! from every socket that holds one, then per packet the call's decision and one `send_to`, in a
+//! receive buffer allocated once: no lock, no allocation, no log line. No socket is read only to
+//! learn that it is empty. Not `recvmmsg`: a wake-up finds one datagram per socket at 50
+//! packets/s, and perf put one `recvmmsg` (a datagram, then an empty try, each through a
+//! `msghdr` and an iovec) at 1.2-1.7x the kernel time of two `recvfrom` (the same datagram, then
+//! `EAGAIN`) in the same runs (docs/load.md, session 6).
 
 use std::collections::HashMap;
 use std::io;
@@ -17,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::ids::{CallId, LegSide};
@@ -30,12 +32,18 @@ use crate::recv_batch::RecvBatch;
 use crate::relay::call::{Call, CallTimers};
 use crate::relay::client_relay::{ClientRelay, RelayNotice, Unwrapped};
 use crate::relay::published::Published;
+use crate::relay::ready_set::ReadySet;
 use crate::relay::totals::{WorkerTotals, add_counters};
 use crate::relay::turn_link::{Fill, TurnLink};
 use crate::relay::{Command, Freed, NewCall};
 
 /// Token of the waker; socket tokens are `slot * SLOT_TOKENS + socket`.
 pub(crate) const WAKER: Token = Token(usize::MAX);
+/// Token of the UDP sockets' [`ReadySet`] in the poll: some media socket holds a datagram.
+const UDP_READY: Token = Token(usize::MAX - 1);
+/// Rounds of one datagram per ready socket before the loop looks at commands, streams and
+/// timers again (the set is asked again at once if it still has ready sockets).
+const UDP_ROUNDS: usize = 64;
 /// Tokens per slot: the four UDP sockets, then the TURN TCP links of the client RTP and RTCP
 /// sockets (when the client leg is relayed over TCP).
 const SLOT_TOKENS: usize = 6;
@@ -56,7 +64,7 @@ pub(crate) const COUNTERS_LAG: Duration =
 const MAX_DATAGRAM: usize = 2048;
 /// Receive buffer: datagram plus the largest protect overhead.
 const BUF_LEN: usize = MAX_DATAGRAM + 64;
-/// Packets read from one socket before others get a turn; the rest waits in the backlog.
+/// Frames read from one TURN TCP link before others get a turn; the rest waits in the backlog.
 const BURST: usize = 64;
 /// Room for one hole-punching probe (the puncher needs at least 128 bytes).
 const PUNCH_BUF_LEN: usize = 640;
@@ -114,6 +122,11 @@ fn socket_index(side: LegSide, port: LocalPort) -> usize {
     side.index() * 2 + usize::from(port == LocalPort::Rtcp)
 }
 
+/// Slot and socket index (0-3 UDP, 4-5 TURN TCP) of a token.
+fn split_token(token: usize) -> (usize, usize) {
+    (token / SLOT_TOKENS, token % SLOT_TOKENS)
+}
+
 /// Leg and local port of socket `sock_i` (0-3) of a slot; the inverse of [`socket_index`].
 fn socket_role(sock_i: usize) -> (LegSide, LocalPort) {
     let side = if sock_i < 2 {
@@ -138,7 +151,11 @@ struct Worker {
     free_slots: Vec<usize>,
     /// Call id to slot.
     by_id: HashMap<CallId, usize>,
-    /// Sockets that still had data when their burst ended.
+    /// The UDP sockets, level-triggered.
+    ready: ReadySet,
+    /// The ready set may hold ready sockets: ask it before sleeping.
+    udp_more: bool,
+    /// TURN TCP links that still had data when their burst ended.
     backlog: Vec<Token>,
     /// Backlog being processed (swapped with `backlog`, both keep their capacity).
     backlog_now: Vec<Token>,
@@ -168,8 +185,26 @@ struct Worker {
 
 /// Runs a worker until it receives [`Command::Shutdown`] or the control plane is gone.
 pub(crate) fn run(setup: WorkerSetup) {
+    let ready = match ReadySet::new().and_then(|r| {
+        let fd = r.as_raw_fd();
+        setup
+            .poll
+            .registry()
+            .register(&mut SourceFd(&fd), UDP_READY, Interest::READABLE)
+            .map(|()| r)
+    }) {
+        Ok(r) => r,
+        Err(e) => {
+            // Without it no media socket can be read: refuse every call rather than hold them
+            // silently (the engine's shutdown still finds this worker's channel closed).
+            tracing::error!(worker = setup.index, error = %e, "media worker cannot create its socket set, stopping");
+            return;
+        }
+    };
     let mut w = Worker {
         setup,
+        ready,
+        udp_more: false,
         slots: Vec::new(),
         free_slots: Vec::new(),
         by_id: HashMap::new(),
@@ -190,7 +225,7 @@ pub(crate) fn run(setup: WorkerSetup) {
     let mut events = Events::with_capacity(1024);
     let mut next_tick = Instant::now() + TICK;
     while !w.stopping {
-        let timeout = if w.backlog.is_empty() && w.tick_cursor.is_none() {
+        let timeout = if w.backlog.is_empty() && w.tick_cursor.is_none() && !w.udp_more {
             next_tick.saturating_duration_since(Instant::now())
         } else {
             Duration::ZERO
@@ -217,9 +252,14 @@ pub(crate) fn run(setup: WorkerSetup) {
         }
         w.backlog_now.clear();
         for event in events.iter() {
-            if event.token() != WAKER {
-                w.drain_socket(event.token(), now);
+            match event.token() {
+                WAKER => {}
+                UDP_READY => w.udp_more = true,
+                token => w.drain_socket(token, now),
             }
+        }
+        if w.udp_more {
+            w.drain_udp(now);
         }
         if w.tick_cursor.is_none() && now >= next_tick {
             w.tick_cursor = Some(0);
@@ -234,35 +274,64 @@ pub(crate) fn run(setup: WorkerSetup) {
 }
 
 impl Worker {
-    /// Reads up to [`BURST`] datagrams from one socket (or frames from one TURN TCP link) and
-    /// forwards them.
-    fn drain_socket(&mut self, token: Token, now: Instant) {
-        let (slot_i, sock_i) = (token.0 / SLOT_TOKENS, token.0 % SLOT_TOKENS);
-        if sock_i >= 4 {
-            return self.drain_stream(token, slot_i, sock_i - 4, now);
-        }
-        if let Some(Some(slot)) = self.slots.get(slot_i) {
-            // The call's state is cold with many calls: fetch it while the kernel copies.
-            let (side, port) = socket_role(sock_i);
-            slot.call.prefetch(side, port);
-        }
-        for _ in 0..BURST {
-            let Some(Some(slot)) = self.slots.get(slot_i) else {
-                return; // a call that ended earlier in this burst
+    /// Reads rounds of one datagram from every ready UDP socket and forwards them, until none
+    /// is ready or [`UDP_ROUNDS`] have run (then `udp_more` stays set and the loop comes back
+    /// without sleeping).
+    fn drain_udp(&mut self, now: Instant) {
+        for _ in 0..UDP_ROUNDS {
+            let n = match self.ready.wait_now() {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // Not expected on a valid epoll descriptor; the next socket event retries.
+                    tracing::error!(worker = self.setup.index, error = %e, "media socket set failed");
+                    self.udp_more = false;
+                    return;
+                }
             };
-            match self.rx.recv_one(slot.sockets[sock_i].as_raw_fd()) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                // A pending socket error (e.g. ICMP) is consumed by this call: read on.
-                Err(_) => continue,
-            };
-            // Only IPv4 and IPv6 sources reach a UDP socket bound to an IP address.
-            if let (len, Some(from)) = self.rx.meta(0) {
-                self.handle_datagram(slot_i, sock_i, from, false, 0, len, now);
+            if n == 0 {
+                self.udp_more = false;
+                return;
+            }
+            // The calls' state is cold with many calls: ask for all of it before the first read,
+            // so the misses overlap the system calls.
+            for k in 0..n {
+                let (slot_i, sock_i) = split_token(self.ready.token(k));
+                if let Some(Some(slot)) = self.slots.get(slot_i) {
+                    let (side, port) = socket_role(sock_i);
+                    slot.call.prefetch(side, port);
+                }
+            }
+            for k in 0..n {
+                let (slot_i, sock_i) = split_token(self.ready.token(k));
+                self.read_one(slot_i, sock_i, now);
             }
         }
-        // Burst used up: come back to this socket before sleeping (edge-triggered readiness).
-        self.backlog.push(token);
+    }
+
+    /// Reads and forwards one datagram from UDP socket `sock_i` of slot `slot_i`.
+    fn read_one(&mut self, slot_i: usize, sock_i: usize, now: Instant) {
+        let Some(Some(slot)) = self.slots.get(slot_i) else {
+            return; // a call that ended earlier in this round
+        };
+        match self.rx.recv_one(slot.sockets[sock_i].as_raw_fd()) {
+            Ok(()) => {}
+            // Nothing after all, or a pending socket error (e.g. ICMP) that this call consumed:
+            // a socket that still holds data is reported again next round.
+            Err(_) => return,
+        }
+        // Only IPv4 and IPv6 sources reach a UDP socket bound to an IP address.
+        if let (len, Some(from)) = self.rx.meta(0) {
+            self.handle_datagram(slot_i, sock_i, from, false, 0, len, now);
+        }
+    }
+
+    /// Serves a TURN TCP link the poll reported (UDP sockets come through [`Worker::drain_udp`]).
+    fn drain_socket(&mut self, token: Token, now: Instant) {
+        let (slot_i, sock_i) = split_token(token.0);
+        if sock_i >= 4 {
+            self.drain_stream(token, slot_i, sock_i - 4, now);
+        }
     }
 
     /// Flushes one client socket's TURN TCP link and handles up to [`BURST`] frames from it.
@@ -422,7 +491,7 @@ impl Worker {
     fn add(&mut self, new: NewCall, now: Instant) {
         let NewCall {
             call: id,
-            mut sockets,
+            sockets,
             ports,
             created,
             published,
@@ -434,11 +503,12 @@ impl Worker {
             self.slots.len() - 1
         });
         let registry = self.setup.poll.registry();
-        for (k, s) in sockets.iter_mut().enumerate() {
-            if let Err(e) = registry.register(s, Token(i * SLOT_TOKENS + k), Interest::READABLE) {
+        for (k, s) in sockets.iter().enumerate() {
+            if let Err(e) = self.ready.add(s.as_raw_fd(), i * SLOT_TOKENS + k) {
                 tracing::error!(call = %id, error = %e, "cannot register media socket");
             }
         }
+        // Data queued before registration is reported too (level-triggered): nothing to poke.
         let mut relay = relay;
         if let Some(relay) = relay.as_deref_mut() {
             for k in 0..2 {
@@ -618,8 +688,8 @@ impl Worker {
             relay.handle_timeout(now, &mut self.rng);
             pump_relay(&slot.sockets, relay);
         }
-        for s in slot.sockets.iter_mut() {
-            let _ = self.setup.poll.registry().deregister(s);
+        for s in &slot.sockets {
+            let _ = self.ready.remove(s.as_raw_fd());
         }
         if let Some(relay) = slot.relay.as_deref_mut() {
             for k in 0..2 {
