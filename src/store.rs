@@ -467,6 +467,11 @@ pub struct Writer {
     released: HashSet<CallId>,
     /// SIP blobs.
     signalling: HashMap<CallId, Vec<u8>>,
+    /// The media plane's resume generation of each call when its record was last found
+    /// written (see [`MediaControl::resume_points_changed`]): such a call is not read again until
+    /// its generation moves. A call is dropped from here when anything else in its record may
+    /// have changed (its signalling blob, a failed write) and all are when the sessions moved.
+    generations: HashMap<CallId, u64>,
 }
 
 /// Starts the writer; `resumed` are the calls [`resume`] restored (their blobs are kept).
@@ -488,6 +493,7 @@ pub fn spawn_writer(
         session_changes: u64::MAX,
         released: HashSet::new(),
         signalling: resumed.signalling.clone(),
+        generations: HashMap::new(),
     };
     std::thread::Builder::new()
         .name("xcc-store".into())
@@ -534,9 +540,11 @@ impl Writer {
                     Msg::Released(call, done) => self.release(call, done, &mut releasing),
                     Msg::Signalling(call, Some(blob)) => {
                         self.signalling.insert(call, blob);
+                        self.generations.remove(&call);
                     }
                     Msg::Signalling(call, None) => {
                         self.signalling.remove(&call);
+                        self.generations.remove(&call);
                     }
                     Msg::FinishAndStop => {
                         self.confirm(releasing);
@@ -565,6 +573,7 @@ impl Writer {
         self.released.insert(call);
         self.signalling.remove(&call);
         self.written.remove(&call);
+        self.generations.remove(&call);
         match self.store.unlink(call) {
             Ok(unlinked) => releasing.unlinked |= unlinked,
             Err(e) => tracing::error!(error = %e, "cannot delete a call record"),
@@ -598,20 +607,27 @@ impl Writer {
     /// Writes changed records, deletes those of calls that ended. The renames and unlinks share
     /// one directory fsync at the end; between two record writes, releases are served.
     ///
-    /// A round costs a comparison per call, not an encoding: the media plane's part of a record
-    /// (latches, SRTP checkpoints) is compared with the last record written, and sessions are
-    /// exported only when the session table changed since the last round (measured: encoding
-    /// every record every round took 8 % of xccd's CPU at 750 calls, docs/load.md).
+    /// A round costs nothing per unchanged call: only calls whose media-plane generation moved
+    /// (configuration, latches, SRTP checkpoints) or whose signalling changed are read, their
+    /// part of a record is compared with the last record written, and sessions are exported
+    /// only when the session table changed since the last round (measured: encoding every record
+    /// every round took 8 % of xccd's CPU at 750 calls, reading and comparing every call every
+    /// round ~2 %, docs/load.md).
     fn sync(&mut self, rx: &mpsc::Receiver<Msg>, deferred: &mut Vec<Msg>) {
         // Read before exporting: a mutation after this read moves the count again, so the next
         // round exports it.
         let session_changes = self.sessions.changes();
         let sessions_moved = session_changes != self.session_changes;
-        let points = self.media.resume_points();
-        let live: HashSet<CallId> = points.iter().map(|p| p.call).collect();
+        if sessions_moved {
+            // A session's part of any record may have changed: every call is read this round.
+            self.generations.clear();
+        }
+        let scan = self.media.resume_points_changed(&self.generations);
+        let live: HashSet<CallId> = scan.live.iter().copied().collect();
         self.released.retain(|c| live.contains(c));
+        self.generations.retain(|c, _| live.contains(c));
         let mut renamed = Vec::new();
-        for p in points {
+        for (generation, p) in scan.changed {
             if self.released.contains(&p.call) {
                 continue;
             }
@@ -628,6 +644,7 @@ impl Writer {
                 && last.relay == p.relay
                 && last.signalling.as_ref() == signalling
             {
+                self.generations.insert(p.call, generation);
                 continue;
             }
             let rec = StoredCall {
@@ -643,11 +660,13 @@ impl Writer {
                 relay: p.relay,
             };
             if last == Some(&rec) {
+                self.generations.insert(p.call, generation);
                 continue;
             }
             match self.store.write_file(&rec) {
                 Ok(bytes) => {
                     tracing::debug!(call = %p.call, bytes, "call record written");
+                    self.generations.insert(p.call, generation);
                     renamed.push(rec);
                 }
                 Err(e) => {
@@ -656,6 +675,7 @@ impl Writer {
                     if let Some(entry) = self.written.get_mut(&p.call) {
                         *entry = None;
                     }
+                    self.generations.remove(&p.call);
                 }
             }
             self.take_releases(rx, deferred);
@@ -1026,6 +1046,47 @@ mod tests {
     /// The writer exports sessions only when the session table changed: a session mutation that
     /// pokes nobody (an abandoned re-offer touches no media) still reaches the disk on a timer
     /// round, and the record then matches the table again. Ports 22916-22923 (ops range).
+    /// A change only the media plane knows of (a leg configured without the session table
+    /// moving) reaches the disk through the call's resume generation: rounds skip calls whose
+    /// generation they wrote, so without the bump the record would keep the old configuration.
+    /// Ports 22924-22931.
+    #[test]
+    fn a_configuration_the_sessions_never_saw_is_written_by_its_generation() {
+        let dir = fresh_dir("gen");
+        let Rig {
+            engine,
+            media,
+            handle,
+            writer,
+            ..
+        } = boot(&dir, (22924, 22931));
+        let call = media.allocate().unwrap().call;
+        handle.poke();
+        let file = dir.join("calls").join(format!("{}.call", call.0));
+        let client_config = || read_call(&file).ok().map(|r| r.legs[0].config.clone());
+        let wait_for_disk = |want: Option<Option<LegConfig>>| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while client_config() != want {
+                assert!(std::time::Instant::now() < deadline, "record never matched");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        wait_for_disk(Some(None));
+        let config = LegConfig {
+            remote_rtp: Some("127.0.0.1:7000".parse().unwrap()),
+            ..LegConfig::default()
+        };
+        media
+            .configure_leg(call, LegSide::Client, config.clone())
+            .unwrap();
+        // No poke and no session change: only the timer round and the generation.
+        wait_for_disk(Some(Some(config)));
+        stop(&handle, false);
+        writer.join().unwrap();
+        engine.shutdown();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn a_session_change_without_a_poke_is_written_on_the_next_round() {
         let dir = fresh_dir("sess");

@@ -368,6 +368,15 @@ pub struct ResumePoint {
     pub relay: Option<RelayedPorts>,
 }
 
+/// What [`MediaControl::resume_points_changed`] found.
+#[derive(Debug, Default)]
+pub struct ResumeScan {
+    /// Every live call, by id.
+    pub live: Vec<CallId>,
+    /// The calls whose resume generation moved, by id, each with its generation.
+    pub changed: Vec<(u64, ResumePoint)>,
+}
+
 /// Why a call's media ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum EndReason {
@@ -1025,6 +1034,7 @@ impl MediaControl {
             .ok_or(crate::Error::UnknownCall(call))?;
         rec.configs[side.index()] = config.clone();
         rec.configured[side.index()] = true;
+        rec.published.bump_resume();
         let worker = rec.worker;
         drop(reg);
         self.shared.send(
@@ -1077,30 +1087,54 @@ impl MediaControl {
     /// What every live call needs to resume after a restart: configuration from the registry,
     /// latches and SRTP progress from what the workers last published (no worker is asked).
     pub fn resume_points(&self) -> Vec<ResumePoint> {
+        self.resume_points_changed(&HashMap::new())
+            .changed
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect()
+    }
+
+    /// [`MediaControl::resume_points`] for the calls whose resume generation is not the one in
+    /// `known` (or that `known` lacks), with that generation, plus the ids of every live call.
+    /// A call's generation moves with its configuration, latches and SRTP checkpoints, so a
+    /// reader that wrote a call at generation `g` has nothing new to write while it stays `g`;
+    /// unchanged calls are neither decoded nor cloned.
+    pub fn resume_points_changed(&self, known: &HashMap<CallId, u64>) -> ResumeScan {
         let reg = self.shared.lock();
-        let mut out: Vec<ResumePoint> = reg
-            .calls
-            .iter()
-            .filter(|(_, rec)| !rec.published.is_ended())
-            .filter_map(|(&call, rec)| {
-                let state = rec.published.read(100_000)?;
-                let leg = |i: usize| LegResume {
-                    config: rec.configured[i].then(|| rec.configs[i].clone()),
-                    latched_rtp: state.legs[i].latched,
-                    latched_rtcp: state.legs[i].latched_rtcp,
-                    srtp: state.legs[i].srtp,
-                };
-                Some(ResumePoint {
+        let mut scan = ResumeScan::default();
+        for (&call, rec) in reg.calls.iter().filter(|(_, r)| !r.published.is_ended()) {
+            scan.live.push(call);
+            // Before the state: a change published after this read moves it again.
+            let generation = rec.published.resume_gen();
+            if known.get(&call) == Some(&generation) {
+                continue;
+            }
+            let Some(state) = rec.published.read(100_000) else {
+                continue;
+            };
+            let leg = |i: usize| LegResume {
+                config: rec.configured[i].then(|| rec.configs[i].clone()),
+                latched_rtp: state.legs[i].latched,
+                latched_rtcp: state.legs[i].latched_rtcp,
+                srtp: state.legs[i].srtp,
+            };
+            scan.changed.push((
+                generation,
+                ResumePoint {
                     call,
                     created: rec.created,
                     ports: rec.ports,
                     legs: [leg(0), leg(1)],
                     relay: rec.relay,
-                })
-            })
-            .collect();
-        out.sort_by_key(|p| p.call);
-        out
+                },
+            ));
+        }
+        drop(reg);
+        scan.live.sort_unstable();
+        // Sorted by id (a stable order for writers and tests); the key is a copy, the moves are
+        // of the changed calls only.
+        scan.changed.sort_by_key(|(_, p)| p.call);
+        scan
     }
 
     /// Takes a call over again after a restart: binds exactly its stored ports (the pool marks

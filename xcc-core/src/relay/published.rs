@@ -62,6 +62,12 @@ pub(crate) struct Published {
     words: [AtomicU64; CALL_WORDS],
     /// Set by the worker once the call ended; the control plane then forgets it.
     ended: AtomicBool,
+    /// Moves whenever what a restart needs from this call may have changed: a latch or an SRTP
+    /// checkpoint (the worker, in [`Published::write`]) or a leg's configuration (the control
+    /// plane, [`Published::bump_resume`]). The call store skips calls whose generation it has
+    /// already written instead of reading and comparing every call every round (that took
+    /// ~2 % of xccd's CPU at 750 calls, docs/load.md, session 6).
+    resume_gen: AtomicU64,
 }
 
 impl Published {
@@ -71,14 +77,28 @@ impl Published {
             seq: AtomicU64::new(0),
             words: std::array::from_fn(|_| AtomicU64::new(0)),
             ended: AtomicBool::new(false),
+            resume_gen: AtomicU64::new(0),
         };
         p.write(state);
         p
     }
 
+    /// The resume generation (see the field). Read it before the state: a change published after
+    /// this read moves it again.
+    pub fn resume_gen(&self) -> u64 {
+        self.resume_gen.load(Ordering::Acquire)
+    }
+
+    /// Records that a restart would now need something else from this call.
+    pub fn bump_resume(&self) {
+        self.resume_gen.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// Publishes `state`. Only the owning worker calls this (single writer).
     pub fn write(&self, state: &CallState) {
         let words = encode(state);
+        // The single writer reads its own last write: no race. Compared before it is replaced.
+        let resume_moved = self.resume_part_differs(&words);
         let s = self.seq.load(Ordering::Relaxed);
         self.seq.store(s.wrapping_add(1), Ordering::Relaxed);
         fence(Ordering::Release);
@@ -86,6 +106,30 @@ impl Published {
             w.store(v, Ordering::Relaxed);
         }
         self.seq.store(s.wrapping_add(2), Ordering::Release);
+        if resume_moved {
+            // After the state: a reader that sees the new generation reads the new state.
+            self.bump_resume();
+        }
+    }
+
+    /// Whether `new` differs from the words now published in what a restart keeps: the latches
+    /// and the SRTP progress rounded to its checkpoints (the store writes nothing else from here).
+    fn resume_part_differs(&self, new: &[u64; CALL_WORDS]) -> bool {
+        (0..2).any(|leg| {
+            let at = leg * LEG_WORDS;
+            let latches = at + COUNTER_WORDS..at + COUNTER_WORDS + 2 * ADDR_WORDS;
+            let srtp = at + SRTP_AT..at + LEG_WORDS;
+            latches
+                .clone()
+                .any(|i| self.words[i].load(Ordering::Relaxed) != new[i])
+                || {
+                    let mut old = [0u64; SRTP_WORDS];
+                    for (o, i) in old.iter_mut().zip(srtp.clone()) {
+                        *o = self.words[i].load(Ordering::Relaxed);
+                    }
+                    decode_srtp(&old).checkpoint() != decode_srtp(&new[srtp]).checkpoint()
+                }
+        })
     }
 
     /// Reads a consistent copy; `None` if the writer kept interfering for `tries` attempts (it
@@ -427,6 +471,50 @@ mod tests {
         let p = Published::new(&CallState::default());
         p.write(&st);
         assert_eq!(p.read(1), Some(st));
+    }
+
+    #[test]
+    fn the_resume_generation_moves_with_latches_and_checkpoints_only() {
+        let p = Published::new(&CallState::default());
+        let g0 = p.resume_gen();
+        let mut st = CallState::default();
+        // Traffic, quality, the media instant and SRTP progress inside one checkpoint: no move.
+        st.legs[0].counters.packets_in = 500;
+        st.legs[1].quality.received = 500;
+        st.last_media_nanos = 42;
+        st.legs[0].srtp.inbound.rtp = Some(StreamIndex { ssrc: 9, index: 1 });
+        p.write(&st);
+        let g1 = p.resume_gen();
+        assert_ne!(g1, g0, "a new SRTP stream is a new checkpoint");
+        st.legs[0].srtp.inbound.rtp = Some(StreamIndex {
+            ssrc: 9,
+            index: (1 << crate::srtp::RTP_CHECKPOINT_BITS) - 1,
+        });
+        st.legs[0].counters.packets_in = 16_000;
+        p.write(&st);
+        assert_eq!(p.resume_gen(), g1, "same checkpoint, only traffic moved");
+        // Crossing a checkpoint moves it.
+        st.legs[0].srtp.inbound.rtp = Some(StreamIndex {
+            ssrc: 9,
+            index: 1 << crate::srtp::RTP_CHECKPOINT_BITS,
+        });
+        p.write(&st);
+        let g2 = p.resume_gen();
+        assert_ne!(g2, g1);
+        // A latch, on either leg and either port, moves it; writing it again does not.
+        st.legs[1].latched_rtcp = Some("[2001:db8::1]:5005".parse().unwrap());
+        p.write(&st);
+        let g3 = p.resume_gen();
+        assert_ne!(g3, g2);
+        p.write(&st);
+        assert_eq!(p.resume_gen(), g3);
+        st.legs[0].latched = Some("198.51.100.7:4000".parse().unwrap());
+        p.write(&st);
+        assert_ne!(p.resume_gen(), g3);
+        // The control plane's bump (a configuration) moves it too.
+        let g4 = p.resume_gen();
+        p.bump_resume();
+        assert_ne!(p.resume_gen(), g4);
     }
 
     #[test]
