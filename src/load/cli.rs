@@ -78,6 +78,8 @@ pub struct XccdArgs {
     pub xccd_pid: Option<u32>,
     /// Also measure the bare forwarder on these loopback ports (even first port, whole pairs,
     /// at least one pair per call) in the same run, and report xccd's CPU as a ratio to it.
+    /// Best below the kernel's ephemeral range (32768-60999 by default): a socket bound to port 0
+    /// anywhere on the machine may take a port inside it.
     #[arg(long, value_parser = PortRange::parse)]
     pub bare_ports: Option<PortRange>,
 }

@@ -68,6 +68,13 @@ impl std::fmt::Display for PortRange {
     }
 }
 
+/// The kernel's ephemeral port range as it reads it, for error messages.
+fn ephemeral_range() -> String {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .map(|s| s.split_whitespace().collect::<Vec<_>>().join("-"))
+        .unwrap_or_else(|_| "32768-60999 by default".into())
+}
+
 /// Runs the forwarder until `max` has passed (the parent normally kills it first). Prints
 /// `READY` on stdout once every port is bound.
 pub fn serve(ports: PortRange, max: Duration) -> Result<(), LoadError> {
@@ -79,7 +86,21 @@ pub fn serve(ports: PortRange, max: Duration) -> Result<(), LoadError> {
     for i in 0..ports.pairs() {
         let (a, b) = ports.pair(i);
         for addr in [a, b] {
-            let mut s = UdpSocket::bind(addr).map_err(LoadError::io("bind forwarder port"))?;
+            let mut s = UdpSocket::bind(addr).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::AddrInUse {
+                    // Seen: a socket xccd bound to port 0 landed inside 45000-46499.
+                    LoadError::Usage {
+                        reason: format!(
+                            "{addr} of --bare-ports is taken by another socket; choose a range \
+                             outside the kernel's ephemeral ports ({}), where any socket bound \
+                             to port 0 may land",
+                            ephemeral_range()
+                        ),
+                    }
+                } else {
+                    LoadError::io("bind forwarder port")(e)
+                }
+            })?;
             poll.registry()
                 .register(&mut s, Token(sockets.len()), Interest::READABLE)
                 .map_err(LoadError::io("register socket"))?;
@@ -190,6 +211,23 @@ impl Drop for ForwarderChild {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_taken_port_is_named_with_the_ephemeral_range() {
+        // A socket on a port the kernel picked, inside the pair the forwarder is given.
+        let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let first = port & !1;
+        let range = PortRange {
+            first,
+            last: first + 1,
+        };
+        let err = serve(range, Duration::from_secs(1))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+        assert!(err.contains("ephemeral"), "{err}");
+    }
 
     #[test]
     fn port_range_needs_whole_pairs() {
