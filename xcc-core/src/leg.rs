@@ -415,14 +415,7 @@ impl Leg {
     /// [`crate::prefetch`]). RTCP arriving on the RTP port (rtcp-mux) is rarer than RTP there,
     /// so the RTP state is hinted.
     pub fn prefetch_receive(&self, port: LocalPort) {
-        let rtcp = port == LocalPort::Rtcp;
-        prefetch(&self.config);
-        prefetch(if rtcp {
-            &self.rtcp_latch
-        } else {
-            &self.rtp_latch
-        });
-        prefetch(&self.counters);
+        let rtcp = self.prefetch_route(port);
         if let Some(c) = &self.crypto {
             c.inbound.prefetch(true, rtcp);
         }
@@ -434,6 +427,15 @@ impl Leg {
     /// Hints what forwarding a packet of the kind `port` carries to this leg's peer will touch:
     /// configuration, latch, counters and the outbound SRTP context (see [`crate::prefetch`]).
     pub fn prefetch_send(&self, port: LocalPort) {
+        let rtcp = self.prefetch_route(port);
+        if let Some(c) = &self.crypto {
+            c.outbound.prefetch(false, rtcp);
+        }
+    }
+
+    /// Hints what either direction reads for `port`: configuration, that port's latch, counters.
+    /// Returns whether `port` is the RTCP port.
+    fn prefetch_route(&self, port: LocalPort) -> bool {
         let rtcp = port == LocalPort::Rtcp;
         prefetch(&self.config);
         prefetch(if rtcp {
@@ -442,9 +444,7 @@ impl Leg {
             &self.rtp_latch
         });
         prefetch(&self.counters);
-        if let Some(c) = &self.crypto {
-            c.outbound.prefetch(false, rtcp);
-        }
+        rtcp
     }
 
     /// Signalled RTCP address: explicit, else RTP port + 1, else the RTP address with rtcp-mux.
