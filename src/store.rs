@@ -923,6 +923,16 @@ mod tests {
         }
     }
 
+    /// Polls `ok` until it holds, failing with `what` after 5 s (a file on disk has no event
+    /// to await).
+    fn wait_until(what: &str, ok: &dyn Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !ok() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// An empty directory for one test's store.
     fn fresh_dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("xcc-store-{name}-{}", std::process::id()));
@@ -1010,14 +1020,7 @@ mod tests {
         let a = persisting.allocate().unwrap().call;
         let b = persisting.allocate().unwrap().call;
         let file = |c: CallId| dir.join("calls").join(format!("{}.call", c.0));
-        let wait_for = |what: &str, ok: &dyn Fn() -> bool| {
-            let deadline = std::time::Instant::now() + Duration::from_secs(5);
-            while !ok() {
-                assert!(std::time::Instant::now() < deadline, "{what}");
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        };
-        wait_for("both records written", &|| {
+        wait_until("both records written", &|| {
             file(a).exists() && file(b).exists()
         });
         // A rewrite of `a` in flight while `b` is released.
@@ -1027,13 +1030,13 @@ mod tests {
         persisting.release(b).unwrap();
         assert!(!file(b).exists(), "deleted before release returned");
         let blob = |c: CallId| read_call(&file(c)).ok().and_then(|r| r.signalling);
-        wait_for("a's rewrite landed", &|| {
+        wait_until("a's rewrite landed", &|| {
             blob(a).as_deref() == Some(b"a's dialog".as_slice())
         });
         // Another sync after the release (it lands a's next rewrite): b stays deleted.
         handle.set_signalling(a, Some(b"a's second dialog".to_vec()));
         handle.poke();
-        wait_for("a's second rewrite landed", &|| {
+        wait_until("a's second rewrite landed", &|| {
             blob(a).as_deref() == Some(b"a's second dialog".as_slice())
         });
         assert!(!file(b).exists(), "a released call is never written again");
@@ -1043,9 +1046,6 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// The writer exports sessions only when the session table changed: a session mutation that
-    /// pokes nobody (an abandoned re-offer touches no media) still reaches the disk on a timer
-    /// round, and the record then matches the table again. Ports 22916-22923 (ops range).
     /// A change only the media plane knows of (a leg configured without the session table
     /// moving) reaches the disk through the call's resume generation: rounds skip calls whose
     /// generation they wrote, so without the bump the record would keep the old configuration.
@@ -1065,11 +1065,7 @@ mod tests {
         let file = dir.join("calls").join(format!("{}.call", call.0));
         let client_config = || read_call(&file).ok().map(|r| r.legs[0].config.clone());
         let wait_for_disk = |want: Option<Option<LegConfig>>| {
-            let deadline = std::time::Instant::now() + Duration::from_secs(5);
-            while client_config() != want {
-                assert!(std::time::Instant::now() < deadline, "record never matched");
-                std::thread::sleep(Duration::from_millis(10));
-            }
+            wait_until("record never matched", &|| client_config() == want)
         };
         wait_for_disk(Some(None));
         let config = LegConfig {
@@ -1087,6 +1083,9 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// The writer exports sessions only when the session table changed: a session mutation that
+    /// pokes nobody (an abandoned re-offer touches no media) still reaches the disk on a timer
+    /// round, and the record then matches the table again. Ports 22916-22923 (ops range).
     #[test]
     fn a_session_change_without_a_poke_is_written_on_the_next_round() {
         let dir = fresh_dir("sess");
@@ -1125,11 +1124,7 @@ mod tests {
         let file = dir.join("calls").join(format!("{}.call", v.call.0));
         let on_disk = || read_call(&file).ok().and_then(|r| r.session);
         let wait_for_disk = |want: &Option<StoredSession>| {
-            let deadline = std::time::Instant::now() + Duration::from_secs(5);
-            while on_disk() != *want {
-                assert!(std::time::Instant::now() < deadline, "record never matched");
-                std::thread::sleep(Duration::from_millis(10));
-            }
+            wait_until("record never matched", &|| on_disk() == *want)
         };
         let pending = sessions.export(v.call);
         wait_for_disk(&pending);
